@@ -1,0 +1,471 @@
+package broker
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/unigate/unigate/protocol"
+)
+
+// Reasons the server puts in Conversation events it causes itself.
+const (
+	reasonVisitorLeft = "visitor_left"
+	reasonAgentLeft   = "agent_left"
+)
+
+// dedupeKey names a message by its sender's client message id.
+type dedupeKey struct {
+	sender string
+	cmid   string
+}
+
+// conversation is owned by its shard's goroutine: no field is touched by
+// any other goroutine.
+type conversation struct {
+	id       string
+	tenant   string
+	skill    string
+	prio     uint32
+	state    protocol.State
+	visitor  *user
+	agent    *user     // nil while queued
+	attached []*client // connections of the visitor and the agent
+	hist     history
+	dedupe   map[dedupeKey]uint64 // client message id → seq, for the messages in hist
+	lastSeq  uint64
+	position uint32 // last queue position sent
+	reason   string // why it closed
+	closedAt time.Time
+	reads    [2]uint64 // highest read receipt of the visitor (0) and the agent side (1)
+}
+
+func (c *conversation) participant(u *user) bool {
+	return u == c.visitor || (u == c.agent && u != nil)
+}
+
+func (c *conversation) agentID() string {
+	if c.agent == nil {
+		return ""
+	}
+	return c.agent.id
+}
+
+// setState moves c to state st, keeping the per-state counters.
+func (s *shard) setState(c *conversation, st protocol.State) {
+	if c.state != protocol.StateUnspecified {
+		s.b.convStates[c.state].Add(-1)
+	}
+	c.state = st
+	if st != protocol.StateUnspecified {
+		s.b.convStates[st].Add(1)
+	}
+}
+
+// announce sends a Conversation event with state st to every attached
+// connection; requester (if not nil) gets it with the envelope id reqID.
+func (s *shard) announce(c *conversation, st protocol.State, reason string, requester *client, reqID uint64) {
+	e := &s.out
+	e.Kind = protocol.KindConversation
+	e.ID = 0
+	e.Conversation = protocol.Conversation{
+		ConversationID: c.id,
+		State:          st,
+		VisitorID:      c.visitor.id,
+		AgentID:        c.agentID(),
+		Skill:          c.skill,
+		Reason:         reason,
+		LastSeq:        c.lastSeq,
+	}
+	s.b.fanout(c.attached, requester, e)
+	if requester != nil && !requester.closed.Load() {
+		e.ID = reqID
+		s.b.sendTo(requester, e)
+	}
+	e.Conversation = protocol.Conversation{}
+}
+
+// adopt makes u a participant's user on the delivery side: c joins u's
+// conversations and u's live connections are attached. It returns the
+// newly attached connections (a subslice of c.attached).
+func (s *shard) adopt(c *conversation, u *user) []*client {
+	c.attached = slices.DeleteFunc(c.attached, func(cl *client) bool { return cl.closed.Load() })
+	start := len(c.attached)
+	u.mu.Lock()
+	u.convs[c.id] = struct{}{}
+	for _, cl := range u.conns {
+		if !slices.Contains(c.attached, cl) {
+			c.attached = append(c.attached, cl)
+		}
+	}
+	u.mu.Unlock()
+	return c.attached[start:]
+}
+
+// drop detaches u's connections from c and removes c from u's
+// conversations.
+func (s *shard) drop(c *conversation, u *user) {
+	u.mu.Lock()
+	delete(u.convs, c.id)
+	u.mu.Unlock()
+	c.attached = slices.DeleteFunc(c.attached, func(cl *client) bool {
+		return cl.closed.Load() || cl.user.Load() == u
+	})
+}
+
+// replay sends the stored messages after seq to the connections in to,
+// encoding each message once per codec.
+func (s *shard) replay(c *conversation, to []*client, after uint64) {
+	if len(to) == 0 {
+		return
+	}
+	e := &s.out
+	e.Kind = protocol.KindDeliver
+	e.ID = 0
+	c.hist.after(after, func(m *message) {
+		e.Deliver = deliverOf(c, m)
+		s.b.fanout(to, nil, e)
+	})
+	e.Deliver = protocol.Deliver{}
+}
+
+func deliverOf(c *conversation, m *message) protocol.Deliver {
+	return protocol.Deliver{
+		ConversationID: c.id,
+		Seq:            m.seq,
+		SenderID:       m.senderID,
+		SenderRole:     m.senderRole,
+		ClientMsgID:    m.cmid,
+		Text:           m.text,
+		TimestampMilli: m.ts,
+	}
+}
+
+// create makes the conversation of an Open (conversation shard).
+func (s *shard) create(r *ctrl) {
+	b, u, o := s.b, r.u, r.open
+	c := &conversation{
+		id:      r.conv,
+		tenant:  u.tenant,
+		skill:   o.skill,
+		prio:    o.prio,
+		visitor: u,
+		hist:    newHistory(b.o.HistoryPerConversation),
+		dedupe:  make(map[dedupeKey]uint64),
+	}
+	u.mu.Lock()
+	deleted := u.deleted
+	if deleted {
+		u.open--
+	}
+	u.mu.Unlock()
+	if deleted {
+		return
+	}
+	s.adopt(c, u)
+	if o.text != "" {
+		s.store(c, u, "", o.text, b.now().UnixMilli())
+	}
+	if err := b.disp.enqueue(c.tenant, c.id, s.idx, c.skill, c.prio); err != nil {
+		s.drop(c, u)
+		u.mu.Lock()
+		u.open--
+		u.mu.Unlock()
+		s.fail(r.cl, r.id, protocol.CodeQueueFull, "the waiting queue is full")
+		return
+	}
+	s.convs[c.id] = c
+	s.setState(c, protocol.StateQueued)
+	s.announce(c, protocol.StateQueued, "", r.cl, r.id)
+}
+
+// assign gives a queued conversation to the agent the dispatcher chose.
+func (s *shard) assign(r *ctrl) {
+	c := s.convs[r.conv]
+	if c == nil || c.state != protocol.StateQueued {
+		// Closed (or queued again and assigned elsewhere) meanwhile.
+		s.b.disp.release(r.u.id, r.conv)
+		return
+	}
+	c.agent = r.u
+	s.setState(c, protocol.StateAssigned)
+	fresh := s.adopt(c, r.u)
+	s.announce(c, protocol.StateAssigned, "", nil, 0)
+	s.replay(c, fresh, 0)
+}
+
+// position tells a waiting visitor its place in the queue.
+func (s *shard) position(r *ctrl) {
+	c := s.convs[r.conv]
+	if c == nil || c.state != protocol.StateQueued {
+		return
+	}
+	c.position = uint32(r.seq)
+	e := &s.out
+	e.Kind = protocol.KindQueue
+	e.ID = 0
+	e.Queue = protocol.Queue{ConversationID: c.id, Position: c.position}
+	s.b.fanout(c.attached, nil, e)
+}
+
+// attach adds a connection that just said hello to a conversation of its
+// user: the current state, the queue position if waiting, then every
+// stored message after the client's cursor.
+func (s *shard) attach(r *ctrl) {
+	c, cl := s.convs[r.conv], r.cl
+	if c == nil || cl.closed.Load() || !c.participant(cl.user.Load()) || slices.Contains(c.attached, cl) {
+		return
+	}
+	c.attached = slices.DeleteFunc(c.attached, func(x *client) bool { return x.closed.Load() })
+	c.attached = append(c.attached, cl)
+	e := &s.out
+	e.Kind = protocol.KindConversation
+	e.ID = 0
+	e.Conversation = protocol.Conversation{
+		ConversationID: c.id,
+		State:          c.state,
+		VisitorID:      c.visitor.id,
+		AgentID:        c.agentID(),
+		Skill:          c.skill,
+		Reason:         c.reason,
+		LastSeq:        c.lastSeq,
+	}
+	s.b.sendTo(cl, e)
+	e.Conversation = protocol.Conversation{}
+	if c.state == protocol.StateQueued && c.position > 0 {
+		e.Kind = protocol.KindQueue
+		e.Queue = protocol.Queue{ConversationID: c.id, Position: c.position}
+		s.b.sendTo(cl, e)
+	}
+	after := r.seq
+	if after > c.lastSeq {
+		s.fail(cl, r.id, protocol.CodeSeqFromFuture, "cursor is ahead of the conversation")
+		return
+	}
+	s.replay(c, []*client{cl}, after)
+}
+
+// store appends a message to c's history and returns it. cmid and text
+// may alias a request buffer: they are copied, in one allocation.
+func (s *shard) store(c *conversation, u *user, cmid, text string, ts int64) *message {
+	c.lastSeq++
+	m := message{seq: c.lastSeq, senderID: u.id, senderRole: u.role, ts: ts}
+	m.cmid, m.text = cloneTwo(cmid, text)
+	if old, dropped := c.hist.push(m); dropped && old.cmid != "" {
+		delete(c.dedupe, dedupeKey{old.senderID, old.cmid})
+	}
+	if m.cmid != "" {
+		c.dedupe[dedupeKey{m.senderID, m.cmid}] = m.seq
+	}
+	mm, _ := c.hist.get(m.seq)
+	return mm
+}
+
+// cloneTwo copies a and b into one new allocation (never aliasing them:
+// a+b with one empty operand would return the other one as is).
+func cloneTwo(a, b string) (string, string) {
+	switch {
+	case a == "":
+		return "", strings.Clone(b)
+	case b == "":
+		return strings.Clone(a), ""
+	}
+	ab := a + b
+	return ab[:len(a)], ab[len(a):]
+}
+
+// send stores a chat message, acks it to the sender's connection and
+// delivers it to every other attached connection.
+func (s *shard) send(c *conversation, it *item) {
+	cl, req := it.cl, &it.env.Send
+	u := cl.user.Load()
+	switch {
+	case c.state == protocol.StateClosed:
+		s.fail(cl, it.env.ID, protocol.CodeConversationClosed, "the conversation is closed")
+		return
+	case req.Text == "":
+		s.fail(cl, it.env.ID, protocol.CodeMissingField, "text is required")
+		return
+	}
+	e := &s.out
+	if req.ClientMsgID != "" {
+		if seq, dup := c.dedupe[dedupeKey{u.id, req.ClientMsgID}]; dup {
+			m, _ := c.hist.get(seq)
+			e.Kind = protocol.KindAck
+			e.ID = it.env.ID
+			e.Ack = protocol.Ack{ConversationID: c.id, ClientMsgID: m.cmid, Seq: m.seq, TimestampMilli: m.ts}
+			s.b.sendTo(cl, e)
+			return
+		}
+	}
+	m := s.store(c, u, req.ClientMsgID, req.Text, s.b.now().UnixMilli())
+	e.Kind = protocol.KindAck
+	e.ID = it.env.ID
+	e.Ack = protocol.Ack{ConversationID: c.id, ClientMsgID: m.cmid, Seq: m.seq, TimestampMilli: m.ts}
+	s.b.sendTo(cl, e)
+	e.Kind = protocol.KindDeliver
+	e.ID = 0
+	e.Deliver = deliverOf(c, m)
+	s.b.fanout(c.attached, cl, e)
+	s.b.m.relayed.Inc()
+}
+
+// typing relays a typing indicator, with the sender filled in by the
+// server, to the other attached connections.
+func (s *shard) typing(c *conversation, it *item) {
+	cl := it.cl
+	if c.state == protocol.StateClosed {
+		s.fail(cl, it.env.ID, protocol.CodeConversationClosed, "the conversation is closed")
+		return
+	}
+	u := cl.user.Load()
+	it.env.ID = 0
+	it.env.Typing.SenderID = u.id
+	it.env.Typing.SenderRole = u.role
+	s.b.fanout(c.attached, cl, &it.env)
+}
+
+// read relays a read receipt to the other attached connections.
+func (s *shard) read(c *conversation, it *item) {
+	cl := it.cl
+	if it.env.Read.Seq > c.lastSeq {
+		s.fail(cl, it.env.ID, protocol.CodeSeqFromFuture, "read is ahead of the conversation")
+		return
+	}
+	u := cl.user.Load()
+	side := 0
+	if u.role == protocol.RoleAgent {
+		side = 1
+	}
+	c.reads[side] = max(c.reads[side], it.env.Read.Seq)
+	it.env.ID = 0
+	it.env.Read.SenderID = u.id
+	it.env.Read.SenderRole = u.role
+	s.b.fanout(c.attached, cl, &it.env)
+}
+
+// transfer moves a conversation from its agent to another agent or back
+// into the queue for a skill.
+func (s *shard) transfer(c *conversation, it *item) {
+	cl, t, id := it.cl, &it.env.Transfer, it.env.ID
+	u := cl.user.Load()
+	switch {
+	case c.state == protocol.StateClosed:
+		s.fail(cl, id, protocol.CodeConversationClosed, "the conversation is closed")
+		return
+	case c.agent != u:
+		s.fail(cl, id, protocol.CodeNotParticipant, "only the assigned agent transfers")
+		return
+	case t.ToAgentID == "" && t.ToSkill == "":
+		s.fail(cl, id, protocol.CodeMissingField, "to_agent_id or to_skill is required")
+		return
+	case t.ToAgentID == u.id:
+		s.fail(cl, id, protocol.CodeBadTransition, "the conversation is already yours")
+		return
+	}
+	if t.ToAgentID != "" {
+		to, err := s.b.disp.transfer(u.id, t.ToAgentID, c.id)
+		if err != nil {
+			if errors.Is(err, errNoAgent) {
+				s.fail(cl, id, protocol.CodeNoAgent, "the agent is not available")
+			} else {
+				s.fail(cl, id, protocol.CodeInternal, "assignment out of sync")
+				s.b.log.Error("broker: transfer refused", "conversation", c.id, "err", err)
+			}
+			return
+		}
+		c.agent = to
+		s.setState(c, protocol.StateTransferred)
+		fresh := s.adopt(c, to)
+		s.announce(c, protocol.StateTransferred, t.Note, cl, id)
+		s.replay(c, fresh, 0) // before drop: fresh is a view of c.attached
+		s.drop(c, u)
+		return
+	}
+	c.skill = strings.Clone(t.ToSkill)
+	c.agent = nil
+	c.position = 0
+	s.setState(c, protocol.StateQueued)
+	s.announce(c, protocol.StateTransferred, t.Note, cl, id)
+	s.drop(c, u)
+	s.b.disp.requeue(c.tenant, c.id, s.idx, c.skill, c.prio, u.id)
+}
+
+// closeRequest closes a conversation at a participant's request.
+func (s *shard) closeRequest(c *conversation, it *item) {
+	if c.state == protocol.StateClosed {
+		s.fail(it.cl, it.env.ID, protocol.CodeConversationClosed, "the conversation is closed")
+		return
+	}
+	s.closeConversation(c, it.env.Close.Reason, it.cl, it.env.ID)
+}
+
+// closeConversation closes c: the queue slot or the agent's capacity is
+// freed, everybody attached is told, and c is remembered for ResumeTTL.
+func (s *shard) closeConversation(c *conversation, reason string, requester *client, reqID uint64) {
+	switch {
+	case c.state == protocol.StateQueued:
+		s.b.disp.cancel(c.tenant, c.id)
+	case c.agent != nil:
+		s.b.disp.release(c.agent.id, c.id)
+	}
+	s.setState(c, protocol.StateClosed)
+	c.reason = strings.Clone(reason)
+	c.closedAt = s.b.now()
+	c.visitor.mu.Lock()
+	c.visitor.open--
+	c.visitor.mu.Unlock()
+	s.announce(c, protocol.StateClosed, c.reason, requester, reqID)
+	s.closed = append(s.closed, c)
+}
+
+// visitorGone closes the conversation of a visitor whose ResumeTTL ran
+// out, unless it came back meanwhile.
+func (s *shard) visitorGone(r *ctrl) {
+	c := s.convs[r.conv]
+	if c == nil || c.visitor != r.u || c.state == protocol.StateClosed || r.u.connected() {
+		return
+	}
+	s.closeConversation(c, reasonVisitorLeft, nil, 0)
+}
+
+// agentGone queues again, ahead of new ones, the conversation of an agent
+// whose ResumeTTL ran out, unless it came back meanwhile.
+func (s *shard) agentGone(r *ctrl) {
+	c := s.convs[r.conv]
+	if c == nil || c.agent != r.u || c.state == protocol.StateClosed || r.u.connected() {
+		return
+	}
+	c.agent = nil
+	c.position = 0
+	s.setState(c, protocol.StateQueued)
+	s.drop(c, r.u)
+	s.announce(c, protocol.StateQueued, reasonAgentLeft, nil, 0)
+	s.b.disp.requeue(c.tenant, c.id, s.idx, c.skill, c.prio, r.u.id)
+}
+
+// sweep forgets conversations closed more than ResumeTTL ago.
+func (s *shard) sweep() {
+	now := s.b.now()
+	n := 0
+	for _, c := range s.closed {
+		if now.Sub(c.closedAt) < s.b.o.ResumeTTL {
+			break
+		}
+		n++
+		delete(s.convs, c.id)
+		s.setState(c, protocol.StateUnspecified)
+		for _, u := range []*user{c.visitor, c.agent} {
+			if u != nil {
+				u.mu.Lock()
+				delete(u.convs, c.id)
+				u.mu.Unlock()
+			}
+		}
+		c.hist.reset()
+		c.dedupe = nil
+		c.attached = nil
+	}
+	s.closed = slices.Delete(s.closed, 0, n)
+}

@@ -1,0 +1,394 @@
+package broker
+
+import (
+	"errors"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/unigate/unigate/protocol"
+)
+
+// Errors of the dispatcher.
+var (
+	errQueueFull    = errors.New("broker: waiting queue is full")
+	errNoAgent      = errors.New("broker: agent is not available")
+	errNotAssignee  = errors.New("broker: agent does not hold the conversation")
+	errUnknownAgent = errors.New("broker: unknown agent")
+)
+
+// Queue position updates: every change is sent for the first
+// positionExact places; further back only multiples of positionStep are,
+// so a long queue moving by one does not send a message to everyone in it.
+const (
+	positionExact = 100
+	positionStep  = 10
+)
+
+// agentSlot is the dispatcher's view of an agent.
+type agentSlot struct {
+	id         string
+	tenant     string
+	u          *user
+	status     protocol.Status
+	capacity   int
+	load       int      // conversations held now
+	skills     []string // owned copies
+	lastAssign uint64   // dispatcher clock of the last assignment: smaller = idle longer
+	convs      map[string]struct{}
+}
+
+// available reports whether a may take one more conversation.
+func (a *agentSlot) available() bool {
+	return a.status == protocol.StatusOnline && a.load < a.capacity
+}
+
+// hasSkill reports whether a serves skill; the empty skill is served by
+// everyone.
+func (a *agentSlot) hasSkill(skill string) bool {
+	return skill == "" || slices.Contains(a.skills, skill)
+}
+
+// betterAgent reports whether a should get the next conversation rather
+// than b: lower load/capacity, then fewer conversations, then idle longer,
+// then the smaller id (so the choice is deterministic).
+func betterAgent(a, b *agentSlot) bool {
+	if l, r := a.load*b.capacity, b.load*a.capacity; l != r {
+		return l < r
+	}
+	if a.load != b.load {
+		return a.load < b.load
+	}
+	if a.lastAssign != b.lastAssign {
+		return a.lastAssign < b.lastAssign
+	}
+	return a.id < b.id
+}
+
+// pickAgent returns the best available agent serving skill, or nil.
+func pickAgent(agents []*agentSlot, skill string) *agentSlot {
+	var best *agentSlot
+	for _, a := range agents {
+		if a.available() && a.hasSkill(skill) && (best == nil || betterAgent(a, best)) {
+			best = a
+		}
+	}
+	return best
+}
+
+// waiting is a queued conversation.
+type waiting struct {
+	conv     string
+	shard    int
+	skill    string
+	prio     uint32
+	boosted  bool   // queued again (transfer, departed agent): ahead of new ones
+	seq      uint64 // enqueue order
+	notified uint32 // last position sent, 0 if none
+}
+
+// waitsBefore orders the queue: higher priority first; within a priority,
+// conversations queued again before new ones; then first come first served.
+func waitsBefore(a, b *waiting) bool {
+	if a.prio != b.prio {
+		return a.prio > b.prio
+	}
+	if a.boosted != b.boosted {
+		return a.boosted
+	}
+	return a.seq < b.seq
+}
+
+// tenantPool is the agents and the queue of one tenant: conversations are
+// only ever assigned within their tenant.
+type tenantPool struct {
+	agents []*agentSlot
+	queue  []*waiting // sorted by waitsBefore
+}
+
+// insert puts w at its place in the queue.
+func (p *tenantPool) insert(w *waiting) {
+	i := sort.Search(len(p.queue), func(i int) bool { return waitsBefore(w, p.queue[i]) })
+	p.queue = slices.Insert(p.queue, i, w)
+}
+
+// remove takes conv out of the queue and reports whether it was there.
+func (p *tenantPool) remove(conv string) bool {
+	for i, w := range p.queue {
+		if w.conv == conv {
+			p.queue = slices.Delete(p.queue, i, i+1)
+			return true
+		}
+	}
+	return false
+}
+
+// drain assigns waiting conversations, in queue order, to the best
+// available agent serving their skill, and calls assign for each. A
+// conversation no agent can serve keeps its place without holding up the
+// ones behind it. It returns the number assigned.
+func (p *tenantPool) drain(clock *uint64, assign func(*waiting, *agentSlot)) int {
+	n := 0
+	kept := p.queue[:0]
+	for i, w := range p.queue {
+		if !p.anyAvailable() {
+			kept = append(kept, p.queue[i:]...)
+			break
+		}
+		a := pickAgent(p.agents, w.skill)
+		if a == nil {
+			kept = append(kept, w)
+			continue
+		}
+		*clock++
+		a.load++
+		a.lastAssign = *clock
+		a.convs[w.conv] = struct{}{}
+		assign(w, a)
+		n++
+	}
+	clear(p.queue[len(kept):])
+	p.queue = kept
+	return n
+}
+
+func (p *tenantPool) anyAvailable() bool {
+	for _, a := range p.agents {
+		if a.available() {
+			return true
+		}
+	}
+	return false
+}
+
+// positions calls notify for every waiting conversation whose position
+// (1 = next) changed since it was last notified, within the rule of
+// positionExact and positionStep; the first position is always sent.
+func (p *tenantPool) positions(notify func(*waiting, uint32)) {
+	for i, w := range p.queue {
+		pos := uint32(i + 1)
+		if pos == w.notified {
+			continue
+		}
+		if w.notified == 0 || pos <= positionExact || pos%positionStep == 0 {
+			w.notified = pos
+			notify(w, pos)
+		}
+	}
+}
+
+// dispatcher holds agent presence and capacity and the waiting queues. It
+// is guarded by one mutex and does no I/O: it posts its decisions to shard
+// mailboxes (a non-blocking append) while holding the mutex, so decisions
+// reach each shard in the order they were taken.
+type dispatcher struct {
+	mu       sync.Mutex
+	pools    map[string]*tenantPool // by tenant
+	agents   map[string]*agentSlot  // by agent id
+	queued   int
+	maxQueue int
+	clock    uint64 // assignment clock (agentSlot.lastAssign)
+	seq      uint64 // enqueue counter (waiting.seq)
+	post     func(shard int, c ctrl)
+
+	queueLen atomic.Int64 // mirrors queued, for Stats
+	online   atomic.Int64 // agents with StatusOnline
+}
+
+func newDispatcher(maxQueue int, post func(shard int, c ctrl)) *dispatcher {
+	return &dispatcher{
+		pools:    make(map[string]*tenantPool),
+		agents:   make(map[string]*agentSlot),
+		maxQueue: maxQueue,
+		post:     post,
+	}
+}
+
+func (d *dispatcher) pool(tenant string) *tenantPool {
+	p := d.pools[tenant]
+	if p == nil {
+		p = &tenantPool{}
+		d.pools[tenant] = p
+	}
+	return p
+}
+
+// settle assigns what can be assigned in p and sends position updates.
+// d.mu is held.
+func (d *dispatcher) settle(p *tenantPool) {
+	n := p.drain(&d.clock, func(w *waiting, a *agentSlot) {
+		d.post(w.shard, ctrl{kind: ctrlAssign, conv: w.conv, u: a.u})
+	})
+	d.queued -= n
+	p.positions(func(w *waiting, pos uint32) {
+		d.post(w.shard, ctrl{kind: ctrlPosition, conv: w.conv, seq: uint64(pos)})
+	})
+	d.queueLen.Store(int64(d.queued))
+}
+
+// enqueue adds a new conversation to its tenant's queue, or fails with
+// errQueueFull.
+func (d *dispatcher) enqueue(tenant, conv string, shard int, skill string, prio uint32) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.queued >= d.maxQueue {
+		return errQueueFull
+	}
+	d.add(tenant, conv, shard, skill, prio, false)
+	return nil
+}
+
+// requeue puts a conversation back in the queue ahead of new ones of its
+// priority, first releasing it from fromAgent (if not empty). It never
+// fails: the conversation already exists.
+func (d *dispatcher) requeue(tenant, conv string, shard int, skill string, prio uint32, fromAgent string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if a := d.agents[fromAgent]; a != nil {
+		a.free(conv)
+	}
+	d.add(tenant, conv, shard, skill, prio, true)
+}
+
+func (d *dispatcher) add(tenant, conv string, shard int, skill string, prio uint32, boosted bool) {
+	d.seq++
+	p := d.pool(tenant)
+	p.insert(&waiting{conv: conv, shard: shard, skill: skill, prio: prio, boosted: boosted, seq: d.seq})
+	d.queued++
+	d.settle(p)
+}
+
+// cancel removes a waiting conversation (closed while queued). It reports
+// whether it was waiting.
+func (d *dispatcher) cancel(tenant, conv string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p := d.pools[tenant]
+	if p == nil || !p.remove(conv) {
+		return false
+	}
+	d.queued--
+	d.settle(p)
+	return true
+}
+
+// release frees the slot agentID holds for conv (closed, or an assignment
+// that arrived too late) and assigns waiting conversations.
+func (d *dispatcher) release(agentID, conv string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	a := d.agents[agentID]
+	if a == nil || !a.free(conv) {
+		return
+	}
+	d.settle(d.pool(a.tenant))
+}
+
+func (a *agentSlot) free(conv string) bool {
+	if _, ok := a.convs[conv]; !ok {
+		return false
+	}
+	delete(a.convs, conv)
+	a.load--
+	return true
+}
+
+// presenceResult is an agent's effective presence after an update.
+type presenceResult struct {
+	status   protocol.Status
+	capacity int
+	skills   []string
+}
+
+// presence sets an agent's status; capacity 0 and nil skills keep the
+// current values (the defaults for a new agent: defCapacity and the
+// token's skills). Going online assigns waiting conversations. Any status
+// other than online stops new assignments but keeps the current ones.
+func (d *dispatcher) presence(u *user, status protocol.Status, capacity, defCapacity int, skills []string) presenceResult {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	a := d.agents[u.id]
+	if a == nil {
+		a = &agentSlot{
+			id:       u.id,
+			tenant:   u.tenant,
+			status:   protocol.StatusOffline,
+			capacity: defCapacity,
+			skills:   u.skills,
+			convs:    make(map[string]struct{}),
+		}
+		d.agents[u.id] = a
+		p := d.pool(a.tenant)
+		p.agents = append(p.agents, a)
+	}
+	a.u = u
+	if capacity > 0 {
+		a.capacity = capacity
+	}
+	if skills != nil {
+		a.skills = skills
+	}
+	d.setStatus(a, status)
+	if status == protocol.StatusOnline {
+		d.settle(d.pool(a.tenant))
+	}
+	return presenceResult{status: a.status, capacity: a.capacity, skills: a.skills}
+}
+
+func (d *dispatcher) setStatus(a *agentSlot, s protocol.Status) {
+	was := a.status == protocol.StatusOnline
+	a.status = s
+	switch now := s == protocol.StatusOnline; {
+	case now && !was:
+		d.online.Add(1)
+	case !now && was:
+		d.online.Add(-1)
+	}
+}
+
+// setOffline takes an agent offline (its grace period after the last
+// connection ran out); it keeps its conversations.
+func (d *dispatcher) setOffline(agentID string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if a := d.agents[agentID]; a != nil {
+		d.setStatus(a, protocol.StatusOffline)
+	}
+}
+
+// transfer moves conv from agent from to agent to, which must be online
+// with a free slot in the same tenant. It returns the new agent's user.
+func (d *dispatcher) transfer(from, to, conv string) (*user, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	src := d.agents[from]
+	if src == nil {
+		return nil, errUnknownAgent
+	}
+	if _, ok := src.convs[conv]; !ok {
+		return nil, errNotAssignee
+	}
+	dst := d.agents[to]
+	if dst == nil || dst.tenant != src.tenant || !dst.available() {
+		return nil, errNoAgent
+	}
+	d.clock++
+	dst.load++
+	dst.lastAssign = d.clock
+	dst.convs[conv] = struct{}{}
+	src.free(conv)
+	d.settle(d.pool(src.tenant))
+	return dst.u, nil
+}
+
+// agentLoad returns an agent's load and capacity, for tests and Stats.
+func (d *dispatcher) agentLoad(agentID string) (load, capacity int, ok bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	a := d.agents[agentID]
+	if a == nil {
+		return 0, 0, false
+	}
+	return a.load, a.capacity, true
+}

@@ -1,0 +1,405 @@
+package broker
+
+import (
+	"errors"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/unigate/unigate/protocol"
+)
+
+func agentFor(id string, load, capacity int, lastAssign uint64, skills ...string) *agentSlot {
+	return &agentSlot{
+		id: id, status: protocol.StatusOnline, load: load, capacity: capacity,
+		lastAssign: lastAssign, skills: skills, convs: map[string]struct{}{},
+	}
+}
+
+func TestWaitsBefore(t *testing.T) {
+	tests := []struct {
+		name string
+		a, b waiting
+		want bool
+	}{
+		{"higher priority first", waiting{prio: 2, seq: 9}, waiting{prio: 1, seq: 1}, true},
+		{"lower priority after", waiting{prio: 0, seq: 1}, waiting{prio: 1, seq: 9}, false},
+		{"boosted before new", waiting{boosted: true, seq: 9}, waiting{seq: 1}, true},
+		{"new after boosted", waiting{seq: 1}, waiting{boosted: true, seq: 9}, false},
+		{"priority beats boost", waiting{prio: 1, seq: 9}, waiting{boosted: true, seq: 1}, true},
+		{"fifo", waiting{seq: 1}, waiting{seq: 2}, true},
+		{"fifo reversed", waiting{seq: 2}, waiting{seq: 1}, false},
+		{"fifo among boosted", waiting{boosted: true, seq: 3}, waiting{boosted: true, seq: 4}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := waitsBefore(&tt.a, &tt.b); got != tt.want {
+				t.Fatalf("waitsBefore = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPickAgent(t *testing.T) {
+	tests := []struct {
+		name   string
+		agents []*agentSlot
+		skill  string
+		want   string
+	}{
+		{"lowest load ratio", []*agentSlot{agentFor("a", 2, 4, 0), agentFor("b", 1, 4, 0)}, "", "b"},
+		{"ratio, not count", []*agentSlot{agentFor("a", 1, 2, 0), agentFor("b", 2, 10, 0)}, "", "b"},
+		{"equal ratio: fewer assigned", []*agentSlot{agentFor("a", 2, 4, 0), agentFor("b", 1, 2, 0)}, "", "b"},
+		{"equal load: idle longer", []*agentSlot{agentFor("a", 1, 4, 7), agentFor("b", 1, 4, 3)}, "", "b"},
+		{"all equal: smaller id", []*agentSlot{agentFor("b", 0, 4, 0), agentFor("a", 0, 4, 0)}, "", "a"},
+		{"skill filter", []*agentSlot{agentFor("a", 0, 4, 0, "sales"), agentFor("b", 3, 4, 0, "billing")}, "billing", "b"},
+		{"empty skill means any", []*agentSlot{agentFor("a", 0, 4, 0, "sales")}, "", "a"},
+		{"full agent skipped", []*agentSlot{agentFor("a", 4, 4, 0), agentFor("b", 3, 4, 0)}, "", "b"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := pickAgent(tt.agents, tt.skill)
+			if got == nil || got.id != tt.want {
+				t.Fatalf("pickAgent = %v, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPickAgentNone(t *testing.T) {
+	away := agentFor("away", 0, 4, 0)
+	away.status = protocol.StatusAway
+	offline := agentFor("off", 0, 4, 0)
+	offline.status = protocol.StatusOffline
+	tests := []struct {
+		name   string
+		agents []*agentSlot
+		skill  string
+	}{
+		{"no agents", nil, ""},
+		{"all full", []*agentSlot{agentFor("a", 2, 2, 0), agentFor("b", 5, 5, 0)}, ""},
+		{"wrong skill", []*agentSlot{agentFor("a", 0, 2, 0, "sales")}, "billing"},
+		{"agent without skills, skill wanted", []*agentSlot{agentFor("a", 0, 2, 0)}, "billing"},
+		{"away and offline", []*agentSlot{away, offline}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := pickAgent(tt.agents, tt.skill); got != nil {
+				t.Fatalf("pickAgent = %s, want nil", got.id)
+			}
+		})
+	}
+}
+
+func TestTenantPoolInsertOrder(t *testing.T) {
+	var p tenantPool
+	for _, w := range []waiting{
+		{conv: "n1", seq: 1},
+		{conv: "n2", seq: 2},
+		{conv: "vip", prio: 5, seq: 3},
+		{conv: "b1", boosted: true, seq: 4},
+		{conv: "n3", seq: 5},
+		{conv: "b2", boosted: true, seq: 6},
+	} {
+		p.insert(&w)
+	}
+	want := []string{"vip", "b1", "b2", "n1", "n2", "n3"}
+	if got := queueIDs(&p); !slices.Equal(got, want) {
+		t.Fatalf("queue %v, want %v", got, want)
+	}
+	if !p.remove("b1") || p.remove("b1") {
+		t.Fatal("remove: want true then false")
+	}
+}
+
+func queueIDs(p *tenantPool) []string {
+	var ids []string
+	for _, w := range p.queue {
+		ids = append(ids, w.conv)
+	}
+	return ids
+}
+
+func TestTenantPoolDrain(t *testing.T) {
+	tests := []struct {
+		name      string
+		agents    []*agentSlot
+		queue     []waiting
+		assigned  []string // "conv>agent" in order
+		remaining []string
+	}{
+		{
+			name:      "fifo up to capacity",
+			agents:    []*agentSlot{agentFor("a", 0, 2, 0)},
+			queue:     []waiting{{conv: "1", seq: 1}, {conv: "2", seq: 2}, {conv: "3", seq: 3}},
+			assigned:  []string{"1>a", "2>a"},
+			remaining: []string{"3"},
+		},
+		{
+			name:      "spread by load",
+			agents:    []*agentSlot{agentFor("a", 0, 2, 0), agentFor("b", 0, 2, 0)},
+			queue:     []waiting{{conv: "1", seq: 1}, {conv: "2", seq: 2}, {conv: "3", seq: 3}},
+			assigned:  []string{"1>a", "2>b", "3>a"},
+			remaining: nil,
+		},
+		{
+			name:      "unservable skill does not block",
+			agents:    []*agentSlot{agentFor("a", 0, 2, 0, "sales")},
+			queue:     []waiting{{conv: "1", skill: "billing", seq: 1}, {conv: "2", skill: "sales", seq: 2}},
+			assigned:  []string{"2>a"},
+			remaining: []string{"1"},
+		},
+		{
+			name:      "nobody available",
+			agents:    []*agentSlot{agentFor("a", 2, 2, 0)},
+			queue:     []waiting{{conv: "1", seq: 1}},
+			assigned:  nil,
+			remaining: []string{"1"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := tenantPool{agents: tt.agents}
+			for i := range tt.queue {
+				p.insert(&tt.queue[i])
+			}
+			var clock uint64
+			var got []string
+			n := p.drain(&clock, func(w *waiting, a *agentSlot) { got = append(got, w.conv+">"+a.id) })
+			if n != len(got) || !slices.Equal(got, tt.assigned) {
+				t.Fatalf("assigned %v (n=%d), want %v", got, n, tt.assigned)
+			}
+			if rem := queueIDs(&p); !slices.Equal(rem, tt.remaining) {
+				t.Fatalf("remaining %v, want %v", rem, tt.remaining)
+			}
+			for _, a := range tt.agents {
+				if a.load > a.capacity {
+					t.Fatalf("agent %s over capacity: %d/%d", a.id, a.load, a.capacity)
+				}
+			}
+			for _, pair := range got {
+				conv, agent, _ := strings.Cut(pair, ">")
+				for _, a := range tt.agents {
+					if _, ok := a.convs[conv]; ok != (a.id == agent) {
+						t.Fatalf("conversation %s in convs of %s: %v", conv, a.id, ok)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestTenantPoolPositions(t *testing.T) {
+	var p tenantPool
+	for i := range 250 {
+		p.insert(&waiting{conv: string(rune('a' + i%26)), seq: uint64(i + 1)})
+	}
+	sent := map[uint64]uint32{}
+	p.positions(func(w *waiting, pos uint32) { sent[w.seq] = pos })
+	if len(sent) != 250 {
+		t.Fatalf("first round: %d positions sent, want all 250", len(sent))
+	}
+	// The head leaves: the first 100 move (99 of them within the exact
+	// range), further back only multiples of 10 are sent.
+	p.queue = p.queue[1:]
+	clear(sent)
+	p.positions(func(w *waiting, pos uint32) { sent[w.seq] = pos })
+	for seq, pos := range sent {
+		if pos != uint32(seq-1) {
+			t.Fatalf("seq %d got position %d, want %d", seq, pos, seq-1)
+		}
+		if pos > positionExact && pos%positionStep != 0 {
+			t.Fatalf("position %d sent beyond the exact range", pos)
+		}
+	}
+	if want := positionExact + (249-positionExact)/positionStep; len(sent) != want {
+		t.Fatalf("%d updates, want %d", len(sent), want)
+	}
+	clear(sent)
+	p.positions(func(w *waiting, pos uint32) { sent[w.seq] = pos })
+	if len(sent) != 0 {
+		t.Fatalf("no change, yet %d updates", len(sent))
+	}
+}
+
+// recorder collects what a dispatcher posts.
+type recorder struct{ posts []ctrl }
+
+func (r *recorder) post(_ int, c ctrl) { r.posts = append(r.posts, c) }
+
+func (r *recorder) assigned() []string {
+	var s []string
+	for _, c := range r.posts {
+		if c.kind == ctrlAssign {
+			s = append(s, c.conv+">"+c.u.id)
+		}
+	}
+	return s
+}
+
+func (r *recorder) lastPosition(conv string) uint32 {
+	var pos uint32
+	for _, c := range r.posts {
+		if c.kind == ctrlPosition && c.conv == conv {
+			pos = uint32(c.seq)
+		}
+	}
+	return pos
+}
+
+func newAgentUser(id, tenant string, skills ...string) *user {
+	return &user{id: id, role: protocol.RoleAgent, tenant: tenant, skills: skills, convs: map[string]struct{}{}}
+}
+
+func TestDispatcherFlow(t *testing.T) {
+	var r recorder
+	d := newDispatcher(3, r.post)
+	for _, c := range []string{"c1", "c2", "c3"} {
+		if err := d.enqueue("t", c, 0, "", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := d.queueLen.Load(); got != 3 {
+		t.Fatalf("queue length %d, want 3", got)
+	}
+	if p := r.lastPosition("c3"); p != 3 {
+		t.Fatalf("c3 position %d, want 3", p)
+	}
+	a := newAgentUser("a", "t")
+	res := d.presence(a, protocol.StatusOnline, 2, 5, nil)
+	if res.capacity != 2 || res.status != protocol.StatusOnline {
+		t.Fatalf("presence result %+v", res)
+	}
+	if got, want := r.assigned(), []string{"c1>a", "c2>a"}; !slices.Equal(got, want) {
+		t.Fatalf("assigned %v, want %v", got, want)
+	}
+	if p := r.lastPosition("c3"); p != 1 {
+		t.Fatalf("c3 position %d, want 1", p)
+	}
+	d.release("a", "c1")
+	d.release("a", "c1") // a second release is a no-op
+	if got, want := r.assigned(), []string{"c1>a", "c2>a", "c3>a"}; !slices.Equal(got, want) {
+		t.Fatalf("assigned %v, want %v", got, want)
+	}
+	if load, _, _ := d.agentLoad("a"); load != 2 {
+		t.Fatalf("load %d, want 2", load)
+	}
+	if d.queueLen.Load() != 0 || d.online.Load() != 1 {
+		t.Fatalf("queue %d online %d", d.queueLen.Load(), d.online.Load())
+	}
+}
+
+func TestDispatcherTenantsAreSeparate(t *testing.T) {
+	var r recorder
+	d := newDispatcher(10, r.post)
+	d.presence(newAgentUser("a", "t1"), protocol.StatusOnline, 2, 5, nil)
+	if err := d.enqueue("t2", "c", 0, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.assigned(); len(got) != 0 {
+		t.Fatalf("cross-tenant assignment %v", got)
+	}
+	d.presence(newAgentUser("b", "t2"), protocol.StatusOnline, 2, 5, nil)
+	if got, want := r.assigned(), []string{"c>b"}; !slices.Equal(got, want) {
+		t.Fatalf("assigned %v, want %v", got, want)
+	}
+}
+
+func TestDispatcherRequeueAhead(t *testing.T) {
+	var r recorder
+	d := newDispatcher(10, r.post)
+	a := newAgentUser("a", "t")
+	d.presence(a, protocol.StatusOnline, 1, 5, nil)
+	_ = d.enqueue("t", "old", 0, "", 0) // assigned to a
+	_ = d.enqueue("t", "new1", 0, "", 0)
+	_ = d.enqueue("t", "new2", 0, "", 0)
+	d.presence(a, protocol.StatusAway, 0, 5, nil) // keep "old", take no more
+	d.requeue("t", "old", 0, "", 0, "a")          // a transfers it back to the queue
+	if p := r.lastPosition("old"); p != 1 {
+		t.Fatalf("requeued conversation at %d, want 1", p)
+	}
+	d.presence(a, protocol.StatusOnline, 0, 5, nil)
+	if got, want := r.assigned(), []string{"old>a", "old>a"}; !slices.Equal(got, want) {
+		t.Fatalf("assigned %v, want %v", got, want)
+	}
+}
+
+func TestDispatcherSuccess(t *testing.T) {
+	var r recorder
+	d := newDispatcher(10, r.post)
+	a, b := newAgentUser("a", "t"), newAgentUser("b", "t")
+	d.presence(a, protocol.StatusOnline, 1, 5, nil)
+	d.presence(b, protocol.StatusOnline, 1, 5, nil)
+	_ = d.enqueue("t", "c", 0, "", 0)
+	from := r.assigned()[0][2:]
+	to := "b"
+	if from == "b" {
+		to = "a"
+	}
+	got, err := d.transfer(from, to, "c")
+	if err != nil || got.id != to {
+		t.Fatalf("transfer: %v, %v", got, err)
+	}
+	if l, _, _ := d.agentLoad(from); l != 0 {
+		t.Fatalf("source load %d, want 0", l)
+	}
+	if l, _, _ := d.agentLoad(to); l != 1 {
+		t.Fatalf("target load %d, want 1", l)
+	}
+}
+
+func TestDispatcherFailure(t *testing.T) {
+	setup := func() (*dispatcher, *recorder) {
+		var r recorder
+		d := newDispatcher(1, r.post)
+		d.presence(newAgentUser("a", "t"), protocol.StatusOnline, 1, 5, nil)
+		d.presence(newAgentUser("full", "t"), protocol.StatusOnline, 1, 5, nil)
+		d.presence(newAgentUser("away", "t"), protocol.StatusAway, 1, 5, nil)
+		d.presence(newAgentUser("other", "t2"), protocol.StatusOnline, 1, 5, nil)
+		_ = d.enqueue("t", "c1", 0, "", 0) // → a (smaller id)
+		_ = d.enqueue("t", "c2", 0, "", 0) // → full
+		return d, &r
+	}
+	tests := []struct {
+		name string
+		run  func(d *dispatcher) error
+		want error
+	}{
+		{"queue full", func(d *dispatcher) error {
+			if err := d.enqueue("t", "q1", 0, "", 0); err != nil {
+				return err
+			}
+			return d.enqueue("t", "q2", 0, "", 0)
+		}, errQueueFull},
+		{"transfer to a full agent", func(d *dispatcher) error { _, err := d.transfer("a", "full", "c1"); return err }, errNoAgent},
+		{"transfer to an away agent", func(d *dispatcher) error { _, err := d.transfer("a", "away", "c1"); return err }, errNoAgent},
+		{"transfer to another tenant", func(d *dispatcher) error { _, err := d.transfer("a", "other", "c1"); return err }, errNoAgent},
+		{"transfer to nobody", func(d *dispatcher) error { _, err := d.transfer("a", "ghost", "c1"); return err }, errNoAgent},
+		{"transfer by a non-holder", func(d *dispatcher) error { _, err := d.transfer("a", "full", "c2"); return err }, errNotAssignee},
+		{"transfer by an unknown agent", func(d *dispatcher) error { _, err := d.transfer("ghost", "a", "c1"); return err }, errUnknownAgent},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, _ := setup()
+			before := loads(d)
+			if err := tt.run(d); !errors.Is(err, tt.want) {
+				t.Fatalf("err %v, want %v", err, tt.want)
+			}
+			if tt.want != errQueueFull && !maps.Equal(before, loads(d)) {
+				t.Fatalf("state changed on error: %v → %v", before, loads(d))
+			}
+		})
+	}
+}
+
+func loads(d *dispatcher) map[string]int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := map[string]int{}
+	for id, a := range d.agents {
+		m[id] = a.load
+	}
+	return m
+}
+

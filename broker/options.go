@@ -1,0 +1,178 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/unigate/unigate/internal/token"
+)
+
+// Options configures a Broker. The zero value of every field means its
+// default, so Options{AllowAnonymous: true} is a working configuration.
+type Options struct {
+	// Logger receives the broker's rare log lines (shutdown, encoder bugs).
+	// Nothing is logged per message. Default: discard.
+	Logger *slog.Logger
+
+	// Signer verifies visitor and agent tokens and signs resume tokens.
+	// Default: a signer with a random key, which verifies no token (so only
+	// anonymous visitors can connect) and whose resume tokens die with the
+	// process. New fails if Signer is nil and AllowAnonymous is false.
+	Signer *token.Signer
+
+	// AllowAnonymous lets a Hello without a token in, as a visitor with a
+	// random user id. When false such a Hello gets CodeUnauthenticated and
+	// the connection is closed with 1008.
+	AllowAnonymous bool
+
+	// Shards is the number of conversation workers. Default 4×GOMAXPROCS.
+	Shards int
+
+	// QueueSize bounds the inbox of client requests of each shard. A request
+	// arriving at a full inbox is answered with CodeOverloaded. Default 4096.
+	QueueSize int
+
+	// DefaultAgentCapacity is how many conversations an agent takes at
+	// once when its Presence does not say. Default 5.
+	DefaultAgentCapacity int
+
+	// MaxAgentCapacity bounds the capacity an agent may ask for. Default 100.
+	MaxAgentCapacity int
+
+	// MaxQueue bounds the number of waiting conversations over all tenants;
+	// an Open beyond it gets CodeQueueFull. Conversations queued again by a
+	// transfer or a departed agent are never refused. Default 10000.
+	MaxQueue int
+
+	// MaxOpenPerVisitor bounds the conversations a visitor has open at
+	// once; one more Open gets CodeAlreadyOpen. Default 1.
+	MaxOpenPerVisitor int
+
+	// ResumeTTL is how long a session, and the conversations of its user,
+	// outlive the user's last connection. A Hello with the session's resume
+	// token within ResumeTTL gets the same user id and its conversations
+	// back. Default 10m.
+	ResumeTTL time.Duration
+
+	// ResumeTokenTTL is the lifetime written into resume tokens. It must
+	// cover the longest connection plus ResumeTTL, since the token is
+	// issued once, in the Welcome; the session table is what enforces
+	// ResumeTTL. Default 24h.
+	ResumeTokenTTL time.Duration
+
+	// OfflineGrace is how long an agent whose last connection closed stays
+	// online for assignment. Default 10s.
+	OfflineGrace time.Duration
+
+	// HistoryPerConversation is the number of messages a conversation keeps
+	// in memory for replay (a ring: older ones are dropped). Default 1000.
+	HistoryPerConversation int
+
+	// HeartbeatMillis is announced in Welcome: the server's ping interval.
+	// It should match netpoll's ping interval. Default 30000.
+	HeartbeatMillis uint32
+
+	// MaxMessageBytes is announced in Welcome and enforced on every
+	// message (CodeTooLarge). It should match netpoll's
+	// WithMaxMessageBytes. Default 65536.
+	MaxMessageBytes uint32
+
+	// ServerVersion is announced in Welcome. Default "unigate".
+	ServerVersion string
+
+	// Now is the clock, for tests. Default time.Now.
+	Now func() time.Time
+}
+
+// Defaults of Options.
+const (
+	DefaultQueueSize              = 4096
+	DefaultAgentCapacity          = 5
+	DefaultMaxAgentCapacity       = 100
+	DefaultMaxQueue               = 10000
+	DefaultMaxOpenPerVisitor      = 1
+	DefaultResumeTTL              = 10 * time.Minute
+	DefaultResumeTokenTTL         = 24 * time.Hour
+	DefaultOfflineGrace           = 10 * time.Second
+	DefaultHistoryPerConversation = 1000
+	DefaultHeartbeatMillis        = 30000
+	DefaultMaxMessageBytes        = 64 << 10
+	DefaultServerVersion          = "unigate"
+)
+
+// errNoAuth is returned by New for a configuration nobody can log in with.
+var errNoAuth = errors.New("broker: Signer is nil and AllowAnonymous is false: nobody could log in")
+
+// withDefaults returns o with every zero field set to its default, or an
+// error for a value that cannot work.
+func (o Options) withDefaults() (Options, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Signer == nil {
+		if !o.AllowAnonymous {
+			return o, errNoAuth
+		}
+		s, err := token.NewSigner(randomBytes(32))
+		if err != nil {
+			return o, fmt.Errorf("broker: ephemeral signer: %w", err)
+		}
+		o.Signer = s
+	}
+	if o.Shards <= 0 {
+		o.Shards = 4 * runtime.GOMAXPROCS(0)
+	}
+	if o.QueueSize <= 0 {
+		o.QueueSize = DefaultQueueSize
+	}
+	if o.DefaultAgentCapacity <= 0 {
+		o.DefaultAgentCapacity = DefaultAgentCapacity
+	}
+	if o.MaxAgentCapacity <= 0 {
+		o.MaxAgentCapacity = DefaultMaxAgentCapacity
+	}
+	if o.DefaultAgentCapacity > o.MaxAgentCapacity {
+		return o, fmt.Errorf("broker: DefaultAgentCapacity %d > MaxAgentCapacity %d", o.DefaultAgentCapacity, o.MaxAgentCapacity)
+	}
+	if o.MaxQueue <= 0 {
+		o.MaxQueue = DefaultMaxQueue
+	}
+	if o.MaxOpenPerVisitor <= 0 {
+		o.MaxOpenPerVisitor = DefaultMaxOpenPerVisitor
+	}
+	if o.ResumeTTL <= 0 {
+		o.ResumeTTL = DefaultResumeTTL
+	}
+	if o.ResumeTokenTTL <= 0 {
+		o.ResumeTokenTTL = DefaultResumeTokenTTL
+	}
+	if o.OfflineGrace <= 0 {
+		o.OfflineGrace = DefaultOfflineGrace
+	}
+	if o.HistoryPerConversation <= 0 {
+		o.HistoryPerConversation = DefaultHistoryPerConversation
+	}
+	if o.HeartbeatMillis == 0 {
+		o.HeartbeatMillis = DefaultHeartbeatMillis
+	}
+	if o.MaxMessageBytes == 0 {
+		o.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if o.ServerVersion == "" {
+		o.ServerVersion = DefaultServerVersion
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o, nil
+}
+
+// sweepInterval is the janitor's period: fine enough for the shortest of
+// the timeouts it enforces, never busier than every 10ms nor lazier than 1s.
+func (o Options) sweepInterval() time.Duration {
+	d := min(o.ResumeTTL, o.OfflineGrace) / 4
+	return min(max(d, 10*time.Millisecond), time.Second)
+}

@@ -1,0 +1,450 @@
+package broker
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/unigate/unigate/internal/token"
+	"github.com/unigate/unigate/protocol"
+)
+
+// user is a visitor or an agent, with every live connection it has. Its
+// identity fields are fixed at creation; the rest is guarded by mu.
+type user struct {
+	id     string
+	role   protocol.Role
+	tenant string
+	name   string
+	skills []string // from the token: the agent's default skills
+
+	mu          sync.Mutex
+	conns       []*client           // live connections
+	convs       map[string]struct{} // conversations it takes part in, closed ones until forgotten
+	open        int                 // visitor: conversations not closed (counting pending opens)
+	detachedAt  time.Time           // when the last connection closed; zero while connected
+	offlineDone bool                // janitor: grace period handled since detachedAt
+	goneDone    bool                // janitor: ResumeTTL handled since detachedAt
+	deleted     bool                // removed from the registry
+	sessions    int                 // sessions naming this user; guarded by registry.mu
+}
+
+// session is what a resume token names: a user and the time it was last
+// connected through this session.
+type session struct {
+	id         string
+	u          *user
+	conns      int       // guarded by u.mu
+	detachedAt time.Time // guarded by u.mu
+}
+
+// registry maps user ids to users and session ids to sessions. The
+// durable broker keeps sessions in fastcache instead.
+type registry struct {
+	mu       sync.Mutex
+	users    map[string]*user
+	sessions map[string]*session
+}
+
+// connect adds cl to u's connections through session s and returns u's
+// conversations, sorted. It fails if cl closed meanwhile or u was deleted.
+func (u *user) connect(cl *client, s *session) ([]string, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.deleted {
+		return nil, false
+	}
+	cl.sess = s
+	cl.user.Store(u)
+	if cl.closed.Load() {
+		// OnClose ran before the user was set: it saw nothing to remove.
+		return nil, false
+	}
+	u.conns = append(u.conns, cl)
+	s.conns++
+	u.detachedAt, s.detachedAt = time.Time{}, time.Time{}
+	u.offlineDone, u.goneDone = false, false
+	convs := make([]string, 0, len(u.convs))
+	for id := range u.convs {
+		convs = append(convs, id)
+	}
+	slices.Sort(convs)
+	return convs, true
+}
+
+// disconnect removes cl from u's connections.
+func (u *user) disconnect(cl *client, now time.Time) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	i := slices.Index(u.conns, cl)
+	if i < 0 {
+		return
+	}
+	u.conns = slices.Delete(u.conns, i, i+1)
+	if s := cl.sess; s != nil {
+		if s.conns--; s.conns == 0 {
+			s.detachedAt = now
+		}
+	}
+	if len(u.conns) == 0 {
+		u.detachedAt = now
+	}
+}
+
+// connected reports whether u has a live connection.
+func (u *user) connected() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.conns) > 0
+}
+
+// gone is the event-loop side of OnClose.
+func (b *Broker) gone(cl *client) {
+	if cl.closed.Swap(true) {
+		return
+	}
+	b.conns.Add(-1)
+	if u := cl.user.Load(); u != nil {
+		u.disconnect(cl, b.now())
+	}
+}
+
+// roleOf maps a token role to a protocol role.
+func roleOf(s string) protocol.Role {
+	switch s {
+	case token.RoleVisitor:
+		return protocol.RoleVisitor
+	case token.RoleAgent:
+		return protocol.RoleAgent
+	}
+	return protocol.RoleUnspecified
+}
+
+// hello authenticates a connection (home shard).
+func (s *shard) hello(it *item) {
+	b, cl, h, id := s.b, it.cl, &it.env.Hello, it.env.ID
+	if cl.ready.Load() {
+		s.fail(cl, id, protocol.CodeBadTransition, "hello already done")
+		return
+	}
+	now := b.now()
+	var claims token.Claims
+	var role protocol.Role
+	switch {
+	case h.Token != "":
+		var err error
+		claims, err = b.signer.Verify(h.Token, now)
+		if err == nil {
+			if role = roleOf(claims.Role); role == protocol.RoleUnspecified || claims.Subject == "" {
+				err = token.ErrMalformed
+			}
+		}
+		if err != nil {
+			code, msg := protocol.CodeBadToken, "invalid token"
+			if errors.Is(err, token.ErrExpired) {
+				code, msg = protocol.CodeTokenExpired, "token expired"
+			}
+			s.fail(cl, id, code, msg)
+			cl.peer.Close(ws.StatusPolicyViolation, "authentication failed")
+			return
+		}
+	case b.o.AllowAnonymous:
+		role = protocol.RoleVisitor
+	default:
+		s.fail(cl, id, protocol.CodeUnauthenticated, "a token is required")
+		cl.peer.Close(ws.StatusPolicyViolation, "authentication required")
+		return
+	}
+
+	var sess *session
+	resumed := false
+	if h.ResumeToken != "" {
+		sid, err := b.signer.VerifyResume(h.ResumeToken, now)
+		if err == nil {
+			sess = b.reg.lookupSession(sid, now, b.o.ResumeTTL)
+		}
+		if sess == nil || sess.u.role != role || (h.Token != "" && sess.u.id != claims.Subject) {
+			s.fail(cl, id, protocol.CodeBadResumeToken, "unknown or expired resume token")
+			return
+		}
+		resumed = true
+	}
+	if sess == nil {
+		var u *user
+		if h.Token != "" {
+			var ok bool
+			if u, ok = b.reg.userFor(claims, role, now); !ok {
+				s.fail(cl, id, protocol.CodeForbidden, "user id is taken by another role")
+				cl.peer.Close(ws.StatusPolicyViolation, "authentication failed")
+				return
+			}
+		} else {
+			tenant := strings.Clone(h.Tenant)
+			if tenant == "" {
+				tenant = token.DefaultTenant
+			}
+			u = b.reg.newVisitor(tenant, now)
+		}
+		sess = b.reg.newSession(u, now)
+		b.sessions.Add(1)
+	}
+	u := sess.u
+	convs, ok := u.connect(cl, sess)
+	if !ok {
+		if !cl.closed.Load() {
+			s.fail(cl, id, protocol.CodeBadResumeToken, "session expired")
+		}
+		return
+	}
+
+	e := &s.out
+	e.Kind = protocol.KindWelcome
+	e.ID = id
+	e.Welcome = protocol.Welcome{
+		SessionID:       sess.id,
+		ResumeToken:     b.signer.SignResume(sess.id, now.Add(b.o.ResumeTokenTTL)),
+		Role:            u.role,
+		UserID:          u.id,
+		HeartbeatMillis: b.o.HeartbeatMillis,
+		MaxMessageBytes: b.o.MaxMessageBytes,
+		ServerVersion:   b.o.ServerVersion,
+		Resumed:         resumed,
+		Conversations:   convs[:min(len(convs), protocol.MaxRepeated)],
+	}
+	b.sendTo(cl, e)
+	e.Welcome = protocol.Welcome{}
+	cl.ready.Store(true)
+
+	for _, conv := range convs {
+		var cursor uint64
+		for _, c := range h.Cursors {
+			if c.ConversationID == conv {
+				cursor = c.LastSeq
+			}
+		}
+		b.shardFor(conv).mbox.post(ctrl{kind: ctrlAttach, conv: conv, cl: cl, seq: cursor, id: id})
+	}
+}
+
+// lookupSession returns the session sid if it is still resumable.
+func (r *registry) lookupSession(sid string, now time.Time, ttl time.Duration) *session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.sessions[sid]
+	if s == nil {
+		return nil
+	}
+	s.u.mu.Lock()
+	defer s.u.mu.Unlock()
+	if s.conns == 0 && now.Sub(s.detachedAt) >= ttl {
+		return nil
+	}
+	return s
+}
+
+// userFor returns the user named by a token, creating it; false if the id
+// exists with another role.
+func (r *registry) userFor(c token.Claims, role protocol.Role, now time.Time) (*user, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if u := r.users[c.Subject]; u != nil {
+		return u, u.role == role
+	}
+	u := &user{
+		id:         c.Subject,
+		role:       role,
+		tenant:     c.Tenant,
+		name:       c.Name,
+		skills:     slices.Clone(c.Skills),
+		convs:      make(map[string]struct{}),
+		detachedAt: now,
+	}
+	r.users[u.id] = u
+	return u, true
+}
+
+// newVisitor creates an anonymous visitor.
+func (r *registry) newVisitor(tenant string, now time.Time) *user {
+	u := &user{
+		id:         newID(prefixVisitor),
+		role:       protocol.RoleVisitor,
+		tenant:     tenant,
+		convs:      make(map[string]struct{}),
+		detachedAt: now,
+	}
+	r.mu.Lock()
+	r.users[u.id] = u
+	r.mu.Unlock()
+	return u
+}
+
+// newSession creates a session for u.
+func (r *registry) newSession(u *user, now time.Time) *session {
+	s := &session{id: newID(prefixSession), u: u, detachedAt: now}
+	r.mu.Lock()
+	r.sessions[s.id] = s
+	u.sessions++
+	r.mu.Unlock()
+	return s
+}
+
+// open creates a conversation for a visitor (home shard): it reserves one
+// of the visitor's open slots and hands the creation to the
+// conversation's shard.
+func (s *shard) open(it *item) {
+	b, cl, id := s.b, it.cl, it.env.ID
+	u := cl.user.Load()
+	switch {
+	case u == nil:
+		s.fail(cl, id, protocol.CodeNotHello, "send hello first")
+		return
+	case u.role != protocol.RoleVisitor:
+		s.fail(cl, id, protocol.CodeForbidden, "only visitors open conversations")
+		return
+	}
+	u.mu.Lock()
+	full := u.open >= b.o.MaxOpenPerVisitor
+	if !full {
+		u.open++
+	}
+	u.mu.Unlock()
+	if full {
+		s.fail(cl, id, protocol.CodeAlreadyOpen, "a conversation is already open")
+		return
+	}
+	o := &it.env.Open
+	conv := newID(prefixConversation)
+	b.shardFor(conv).mbox.post(ctrl{
+		kind: ctrlCreate,
+		conv: conv,
+		cl:   cl,
+		u:    u,
+		id:   id,
+		open: &openReq{skill: strings.Clone(o.Skill), prio: o.Priority, text: strings.Clone(o.Text)},
+	})
+}
+
+// presence sets an agent's status and capacity (home shard) and echoes
+// the effective presence.
+func (s *shard) presence(it *item) {
+	b, cl, id := s.b, it.cl, it.env.ID
+	u := cl.user.Load()
+	p := &it.env.Presence
+	switch {
+	case u == nil:
+		s.fail(cl, id, protocol.CodeNotHello, "send hello first")
+		return
+	case u.role != protocol.RoleAgent:
+		s.fail(cl, id, protocol.CodeForbidden, "only agents set presence")
+		return
+	case p.Status == protocol.StatusUnspecified:
+		s.fail(cl, id, protocol.CodeMissingField, "status is required")
+		return
+	case !p.Status.Valid():
+		s.fail(cl, id, protocol.CodeMalformed, "unknown status")
+		return
+	}
+	capacity := min(int(p.Capacity), b.o.MaxAgentCapacity)
+	var skills []string
+	if len(p.Skills) > 0 {
+		skills = make([]string, len(p.Skills))
+		for i, sk := range p.Skills {
+			skills[i] = strings.Clone(sk)
+		}
+	}
+	r := b.disp.presence(u, p.Status, capacity, b.o.DefaultAgentCapacity, skills)
+	e := &s.out
+	e.Kind = protocol.KindPresence
+	e.ID = id
+	e.Presence = protocol.Presence{AgentID: u.id, Status: r.status, Capacity: uint32(r.capacity), Skills: r.skills}
+	b.sendTo(cl, e)
+	e.Presence = protocol.Presence{}
+}
+
+// janitor runs sweep periodically until Close.
+func (b *Broker) janitor() {
+	defer b.wg.Done()
+	t := time.NewTicker(b.o.sweepInterval())
+	defer t.Stop()
+	for {
+		select {
+		case <-b.done:
+			return
+		case <-t.C:
+			b.sweep()
+		}
+	}
+}
+
+// departed is a user whose ResumeTTL ran out, with its conversations.
+type departed struct {
+	u     *user
+	convs []string
+}
+
+// sweep expires sessions, takes agents offline after their grace period,
+// hands the conversations of departed users to their shards, forgets idle
+// visitors and asks every shard to forget old closed conversations. It
+// decides under the registry lock and acts after releasing it.
+func (b *Broker) sweep() {
+	now := b.now()
+	var offline []string
+	var gone []departed
+	r := &b.reg
+	r.mu.Lock()
+	for id, s := range r.sessions {
+		s.u.mu.Lock()
+		if s.conns == 0 && now.Sub(s.detachedAt) >= b.o.ResumeTTL {
+			delete(r.sessions, id)
+			s.u.sessions--
+			b.sessions.Add(-1)
+		}
+		s.u.mu.Unlock()
+	}
+	for id, u := range r.users {
+		u.mu.Lock()
+		if len(u.conns) == 0 {
+			idle := now.Sub(u.detachedAt)
+			if u.role == protocol.RoleAgent && idle >= b.o.OfflineGrace && !u.offlineDone {
+				u.offlineDone = true
+				offline = append(offline, u.id)
+			}
+			if idle >= b.o.ResumeTTL && !u.goneDone && len(u.convs) > 0 {
+				u.goneDone = true
+				d := departed{u: u, convs: make([]string, 0, len(u.convs))}
+				for c := range u.convs {
+					d.convs = append(d.convs, c)
+				}
+				gone = append(gone, d)
+			}
+			// Agents are kept: their number is bounded by the issued tokens
+			// and the dispatcher refers to them.
+			if u.role != protocol.RoleAgent && idle >= b.o.ResumeTTL && len(u.convs) == 0 && u.sessions == 0 {
+				u.deleted = true
+				delete(r.users, id)
+			}
+		}
+		u.mu.Unlock()
+	}
+	r.mu.Unlock()
+
+	for _, id := range offline {
+		b.disp.setOffline(id)
+	}
+	for _, d := range gone {
+		kind := ctrlVisitorGone
+		if d.u.role == protocol.RoleAgent {
+			kind = ctrlAgentGone
+		}
+		for _, c := range d.convs {
+			b.shardFor(c).mbox.post(ctrl{kind: kind, conv: c, u: d.u})
+		}
+	}
+	for _, s := range b.shards {
+		s.mbox.post(ctrl{kind: ctrlSweep})
+	}
+}

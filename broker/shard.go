@@ -1,0 +1,258 @@
+package broker
+
+import (
+	"sync"
+
+	"github.com/unigate/unigate/protocol"
+)
+
+// ctrlKind names a control message between goroutines of the broker.
+type ctrlKind uint8
+
+const (
+	ctrlItem        ctrlKind = iota + 1 // a client request forwarded by its home shard
+	ctrlCreate                          // create a conversation (Open)
+	ctrlAssign                          // the dispatcher assigned conv to agent u
+	ctrlPosition                        // the queue position of conv is seq
+	ctrlAttach                          // attach cl to conv, replay after seq
+	ctrlVisitorGone                     // visitor u left for good: close conv
+	ctrlAgentGone                       // agent u left for good: queue conv again
+	ctrlSweep                           // forget conversations closed long ago
+)
+
+// ctrl is a control message; which fields are set depends on kind.
+type ctrl struct {
+	kind ctrlKind
+	it   *item
+	cl   *client
+	u    *user
+	conv string
+	seq  uint64 // cursor (attach) or queue position
+	id   uint64 // envelope id to echo to cl
+	open *openReq
+}
+
+// openReq is an Open on its way from the home shard to the conversation's
+// shard. Its strings are owned copies.
+type openReq struct {
+	skill string
+	prio  uint32
+	text  string
+}
+
+// mailbox is a shard's control inbox. Posting appends under a leaf mutex
+// and never blocks; the shard takes the whole batch at once. Its length is
+// bounded by the state it describes (see the package documentation).
+type mailbox struct {
+	mu     sync.Mutex
+	q      []ctrl
+	spare  []ctrl
+	signal chan struct{} // one slot: "the mailbox is not empty"
+}
+
+func (m *mailbox) post(c ctrl) {
+	m.mu.Lock()
+	m.q = append(m.q, c)
+	m.mu.Unlock()
+	select {
+	case m.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (m *mailbox) take() []ctrl {
+	m.mu.Lock()
+	q := m.q
+	m.q, m.spare = m.spare[:0], nil
+	m.mu.Unlock()
+	return q
+}
+
+func (m *mailbox) recycle(q []ctrl) {
+	clear(q)
+	m.mu.Lock()
+	if m.spare == nil && cap(q) <= 1024 {
+		m.spare = q[:0]
+	}
+	m.mu.Unlock()
+}
+
+// shard is one conversation worker: a goroutine that owns the
+// conversations hashed to it.
+type shard struct {
+	b     *Broker
+	idx   int
+	inbox chan *item
+	mbox  mailbox
+
+	// Owned by the shard goroutine.
+	convs  map[string]*conversation
+	closed []*conversation   // closed conversations, oldest first
+	out    protocol.Envelope // scratch envelope for replies and deliveries
+}
+
+func newShard(b *Broker, idx int) *shard {
+	return &shard{
+		b:     b,
+		idx:   idx,
+		inbox: make(chan *item, b.o.QueueSize),
+		mbox:  mailbox{signal: make(chan struct{}, 1)},
+		convs: make(map[string]*conversation),
+	}
+}
+
+// run is the shard goroutine. The mailbox is drained before every inbox
+// item, so a request forwarded through the mailbox is handled before any
+// later request of the same connection that came straight to the inbox.
+func (s *shard) run() {
+	defer s.b.wg.Done()
+	for {
+		select {
+		case it := <-s.inbox:
+			s.drainMailbox()
+			s.handle(it)
+		case <-s.mbox.signal:
+			s.drainMailbox()
+		case <-s.b.done:
+			s.stop()
+			return
+		}
+	}
+}
+
+// stop answers what is left in the inbox with CodeShuttingDown.
+func (s *shard) stop() {
+	for {
+		select {
+		case it := <-s.inbox:
+			if it.viaHome {
+				it.cl.viaHome.Add(-1)
+			}
+			s.b.answer(it, protocol.CodeShuttingDown, "server is shutting down")
+		default:
+			for _, c := range s.mbox.take() {
+				if c.it != nil {
+					s.b.answer(c.it, protocol.CodeShuttingDown, "server is shutting down")
+				}
+			}
+			return
+		}
+	}
+}
+
+func (s *shard) drainMailbox() {
+	for {
+		q := s.mbox.take()
+		if len(q) == 0 {
+			s.mbox.recycle(q)
+			return
+		}
+		for i := range q {
+			s.control(&q[i])
+		}
+		s.mbox.recycle(q)
+	}
+}
+
+func (s *shard) control(c *ctrl) {
+	switch c.kind {
+	case ctrlItem:
+		s.conversationRequest(c.it)
+		putItem(c.it)
+	case ctrlCreate:
+		s.create(c)
+	case ctrlAssign:
+		s.assign(c)
+	case ctrlPosition:
+		s.position(c)
+	case ctrlAttach:
+		s.attach(c)
+	case ctrlVisitorGone:
+		s.visitorGone(c)
+	case ctrlAgentGone:
+		s.agentGone(c)
+	case ctrlSweep:
+		s.sweep()
+	}
+}
+
+// handle processes one request from the inbox and recycles it.
+func (s *shard) handle(it *item) {
+	switch it.env.Kind {
+	case protocol.KindHello:
+		s.hello(it)
+	case protocol.KindOpen:
+		s.open(it)
+	case protocol.KindPresence:
+		s.presence(it)
+	default:
+		if it.viaHome {
+			s.forward(it)
+			return
+		}
+		s.conversationRequest(it)
+	}
+	putItem(it)
+}
+
+// forward handles a conversation request that came through the home
+// shard, and recycles it or hands it on: before a hello it is answered
+// with CodeNotHello; otherwise it goes to the conversation's shard. The
+// in-flight counter drops only after that, so no later request of the
+// connection, routed directly, can overtake it.
+func (s *shard) forward(it *item) {
+	cl := it.cl
+	it.viaHome = false
+	switch t := s.b.shardFor(convIDOf(&it.env)); {
+	case !cl.ready.Load():
+		s.fail(cl, it.env.ID, protocol.CodeNotHello, "send hello first")
+		putItem(it)
+	case t == s:
+		s.conversationRequest(it)
+		putItem(it)
+	default:
+		t.mbox.post(ctrl{kind: ctrlItem, it: it})
+	}
+	cl.viaHome.Add(-1)
+}
+
+// fail answers a request of cl with an error.
+func (s *shard) fail(cl *client, id uint64, code protocol.Code, msg string) {
+	s.out.ID = id
+	s.b.sendError(cl, &s.out, code, msg)
+}
+
+// conversationRequest dispatches send, typing, read, transfer and close.
+func (s *shard) conversationRequest(it *item) {
+	cl := it.cl
+	u := cl.user.Load()
+	if u == nil {
+		s.fail(cl, it.env.ID, protocol.CodeNotHello, "send hello first")
+		return
+	}
+	if it.env.Kind == protocol.KindTransfer && u.role != protocol.RoleAgent {
+		s.fail(cl, it.env.ID, protocol.CodeForbidden, "only agents transfer conversations")
+		return
+	}
+	c := s.convs[convIDOf(&it.env)]
+	if c == nil {
+		s.fail(cl, it.env.ID, protocol.CodeUnknownConversation, "no such conversation")
+		return
+	}
+	if !c.participant(u) {
+		s.fail(cl, it.env.ID, protocol.CodeNotParticipant, "not a participant of this conversation")
+		return
+	}
+	switch it.env.Kind {
+	case protocol.KindSend:
+		s.send(c, it)
+	case protocol.KindTyping:
+		s.typing(c, it)
+	case protocol.KindRead:
+		s.read(c, it)
+	case protocol.KindTransfer:
+		s.transfer(c, it)
+	case protocol.KindClose:
+		s.closeRequest(c, it)
+	}
+}

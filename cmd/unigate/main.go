@@ -1,0 +1,83 @@
+// Command unigate runs the Unigate gateway and its tools.
+//
+//	unigate [serve] [-config unigate.yaml] [flags]   run the gateway (default)
+//	unigate token agent -id a1 -skills billing       print a signed agent token
+//	unigate token visitor -id v1                      print a signed visitor token
+//	unigate config check [-config unigate.yaml]      validate the configuration
+//	unigate config example                            print a commented example configuration
+//	unigate version                                   print version and build information
+//
+// main only parses the command line and configuration and wires packages;
+// all logic lives in them.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+// Stamped at build time with -ldflags "-X main.version=... -X main.commit=... -X main.date=...".
+var (
+	version = "dev"
+	commit  = ""
+	date    = ""
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// errUsage marks an error whose message was already printed with the usage.
+var errUsage = errors.New("usage")
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "serve":
+		err = serve(args, stderr)
+	case "token":
+		err = tokenCmd(args, stdout, stderr)
+	case "config":
+		err = configCmd(args, stdout, stderr)
+	case "version":
+		printVersion(stdout)
+	case "help", "-h", "--help":
+		usage(stdout)
+	default:
+		fmt.Fprintf(stderr, "unigate: unknown command %q\n\n", cmd)
+		usage(stderr)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	default:
+		fmt.Fprintf(stderr, "unigate %s: %v\n", cmd, err)
+		return 1
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `Usage:
+  unigate [serve] [-config FILE] [flags]    run the gateway (default command)
+  unigate token agent -id ID [-skills a,b]  print a signed agent token
+  unigate token visitor -id ID              print a signed visitor token
+  unigate config check [-config FILE]       validate the configuration
+  unigate config example                    print a commented example configuration
+  unigate version                           print version and build information
+
+Configuration: defaults < YAML file (-config or UNIGATE_CONFIG) < UNIGATE_* environment < flags.
+See docs/configuration.md.
+`)
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/unigate/unigate/broker"
+	"github.com/unigate/unigate/internal/config"
+	"github.com/unigate/unigate/internal/token"
+	"github.com/unigate/unigate/netpoll"
+	"github.com/unigate/unigate/protocol"
+)
+
+// loadConfig parses the common flags (-config and the config's own flags)
+// and returns the validated configuration. extra registers command flags.
+func loadConfig(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (config.Config, *flag.FlagSet, error) {
+	fs := flag.NewFlagSet("unigate "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", os.Getenv(config.EnvConfigFile), "YAML configuration `file` (env UNIGATE_CONFIG)")
+	flagCfg := config.Default()
+	flagCfg.RegisterFlags(fs)
+	if extra != nil {
+		extra(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return config.Config{}, nil, err
+		}
+		return config.Config{}, nil, errUsage
+	}
+	cfg, err := config.Load(*path, os.Environ())
+	if err != nil {
+		return cfg, fs, err
+	}
+	if err := cfg.ApplyFlags(fs); err != nil {
+		return cfg, fs, err
+	}
+	return cfg, fs, cfg.Validate()
+}
+
+func serve(args []string, stderr io.Writer) error {
+	cfg, _, err := loadConfig("serve", args, stderr, nil)
+	if err != nil {
+		return err
+	}
+	log := cfg.Logger(stderr)
+	slog.SetDefault(log)
+
+	key, created, err := token.LoadOrCreateKey(cfg.KeyPath())
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("created a new HMAC key for tokens", "file", cfg.KeyPath())
+	}
+	signer, err := token.NewSigner(key)
+	if err != nil {
+		return err
+	}
+
+	b, err := broker.New(broker.Options{
+		Logger:               log.With("component", "broker"),
+		Signer:               signer,
+		AllowAnonymous:       cfg.Auth.AllowAnonymous,
+		Shards:               cfg.Broker.ShardCount(),
+		QueueSize:            cfg.Broker.QueueSize,
+		DefaultAgentCapacity: cfg.Broker.DefaultAgentCapacity,
+		ResumeTTL:            cfg.Auth.ResumeTTL,
+		HeartbeatMillis:      uint32(cfg.WebSocket.PingInterval / time.Millisecond),
+		MaxMessageBytes:      uint32(cfg.WebSocket.MaxMessageBytes),
+		ServerVersion:        "unigate/" + version,
+	})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+
+	srv, err := netpoll.New(b,
+		netpoll.WithAddr(cfg.Listen),
+		netpoll.WithReusePort(cfg.ReusePort),
+		netpoll.WithEventLoops(cfg.EventLoopCount()),
+		netpoll.WithMaxConnections(cfg.MaxConnections),
+		netpoll.WithMaxMessageBytes(cfg.WebSocket.MaxMessageBytes),
+		netpoll.WithMaxHeaderBytes(cfg.WebSocket.MaxHeaderBytes),
+		netpoll.WithHandshakeTimeout(cfg.WebSocket.HandshakeTimeout),
+		netpoll.WithIdleTimeout(cfg.WebSocket.IdleTimeout),
+		netpoll.WithPingInterval(cfg.WebSocket.PingInterval),
+		netpoll.WithMaxOutboundBytes(cfg.WebSocket.MaxOutboundBytes),
+		netpoll.WithSubprotocols(protocol.Subprotocols()...),
+		netpoll.WithOriginCheck(cfg.WebSocket.OriginAllowed),
+		netpoll.WithLogger(log.With("component", "netpoll")),
+	)
+	if err != nil {
+		return err
+	}
+	metrics.RegisterSet(srv.Metrics())
+	metrics.RegisterSet(b.Metrics())
+
+	if err := srv.Start(); err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	var admin *http.Server
+	if cfg.Admin.Listen != "" {
+		admin, err = startAdmin(cfg.Admin, log)
+		if err != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = srv.Stop(ctx)
+			return err
+		}
+	}
+	log.Info("unigate serving", "listen", srv.Addr(), "admin", cfg.Admin.Listen, "version", version,
+		"websocket", "ws://"+srv.Addr()+"/ws")
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	s := <-sig
+	log.Info("draining", "signal", s.String(), "timeout", cfg.Shutdown.DrainTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.DrainTimeout)
+	defer cancel()
+	go func() {
+		// A second signal skips the drain.
+		<-sig
+		log.Warn("second signal: exiting now")
+		cancel()
+	}()
+	err = srv.Stop(ctx)
+	if admin != nil {
+		_ = admin.Close()
+	}
+	log.Info("stopped", "err", err)
+	return nil
+}
+
+// startAdmin serves Prometheus metrics and, when enabled, pprof.
+func startAdmin(c config.AdminConfig, log *slog.Logger) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		metrics.WritePrometheus(w, true)
+	})
+	if c.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	ln, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin server", "err", err)
+		}
+	}()
+	return srv, nil
+}

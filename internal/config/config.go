@@ -1,0 +1,294 @@
+package config
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Errors returned by Load and Validate. Each is wrapped with the file,
+// line, variable or field it is about; test with errors.Is.
+var (
+	// ErrUnknownKey: the YAML file has a key that names no field.
+	ErrUnknownKey = errors.New("unknown key")
+	// ErrBadValue: a YAML value, environment variable or flag cannot be
+	// converted to its field's type.
+	ErrBadValue = errors.New("bad value")
+	// ErrUnknownEnv: an UNIGATE_* environment variable names no field.
+	ErrUnknownEnv = errors.New("unknown environment variable")
+	// ErrInvalid: a field has a value Validate rejects.
+	ErrInvalid = errors.New("invalid configuration")
+)
+
+// EnvPrefix starts every environment variable Load reads.
+const EnvPrefix = "UNIGATE_"
+
+// EnvConfigFile is reserved for the caller to pass the configuration file
+// path; Load ignores it instead of reporting it as unknown.
+const EnvConfigFile = EnvPrefix + "CONFIG"
+
+// Config is the whole application configuration. Start from Default; a
+// zero Config is not valid.
+type Config struct {
+	// Listen is the public listener for WebSocket clients, host:port.
+	// ":8080" listens on every interface.
+	Listen string `yaml:"listen"`
+	// ReusePort opens the public listener with SO_REUSEPORT, so several
+	// processes (or event loops) can accept on the same port.
+	ReusePort bool `yaml:"reuse_port"`
+	// EventLoops is the number of event loops polling client sockets.
+	// 0 means one per core available to the process (GOMAXPROCS); see
+	// EventLoopCount.
+	EventLoops int `yaml:"event_loops"`
+	// MaxConnections caps simultaneous client connections; connections
+	// beyond it are closed right after accept. 0 means no cap (the file
+	// descriptor limit still applies).
+	MaxConnections int `yaml:"max_connections"`
+	// DataDir is the directory for state kept across restarts: the HMAC
+	// key. Relative paths are relative to the working directory.
+	DataDir string `yaml:"data_dir"`
+
+	// Admin is the private HTTP server for operators.
+	Admin AdminConfig `yaml:"admin"`
+	// Log configures the process logger; see Logger.
+	Log LogConfig `yaml:"log"`
+	// WebSocket bounds each client connection.
+	WebSocket WebSocketConfig `yaml:"websocket"`
+	// Auth configures tokens and anonymous access.
+	Auth AuthConfig `yaml:"auth"`
+	// Broker configures conversation routing.
+	Broker BrokerConfig `yaml:"broker"`
+	// Shutdown configures a graceful stop.
+	Shutdown ShutdownConfig `yaml:"shutdown"`
+}
+
+// AdminConfig is the private HTTP server: Prometheus metrics at /metrics
+// and, when Pprof is set, Go profiles at /debug/pprof/.
+type AdminConfig struct {
+	// Listen is the admin listener, host:port. Keep it on a private
+	// interface. Empty disables the admin server.
+	Listen string `yaml:"listen"`
+	// Pprof serves the Go profiling endpoints under /debug/pprof/.
+	Pprof bool `yaml:"pprof"`
+}
+
+// LogConfig configures the process logger.
+type LogConfig struct {
+	// Level is the minimum level logged: debug, info, warn or error.
+	Level string `yaml:"level"`
+	// Format is text (logfmt-like key=value) or json (one object per line).
+	Format string `yaml:"format"`
+}
+
+// WebSocketConfig bounds each client connection.
+type WebSocketConfig struct {
+	// MaxMessageBytes is the largest message a client may send, after
+	// reassembling fragments; a bigger one closes the connection with
+	// status 1009. It is announced to clients in Welcome.
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// MaxHeaderBytes caps the HTTP upgrade request (request line and
+	// headers).
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// HandshakeTimeout is how long a new connection has to complete the
+	// HTTP upgrade and send Hello.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// IdleTimeout closes a connection from which nothing (not even a pong)
+	// arrived for this long. It must exceed PingInterval.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// PingInterval is how often the server pings an otherwise quiet
+	// connection; announced to clients as the heartbeat.
+	PingInterval time.Duration `yaml:"ping_interval"`
+	// MaxOutboundBytes caps the bytes queued for one slow client; when a
+	// send would exceed it the connection is closed instead of buffering
+	// without bound. It must be at least MaxMessageBytes. (A byte bound
+	// already bounds the frame count, so there is no separate frame limit.)
+	MaxOutboundBytes int `yaml:"max_outbound_bytes"`
+	// AllowedOrigins lists the web origins ("https://shop.example.com",
+	// or "https://*.example.com" for any subdomain) whose browser pages may
+	// connect. Empty allows every origin. Requests without an Origin
+	// header (native apps, servers) are always allowed. See OriginAllowed.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+}
+
+// AuthConfig configures tokens (see package token) and anonymous access.
+type AuthConfig struct {
+	// KeyFile holds the HMAC key that signs and verifies tokens, hex
+	// encoded; it is created on first start. Empty means
+	// <data_dir>/hmac.key; see Config.KeyPath.
+	KeyFile string `yaml:"key_file"`
+	// AllowAnonymous lets a visitor connect without a token; it gets a
+	// generated visitor id.
+	AllowAnonymous bool `yaml:"allow_anonymous"`
+	// VisitorTokenTTL is the lifetime of visitor tokens the gateway issues
+	// (to anonymous visitors and with "unigate token visitor").
+	VisitorTokenTTL time.Duration `yaml:"visitor_token_ttl"`
+	// AgentTokenTTL is the lifetime of agent tokens issued with
+	// "unigate token agent".
+	AgentTokenTTL time.Duration `yaml:"agent_token_ttl"`
+	// ResumeTTL is how long a disconnected session is kept so the client
+	// can resume it (and the lifetime of the resume token it holds).
+	ResumeTTL time.Duration `yaml:"resume_ttl"`
+}
+
+// BrokerConfig configures conversation routing.
+type BrokerConfig struct {
+	// Shards is the number of independent broker shards conversations are
+	// hashed onto. 0 means 4 × GOMAXPROCS; see ShardCount.
+	Shards int `yaml:"shards"`
+	// DefaultAgentCapacity is how many conversations an agent handles at
+	// once unless its token or presence says otherwise.
+	DefaultAgentCapacity int `yaml:"default_agent_capacity"`
+	// QueueSize bounds the pending operations of one shard; when it is
+	// full, new requests get a retryable "busy" error.
+	QueueSize int `yaml:"queue_size"`
+}
+
+// ShutdownConfig configures a graceful stop (SIGINT, SIGTERM).
+type ShutdownConfig struct {
+	// DrainTimeout is how long to wait, after the listener stops
+	// accepting, for queued messages to be flushed before connections are
+	// closed. 0 closes them at once.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+}
+
+// Default returns the defaults: every service on one machine, no network
+// access needed.
+func Default() Config {
+	return Config{
+		Listen:  ":8080",
+		DataDir: "./data",
+		Admin: AdminConfig{
+			Listen: "127.0.0.1:9090",
+			Pprof:  true,
+		},
+		Log: LogConfig{
+			Level:  "info",
+			Format: "text",
+		},
+		WebSocket: WebSocketConfig{
+			MaxMessageBytes:  64 << 10,
+			MaxHeaderBytes:   8 << 10,
+			HandshakeTimeout: 10 * time.Second,
+			IdleTimeout:      90 * time.Second,
+			PingInterval:     30 * time.Second,
+			MaxOutboundBytes: 1 << 20,
+		},
+		Auth: AuthConfig{
+			AllowAnonymous:  true,
+			VisitorTokenTTL: 24 * time.Hour,
+			AgentTokenTTL:   24 * time.Hour,
+			ResumeTTL:       10 * time.Minute,
+		},
+		Broker: BrokerConfig{
+			DefaultAgentCapacity: 5,
+			QueueSize:            4096,
+		},
+		Shutdown: ShutdownConfig{
+			DrainTimeout: 10 * time.Second,
+		},
+	}
+}
+
+// KeyPath returns the HMAC key file: Auth.KeyFile, or hmac.key in DataDir
+// when it is empty.
+func (c Config) KeyPath() string {
+	if c.Auth.KeyFile != "" {
+		return c.Auth.KeyFile
+	}
+	return filepath.Join(c.DataDir, "hmac.key")
+}
+
+// EventLoopCount returns EventLoops, or GOMAXPROCS when it is 0.
+func (c Config) EventLoopCount() int {
+	if c.EventLoops > 0 {
+		return c.EventLoops
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
+// ShardCount returns Shards, or 4 × GOMAXPROCS when it is 0.
+func (b BrokerConfig) ShardCount() int {
+	if b.Shards > 0 {
+		return b.Shards
+	}
+	return 4 * runtime.GOMAXPROCS(0)
+}
+
+// OriginAllowed reports whether a WebSocket upgrade carrying this Origin
+// header may proceed. An empty origin (no header: not a browser) and an
+// empty AllowedOrigins list allow everything. Matching ignores case; an
+// entry "https://*.example.com" matches any subdomain of example.com over
+// https, but not example.com itself.
+func (w WebSocketConfig) OriginAllowed(origin string) bool {
+	if origin == "" || len(w.AllowedOrigins) == 0 {
+		return true
+	}
+	for _, allowed := range w.AllowedOrigins {
+		if strings.EqualFold(origin, allowed) {
+			return true
+		}
+		scheme, host, ok := strings.Cut(allowed, "://*.")
+		if !ok {
+			continue
+		}
+		prefix := scheme + "://"
+		suffix := "." + host
+		if len(origin) > len(prefix)+len(suffix) &&
+			strings.EqualFold(origin[:len(prefix)], prefix) &&
+			strings.EqualFold(origin[len(origin)-len(suffix):], suffix) &&
+			!strings.ContainsAny(origin[len(prefix):len(origin)-len(suffix)], "/@?#") {
+			return true
+		}
+	}
+	return false
+}
+
+// Logger returns a logger writing to w at Log.Level in Log.Format. An
+// invalid level or format (which Validate reports) falls back to info and
+// text.
+func (c Config) Logger(w io.Writer) *slog.Logger {
+	level, ok := parseLevel(c.Log.Level)
+	if !ok {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if strings.EqualFold(c.Log.Format, "json") {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// parseLevel accepts the four level names, in any case.
+func parseLevel(s string) (slog.Level, bool) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, true
+	case "info":
+		return slog.LevelInfo, true
+	case "warn":
+		return slog.LevelWarn, true
+	case "error":
+		return slog.LevelError, true
+	}
+	return 0, false
+}
+
+// validOrigin reports whether s is an AllowedOrigins entry:
+// scheme://host[:port] with scheme http or https, optionally with "*." in
+// front of the host.
+func validOrigin(s string) bool {
+	u, err := url.Parse(strings.Replace(s, "://*.", "://wildcard.", 1))
+	if err != nil || u.Opaque != "" || u.User != nil || u.Host == "" ||
+		u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
+		return false
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return false
+	}
+	return !strings.Contains(u.Host, "*") && strings.Count(s, "*") <= 1
+}

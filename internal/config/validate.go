@@ -1,0 +1,114 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Validate reports every field with an unusable value, each error naming
+// the field by its YAML path; the errors are joined with errors.Join and
+// each wraps ErrInvalid.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(path, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: %s: %s", ErrInvalid, path, fmt.Sprintf(format, args...)))
+	}
+	checkAddr := func(path, addr string) {
+		if err := checkListenAddr(addr); err != nil {
+			bad(path, "%v", err)
+		}
+	}
+	positive := func(path string, d time.Duration) {
+		if d <= 0 {
+			bad(path, "must be positive, got %v", d)
+		}
+	}
+
+	checkAddr("listen", c.Listen)
+	if c.EventLoops < 0 {
+		bad("event_loops", "must be 0 (one per core) or more, got %d", c.EventLoops)
+	}
+	if c.MaxConnections < 0 {
+		bad("max_connections", "must be 0 (no cap) or more, got %d", c.MaxConnections)
+	}
+	if strings.TrimSpace(c.DataDir) == "" {
+		bad("data_dir", "must not be empty")
+	}
+
+	if c.Admin.Listen != "" {
+		checkAddr("admin.listen", c.Admin.Listen)
+		if c.Admin.Listen == c.Listen && !strings.HasSuffix(c.Listen, ":0") {
+			bad("admin.listen", "must differ from listen (%s)", c.Listen)
+		}
+	}
+
+	if _, ok := parseLevel(c.Log.Level); !ok {
+		bad("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+	if f := strings.ToLower(c.Log.Format); f != "text" && f != "json" {
+		bad("log.format", "must be text or json, got %q", c.Log.Format)
+	}
+
+	ws := c.WebSocket
+	// Welcome announces the limit as a uint32.
+	if ws.MaxMessageBytes < 1 || uint64(ws.MaxMessageBytes) > math.MaxUint32 {
+		bad("websocket.max_message_bytes", "must be between 1 and %d, got %d", uint32(math.MaxUint32), ws.MaxMessageBytes)
+	}
+	if ws.MaxHeaderBytes < 512 {
+		bad("websocket.max_header_bytes", "must be at least 512 (a browser's upgrade request does not fit in less), got %d", ws.MaxHeaderBytes)
+	}
+	positive("websocket.handshake_timeout", ws.HandshakeTimeout)
+	positive("websocket.idle_timeout", ws.IdleTimeout)
+	positive("websocket.ping_interval", ws.PingInterval)
+	if ws.PingInterval > 0 && ws.IdleTimeout > 0 && ws.PingInterval >= ws.IdleTimeout {
+		bad("websocket.ping_interval", "must be shorter than websocket.idle_timeout (%v), or healthy quiet connections are closed; got %v", ws.IdleTimeout, ws.PingInterval)
+	}
+	if ws.MaxOutboundBytes < ws.MaxMessageBytes || ws.MaxOutboundBytes < 1 {
+		bad("websocket.max_outbound_bytes", "must be at least websocket.max_message_bytes (%d) so one message fits, got %d", ws.MaxMessageBytes, ws.MaxOutboundBytes)
+	}
+	for i, o := range ws.AllowedOrigins {
+		if !validOrigin(o) {
+			bad(fmt.Sprintf("websocket.allowed_origins[%d]", i), "must look like https://example.com or https://*.example.com (scheme and host, no path), got %q", o)
+		}
+	}
+
+	positive("auth.visitor_token_ttl", c.Auth.VisitorTokenTTL)
+	positive("auth.agent_token_ttl", c.Auth.AgentTokenTTL)
+	positive("auth.resume_ttl", c.Auth.ResumeTTL)
+
+	if c.Broker.Shards < 0 {
+		bad("broker.shards", "must be 0 (4 × GOMAXPROCS) or more, got %d", c.Broker.Shards)
+	}
+	if c.Broker.DefaultAgentCapacity < 1 {
+		bad("broker.default_agent_capacity", "must be at least 1, got %d", c.Broker.DefaultAgentCapacity)
+	}
+	if c.Broker.QueueSize < 1 {
+		bad("broker.queue_size", "must be at least 1, got %d", c.Broker.QueueSize)
+	}
+
+	if c.Shutdown.DrainTimeout < 0 {
+		bad("shutdown.drain_timeout", "must be 0 (no wait) or more, got %v", c.Shutdown.DrainTimeout)
+	}
+	return errors.Join(errs...)
+}
+
+// checkListenAddr accepts host:port with a numeric port; the host may be
+// empty (all interfaces).
+func checkListenAddr(addr string) error {
+	if addr == "" {
+		return errors.New("must not be empty (host:port, e.g. :8080)")
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("want host:port such as :8080 or 127.0.0.1:9090, got %q", addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("port must be a number from 0 to 65535, got %q", port)
+	}
+	return nil
+}

@@ -1,0 +1,118 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestValidateAccepts(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(*Config)
+	}{
+		{"defaults", func(*Config) {}},
+		{"admin disabled", func(c *Config) { c.Admin.Listen = "" }},
+		{"ephemeral ports", func(c *Config) { c.Listen, c.Admin.Listen = "127.0.0.1:0", "127.0.0.1:0" }},
+		{"ipv6", func(c *Config) { c.Listen = "[::1]:8080" }},
+		{"hostname", func(c *Config) { c.Admin.Listen = "localhost:9090" }},
+		{"upper-case level and format", func(c *Config) { c.Log.Level, c.Log.Format = "WARN", "JSON" }},
+		{"explicit counts", func(c *Config) { c.EventLoops, c.Broker.Shards, c.MaxConnections = 2, 8, 10000 }},
+		{"outbound equals message", func(c *Config) { c.WebSocket.MaxOutboundBytes = c.WebSocket.MaxMessageBytes }},
+		{"origins", func(c *Config) {
+			c.WebSocket.AllowedOrigins = []string{"https://a.test", "http://localhost:3000", "https://*.b.test"}
+		}},
+		{"no drain", func(c *Config) { c.Shutdown.DrainTimeout = 0 }},
+		{"anonymous off", func(c *Config) { c.Auth.AllowAnonymous = false }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Default()
+			tt.modify(&c)
+			if err := c.Validate(); err != nil {
+				t.Errorf("Validate() = %v", err)
+			}
+		})
+	}
+}
+
+func TestValidateRejects(t *testing.T) {
+	tests := []struct {
+		field  string // the path the only error must name
+		modify func(*Config)
+	}{
+		{"listen", func(c *Config) { c.Listen = "" }},
+		{"listen", func(c *Config) { c.Listen = "8080" }},
+		{"listen", func(c *Config) { c.Listen = ":http" }},
+		{"listen", func(c *Config) { c.Listen = ":65536" }},
+		{"event_loops", func(c *Config) { c.EventLoops = -1 }},
+		{"max_connections", func(c *Config) { c.MaxConnections = -1 }},
+		{"data_dir", func(c *Config) { c.DataDir = " " }},
+		{"admin.listen", func(c *Config) { c.Admin.Listen = "localhost" }},
+		{"admin.listen", func(c *Config) { c.Admin.Listen = c.Listen }},
+		{"log.level", func(c *Config) { c.Log.Level = "verbose" }},
+		{"log.level", func(c *Config) { c.Log.Level = "" }},
+		{"log.format", func(c *Config) { c.Log.Format = "xml" }},
+		{"websocket.max_message_bytes", func(c *Config) { c.WebSocket.MaxMessageBytes = 0 }},
+		{"websocket.max_message_bytes", func(c *Config) {
+			c.WebSocket.MaxMessageBytes = 1 << 32
+			c.WebSocket.MaxOutboundBytes = 1 << 33
+		}},
+		{"websocket.max_header_bytes", func(c *Config) { c.WebSocket.MaxHeaderBytes = 100 }},
+		{"websocket.handshake_timeout", func(c *Config) { c.WebSocket.HandshakeTimeout = 0 }},
+		{"websocket.idle_timeout", func(c *Config) {
+			c.WebSocket.IdleTimeout = -time.Second
+		}},
+		{"websocket.ping_interval", func(c *Config) { c.WebSocket.PingInterval = 0 }},
+		{"websocket.ping_interval", func(c *Config) { c.WebSocket.PingInterval = c.WebSocket.IdleTimeout }},
+		{"websocket.max_outbound_bytes", func(c *Config) { c.WebSocket.MaxOutboundBytes = c.WebSocket.MaxMessageBytes - 1 }},
+		{"websocket.allowed_origins[1]", func(c *Config) {
+			c.WebSocket.AllowedOrigins = []string{"https://ok.test", "https://bad.test/path"}
+		}},
+		{"websocket.allowed_origins[0]", func(c *Config) { c.WebSocket.AllowedOrigins = []string{"ok.test"} }},
+		{"websocket.allowed_origins[0]", func(c *Config) { c.WebSocket.AllowedOrigins = []string{"ftp://ok.test"} }},
+		{"websocket.allowed_origins[0]", func(c *Config) { c.WebSocket.AllowedOrigins = []string{"https://a.*.test"} }},
+		{"websocket.allowed_origins[0]", func(c *Config) { c.WebSocket.AllowedOrigins = []string{"*"} }},
+		{"websocket.allowed_origins[0]", func(c *Config) { c.WebSocket.AllowedOrigins = []string{""} }},
+		{"auth.visitor_token_ttl", func(c *Config) { c.Auth.VisitorTokenTTL = 0 }},
+		{"auth.agent_token_ttl", func(c *Config) { c.Auth.AgentTokenTTL = -time.Hour }},
+		{"auth.resume_ttl", func(c *Config) { c.Auth.ResumeTTL = 0 }},
+		{"broker.shards", func(c *Config) { c.Broker.Shards = -4 }},
+		{"broker.default_agent_capacity", func(c *Config) { c.Broker.DefaultAgentCapacity = 0 }},
+		{"broker.queue_size", func(c *Config) { c.Broker.QueueSize = 0 }},
+		{"shutdown.drain_timeout", func(c *Config) { c.Shutdown.DrainTimeout = -1 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.field, func(t *testing.T) {
+			c := Default()
+			tt.modify(&c)
+			err := c.Validate()
+			wantErr(t, err, ErrInvalid, tt.field+": ")
+			if n := len(joined(err)); n != 1 {
+				t.Errorf("%d errors, want exactly 1: %v", n, err)
+			}
+		})
+	}
+}
+
+func TestValidateReportsAll(t *testing.T) {
+	var zero Config
+	err := zero.Validate()
+	for _, field := range []string{"listen", "data_dir", "log.level", "log.format",
+		"websocket.max_message_bytes", "auth.resume_ttl", "broker.queue_size"} {
+		if !strings.Contains(err.Error(), field+": ") {
+			t.Errorf("zero Config: no error for %s in\n%v", field, err)
+		}
+	}
+}
+
+// joined unwraps an errors.Join result.
+func joined(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	if err == nil {
+		return nil
+	}
+	return []error{err}
+}

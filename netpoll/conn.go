@@ -1,0 +1,296 @@
+package netpoll
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+	"github.com/panjf2000/gnet/v2"
+)
+
+// Errors returned by Conn.Send.
+var (
+	// ErrClosed: the connection is closed or closing; the frame was dropped.
+	ErrClosed = errors.New("netpoll: connection closed")
+	// ErrSlowConsumer: the connection's outbound bound was exceeded; it is
+	// being closed with 1013 and the frame was dropped.
+	ErrSlowConsumer = errors.New("netpoll: slow consumer")
+)
+
+// StatusTryAgainLater is the close code 1013 (RFC 6455 IANA registry),
+// which gobwas/ws does not name.
+const StatusTryAgainLater ws.StatusCode = 1013
+
+// validCloseCode reports whether a client may send code in a close frame:
+// the codes RFC 6455 and the IANA registry define (1000-1003, 1007-1014) and
+// the ranges for libraries and applications (3000-4999). gobwas/ws's
+// CheckCloseFrameData rejects 1012-1014, which are registered.
+func validCloseCode(code ws.StatusCode) bool {
+	switch {
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:
+		return true
+	default:
+		return code >= 3000 && code <= 4999
+	}
+}
+
+// connState is where a connection is in its life. It is only changed on the
+// connection's event loop.
+type connState uint8
+
+const (
+	stateHTTP      connState = iota // reading an HTTP request head
+	stateHTTPBusy                   // a request is being served off the loop
+	stateWebSocket                  // upgraded
+	stateClosing                    // a close frame was queued; input is ignored
+)
+
+// Conn is one client connection. The exported methods are safe for
+// concurrent use unless they say otherwise. A Conn stays valid as a value
+// after it closed: Send then returns ErrClosed.
+type Conn struct {
+	srv  *Server
+	gc   gnet.Conn
+	loop *loopFlusher
+	id   uint64
+
+	// Fixed after the upgrade.
+	subprotocol string
+	query       string // raw query of the upgrade request
+	remote      netip.Addr
+
+	data atomic.Value // handler-owned
+
+	// Event-loop-only state.
+	state    connState
+	fragOp   ws.OpCode // opcode of the message being reassembled, 0 if none
+	frag     []byte    // reassembly buffer of a fragmented message
+	utf8     utf8Stream
+	regIndex int // position in the registry shard
+
+	// Activity clocks in unix seconds, written on the loop, read by the sweeper.
+	openedAt   int64
+	lastRead   atomic.Int64
+	lastPingAt atomic.Int64
+	httpSince  atomic.Int64 // start of the current HTTP request deadline
+	upgraded   atomic.Bool
+
+	// Outbound queue, guarded by mu.
+	mu          sync.Mutex
+	pending     []*Frame
+	spare       []*Frame
+	pendBytes   int
+	scheduled   bool // in the loop's flush list
+	closing     bool // a close frame is queued: no more Sends
+	gone        bool // gnet closed the connection
+}
+
+// ID returns a process-unique connection id (never 0).
+func (c *Conn) ID() uint64 { return c.id }
+
+// Subprotocol returns the negotiated WebSocket subprotocol.
+func (c *Conn) Subprotocol() string { return c.subprotocol }
+
+// RemoteAddr returns the client's IP address.
+func (c *Conn) RemoteAddr() netip.Addr { return c.remote }
+
+// Query returns the value of a query parameter of the upgrade request URL.
+func (c *Conn) Query(key string) string {
+	v, _ := queryValue([]byte(c.query), key)
+	return v
+}
+
+// SetData stores a handler-owned value on the connection.
+func (c *Conn) SetData(v any) { c.data.Store(&v) }
+
+// Data returns the value stored by SetData, or nil.
+func (c *Conn) Data() any {
+	if p, _ := c.data.Load().(*any); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Send queues a sealed frame for the connection and consumes one reference
+// of f in every case. It never blocks: the frame is written by the
+// connection's event loop. When the queued bytes would exceed the server's
+// outbound bound, the connection is closed with 1013 (try again later) and
+// Send returns ErrSlowConsumer.
+func (c *Conn) Send(f *Frame) error {
+	n := len(f.Bytes())
+	c.mu.Lock()
+	if c.closing || c.gone {
+		c.mu.Unlock()
+		f.Release()
+		return ErrClosed
+	}
+	if c.pendBytes+n > c.srv.opts.maxOutbound {
+		c.mu.Unlock()
+		f.Release()
+		c.srv.metrics.slowConsumers.Inc()
+		c.Close(StatusTryAgainLater, "slow consumer")
+		return ErrSlowConsumer
+	}
+	c.pending = append(c.pending, f)
+	c.pendBytes += n
+	schedule := !c.scheduled
+	c.scheduled = true
+	c.mu.Unlock()
+	if schedule {
+		c.loop.add(c)
+	}
+	return nil
+}
+
+// Close sends a close frame with code and reason (truncated to fit a control
+// frame) after the frames already queued, then closes the TCP connection.
+// It is idempotent and safe from any goroutine.
+func (c *Conn) Close(code ws.StatusCode, reason string) {
+	c.mu.Lock()
+	if c.closing || c.gone {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = true
+	f := closeFrame(code, reason)
+	c.pending = append(c.pending, f)
+	c.pendBytes += len(f.Bytes())
+	schedule := !c.scheduled
+	c.scheduled = true
+	c.mu.Unlock()
+	if schedule {
+		c.loop.add(c)
+	}
+}
+
+// closeFrame builds a close frame; the reason is cut to fit 125 bytes on a
+// rune boundary.
+func closeFrame(code ws.StatusCode, reason string) *Frame {
+	f := AcquireFrame()
+	if code == 0 {
+		f.Seal(ws.OpClose)
+		return f
+	}
+	if len(reason) > ws.MaxControlFramePayloadSize-2 {
+		reason = reason[:ws.MaxControlFramePayloadSize-2]
+		for len(reason) > 0 && !utf8.ValidString(reason) {
+			reason = reason[:len(reason)-1]
+		}
+	}
+	f.B = append(f.B, byte(code>>8), byte(code))
+	f.B = append(f.B, reason...)
+	f.Seal(ws.OpClose)
+	return f
+}
+
+// flush writes the queued frames; it runs on the connection's event loop.
+func (c *Conn) flush(iov [][]byte) [][]byte {
+	c.mu.Lock()
+	batch := c.pending
+	c.pending, c.spare = c.spare[:0], nil
+	c.pendBytes = 0
+	c.scheduled = false
+	closing, gone := c.closing, c.gone
+	c.mu.Unlock()
+
+	if !gone {
+		iov = iov[:0]
+		for _, f := range batch {
+			iov = append(iov, f.Bytes())
+		}
+		if len(iov) > 0 {
+			// Writev copies whatever the socket does not take at once into
+			// gnet's outbound buffer, so the frames can be released now.
+			_, _ = c.gc.Writev(iov)
+		}
+		if closing {
+			c.state = stateClosing
+			_ = c.gc.Close()
+		} else if c.gc.OutboundBuffered() > c.srv.opts.maxOutbound {
+			c.srv.metrics.slowConsumers.Inc()
+			c.Close(StatusTryAgainLater, "slow consumer")
+		}
+	}
+	for i, f := range batch {
+		f.Release()
+		batch[i] = nil
+	}
+	c.mu.Lock()
+	if c.spare == nil && cap(batch) <= 64 {
+		c.spare = batch[:0]
+	}
+	c.mu.Unlock()
+	return iov
+}
+
+// closeQueued reports whether a close frame is queued or the connection is gone.
+func (c *Conn) closeQueued() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing || c.gone
+}
+
+// markGone records that gnet closed the connection and drops what is queued.
+func (c *Conn) markGone() {
+	c.mu.Lock()
+	c.gone = true
+	batch := c.pending
+	c.pending, c.spare, c.pendBytes = nil, nil, 0
+	c.mu.Unlock()
+	for _, f := range batch {
+		f.Release()
+	}
+	c.frag = nil
+}
+
+// loopFlusher batches the connections of one event loop that have frames to
+// write, so that one task on the loop serves all of them: under load, one
+// wake-up of the loop writes many connections' frames.
+type loopFlusher struct {
+	el        gnet.EventLoop
+	mu        sync.Mutex
+	conns     []*Conn
+	spare     []*Conn
+	scheduled bool
+	iov       [][]byte // loop-only scratch
+}
+
+func (l *loopFlusher) add(c *Conn) {
+	l.mu.Lock()
+	l.conns = append(l.conns, c)
+	schedule := !l.scheduled
+	l.scheduled = true
+	l.mu.Unlock()
+	if schedule {
+		if err := l.el.Execute(context.Background(), l); err != nil {
+			// The engine is shutting down: nothing will be written.
+			l.mu.Lock()
+			l.scheduled = false
+			l.mu.Unlock()
+		}
+	}
+}
+
+// Run implements gnet.Runnable: it flushes every connection in the list.
+func (l *loopFlusher) Run(context.Context) error {
+	l.mu.Lock()
+	conns := l.conns
+	l.conns, l.spare = l.spare[:0], nil
+	l.scheduled = false
+	l.mu.Unlock()
+	for i, c := range conns {
+		l.iov = c.flush(l.iov)
+		conns[i] = nil
+	}
+	clear(l.iov[:cap(l.iov)])
+	l.mu.Lock()
+	if l.spare == nil {
+		l.spare = conns[:0]
+	}
+	l.mu.Unlock()
+	return nil
+}

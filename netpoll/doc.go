@@ -1,0 +1,44 @@
+// Package netpoll terminates HTTP/1.1 and WebSocket connections on a gnet/v2
+// event loop, one loop per core, with no goroutine per connection.
+//
+// A Server serves one port. A request to the WebSocket path (default /ws) is
+// upgraded with gobwas/ws over exactly the bytes of its request head; /healthz
+// and /readyz are answered on the event loop; any other request goes to an
+// optional net/http Handler that runs on its own goroutine.
+//
+//	srv, err := netpoll.New(handler, netpoll.WithAddr(":8080"))
+//	if err != nil { ... }
+//	if err := srv.Start(); err != nil { ... }
+//	defer srv.Stop(ctx) // drains: 1001 to every client
+//
+// # Frames
+//
+// Frames are parsed from gnet's inbound buffer as bytes arrive: partial
+// headers and payloads stay in the buffer until complete, several frames in
+// one read are all handled, control frames may interleave the fragments of a
+// message. RFC 6455 is enforced: unmasked client frames, reserved bits,
+// reserved opcodes, oversized or fragmented control frames, bad continuation
+// order, bad close payloads and codes close the connection with 1002;
+// invalid UTF-8 in a text message (checked incrementally across fragments)
+// with 1007; a message over the limit with 1009, as soon as its header says
+// so. Pings are answered with pongs carrying the same payload; a close frame
+// is echoed and the TCP connection closed.
+//
+// # Ownership and concurrency
+//
+// Handler methods run on the connection's event loop and must not block.
+// The payload passed to Handler.OnMessage points into gnet's buffer (or the
+// connection's reassembly buffer) and is valid only until OnMessage returns:
+// copy what you keep, never hand it to another goroutine.
+//
+// Outbound frames are Frames: built once, reference counted, and queued with
+// Conn.Send from any goroutine. Send never blocks; the connection's event
+// loop writes queued frames in batches (one loop task serves every
+// connection of that loop with pending frames) with one writev each, and
+// releases them. The bytes queued per connection are bounded
+// (WithMaxOutboundBytes); a connection over the bound is a slow consumer and
+// is closed with 1013.
+//
+// Deadlines (handshake, idle) and keep-alive pings are swept by gnet's
+// ticker over a registry of connections: there is no timer per connection.
+package netpoll

@@ -1,0 +1,63 @@
+package netpoll
+
+import "sync"
+
+const registryShards = 16
+
+// registry tracks open connections for the deadline sweeper and for
+// draining. Adding and removing are O(1) (swap-remove with an index kept in
+// the Conn); each shard has its own lock.
+type registry struct {
+	shards [registryShards]struct {
+		mu    sync.Mutex
+		conns []*Conn
+		_     [40]byte // keep shards on separate cache lines
+	}
+}
+
+func (r *registry) add(c *Conn) {
+	sh := &r.shards[c.id%registryShards]
+	sh.mu.Lock()
+	c.regIndex = len(sh.conns)
+	sh.conns = append(sh.conns, c)
+	sh.mu.Unlock()
+}
+
+func (r *registry) remove(c *Conn) {
+	sh := &r.shards[c.id%registryShards]
+	sh.mu.Lock()
+	i := c.regIndex
+	if i < len(sh.conns) && sh.conns[i] == c {
+		last := len(sh.conns) - 1
+		sh.conns[i] = sh.conns[last]
+		sh.conns[i].regIndex = i
+		sh.conns[last] = nil
+		sh.conns = sh.conns[:last]
+	}
+	sh.mu.Unlock()
+}
+
+func (r *registry) count() int {
+	n := 0
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.Lock()
+		n += len(sh.conns)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// each calls f for every connection. f runs with a shard lock held: it must
+// be quick and must not call add or remove (Conn.Send and Conn.Close are fine:
+// they only queue).
+func (r *registry) each(f func(*Conn)) {
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.Lock()
+		for _, c := range sh.conns {
+			f(c)
+		}
+		sh.mu.Unlock()
+	}
+}

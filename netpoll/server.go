@@ -1,0 +1,546 @@
+package netpoll
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/gobwas/ws"
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+)
+
+// Server is a gnet/v2 server that speaks HTTP/1.1 and WebSocket on one port.
+type Server struct {
+	gnet.BuiltinEventEngine
+
+	opts    options
+	handler Handler
+
+	eng      gnet.Engine
+	boundTo  string
+	started  chan error
+	done     chan struct{}
+	runErr   error
+	draining atomic.Bool
+	clock    atomic.Int64 // unix seconds, refreshed by the ticker
+	nextID   atomic.Uint64
+
+	loopsMu sync.Mutex
+	loops   map[gnet.EventLoop]*loopFlusher
+
+	reg      registry
+	httpSem  chan struct{}
+	upgrader ws.Upgrader
+	ping     *Frame
+
+	metrics serverMetrics
+}
+
+type serverMetrics struct {
+	set                                 *metrics.Set
+	open, upgraded                      *metrics.Counter
+	closed                              *metrics.Counter
+	http2xx, http4xx, http5xx           *metrics.Counter
+	protocolErrors, tooBig, invalidUTF8 *metrics.Counter
+	handshakeTimeouts, idleTimeouts     *metrics.Counter
+	slowConsumers, refusedFull          *metrics.Counter
+	messagesIn, bytesIn                 *metrics.Counter
+}
+
+// New builds a server that hands WebSocket events to h. Call Start to listen.
+func New(h Handler, opts ...Option) (*Server, error) {
+	s := &Server{opts: defaultOptions(), handler: h, started: make(chan error, 1), done: make(chan struct{})}
+	for _, o := range opts {
+		o(&s.opts)
+	}
+	switch {
+	case h == nil:
+		return nil, errors.New("netpoll: nil handler")
+	case s.opts.maxMessage <= 0 || s.opts.maxHead <= 0 || s.opts.maxOutbound <= 0:
+		return nil, errors.New("netpoll: size bounds must be positive")
+	case s.opts.handshakeTimeout <= 0 || s.opts.idleTimeout <= 0 || s.opts.pingInterval <= 0:
+		return nil, errors.New("netpoll: timeouts must be positive")
+	case len(s.opts.subprotocols) == 0:
+		return nil, errors.New("netpoll: no subprotocol")
+	}
+	s.loops = make(map[gnet.EventLoop]*loopFlusher)
+	s.httpSem = make(chan struct{}, max(1, s.opts.httpConcurrency))
+	s.ping = NewStaticFrame(ws.OpPing, nil)
+	s.clock.Store(time.Now().Unix())
+	s.upgrader = ws.Upgrader{
+		// The header lists the client's subprotocols in its order of
+		// preference: pick the first we support. Returning ok=false would
+		// make gobwas answer "malformed request", so "none" is ("", true) and
+		// upgrade refuses it with a helpful 400.
+		ProtocolCustom: func(v []byte) (string, bool) {
+			for len(v) > 0 {
+				var item []byte
+				if i := bytes.IndexByte(v, ','); i >= 0 {
+					item, v = v[:i], v[i+1:]
+				} else {
+					item, v = v, nil
+				}
+				item = trimOWS(item)
+				for _, name := range s.opts.subprotocols {
+					if string(item) == name {
+						return name, true // the static string: no allocation
+					}
+				}
+			}
+			return "", true
+		},
+	}
+	m := &s.metrics
+	m.set = metrics.NewSet()
+	m.open = m.set.NewCounter(`unigate_netpoll_connections_opened_total`)
+	m.closed = m.set.NewCounter(`unigate_netpoll_connections_closed_total`)
+	m.upgraded = m.set.NewCounter(`unigate_netpoll_upgrades_total`)
+	m.http2xx = m.set.NewCounter(`unigate_netpoll_http_responses_total{class="2xx"}`)
+	m.http4xx = m.set.NewCounter(`unigate_netpoll_http_responses_total{class="4xx"}`)
+	m.http5xx = m.set.NewCounter(`unigate_netpoll_http_responses_total{class="5xx"}`)
+	m.protocolErrors = m.set.NewCounter(`unigate_netpoll_ws_closed_total{code="1002"}`)
+	m.invalidUTF8 = m.set.NewCounter(`unigate_netpoll_ws_closed_total{code="1007"}`)
+	m.tooBig = m.set.NewCounter(`unigate_netpoll_ws_closed_total{code="1009"}`)
+	m.slowConsumers = m.set.NewCounter(`unigate_netpoll_ws_closed_total{code="1013"}`)
+	m.handshakeTimeouts = m.set.NewCounter(`unigate_netpoll_timeouts_total{kind="handshake"}`)
+	m.idleTimeouts = m.set.NewCounter(`unigate_netpoll_timeouts_total{kind="idle"}`)
+	m.refusedFull = m.set.NewCounter(`unigate_netpoll_refused_total{reason="full"}`)
+	m.messagesIn = m.set.NewCounter(`unigate_netpoll_ws_messages_received_total`)
+	m.bytesIn = m.set.NewCounter(`unigate_netpoll_ws_bytes_received_total`)
+	m.set.NewGauge(`unigate_netpoll_connections`, func() float64 { return float64(s.reg.count()) })
+	return s, nil
+}
+
+// Metrics returns the server's metrics, to register with
+// metrics.RegisterSet or write with WritePrometheus.
+func (s *Server) Metrics() *metrics.Set { return s.metrics.set }
+
+// Start listens and runs the event loops in the background. It returns once
+// the listener is bound, or with the error that prevented it.
+func (s *Server) Start() error {
+	loops := s.opts.eventLoops
+	gopts := []gnet.Option{
+		gnet.WithMulticore(true),
+		gnet.WithReusePort(s.opts.reusePort),
+		gnet.WithTicker(true),
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithLogger(gnetLogger{s.opts.logger}),
+		gnet.WithReadBufferCap(64 << 10),
+		gnet.WithWriteBufferCap(4 << 10),
+	}
+	if loops > 0 {
+		gopts = append(gopts, gnet.WithNumEventLoop(loops))
+	}
+	go func() {
+		err := gnet.Run(s, "tcp://"+s.opts.addr, gopts...)
+		s.runErr = err
+		select {
+		case s.started <- err: // failed before booting
+		default:
+		}
+		close(s.done)
+	}()
+	return <-s.started
+}
+
+// Addr returns the address the server listens on, with the real port when
+// it was started on port 0.
+func (s *Server) Addr() string { return s.boundTo }
+
+// Connections returns the number of open connections (HTTP and WebSocket).
+func (s *Server) Connections() int { return s.reg.count() }
+
+// Draining reports whether Stop was called.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// Stop drains the server: new connections and requests are refused,
+// WebSocket clients get a close frame with 1001 (going away), and Stop waits
+// until they are gone or ctx is done, then stops the event loops.
+func (s *Server) Stop(ctx context.Context) error {
+	if s.draining.Swap(true) {
+		<-s.done
+		return nil
+	}
+	s.reg.each(func(c *Conn) {
+		c.Close(ws.StatusGoingAway, "server shutting down")
+	})
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+wait:
+	for s.reg.count() > 0 {
+		select {
+		case <-ctx.Done():
+			break wait
+		case <-t.C:
+		}
+	}
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	err := s.eng.Stop(stopCtx)
+	<-s.done
+	return err
+}
+
+// OnBoot implements gnet.EventHandler.
+func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
+	s.eng = eng
+	s.boundTo = s.opts.addr
+	if fd, err := eng.Dup(); err == nil {
+		if sa, err := unix.Getsockname(fd); err == nil {
+			switch a := sa.(type) {
+			case *unix.SockaddrInet4:
+				s.boundTo = netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
+			case *unix.SockaddrInet6:
+				s.boundTo = netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String()
+			}
+		}
+		_ = unix.Close(fd)
+	}
+	s.opts.logger.Info("netpoll listening", "addr", s.boundTo)
+	s.started <- nil
+	return gnet.None
+}
+
+// OnOpen implements gnet.EventHandler.
+func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	if s.draining.Load() {
+		return nil, gnet.Close
+	}
+	if s.opts.maxConns > 0 && s.reg.count() >= s.opts.maxConns {
+		s.metrics.refusedFull.Inc()
+		return []byte(fullResponse), gnet.Close
+	}
+	now := s.clock.Load()
+	c := &Conn{srv: s, gc: gc, id: s.nextID.Add(1), openedAt: now, loop: s.loopFor(gc.EventLoop())}
+	if a, ok := gc.RemoteAddr().(*net.TCPAddr); ok {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			c.remote = ip.Unmap()
+		}
+	}
+	c.lastRead.Store(now)
+	c.httpSince.Store(now)
+	gc.SetContext(c)
+	s.reg.add(c)
+	s.metrics.open.Inc()
+	return nil, gnet.None
+}
+
+func (s *Server) loopFor(el gnet.EventLoop) *loopFlusher {
+	s.loopsMu.Lock()
+	defer s.loopsMu.Unlock()
+	l := s.loops[el]
+	if l == nil {
+		l = &loopFlusher{el: el}
+		s.loops[el] = l
+	}
+	return l
+}
+
+// OnClose implements gnet.EventHandler.
+func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
+	c, _ := gc.Context().(*Conn)
+	if c == nil {
+		return gnet.None
+	}
+	s.reg.remove(c)
+	s.metrics.closed.Inc()
+	upgraded := c.subprotocol != ""
+	c.markGone()
+	if upgraded {
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+		s.handler.OnClose(c, err)
+	}
+	return gnet.None
+}
+
+// OnTraffic implements gnet.EventHandler.
+func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
+	c, _ := gc.Context().(*Conn)
+	if c == nil {
+		return gnet.Close
+	}
+	c.lastRead.Store(s.clock.Load())
+	switch c.state {
+	case stateHTTP:
+		return s.serveHTTP(c)
+	case stateWebSocket:
+		return s.readFrames(c)
+	case stateClosing:
+		_, _ = gc.Discard(-1)
+	}
+	// stateHTTPBusy: bytes wait in gnet's inbound buffer for the response.
+	return gnet.None
+}
+
+// OnTick implements gnet.EventHandler. It runs on its own goroutine and
+// sweeps deadlines: there is no timer per connection.
+func (s *Server) OnTick() (time.Duration, gnet.Action) {
+	now := time.Now().Unix()
+	s.clock.Store(now)
+	hs := int64(s.opts.handshakeTimeout / time.Second)
+	idle := int64(s.opts.idleTimeout / time.Second)
+	ping := int64(s.opts.pingInterval / time.Second)
+	s.reg.each(func(c *Conn) {
+		if c.upgraded.Load() {
+			last := c.lastRead.Load()
+			switch {
+			case now-last >= max(idle, 1):
+				s.metrics.idleTimeouts.Inc()
+				c.Close(ws.StatusGoingAway, "idle timeout")
+			case now-max(last, c.lastPingAt.Load()) >= max(ping, 1):
+				c.lastPingAt.Store(now)
+				_ = c.Send(s.ping)
+			}
+			return
+		}
+		if now-c.httpSince.Load() >= max(hs, 1) {
+			s.metrics.handshakeTimeouts.Inc()
+			_ = c.gc.Close()
+		}
+	})
+	return tickInterval(s.opts), gnet.None
+}
+
+func tickInterval(o options) time.Duration {
+	d := min(o.handshakeTimeout, o.idleTimeout, o.pingInterval) / 4
+	return min(max(d, 100*time.Millisecond), time.Second)
+}
+
+// readFrames parses every complete frame in the inbound buffer. Partial
+// frames stay in gnet's buffer until more bytes arrive.
+func (s *Server) readFrames(c *Conn) gnet.Action {
+	buf, _ := c.gc.Peek(-1)
+	consumed := 0
+	for c.state == stateWebSocket && !c.closeQueued() {
+		h, hn, ok, err := parseFrameHeader(buf[consumed:])
+		if err != nil {
+			s.fail(c, ws.StatusProtocolError, "invalid frame length")
+			break
+		}
+		if !ok {
+			break
+		}
+		st := ws.StateServerSide
+		if c.fragOp != 0 {
+			st |= ws.StateFragmented
+		}
+		if err := ws.CheckHeader(h, st); err != nil {
+			s.fail(c, ws.StatusProtocolError, err.Error())
+			break
+		}
+		if h.Length > int64(s.opts.maxMessage-len(c.frag)) {
+			s.metrics.tooBig.Inc()
+			s.fail(c, ws.StatusMessageTooBig, "message too big")
+			break
+		}
+		total := hn + int(h.Length)
+		if len(buf)-consumed < total {
+			break // wait for the rest of the frame
+		}
+		payload := buf[consumed+hn : consumed+total]
+		consumed += total
+		// Unmask in place: these bytes are ours until Discard below.
+		ws.Cipher(payload, h.Mask, 0)
+		s.frame(c, h, payload)
+	}
+	switch {
+	case c.state == stateClosing:
+		_, _ = c.gc.Discard(-1)
+	case consumed > 0:
+		// Never Discard(0): gnet treats n <= 0 as "discard everything".
+		_, _ = c.gc.Discard(consumed)
+	}
+	return gnet.None
+}
+
+// frame handles one validated, unmasked frame.
+func (s *Server) frame(c *Conn, h ws.Header, p []byte) {
+	switch h.OpCode {
+	case ws.OpPing:
+		f := AcquireFrame()
+		f.B = append(f.B, p...)
+		f.Seal(ws.OpPong)
+		_ = c.Send(f)
+	case ws.OpPong:
+	case ws.OpClose:
+		s.closeReceived(c, p)
+	case ws.OpText, ws.OpBinary:
+		if !h.Fin {
+			c.fragOp = h.OpCode
+			c.utf8.reset()
+			if h.OpCode == ws.OpText && !c.utf8.write(p) {
+				s.failUTF8(c)
+				return
+			}
+			c.frag = append(c.frag[:0], p...)
+			return
+		}
+		if h.OpCode == ws.OpText && !utf8.Valid(p) {
+			s.failUTF8(c)
+			return
+		}
+		s.deliver(c, h.OpCode, p)
+	case ws.OpContinuation:
+		if c.fragOp == ws.OpText && !c.utf8.write(p) {
+			s.failUTF8(c)
+			return
+		}
+		c.frag = append(c.frag, p...)
+		if !h.Fin {
+			return
+		}
+		if c.fragOp == ws.OpText && !c.utf8.done() {
+			s.failUTF8(c)
+			return
+		}
+		op := c.fragOp
+		c.fragOp = 0
+		s.deliver(c, op, c.frag)
+		// Keep a small reassembly buffer; drop a large one.
+		if cap(c.frag) > 4<<10 {
+			c.frag = nil
+		} else {
+			c.frag = c.frag[:0]
+		}
+	}
+}
+
+func (s *Server) deliver(c *Conn, op ws.OpCode, p []byte) {
+	s.metrics.messagesIn.Inc()
+	s.metrics.bytesIn.Add(len(p))
+	s.handler.OnMessage(c, op, p)
+}
+
+// closeReceived answers a client's close frame: the code is echoed (or 1002
+// for an invalid close payload) and the connection closed.
+func (s *Server) closeReceived(c *Conn, p []byte) {
+	switch {
+	case len(p) == 0:
+		c.Close(0, "")
+	case len(p) == 1:
+		s.fail(c, ws.StatusProtocolError, "invalid close payload")
+	default:
+		code, reason := ws.ParseCloseFrameDataUnsafe(p)
+		if !validCloseCode(code) {
+			s.fail(c, ws.StatusProtocolError, "invalid close code")
+			return
+		}
+		if !utf8.ValidString(reason) {
+			s.fail(c, ws.StatusProtocolError, "invalid UTF-8 in close reason")
+			return
+		}
+		c.Close(code, "")
+	}
+	c.state = stateClosing
+}
+
+func (s *Server) failUTF8(c *Conn) {
+	s.metrics.invalidUTF8.Inc()
+	s.fail(c, ws.StatusInvalidFramePayloadData, "invalid UTF-8 in text message")
+}
+
+// fail closes the connection after a protocol violation.
+func (s *Server) fail(c *Conn, code ws.StatusCode, reason string) {
+	if code == ws.StatusProtocolError {
+		s.metrics.protocolErrors.Inc()
+	}
+	c.Close(code, reason)
+	c.state = stateClosing
+	c.frag = nil
+}
+
+// fullResponse answers a connection over the cap, before reading anything.
+const fullResponse = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n" +
+	"Retry-After: 5\r\nContent-Length: 22\r\nConnection: close\r\n\r\nserver is at capacity\n"
+
+// upgrade performs the WebSocket handshake over exactly the request head.
+func (s *Server) upgrade(c *Conn, head []byte, req *request) gnet.Action {
+	if s.opts.originAllowed != nil && !s.opts.originAllowed(string(req.origin)) {
+		s.writeHTTP(c, 403, "text/plain; charset=utf-8", "origin not allowed\n", false)
+		return gnet.Close
+	}
+	var out bytes.Buffer
+	rw := struct {
+		io.Reader
+		io.Writer
+	}{bytes.NewReader(head), &out}
+	hs, err := s.upgrader.Upgrade(rw)
+	if err != nil {
+		// gobwas wrote a rejection (400, 405, 426 with the supported version).
+		s.countStatus(out.Bytes())
+		_, _ = c.gc.Write(out.Bytes())
+		return gnet.Close
+	}
+	if hs.Protocol == "" {
+		s.writeHTTP(c, 400, "text/plain; charset=utf-8",
+			"unsupported or missing Sec-WebSocket-Protocol; supported: "+joinComma(s.opts.subprotocols)+"\n", false)
+		return gnet.Close
+	}
+	if _, err := c.gc.Write(out.Bytes()); err != nil {
+		return gnet.Close
+	}
+	_, _ = c.gc.Discard(req.headLen)
+	c.query = string(req.query)
+	c.subprotocol = hs.Protocol
+	c.state = stateWebSocket
+	c.upgraded.Store(true)
+	s.metrics.upgraded.Inc()
+	s.handler.OnOpen(c)
+	// A client may pipeline its first frames with the request: they are
+	// already in the buffer.
+	return s.readFrames(c)
+}
+
+func joinComma(ss []string) string {
+	var b []byte
+	for i, s := range ss {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, s...)
+	}
+	return string(b)
+}
+
+func (s *Server) countStatus(resp []byte) {
+	// "HTTP/1.1 NNN"
+	if len(resp) < 12 {
+		return
+	}
+	switch resp[9] {
+	case '2':
+		s.metrics.http2xx.Inc()
+	case '4':
+		s.metrics.http4xx.Inc()
+	case '5':
+		s.metrics.http5xx.Inc()
+	}
+}
+
+// gnetLogger sends gnet's logs to slog, demoting its chatter to debug.
+type gnetLogger struct{ l *slog.Logger }
+
+func (g gnetLogger) Debugf(f string, a ...any) { g.log(slog.LevelDebug, f, a) }
+func (g gnetLogger) Infof(f string, a ...any)  { g.log(slog.LevelDebug, f, a) }
+func (g gnetLogger) Warnf(f string, a ...any)  { g.log(slog.LevelWarn, f, a) }
+func (g gnetLogger) Errorf(f string, a ...any) { g.log(slog.LevelError, f, a) }
+func (g gnetLogger) Fatalf(f string, a ...any) { g.log(slog.LevelError, f, a) }
+
+func (g gnetLogger) log(lvl slog.Level, f string, a []any) {
+	if g.l.Enabled(context.Background(), lvl) {
+		g.l.Log(context.Background(), lvl, "gnet: "+fmt.Sprintf(f, a...))
+	}
+}
