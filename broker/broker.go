@@ -252,10 +252,6 @@ func convIDOf(e *protocol.Envelope) string {
 // never blocks. It must be called by one goroutine at a time per client.
 func (b *Broker) receive(cl *client, payload []byte) {
 	it := getItem(cl)
-	if b.closing.Load() {
-		b.answer(it, protocol.CodeShuttingDown, "server is shutting down")
-		return
-	}
 	if len(payload) > int(b.o.MaxMessageBytes) {
 		b.malformed(it, protocol.CodeTooLarge, "message too large")
 		return
@@ -268,6 +264,10 @@ func (b *Broker) receive(cl *client, payload []byte) {
 			code, msg = pe.Code, pe.Message
 		}
 		b.malformed(it, code, msg)
+		return
+	}
+	if b.closing.Load() {
+		b.answer(it, protocol.CodeShuttingDown, "server is shutting down")
 		return
 	}
 	var target *shard

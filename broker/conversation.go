@@ -151,7 +151,7 @@ func (s *shard) create(r *ctrl) {
 		skill:   o.skill,
 		prio:    o.prio,
 		visitor: u,
-		hist:    newHistory(b.o.HistoryPerConversation),
+		hist:    newHistory(b.o.HistoryPerConversation, b.o.HistoryBytesPerConversation),
 		dedupe:  make(map[dedupeKey]uint64),
 	}
 	u.mu.Lock()
@@ -252,9 +252,7 @@ func (s *shard) store(c *conversation, u *user, cmid, text string, ts int64) *me
 	c.lastSeq++
 	m := message{seq: c.lastSeq, senderID: u.id, senderRole: u.role, ts: ts}
 	m.cmid, m.text = cloneTwo(cmid, text)
-	if old, dropped := c.hist.push(m); dropped && old.cmid != "" {
-		delete(c.dedupe, dedupeKey{old.senderID, old.cmid})
-	}
+	c.hist.push(m, c.dedupe)
 	if m.cmid != "" {
 		c.dedupe[dedupeKey{m.senderID, m.cmid}] = m.seq
 	}

@@ -103,6 +103,7 @@ func waitsBefore(a, b *waiting) bool {
 // tenantPool is the agents and the queue of one tenant: conversations are
 // only ever assigned within their tenant.
 type tenantPool struct {
+	tenant string
 	agents []*agentSlot
 	queue  []*waiting // sorted by waitsBefore
 }
@@ -208,7 +209,7 @@ func newDispatcher(maxQueue int, post func(shard int, c ctrl)) *dispatcher {
 func (d *dispatcher) pool(tenant string) *tenantPool {
 	p := d.pools[tenant]
 	if p == nil {
-		p = &tenantPool{}
+		p = &tenantPool{tenant: tenant}
 		d.pools[tenant] = p
 	}
 	return p
@@ -225,6 +226,10 @@ func (d *dispatcher) settle(p *tenantPool) {
 		d.post(w.shard, ctrl{kind: ctrlPosition, conv: w.conv, seq: uint64(pos)})
 	})
 	d.queueLen.Store(int64(d.queued))
+	if len(p.agents) == 0 && len(p.queue) == 0 {
+		// Tenants named by anonymous visitors must not accumulate.
+		delete(d.pools, p.tenant)
+	}
 }
 
 // enqueue adds a new conversation to its tenant's queue, or fails with

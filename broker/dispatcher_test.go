@@ -403,3 +403,21 @@ func loads(d *dispatcher) map[string]int {
 	return m
 }
 
+// TestDispatcherForgetsEmptyTenants: tenants named by anonymous visitors
+// leave nothing behind once their queue is empty and they have no agents.
+func TestDispatcherForgetsEmptyTenants(t *testing.T) {
+	var r recorder
+	d := newDispatcher(10, r.post)
+	for i := range 100 {
+		tenant := string(rune('a' + i%26))
+		conv := tenant + "-conv"
+		if err := d.enqueue(tenant, conv, 0, "", 0); err != nil {
+			t.Fatal(err)
+		}
+		d.cancel(tenant, conv)
+	}
+	d.presence(newAgentUser("a", "kept"), protocol.StatusOnline, 1, 5, nil)
+	if len(d.pools) != 1 || d.pools["kept"] == nil {
+		t.Fatalf("pools %v, want only the agent's tenant", slices.Collect(maps.Keys(d.pools)))
+	}
+}

@@ -43,8 +43,9 @@
 //     before each inbox item, so a client that pipelines hello+send keeps
 //     its order.
 //
-//   - The janitor: one goroutine that ticks (every ResumeTTL/4, at most
-//     1s) to expire detached sessions, take agents offline after their
+//   - The janitor: one goroutine that ticks (every quarter of the shorter
+//     of ResumeTTL and OfflineGrace, within 10ms..1s) to expire detached
+//     sessions, take agents offline after their
 //     grace period, hand the conversations of departed users back to their
 //     shards and ask shards to forget closed conversations.
 //

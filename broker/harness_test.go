@@ -353,7 +353,7 @@ func summary(envs []*protocol.Envelope) string {
 type recPeer struct {
 	id      uint64
 	frames  atomic.Int64
-	capture bool
+	capture atomic.Bool
 
 	mu     sync.Mutex
 	got    [][]byte
@@ -364,7 +364,7 @@ func (p *recPeer) ID() uint64 { return p.id }
 
 func (p *recPeer) Send(f *netpoll.Frame) error {
 	p.frames.Add(1)
-	if p.capture {
+	if p.capture.Load() {
 		p.mu.Lock()
 		p.got = append(p.got, bytes.Clone(f.Payload()))
 		p.mu.Unlock()

@@ -13,51 +13,81 @@ type message struct {
 	ts         int64 // unix milliseconds
 }
 
+func (m *message) size() int { return len(m.cmid) + len(m.text) }
+
 // history is a ring of the last messages of a conversation, in sequence
-// order with no gaps. It grows up to max entries, then overwrites the
-// oldest. The durable broker replaces it with a JetStream stream; it is
-// owned by the conversation's shard.
+// order with no gaps, bounded both in messages (max) and in bytes of
+// text and client message ids (maxBytes): the oldest messages are dropped
+// to make room. The newest message is always kept. The durable broker
+// replaces it with a JetStream stream; it is owned by the conversation's
+// shard.
 type history struct {
-	buf   []message
-	start int // index of the oldest message when the ring is full
-	max   int
+	buf      []message // ring storage; grows up to max entries
+	start    int       // index of the oldest message
+	n        int       // number of stored messages
+	bytes    int
+	max      int
+	maxBytes int
 }
 
-func newHistory(max int) history {
-	return history{max: max}
+func newHistory(max, maxBytes int) history {
+	return history{max: max, maxBytes: maxBytes}
 }
 
 // len returns the number of stored messages.
-func (h *history) len() int { return len(h.buf) }
+func (h *history) len() int { return h.n }
 
-// push appends m, whose seq must be one more than the last one's. When
-// the ring is full it returns the dropped oldest message and true.
-func (h *history) push(m message) (message, bool) {
-	if len(h.buf) < h.max {
-		h.buf = append(h.buf, m)
-		return message{}, false
+// push appends m, whose seq must be one more than the last one's, first
+// dropping the oldest messages while the ring is full or m would not fit
+// in the byte budget. The client message ids of dropped messages are
+// deleted from dedupe (so it holds exactly the ids of stored messages).
+func (h *history) push(m message, dedupe map[dedupeKey]uint64) {
+	size := m.size()
+	for h.n > 0 && (h.n == h.max || h.bytes+size > h.maxBytes) {
+		old := &h.buf[h.start]
+		if old.cmid != "" {
+			delete(dedupe, dedupeKey{old.senderID, old.cmid})
+		}
+		h.bytes -= old.size()
+		*old = message{}
+		if h.start++; h.start == len(h.buf) {
+			h.start = 0
+		}
+		h.n--
 	}
-	old := h.buf[h.start]
-	h.buf[h.start] = m
-	h.start++
-	if h.start == len(h.buf) {
-		h.start = 0
+	if h.n == len(h.buf) {
+		h.grow()
 	}
-	return old, true
+	h.buf[h.index(h.n)] = m
+	h.n++
+	h.bytes += size
 }
 
-// at returns the i-th oldest stored message.
-func (h *history) at(i int) *message {
+// grow doubles the ring (up to max), putting the messages in order at the
+// start of the new buffer.
+func (h *history) grow() {
+	size := min(max(2*len(h.buf), 8), h.max)
+	buf := make([]message, size)
+	for i := range h.n {
+		buf[i] = *h.at(i)
+	}
+	h.buf, h.start = buf, 0
+}
+
+func (h *history) index(i int) int {
 	j := h.start + i
 	if j >= len(h.buf) {
 		j -= len(h.buf)
 	}
-	return &h.buf[j]
+	return j
 }
+
+// at returns the i-th oldest stored message.
+func (h *history) at(i int) *message { return &h.buf[h.index(i)] }
 
 // firstSeq returns the seq of the oldest stored message, 0 if none.
 func (h *history) firstSeq() uint64 {
-	if len(h.buf) == 0 {
+	if h.n == 0 {
 		return 0
 	}
 	return h.at(0).seq
@@ -66,7 +96,7 @@ func (h *history) firstSeq() uint64 {
 // get returns the message with sequence number seq, if still stored.
 func (h *history) get(seq uint64) (*message, bool) {
 	first := h.firstSeq()
-	if len(h.buf) == 0 || seq < first || seq-first >= uint64(len(h.buf)) {
+	if h.n == 0 || seq < first || seq-first >= uint64(h.n) {
 		return nil, false
 	}
 	return h.at(int(seq - first)), true
@@ -78,19 +108,18 @@ func (h *history) get(seq uint64) (*message, bool) {
 func (h *history) after(after uint64, fn func(*message)) {
 	first := h.firstSeq()
 	i := 0
-	if after >= first {
-		if after-first >= uint64(len(h.buf)) {
+	if h.n > 0 && after >= first {
+		if after-first >= uint64(h.n) {
 			return
 		}
 		i = int(after-first) + 1
 	}
-	for ; i < len(h.buf); i++ {
+	for ; i < h.n; i++ {
 		fn(h.at(i))
 	}
 }
 
 // reset drops every message and the buffer.
 func (h *history) reset() {
-	h.buf = nil
-	h.start = 0
+	*h = history{max: h.max, maxBytes: h.maxBytes}
 }

@@ -2,20 +2,30 @@ package broker
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"unsafe"
 )
 
-func TestHistory(t *testing.T) {
-	h := newHistory(3)
-	var dropped []uint64
+func seqs(h *history) []uint64 {
+	var s []uint64
+	h.after(0, func(m *message) { s = append(s, m.seq) })
+	return s
+}
+
+func TestHistoryRing(t *testing.T) {
+	h := newHistory(3, 1<<20)
+	dedupe := map[dedupeKey]uint64{}
 	for seq := uint64(1); seq <= 5; seq++ {
-		if old, ok := h.push(message{seq: seq}); ok {
-			dropped = append(dropped, old.seq)
-		}
+		m := message{seq: seq, senderID: "u", cmid: string(rune('a' + seq)), text: "x"}
+		h.push(m, dedupe)
+		dedupe[dedupeKey{"u", m.cmid}] = seq
 	}
-	if !slices.Equal(dropped, []uint64{1, 2}) {
-		t.Fatalf("dropped %v, want [1 2]", dropped)
+	if got := seqs(&h); !slices.Equal(got, []uint64{3, 4, 5}) {
+		t.Fatalf("stored %v, want [3 4 5]", got)
+	}
+	if len(dedupe) != 3 {
+		t.Fatalf("dedupe holds %d ids, want the 3 stored ones", len(dedupe))
 	}
 	if h.len() != 3 || h.firstSeq() != 3 {
 		t.Fatalf("len %d first %d, want 3 and 3", h.len(), h.firstSeq())
@@ -48,24 +58,48 @@ func TestHistory(t *testing.T) {
 			t.Errorf("get(%d) found a message", seq)
 		}
 	}
-	var empty history
-	empty.after(0, func(*message) { t.Fatal("empty history replayed something") })
-	if _, ok := empty.get(1); ok {
+}
+
+func TestHistoryBytes(t *testing.T) {
+	h := newHistory(100, 10)
+	for seq := uint64(1); seq <= 4; seq++ {
+		h.push(message{seq: seq, text: "abcd"}, nil) // 4 bytes each: two fit
+	}
+	if got := seqs(&h); !slices.Equal(got, []uint64{3, 4}) || h.bytes != 8 {
+		t.Fatalf("stored %v (%d bytes), want [3 4] (8 bytes)", got, h.bytes)
+	}
+	// A message over the whole budget is still kept, alone.
+	h.push(message{seq: 5, text: strings.Repeat("x", 50)}, nil)
+	if got := seqs(&h); !slices.Equal(got, []uint64{5}) {
+		t.Fatalf("stored %v, want [5]", got)
+	}
+}
+
+func TestHistoryEmpty(t *testing.T) {
+	var h history
+	h.after(0, func(*message) { t.Fatal("empty history replayed something") })
+	if _, ok := h.get(1); ok {
 		t.Fatal("empty history found seq 1")
+	}
+	h = newHistory(2, 100)
+	h.push(message{seq: 1}, nil)
+	h.reset()
+	if h.len() != 0 || seqs(&h) != nil {
+		t.Fatal("reset kept messages")
 	}
 }
 
 func TestCloneTwoNeverAliases(t *testing.T) {
 	buf := []byte("cmid-1hello")
 	a, b := unsafe.String(&buf[0], 6), unsafe.String(&buf[6], 5)
+	lo, hi := uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&buf[0]))+uintptr(len(buf))
 	for _, tc := range [][2]string{{a, b}, {"", b}, {a, ""}} {
 		x, y := cloneTwo(tc[0], tc[1])
 		if x != tc[0] || y != tc[1] {
 			t.Fatalf("cloneTwo(%q, %q) = %q, %q", tc[0], tc[1], x, y)
 		}
 		for _, s := range []string{x, y} {
-			if s != "" && uintptr(unsafe.Pointer(unsafe.StringData(s))) >= uintptr(unsafe.Pointer(&buf[0])) &&
-				uintptr(unsafe.Pointer(unsafe.StringData(s))) < uintptr(unsafe.Pointer(&buf[0]))+uintptr(len(buf)) {
+			if p := uintptr(unsafe.Pointer(unsafe.StringData(s))); s != "" && p >= lo && p < hi {
 				t.Fatalf("cloneTwo result %q aliases the input buffer", s)
 			}
 		}

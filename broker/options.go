@@ -71,6 +71,11 @@ type Options struct {
 	// in memory for replay (a ring: older ones are dropped). Default 1000.
 	HistoryPerConversation int
 
+	// HistoryBytesPerConversation bounds the bytes (texts and client
+	// message ids) of a conversation's in-memory history; older messages
+	// are dropped to stay within it. Default 1 MiB.
+	HistoryBytesPerConversation int
+
 	// HeartbeatMillis is announced in Welcome: the server's ping interval.
 	// It should match netpoll's ping interval. Default 30000.
 	HeartbeatMillis uint32
@@ -98,6 +103,7 @@ const (
 	DefaultResumeTokenTTL         = 24 * time.Hour
 	DefaultOfflineGrace           = 10 * time.Second
 	DefaultHistoryPerConversation = 1000
+	DefaultHistoryBytes           = 1 << 20
 	DefaultHeartbeatMillis        = 30000
 	DefaultMaxMessageBytes        = 64 << 10
 	DefaultServerVersion          = "unigate"
@@ -154,6 +160,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.HistoryPerConversation <= 0 {
 		o.HistoryPerConversation = DefaultHistoryPerConversation
+	}
+	if o.HistoryBytesPerConversation <= 0 {
+		o.HistoryBytesPerConversation = DefaultHistoryBytes
 	}
 	if o.HeartbeatMillis == 0 {
 		o.HeartbeatMillis = DefaultHeartbeatMillis

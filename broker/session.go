@@ -113,6 +113,10 @@ func (b *Broker) gone(cl *client) {
 	}
 }
 
+// maxTenantLen bounds the tenant an anonymous visitor names (tokens bound
+// theirs the same way).
+const maxTenantLen = 128
+
 // roleOf maps a token role to a protocol role.
 func roleOf(s string) protocol.Role {
 	switch s {
@@ -153,6 +157,10 @@ func (s *shard) hello(it *item) {
 			return
 		}
 	case b.o.AllowAnonymous:
+		if len(h.Tenant) > maxTenantLen {
+			s.fail(cl, id, protocol.CodeTooLarge, "tenant too long")
+			return
+		}
 		role = protocol.RoleVisitor
 	default:
 		s.fail(cl, id, protocol.CodeUnauthenticated, "a token is required")

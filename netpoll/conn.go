@@ -80,13 +80,13 @@ type Conn struct {
 	upgraded   atomic.Bool
 
 	// Outbound queue, guarded by mu.
-	mu          sync.Mutex
-	pending     []*Frame
-	spare       []*Frame
-	pendBytes   int
-	scheduled   bool // in the loop's flush list
-	closing     bool // a close frame is queued: no more Sends
-	gone        bool // gnet closed the connection
+	mu        sync.Mutex
+	pending   []*Frame
+	spare     []*Frame
+	pendBytes int
+	scheduled bool // in the loop's flush list
+	closing   bool // a close frame is queued: no more Sends
+	gone      bool // gnet closed the connection
 }
 
 // ID returns a process-unique connection id (never 0).

@@ -119,7 +119,7 @@ func clientFrame(fin bool, rsv byte, op ws.OpCode, masked bool, payload []byte) 
 	return append(b, p...)
 }
 
-func text(s string) []byte   { return clientFrame(true, 0, ws.OpText, true, []byte(s)) }
+func text(s string) []byte { return clientFrame(true, 0, ws.OpText, true, []byte(s)) }
 func closeBody(code uint16, reason string) []byte {
 	return append(binary.BigEndian.AppendUint16(nil, code), reason...)
 }

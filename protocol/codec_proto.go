@@ -29,7 +29,7 @@ import (
 // Inside a body, a known field with the wrong wire type is skipped like an
 // unknown field, exactly as the generated code does. Like the generated
 // code, it rejects invalid UTF-8 in known string fields (CodeInvalidUTF8),
-// field numbers 0 or above 2^29-1, truncated data, and overlong varints
+// field numbers 0 or above 2^29-1, truncated data, and varints that overflow
 // (CodeMalformed). A body that appears twice is merged (scalars: last one
 // wins; repeated: appended); a different body replaces it.
 type protoCodec struct{}

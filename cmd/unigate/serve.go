@@ -58,19 +58,56 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	log := cfg.Logger(stderr)
 	slog.SetDefault(log)
-
-	key, created, err := token.LoadOrCreateKey(cfg.KeyPath())
+	g, err := newGateway(cfg, log)
 	if err != nil {
 		return err
+	}
+	if err := g.start(); err != nil {
+		return err
+	}
+	log.Info("unigate serving", "listen", g.srv.Addr(), "admin", cfg.Admin.Listen, "version", version,
+		"websocket", "ws://"+g.srv.Addr()+"/ws")
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	s := <-sig
+	log.Info("draining", "signal", s.String(), "timeout", cfg.Shutdown.DrainTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.DrainTimeout)
+	defer cancel()
+	go func() {
+		// A second signal skips the drain.
+		<-sig
+		log.Warn("second signal: exiting now")
+		cancel()
+	}()
+	err = g.stop(ctx)
+	log.Info("stopped", "err", err)
+	return nil
+}
+
+// gateway is the wired process: broker behind the netpoll server, plus the
+// admin listener.
+type gateway struct {
+	cfg    config.Config
+	log    *slog.Logger
+	signer *token.Signer
+	broker *broker.Broker
+	srv    *netpoll.Server
+	admin  *http.Server
+}
+
+func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
+	key, created, err := token.LoadOrCreateKey(cfg.KeyPath())
+	if err != nil {
+		return nil, err
 	}
 	if created {
 		log.Info("created a new HMAC key for tokens", "file", cfg.KeyPath())
 	}
 	signer, err := token.NewSigner(key)
 	if err != nil {
-		return err
+		return nil, err
 	}
-
 	b, err := broker.New(broker.Options{
 		Logger:               log.With("component", "broker"),
 		Signer:               signer,
@@ -84,10 +121,8 @@ func serve(args []string, stderr io.Writer) error {
 		ServerVersion:        "unigate/" + version,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer b.Close()
-
 	srv, err := netpoll.New(b,
 		netpoll.WithAddr(cfg.Listen),
 		netpoll.WithReusePort(cfg.ReusePort),
@@ -104,45 +139,42 @@ func serve(args []string, stderr io.Writer) error {
 		netpoll.WithLogger(log.With("component", "netpoll")),
 	)
 	if err != nil {
-		return err
+		b.Close()
+		return nil, err
 	}
-	metrics.RegisterSet(srv.Metrics())
-	metrics.RegisterSet(b.Metrics())
+	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv}, nil
+}
 
-	if err := srv.Start(); err != nil {
-		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+func (g *gateway) start() error {
+	if err := g.srv.Start(); err != nil {
+		g.broker.Close()
+		return fmt.Errorf("listen %s: %w", g.cfg.Listen, err)
 	}
-	var admin *http.Server
-	if cfg.Admin.Listen != "" {
-		admin, err = startAdmin(cfg.Admin, log)
+	metrics.RegisterSet(g.srv.Metrics())
+	metrics.RegisterSet(g.broker.Metrics())
+	if g.cfg.Admin.Listen != "" {
+		admin, err := startAdmin(g.cfg.Admin, g.log)
 		if err != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
-			_ = srv.Stop(ctx)
+			_ = g.stop(ctx)
 			return err
 		}
+		g.admin = admin
 	}
-	log.Info("unigate serving", "listen", srv.Addr(), "admin", cfg.Admin.Listen, "version", version,
-		"websocket", "ws://"+srv.Addr()+"/ws")
-
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	s := <-sig
-	log.Info("draining", "signal", s.String(), "timeout", cfg.Shutdown.DrainTimeout)
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.DrainTimeout)
-	defer cancel()
-	go func() {
-		// A second signal skips the drain.
-		<-sig
-		log.Warn("second signal: exiting now")
-		cancel()
-	}()
-	err = srv.Stop(ctx)
-	if admin != nil {
-		_ = admin.Close()
-	}
-	log.Info("stopped", "err", err)
 	return nil
+}
+
+// stop drains clients (1001), then stops the broker and the admin server.
+func (g *gateway) stop(ctx context.Context) error {
+	err := g.srv.Stop(ctx)
+	g.broker.Close()
+	metrics.UnregisterSet(g.srv.Metrics(), false)
+	metrics.UnregisterSet(g.broker.Metrics(), false)
+	if g.admin != nil {
+		_ = g.admin.Close()
+	}
+	return err
 }
 
 // startAdmin serves Prometheus metrics and, when enabled, pprof.

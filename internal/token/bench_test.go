@@ -1,12 +1,12 @@
 package token
 
 import (
-	"encoding/json"
 	"testing"
 	"time"
 )
 
-// BenchmarkVerify is the cost of authenticating one hello.
+// BenchmarkVerify is the cost of authenticating one hello; most of it is
+// BenchmarkPayload.
 func BenchmarkVerify(b *testing.B) {
 	s := newTestSigner(b, testKey)
 	tok := mustSign(b, s, agentClaims())
@@ -79,25 +79,21 @@ func BenchmarkResume(b *testing.B) {
 	})
 }
 
-// BenchmarkPayload compares the payload reader with encoding/json on the
-// same bytes; it is the reason payload.go exists.
+// BenchmarkPayload is the payload's share of BenchmarkVerify: encoding/json
+// decoding into wirePayload, then the pass that compares member names
+// exactly, about half of it each. Verify runs it only after the MAC
+// matched, on bytes the key holder wrote. The hand-written reader it
+// replaced was about ten times faster (BenchmarkVerify went from about
+// 1.3 µs to about 8 µs on a 2-core VM), but once per connection, after
+// the TCP and WebSocket handshakes, neither figure matters, and a parser
+// of our own is code to maintain and fuzz.
 func BenchmarkPayload(b *testing.B) {
 	payload := []byte(`{"v":1,"sub":"a1","role":"agent","ten":"acme","skills":["billing","returns"],"name":"Ann Agent","iat":1700000000,"exp":1700086400,"kid":"630dcd2966c43366"}`)
-	b.Run("reader", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := parsePayload(string(payload)); err != nil {
-				b.Fatal(err)
-			}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(payload)))
+	for b.Loop() {
+		if _, err := parsePayload(payload); err != nil {
+			b.Fatal(err)
 		}
-	})
-	b.Run("encoding_json", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			var p wirePayload
-			if err := json.Unmarshal(payload, &p); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+	}
 }

@@ -28,10 +28,16 @@
 //	exp     integer, required: expiry, Unix seconds, greater than iat
 //	kid     string, optional: the key id (Signer.KeyID); when present it must match
 //
-// Members may come in any order; unknown members, duplicate members,
-// fractional numbers, control characters in strings and a whole token over
-// MaxTokenLen bytes are rejected. null is the same as an absent optional
-// member. A token is valid from iat − ClockSkew until exp (exclusive).
+// Verify reads the payload with encoding/json. Members may come in any
+// order; unknown members (names match exactly, case included), numbers
+// that are not whole int64s (1.0, 1.7e9) or are quoted ("1"), data after the
+// object, control characters, invalid UTF-8, unpaired UTF-16 surrogates
+// and U+FFFD in strings, and a whole token over MaxTokenLen bytes are
+// rejected. null is the same as an absent member, so a required one may
+// not be null, and "skills":[] is the same as no skills. A repeated member
+// is not rejected; which one counts is not part of the format (see
+// parsePayload for why that is safe). A token is valid from iat −
+// ClockSkew until exp (exclusive).
 // docs/configuration.md shows how to mint visitor tokens in other
 // languages.
 //
@@ -46,9 +52,10 @@
 // # Contract
 //
 // A Signer is safe for concurrent use by any number of goroutines. Verify
-// and VerifyResume read the token without copying it to the heap, check
-// its length, alphabet and MAC (in constant time) before decoding anything,
-// and allocate only the strings they return. Errors are the sentinels
-// below, wrapped with detail; test them with errors.Is. Claims returned by
-// Verify share no memory with the token or with other calls.
+// and VerifyResume check a token's length, alphabet and MAC (compared in
+// constant time) in pooled buffers before decoding anything, so a forged
+// token costs no allocation and never reaches the JSON decoder. Errors are
+// the sentinels below, wrapped with detail; test them with errors.Is.
+// Claims returned by Verify share no memory with the token or with other
+// calls.
 package token

@@ -90,8 +90,8 @@ type Claims struct {
 // Signer signs and verifies tokens with one HMAC key. It is safe for
 // concurrent use.
 type Signer struct {
-	key   []byte
-	kid   string
+	key  []byte
+	kid  string
 	pool sync.Pool // *scratch
 }
 
@@ -122,17 +122,20 @@ func NewSigner(key []byte) (*Signer, error) {
 // is safe to publish.
 func (s *Signer) KeyID() string { return s.kid }
 
-// wirePayload is the JSON Sign writes; the order of the members is the
-// documented one.
+// wirePayload is the JSON Sign writes and Verify reads; the order of the
+// members is the documented one. The required members are pointers so that
+// an absent or null member is not mistaken for a zero one; check refuses
+// them nil. int64 makes encoding/json refuse fractions, exponents and
+// quoted numbers. A new member needs its name in memberNames too.
 type wirePayload struct {
-	V      int      `json:"v"`
-	Sub    string   `json:"sub"`
-	Role   string   `json:"role"`
+	V      *int64   `json:"v"`
+	Sub    *string  `json:"sub"`
+	Role   *string  `json:"role"`
 	Ten    string   `json:"ten"`
 	Skills []string `json:"skills,omitempty"`
 	Name   string   `json:"name,omitempty"`
-	Iat    int64    `json:"iat"`
-	Exp    int64    `json:"exp"`
+	Iat    *int64   `json:"iat"`
+	Exp    *int64   `json:"exp"`
 	Kid    string   `json:"kid,omitempty"`
 }
 
@@ -149,9 +152,10 @@ func (s *Signer) Sign(c Claims) (string, error) {
 	if c.IssuedAt.IsZero() || c.ExpiresAt.IsZero() {
 		return "", fmt.Errorf("%w: IssuedAt and ExpiresAt are required", ErrInvalidClaims)
 	}
+	v, iat, exp := int64(Version), c.IssuedAt.Unix(), c.ExpiresAt.Unix()
 	p := wirePayload{
-		V: Version, Sub: c.Subject, Role: c.Role, Ten: c.Tenant, Skills: c.Skills,
-		Name: c.Name, Iat: c.IssuedAt.Unix(), Exp: c.ExpiresAt.Unix(), Kid: c.KeyID,
+		V: &v, Sub: &c.Subject, Role: &c.Role, Ten: c.Tenant, Skills: c.Skills,
+		Name: c.Name, Iat: &iat, Exp: &exp, Kid: c.KeyID,
 	}
 	if err := s.check(p); err != nil {
 		return "", fmt.Errorf("%w: %v", ErrInvalidClaims, err)
@@ -190,7 +194,7 @@ func (s *Signer) Verify(tok string, now time.Time) (Claims, error) {
 	if err != nil {
 		return Claims{}, err
 	}
-	p, err := parsePayload(string(payload))
+	p, err := parsePayload(payload)
 	if err != nil {
 		return Claims{}, err
 	}
@@ -198,8 +202,8 @@ func (s *Signer) Verify(tok string, now time.Time) (Claims, error) {
 		return Claims{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	c := Claims{
-		Subject: p.Sub, Role: p.Role, Tenant: p.Ten, Name: p.Name, Skills: p.Skills,
-		IssuedAt: time.Unix(p.Iat, 0).UTC(), ExpiresAt: time.Unix(p.Exp, 0).UTC(), KeyID: p.Kid,
+		Subject: *p.Sub, Role: *p.Role, Tenant: p.Ten, Name: p.Name, Skills: p.Skills,
+		IssuedAt: time.Unix(*p.Iat, 0).UTC(), ExpiresAt: time.Unix(*p.Exp, 0).UTC(), KeyID: p.Kid,
 	}
 	if c.Tenant == "" {
 		c.Tenant = DefaultTenant
@@ -255,21 +259,30 @@ func (s *Signer) open(sc *scratch, domain []byte, tok string) ([]byte, error) {
 	return sc.payload[:k], nil
 }
 
-// check applies the rules both Sign and Verify enforce.
+// check applies the rules both Sign and Verify enforce. After it returns
+// nil, the required members of p are not nil.
 func (s *Signer) check(p wirePayload) error {
-	if p.V != Version {
-		return fmt.Errorf("unsupported version %d", p.V)
+	for _, m := range [...]struct {
+		name    string
+		present bool
+	}{{"v", p.V != nil}, {"sub", p.Sub != nil}, {"role", p.Role != nil}, {"iat", p.Iat != nil}, {"exp", p.Exp != nil}} {
+		if !m.present {
+			return fmt.Errorf("member %q is missing or null", m.name)
+		}
 	}
-	if err := checkText("sub", p.Sub, 1, maxIDLen); err != nil {
+	if *p.V != Version {
+		return fmt.Errorf("unsupported version %d", *p.V)
+	}
+	if err := checkText("sub", *p.Sub, 1, maxIDLen); err != nil {
 		return err
 	}
-	if p.Role != RoleVisitor && p.Role != RoleAgent {
-		return fmt.Errorf("role must be %q or %q, got %q", RoleVisitor, RoleAgent, p.Role)
+	if role := *p.Role; role != RoleVisitor && role != RoleAgent {
+		return fmt.Errorf("role must be %q or %q, got %q", RoleVisitor, RoleAgent, role)
 	}
 	if err := checkText("ten", p.Ten, 0, maxIDLen); err != nil {
 		return err
 	}
-	if len(p.Skills) > 0 && p.Role != RoleAgent {
+	if len(p.Skills) > 0 && *p.Role != RoleAgent {
 		return errors.New("skills are for agents only")
 	}
 	for _, sk := range p.Skills {
@@ -280,8 +293,8 @@ func (s *Signer) check(p wirePayload) error {
 	if err := checkText("name", p.Name, 0, maxNameLen); err != nil {
 		return err
 	}
-	if p.Exp <= p.Iat {
-		return fmt.Errorf("exp (%d) must be after iat (%d)", p.Exp, p.Iat)
+	if *p.Exp <= *p.Iat {
+		return fmt.Errorf("exp (%d) must be after iat (%d)", *p.Exp, *p.Iat)
 	}
 	if p.Kid != "" && p.Kid != s.kid {
 		return fmt.Errorf("kid %q is not this key's id %q", p.Kid, s.kid)
@@ -291,7 +304,10 @@ func (s *Signer) check(p wirePayload) error {
 
 // checkText bounds a string's length and rejects invalid UTF-8 and
 // control characters, which have no place in ids and names and would let
-// a token forge log lines.
+// a token forge log lines. It also rejects U+FFFD: encoding/json puts it
+// in place of invalid UTF-8 and unpaired UTF-16 surrogates, so in a
+// payload it means damaged text, and two different damaged ids would read
+// as the same one.
 func checkText(field, v string, minLen, maxLen int) error {
 	if len(v) < minLen || len(v) > maxLen {
 		if minLen > 0 && v == "" {
@@ -303,6 +319,9 @@ func checkText(field, v string, minLen, maxLen int) error {
 		return fmt.Errorf("%s is not valid UTF-8", field)
 	}
 	for _, r := range v {
+		if r == utf8.RuneError {
+			return fmt.Errorf("%s contains U+FFFD (invalid UTF-8 or an unpaired UTF-16 surrogate)", field)
+		}
 		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
 			return fmt.Errorf("%s contains control character %U", field, r)
 		}
