@@ -141,6 +141,11 @@ func (b *Broker) shardFor(conv string) *shard {
 }
 
 // client is one connection as the broker knows it.
+// establisher is implemented by peers that enforce an application
+// handshake deadline (netpoll.Conn): the broker calls MarkEstablished once
+// the hello is answered with a welcome.
+type establisher interface{ MarkEstablished() }
+
 type client struct {
 	peer  Peer
 	codec protocol.Codec

@@ -226,6 +226,9 @@ func (s *shard) hello(it *item) {
 	b.sendTo(cl, e)
 	e.Welcome = protocol.Welcome{}
 	cl.ready.Store(true)
+	if est, ok := cl.peer.(establisher); ok {
+		est.MarkEstablished() // stops netpoll's hello deadline
+	}
 
 	for _, conv := range convs {
 		var cursor uint64

@@ -73,11 +73,12 @@ type Conn struct {
 	regIndex int // position in the registry shard
 
 	// Activity clocks in unix seconds, written on the loop, read by the sweeper.
-	openedAt   int64
-	lastRead   atomic.Int64
-	lastPingAt atomic.Int64
-	httpSince  atomic.Int64 // start of the current HTTP request deadline
-	upgraded   atomic.Bool
+	openedAt    int64
+	lastRead    atomic.Int64
+	lastPingAt  atomic.Int64
+	httpSince   atomic.Int64 // start of the current HTTP request deadline
+	upgraded    atomic.Bool
+	established atomic.Bool // the handler's own handshake completed
 
 	// Outbound queue, guarded by mu.
 	mu        sync.Mutex
@@ -103,6 +104,12 @@ func (c *Conn) Query(key string) string {
 	v, _ := queryValue([]byte(c.query), key)
 	return v
 }
+
+// MarkEstablished tells the server that the application handshake (for
+// Unigate, hello → welcome) completed. Until then an upgraded connection
+// is closed with 1008 once the handshake timeout since it connected has
+// passed, so an idle socket that never authenticates cannot hold a slot.
+func (c *Conn) MarkEstablished() { c.established.Store(true) }
 
 // SetData stores a handler-owned value on the connection.
 func (c *Conn) SetData(v any) { c.data.Store(&v) }

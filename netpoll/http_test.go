@@ -256,3 +256,9 @@ func TestOriginCheck(t *testing.T) {
 		}
 	}
 }
+
+func TestApplicationHandshakeTimeout(t *testing.T) {
+	s := startServer(t, &echo{noEstablish: true}, WithHandshakeTimeout(time.Second))
+	r := rawDial(t, s.Addr())
+	r.expectClose(ws.StatusPolicyViolation)
+}

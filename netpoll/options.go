@@ -73,7 +73,9 @@ func WithMaxBodyBytes(n int64) Option { return func(o *options) { o.maxBody = n 
 
 // WithHandshakeTimeout bounds the time from accepting a connection (or
 // finishing an HTTP response on a keep-alive connection) to a complete
-// request. Default 10s.
+// request, and from accepting a WebSocket connection to
+// Conn.MarkEstablished (the application handshake); a WebSocket over it is
+// closed with 1008. Default 10s.
 func WithHandshakeTimeout(d time.Duration) Option {
 	return func(o *options) { o.handshakeTimeout = d }
 }

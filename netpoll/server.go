@@ -297,6 +297,9 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 		if c.upgraded.Load() {
 			last := c.lastRead.Load()
 			switch {
+			case !c.established.Load() && now-c.openedAt >= max(hs, 1):
+				s.metrics.handshakeTimeouts.Inc()
+				c.Close(ws.StatusPolicyViolation, "handshake timeout: no hello")
 			case now-last >= max(idle, 1):
 				s.metrics.idleTimeouts.Inc()
 				c.Close(ws.StatusGoingAway, "idle timeout")

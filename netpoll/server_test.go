@@ -11,14 +11,18 @@ import (
 
 // echo is a Handler that sends every message back and records events.
 type echo struct {
-	mu     sync.Mutex
-	opened int
-	closed int
-	errs   []error
-	msgs   int
+	noEstablish bool // leave the application handshake open
+	mu          sync.Mutex
+	opened      int
+	closed      int
+	errs        []error
+	msgs        int
 }
 
-func (e *echo) OnOpen(*Conn) {
+func (e *echo) OnOpen(c *Conn) {
+	if !e.noEstablish {
+		c.MarkEstablished()
+	}
 	e.mu.Lock()
 	e.opened++
 	e.mu.Unlock()

@@ -20,13 +20,16 @@ import (
 )
 
 // startGateway runs the fully wired gateway on a free loopback port.
-func startGateway(t *testing.T) *gateway {
+func startGateway(t *testing.T, edit ...func(*config.Config)) *gateway {
 	t.Helper()
 	cfg := config.Default()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Admin.Listen = ""
 	cfg.DataDir = t.TempDir()
 	cfg.EventLoops = 2
+	for _, e := range edit {
+		e(&cfg)
+	}
 	g, err := newGateway(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -182,4 +185,25 @@ func TestNodeVisitor(t *testing.T) {
 		t.Fatalf("acks %v", res.Acks)
 	}
 	t.Logf("node visitor: %s", strings.TrimSpace(out.String()))
+}
+
+// TestHelloDeadline: an upgraded connection that never says hello is closed
+// with 1008 after the handshake timeout; one that did is kept.
+func TestHelloDeadline(t *testing.T) {
+	g := startGateway(t, func(c *config.Config) { c.WebSocket.HandshakeTimeout = time.Second })
+	silent := dialJSON(t, g.srv.Addr())
+	greeted := dialJSON(t, g.srv.Addr())
+	greeted.send(map[string]any{"hello": map[string]any{}})
+	greeted.next("welcome")
+
+	_ = silent.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _, err := silent.c.ReadMessage()
+	if !websocket.IsCloseError(err, websocket.ClosePolicyViolation) {
+		t.Fatalf("silent connection: want 1008, got %v", err)
+	}
+	// The greeted connection outlived the deadline and still works.
+	greeted.send(map[string]any{"open": map[string]any{"text": "still here"}})
+	if c := greeted.next("conversation"); c["state"] != "STATE_QUEUED" {
+		t.Fatalf("open after the deadline: %v", c)
+	}
 }

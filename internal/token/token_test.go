@@ -293,6 +293,7 @@ func TestSignRejects(t *testing.T) {
 		{"visitor with skills", func(c *Claims) { c.Role = RoleVisitor }},
 		{"blank skill", func(c *Claims) { c.Skills = []string{"a", ""} }},
 		{"invalid UTF-8", func(c *Claims) { c.Name = "\xff" }},
+		{"replacement character", func(c *Claims) { c.Name = "Ann \ufffd" }},
 		{"control character", func(c *Claims) { c.Subject = "a\nb" }},
 		{"long name", func(c *Claims) { c.Name = strings.Repeat("n", 257) }},
 		{"foreign key id", func(c *Claims) { c.KeyID = "other" }},
