@@ -10,6 +10,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/panjf2000/gnet/v2"
+
+	"github.com/unigate/unigate/limiter"
 )
 
 // Errors returned by Conn.Send.
@@ -60,8 +62,15 @@ type Conn struct {
 
 	// Fixed after the upgrade.
 	subprotocol string
-	query       string // raw query of the upgrade request
-	remote      netip.Addr
+	query       string     // raw query of the upgrade request
+	remote      netip.Addr // the client: the TCP peer, or what a trusted proxy said
+
+	peer         netip.Addr // the TCP peer
+	admitted     bool       // Admission.Admit said yes: Release on close
+	admittedAddr netip.Addr
+	proxyChecked bool // the first bytes were checked for a PROXY header
+	msgBucket    limiter.Bucket
+	byteBucket   limiter.Bucket
 
 	data atomic.Value // handler-owned
 
@@ -96,7 +105,10 @@ func (c *Conn) ID() uint64 { return c.id }
 // Subprotocol returns the negotiated WebSocket subprotocol.
 func (c *Conn) Subprotocol() string { return c.subprotocol }
 
-// RemoteAddr returns the client's IP address.
+// RemoteAddr returns the client's IP address: the TCP peer's, or, from a
+// trusted proxy, the address its PROXY protocol header or X-Forwarded-For /
+// X-Real-IP header gave (see WithTrustedProxies). It is fixed once the
+// handler's OnOpen is called.
 func (c *Conn) RemoteAddr() netip.Addr { return c.remote }
 
 // Query returns the value of a query parameter of the upgrade request URL.

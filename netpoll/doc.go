@@ -39,6 +39,24 @@
 // (WithMaxOutboundBytes); a connection over the bound is a slow consumer and
 // is closed with 1013.
 //
+// # Admission and rates
+//
+// WithAdmission gates upgrades: the Admission (package limiter) is asked
+// once the request head is complete, and a refusal is answered with 429 or
+// 503 and Retry-After; Release is called when an admitted connection
+// closes. While the Admission reports Overloaded, /readyz answers 503.
+// WithConnRates bounds each connection's messages and bytes per second
+// with two token buckets kept in the Conn (no allocation per message); a
+// connection over either is closed with 1008 "rate limit".
+//
+// # Client addresses
+//
+// WithTrustedProxies names the proxies in front of the server. Only they
+// may send a PROXY protocol v1/v2 header (WithProxyProtocol) or have
+// X-Forwarded-For (right-most untrusted hop) and X-Real-IP believed; a
+// PROXY header from anyone else gets 400. Conn.RemoteAddr and admission
+// use the resulting client address.
+//
 // Deadlines (handshake, idle) and keep-alive pings are swept by gnet's
 // ticker over a registry of connections: there is no timer per connection.
 package netpoll

@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 
 	"github.com/panjf2000/gnet/v2"
@@ -47,6 +49,8 @@ func (s *Server) serveHTTP(c *Conn) gnet.Action {
 		case "/readyz":
 			if s.draining.Load() || (s.opts.ready != nil && !s.opts.ready()) {
 				s.writeHTTPHead(c, 503, "text/plain; charset=utf-8", "not ready\n", keep, head)
+			} else if o, ok := s.opts.admission.(Overloader); ok && o.Overloaded() {
+				s.writeHTTPHead(c, 503, "text/plain; charset=utf-8", "overloaded\n", keep, head)
 			} else {
 				s.writeHTTPHead(c, 200, "text/plain; charset=utf-8", "ready\n", keep, head)
 			}
@@ -62,9 +66,10 @@ func (s *Server) serveHTTP(c *Conn) gnet.Action {
 				return gnet.Close
 			}
 			raw := bytes.Clone(buf[:total]) // the request outlives this callback
+			client := s.clientAddr(c, &req)
 			_, _ = c.gc.Discard(total)
 			c.state = stateHTTPBusy
-			go s.callHandler(c, raw, keep)
+			go s.callHandler(c, raw, keep, client)
 			return gnet.None
 		}
 		_, _ = c.gc.Discard(total)
@@ -78,9 +83,9 @@ func (s *Server) serveHTTP(c *Conn) gnet.Action {
 
 // callHandler runs the HTTP handler on its own goroutine and writes the
 // response back through the event loop.
-func (s *Server) callHandler(c *Conn, raw []byte, keep bool) {
+func (s *Server) callHandler(c *Conn, raw []byte, keep bool, client netip.Addr) {
 	defer func() { <-s.httpSem }()
-	resp := s.runHandler(c, raw, keep)
+	resp := s.runHandler(c, raw, keep, client)
 	_ = c.gc.AsyncWrite(resp, func(gc gnet.Conn, err error) error {
 		// On the event loop again.
 		if err != nil {
@@ -98,12 +103,16 @@ func (s *Server) callHandler(c *Conn, raw []byte, keep bool) {
 	})
 }
 
-func (s *Server) runHandler(c *Conn, raw []byte, keep bool) (resp []byte) {
+func (s *Server) runHandler(c *Conn, raw []byte, keep bool, client netip.Addr) (resp []byte) {
 	req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
 	if err != nil {
 		return appendResponse(nil, 400, "text/plain; charset=utf-8", nil, []byte("malformed request\n"), false, false)
 	}
+	// The client's address (see Conn.RemoteAddr) with the TCP peer's port.
 	req.RemoteAddr = c.gc.RemoteAddr().String()
+	if ta, ok := c.gc.RemoteAddr().(*net.TCPAddr); ok && client.IsValid() {
+		req.RemoteAddr = netip.AddrPortFrom(client, uint16(ta.Port)).String()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	req = req.WithContext(ctx)

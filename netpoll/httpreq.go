@@ -31,7 +31,8 @@ type request struct {
 	wsProtocols         [4][]byte // the first Sec-WebSocket-Protocol header lines
 	nProtocols          int
 	origin              []byte
-	xForwardedFor       []byte
+	xForwardedFor       []byte // the last X-Forwarded-For line
+	xRealIP             []byte
 	minor               byte // HTTP/1.<minor>
 	contentLength       int64
 	hasContentLength    bool
@@ -164,6 +165,8 @@ func parseRequest(b []byte, maxHead int, maxBody int64) (r request, err error) {
 			r.origin = value
 		case equalFold(name, "x-forwarded-for"):
 			r.xForwardedFor = value
+		case equalFold(name, "x-real-ip"):
+			r.xRealIP = value
 		case equalFold(name, "content-length"):
 			n, ok := parseDecimal(value)
 			if !ok || (r.hasContentLength && n != r.contentLength) {

@@ -3,6 +3,7 @@ package netpoll
 import (
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"time"
 )
 
@@ -28,6 +29,10 @@ type options struct {
 	maxConns         int
 	originAllowed    func(origin string) bool
 	logger           *slog.Logger
+	admission        Admission
+	connRates        ConnRates
+	trusted          []netip.Prefix
+	proxyProtocol    bool
 }
 
 func defaultOptions() options {

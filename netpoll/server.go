@@ -18,6 +18,8 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
+
+	"github.com/unigate/unigate/limiter"
 )
 
 // Server is a gnet/v2 server that speaks HTTP/1.1 and WebSocket on one port.
@@ -40,6 +42,8 @@ type Server struct {
 	loops   map[gnet.EventLoop]*loopFlusher
 
 	reg      registry
+	rates    atomic.Pointer[connRates]
+	rateLog  limiter.Sampler
 	httpSem  chan struct{}
 	upgrader ws.Upgrader
 	ping     *Frame
@@ -55,6 +59,7 @@ type serverMetrics struct {
 	protocolErrors, tooBig, invalidUTF8 *metrics.Counter
 	handshakeTimeouts, idleTimeouts     *metrics.Counter
 	slowConsumers, refusedFull          *metrics.Counter
+	messageRate, byteRate, proxyRefused *metrics.Counter
 	messagesIn, bytesIn                 *metrics.Counter
 }
 
@@ -116,6 +121,10 @@ func New(h Handler, opts ...Option) (*Server, error) {
 	m.handshakeTimeouts = m.set.NewCounter(`unigate_netpoll_timeouts_total{kind="handshake"}`)
 	m.idleTimeouts = m.set.NewCounter(`unigate_netpoll_timeouts_total{kind="idle"}`)
 	m.refusedFull = m.set.NewCounter(`unigate_netpoll_refused_total{reason="full"}`)
+	m.proxyRefused = m.set.NewCounter(`unigate_netpoll_refused_total{reason="proxy_header"}`)
+	m.messageRate = m.set.NewCounter(`unigate_limiter_refused_total{reason="` + limiter.ReasonMessageRate + `"}`)
+	m.byteRate = m.set.NewCounter(`unigate_limiter_refused_total{reason="` + limiter.ReasonByteRate + `"}`)
+	s.rates.Store(s.compileRates(s.opts.connRates))
 	m.messagesIn = m.set.NewCounter(`unigate_netpoll_ws_messages_received_total`)
 	m.bytesIn = m.set.NewCounter(`unigate_netpoll_ws_bytes_received_total`)
 	m.set.NewGauge(`unigate_netpoll_connections`, func() float64 { return float64(s.reg.count()) })
@@ -173,7 +182,19 @@ func (s *Server) Stop(ctx context.Context) error {
 		return nil
 	}
 	s.reg.each(func(c *Conn) {
-		c.Close(ws.StatusGoingAway, "server shutting down")
+		if c.upgraded.Load() {
+			c.Close(ws.StatusGoingAway, "server shutting down")
+			return
+		}
+		// A plain HTTP connection gets no WebSocket close frame: an idle
+		// keep-alive one is closed on its loop; one with a request in
+		// flight is closed after its response (see callHandler).
+		_ = c.loop.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+			if c.state == stateHTTP {
+				_ = c.gc.Close()
+			}
+			return nil
+		}))
 	})
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
@@ -225,9 +246,13 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	c := &Conn{srv: s, gc: gc, id: s.nextID.Add(1), openedAt: now, loop: s.loopFor(gc.EventLoop())}
 	if a, ok := gc.RemoteAddr().(*net.TCPAddr); ok {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok {
-			c.remote = ip.Unmap()
+			c.peer = ip.Unmap()
 		}
 	}
+	c.remote = c.peer
+	// Only a trusted proxy may send a PROXY header; for everyone else the
+	// check is the same as for any other malformed request.
+	c.proxyChecked = len(s.opts.trusted) == 0 && !s.opts.proxyProtocol
 	c.lastRead.Store(now)
 	c.httpSince.Store(now)
 	gc.SetContext(c)
@@ -255,6 +280,10 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	}
 	s.reg.remove(c)
 	s.metrics.closed.Inc()
+	if c.admitted {
+		c.admitted = false
+		s.opts.admission.Release(c.admittedAddr)
+	}
 	upgraded := c.subprotocol != ""
 	c.markGone()
 	if upgraded {
@@ -275,6 +304,11 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	c.lastRead.Store(s.clock.Load())
 	switch c.state {
 	case stateHTTP:
+		if !c.proxyChecked {
+			if done, act := s.readProxyHeader(c); !done {
+				return act
+			}
+		}
 		return s.serveHTTP(c)
 	case stateWebSocket:
 		return s.readFrames(c)
@@ -327,6 +361,12 @@ func tickInterval(o options) time.Duration {
 func (s *Server) readFrames(c *Conn) gnet.Action {
 	buf, _ := c.gc.Peek(-1)
 	consumed := 0
+	rates := s.rates.Load()
+	limited := !rates.messages.Unlimited() || !rates.bytes.Unlimited()
+	var now int64
+	if limited {
+		now = limiter.Now()
+	}
 	for c.state == stateWebSocket && !c.closeQueued() {
 		h, hn, ok, err := parseFrameHeader(buf[consumed:])
 		if err != nil {
@@ -352,6 +392,10 @@ func (s *Server) readFrames(c *Conn) gnet.Action {
 		total := hn + int(h.Length)
 		if len(buf)-consumed < total {
 			break // wait for the rest of the frame
+		}
+		if limited && s.overRate(c, rates, now, total, h.Fin && h.OpCode != ws.OpPong && h.OpCode != ws.OpClose) {
+			consumed += total
+			break
 		}
 		payload := buf[consumed+hn : consumed+total]
 		consumed += total
@@ -471,6 +515,10 @@ const fullResponse = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/pla
 
 // upgrade performs the WebSocket handshake over exactly the request head.
 func (s *Server) upgrade(c *Conn, head []byte, req *request) gnet.Action {
+	c.remote = s.clientAddr(c, req)
+	if !s.admit(c) {
+		return gnet.Close
+	}
 	if s.opts.originAllowed != nil && !s.opts.originAllowed(string(req.origin)) {
 		s.writeHTTP(c, 403, "text/plain; charset=utf-8", "origin not allowed\n", false)
 		return gnet.Close

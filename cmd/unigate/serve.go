@@ -20,6 +20,7 @@ import (
 	"github.com/unigate/unigate/broker"
 	"github.com/unigate/unigate/internal/config"
 	"github.com/unigate/unigate/internal/token"
+	"github.com/unigate/unigate/limiter"
 	"github.com/unigate/unigate/netpoll"
 	"github.com/unigate/unigate/protocol"
 )
@@ -69,8 +70,22 @@ func serve(args []string, stderr io.Writer) error {
 		"websocket", "ws://"+g.srv.Addr()+"/ws")
 
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	s := <-sig
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	var s os.Signal
+	for s = <-sig; s == syscall.SIGHUP; s = <-sig {
+		// Reload the limits; everything else needs a restart.
+		next, _, err := loadConfig("serve", args, stderr, nil)
+		if err != nil {
+			log.Error("reload: configuration not applied", "err", err)
+			continue
+		}
+		if err := g.reload(next); err != nil {
+			log.Error("reload: limits not applied", "err", err)
+			continue
+		}
+		log.Info("reloaded limits", "max_connections", g.limiter.MaxConnections())
+	}
+	signal.Ignore(syscall.SIGHUP) // no reload while draining
 	log.Info("draining", "signal", s.String(), "timeout", cfg.Shutdown.DrainTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.DrainTimeout)
 	defer cancel()
@@ -94,6 +109,57 @@ type gateway struct {
 	broker *broker.Broker
 	srv    *netpoll.Server
 	admin  *http.Server
+
+	limiter    *limiter.Limiter
+	limiterSet *metrics.Set
+}
+
+// limitSettings maps the configuration to the limiter's settings.
+func limitSettings(cfg config.Config) (limiter.Settings, error) {
+	l := cfg.Limits
+	allow, err := config.Prefixes(l.AllowList)
+	if err != nil {
+		return limiter.Settings{}, fmt.Errorf("limits.allow_list: %w", err)
+	}
+	return limiter.Settings{
+		MaxConnections:      cfg.MaxConnections,
+		FDReserve:           l.FDReserve,
+		HighWaterPercent:    l.ReadyHighWater,
+		AcceptRate:          float64(l.AcceptRate),
+		AcceptBurst:         l.AcceptBurst,
+		PerIPConnections:    l.PerIPConnections,
+		PerIPRate:           float64(l.PerIPRate),
+		PerIPBurst:          l.PerIPBurst,
+		AllowList:           allow,
+		IdentityConnections: l.IdentityConnections,
+		IdentityRate:        float64(l.IdentityRate),
+		IdentityBurst:       l.IdentityBurst,
+		MaxKeys:             l.MaxTrackedKeys,
+	}, nil
+}
+
+// connRates maps the configuration to netpoll's per-connection rates.
+func connRates(l config.LimitsConfig) netpoll.ConnRates {
+	return netpoll.ConnRates{
+		MessagesPerSecond: float64(l.MessageRate),
+		MessageBurst:      l.MessageBurst,
+		BytesPerSecond:    float64(l.ByteRate),
+		ByteBurst:         l.ByteBurst,
+	}
+}
+
+// reload applies the limits of cfg (SIGHUP) to the running gateway; open
+// connections are kept.
+func (g *gateway) reload(cfg config.Config) error {
+	s, err := limitSettings(cfg)
+	if err != nil {
+		return err
+	}
+	if err := g.limiter.Update(s); err != nil {
+		return err
+	}
+	g.srv.SetConnRates(connRates(cfg.Limits))
+	return nil
 }
 
 func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
@@ -123,11 +189,33 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	settings, err := limitSettings(cfg)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	trusted, err := config.Prefixes(cfg.Limits.TrustedProxies)
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("limits.trusted_proxies: %w", err)
+	}
+	limSet := metrics.NewSet()
+	lim, err := limiter.New(settings, limSet, log.With("component", "limiter"))
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
 	srv, err := netpoll.New(b,
 		netpoll.WithAddr(cfg.Listen),
 		netpoll.WithReusePort(cfg.ReusePort),
 		netpoll.WithEventLoops(cfg.EventLoopCount()),
-		netpoll.WithMaxConnections(cfg.MaxConnections),
+		// Sockets, upgraded or not, never take the descriptors kept in
+		// reserve; upgrades are capped lower by the limiter.
+		netpoll.WithMaxConnections(limiter.FDCap(cfg.Limits.FDReserve)),
+		netpoll.WithAdmission(lim),
+		netpoll.WithConnRates(connRates(cfg.Limits)),
+		netpoll.WithTrustedProxies(trusted...),
+		netpoll.WithProxyProtocol(cfg.Limits.ProxyProtocol),
 		netpoll.WithMaxMessageBytes(cfg.WebSocket.MaxMessageBytes),
 		netpoll.WithMaxHeaderBytes(cfg.WebSocket.MaxHeaderBytes),
 		netpoll.WithHandshakeTimeout(cfg.WebSocket.HandshakeTimeout),
@@ -142,7 +230,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		b.Close()
 		return nil, err
 	}
-	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv}, nil
+	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, limiter: lim, limiterSet: limSet}, nil
 }
 
 func (g *gateway) start() error {
@@ -152,6 +240,7 @@ func (g *gateway) start() error {
 	}
 	metrics.RegisterSet(g.srv.Metrics())
 	metrics.RegisterSet(g.broker.Metrics())
+	metrics.RegisterSet(g.limiterSet)
 	if g.cfg.Admin.Listen != "" {
 		admin, err := startAdmin(g.cfg.Admin, g.log)
 		if err != nil {
@@ -171,6 +260,7 @@ func (g *gateway) stop(ctx context.Context) error {
 	g.broker.Close()
 	metrics.UnregisterSet(g.srv.Metrics(), false)
 	metrics.UnregisterSet(g.broker.Metrics(), false)
+	metrics.UnregisterSet(g.limiterSet, false)
 	if g.admin != nil {
 		_ = g.admin.Close()
 	}

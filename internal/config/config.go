@@ -2,8 +2,10 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"path/filepath"
 	"runtime"
@@ -45,9 +47,10 @@ type Config struct {
 	// 0 means one per core available to the process (GOMAXPROCS); see
 	// EventLoopCount.
 	EventLoops int `yaml:"event_loops"`
-	// MaxConnections caps simultaneous client connections; connections
-	// beyond it are closed right after accept. 0 means no cap (the file
-	// descriptor limit still applies).
+	// MaxConnections caps simultaneous WebSocket clients; an upgrade
+	// beyond it gets 503. 0 (and any value above it) means the process's
+	// open-file limit minus Limits.FDReserve. Sockets accepted but not yet
+	// upgraded are capped at that open-file bound.
 	MaxConnections int `yaml:"max_connections"`
 	// DataDir is the directory for state kept across restarts: the HMAC
 	// key. Relative paths are relative to the working directory.
@@ -65,6 +68,84 @@ type Config struct {
 	Broker BrokerConfig `yaml:"broker"`
 	// Shutdown configures a graceful stop.
 	Shutdown ShutdownConfig `yaml:"shutdown"`
+	// Limits configures admission control, per-connection rates and
+	// trusted proxies; see docs/limits.md.
+	Limits LimitsConfig `yaml:"limits"`
+}
+
+// LimitsConfig is admission control (package limiter) and the trusted
+// proxies in front of the gateway. Every limit is 0 for "off" unless said
+// otherwise. The defaults are generous per IP, because many visitors can
+// share one address behind a corporate or carrier NAT. A SIGHUP reloads
+// every field except trusted_proxies and proxy_protocol.
+type LimitsConfig struct {
+	// FDReserve is the number of file descriptors kept for everything that
+	// is not a client; the connection cap is the process's open-file limit
+	// minus this (or max_connections when that is lower).
+	FDReserve int `yaml:"fd_reserve"`
+	// ReadyHighWater is the percentage of the connection cap above which
+	// /readyz answers 503, so a load balancer sends new clients elsewhere.
+	ReadyHighWater int `yaml:"ready_high_water"`
+	// AcceptRate is the new WebSocket connections per second the node
+	// admits; AcceptBurst how many may come at once. Over it: 503.
+	AcceptRate  int `yaml:"accept_rate"`
+	AcceptBurst int `yaml:"accept_burst"`
+	// PerIPConnections caps the concurrent connections of one client IP
+	// (IPv6: one /64). Over it: 429.
+	PerIPConnections int `yaml:"per_ip_connections"`
+	// PerIPRate is the new connections per second one client IP may open;
+	// PerIPBurst how many at once. Over it: 429.
+	PerIPRate  int `yaml:"per_ip_rate"`
+	PerIPBurst int `yaml:"per_ip_burst"`
+	// IdentityConnections caps the concurrent connections of one token
+	// subject; IdentityRate and IdentityBurst bound its new connections
+	// per second. (Enforced once the broker calls the limiter.)
+	IdentityConnections int `yaml:"identity_connections"`
+	IdentityRate        int `yaml:"identity_rate"`
+	IdentityBurst       int `yaml:"identity_burst"`
+	// MaxTrackedKeys bounds the idle client IPs (and identities) whose
+	// rate state is remembered, so memory stays bounded under an attack
+	// from many addresses.
+	MaxTrackedKeys int `yaml:"max_tracked_keys"`
+	// MessageRate is the messages (and pings) per second one connection
+	// may send; MessageBurst how many at once. Over it: close 1008.
+	MessageRate  int `yaml:"message_rate"`
+	MessageBurst int `yaml:"message_burst"`
+	// ByteRate is the bytes per second one connection may send;
+	// ByteBurst how many at once (raised to one maximal message if lower).
+	// Over it: close 1008.
+	ByteRate  int `yaml:"byte_rate"`
+	ByteBurst int `yaml:"byte_burst"`
+	// AllowList holds CIDRs (or single addresses) exempt from the per-IP
+	// limits: known NAT egress addresses, offices.
+	AllowList []string `yaml:"allow_list"`
+	// TrustedProxies holds the CIDRs (or addresses) of the load balancers
+	// in front of the gateway: only they may send a PROXY protocol header
+	// or have X-Forwarded-For / X-Real-IP believed.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// ProxyProtocol accepts a PROXY protocol (v1 or v2) header from
+	// trusted proxies.
+	ProxyProtocol bool `yaml:"proxy_protocol"`
+}
+
+// Prefixes parses a list of CIDRs or single addresses (a single address is
+// its /32 or /128).
+func Prefixes(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return nil, fmt.Errorf("want a CIDR such as 203.0.113.0/24 or an address, got %q", s)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // AdminConfig is the private HTTP server: Prometheus metrics at /metrics
@@ -190,6 +271,23 @@ func Default() Config {
 		},
 		Shutdown: ShutdownConfig{
 			DrainTimeout: 10 * time.Second,
+		},
+		Limits: LimitsConfig{
+			FDReserve:           256,
+			ReadyHighWater:      90,
+			AcceptRate:          1000,
+			AcceptBurst:         2000,
+			PerIPConnections:    1000,
+			PerIPRate:           50,
+			PerIPBurst:          200,
+			IdentityConnections: 20,
+			IdentityRate:        5,
+			IdentityBurst:       20,
+			MaxTrackedKeys:      65536,
+			MessageRate:         50,
+			MessageBurst:        200,
+			ByteRate:            262144,
+			ByteBurst:           1048576,
 		},
 	}
 }

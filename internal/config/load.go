@@ -37,6 +37,12 @@ func Load(path string, environ []string) (Config, error) {
 	if len(c.WebSocket.AllowedOrigins) == 0 {
 		c.WebSocket.AllowedOrigins = nil // "[]" and absent compare equal
 	}
+	if len(c.Limits.AllowList) == 0 {
+		c.Limits.AllowList = nil
+	}
+	if len(c.Limits.TrustedProxies) == 0 {
+		c.Limits.TrustedProxies = nil
+	}
 	return c, nil
 }
 

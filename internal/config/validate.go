@@ -91,6 +91,50 @@ func (c Config) Validate() error {
 		bad("broker.queue_size", "must be at least 1, got %d", c.Broker.QueueSize)
 	}
 
+	l := c.Limits
+	for _, f := range []struct {
+		path string
+		v    int
+	}{
+		{"limits.fd_reserve", l.FDReserve}, {"limits.accept_rate", l.AcceptRate}, {"limits.accept_burst", l.AcceptBurst},
+		{"limits.per_ip_connections", l.PerIPConnections}, {"limits.per_ip_rate", l.PerIPRate}, {"limits.per_ip_burst", l.PerIPBurst},
+		{"limits.identity_connections", l.IdentityConnections}, {"limits.identity_rate", l.IdentityRate},
+		{"limits.identity_burst", l.IdentityBurst}, {"limits.message_rate", l.MessageRate},
+		{"limits.message_burst", l.MessageBurst}, {"limits.byte_rate", l.ByteRate}, {"limits.byte_burst", l.ByteBurst},
+	} {
+		if f.v < 0 {
+			bad(f.path, "must be 0 (no limit) or more, got %d", f.v)
+		}
+	}
+	if l.ReadyHighWater < 1 || l.ReadyHighWater > 100 {
+		bad("limits.ready_high_water", "must be a percentage from 1 to 100, got %d", l.ReadyHighWater)
+	}
+	if l.MaxTrackedKeys < 64 {
+		bad("limits.max_tracked_keys", "must be at least 64, got %d", l.MaxTrackedKeys)
+	}
+	for _, r := range []struct {
+		rate, burst string
+		r, b        int
+	}{
+		{"limits.accept_rate", "limits.accept_burst", l.AcceptRate, l.AcceptBurst},
+		{"limits.per_ip_rate", "limits.per_ip_burst", l.PerIPRate, l.PerIPBurst},
+		{"limits.identity_rate", "limits.identity_burst", l.IdentityRate, l.IdentityBurst},
+		{"limits.message_rate", "limits.message_burst", l.MessageRate, l.MessageBurst},
+	} {
+		if r.r > 0 && r.b > 0 && r.b < r.r {
+			bad(r.burst, "must be 0 (= %s) or at least %s (%d), got %d", r.rate, r.rate, r.r, r.b)
+		}
+	}
+	if _, err := Prefixes(l.AllowList); err != nil {
+		bad("limits.allow_list", "%v", err)
+	}
+	if _, err := Prefixes(l.TrustedProxies); err != nil {
+		bad("limits.trusted_proxies", "%v", err)
+	}
+	if l.ProxyProtocol && len(l.TrustedProxies) == 0 {
+		bad("limits.proxy_protocol", "needs limits.trusted_proxies: a PROXY header is only accepted from them")
+	}
+
 	if c.Shutdown.DrainTimeout < 0 {
 		bad("shutdown.drain_timeout", "must be 0 (no wait) or more, got %v", c.Shutdown.DrainTimeout)
 	}

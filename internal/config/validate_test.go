@@ -24,6 +24,15 @@ func TestValidateAccepts(t *testing.T) {
 		}},
 		{"no drain", func(c *Config) { c.Shutdown.DrainTimeout = 0 }},
 		{"anonymous off", func(c *Config) { c.Auth.AllowAnonymous = false }},
+		{"limits off", func(c *Config) {
+			c.Limits.AcceptRate, c.Limits.PerIPConnections, c.Limits.PerIPRate, c.Limits.MessageRate, c.Limits.ByteRate = 0, 0, 0, 0, 0
+		}},
+		{"burst 0 means the rate", func(c *Config) { c.Limits.PerIPBurst, c.Limits.MessageBurst = 0, 0 }},
+		{"proxies", func(c *Config) {
+			c.Limits.TrustedProxies = []string{"10.0.0.0/8", "192.0.2.1", "2001:db8::/32"}
+			c.Limits.AllowList = []string{"203.0.113.0/24"}
+			c.Limits.ProxyProtocol = true
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -47,6 +56,14 @@ func TestValidateRejects(t *testing.T) {
 		{"listen", func(c *Config) { c.Listen = ":65536" }},
 		{"event_loops", func(c *Config) { c.EventLoops = -1 }},
 		{"max_connections", func(c *Config) { c.MaxConnections = -1 }},
+		{"limits.per_ip_connections", func(c *Config) { c.Limits.PerIPConnections = -1 }},
+		{"limits.per_ip_burst", func(c *Config) { c.Limits.PerIPBurst = c.Limits.PerIPRate - 1 }},
+		{"limits.ready_high_water", func(c *Config) { c.Limits.ReadyHighWater = 0 }},
+		{"limits.ready_high_water", func(c *Config) { c.Limits.ReadyHighWater = 101 }},
+		{"limits.max_tracked_keys", func(c *Config) { c.Limits.MaxTrackedKeys = 10 }},
+		{"limits.allow_list", func(c *Config) { c.Limits.AllowList = []string{"10.0.0.0/33"} }},
+		{"limits.trusted_proxies", func(c *Config) { c.Limits.TrustedProxies = []string{"proxy.example.com"} }},
+		{"limits.proxy_protocol", func(c *Config) { c.Limits.ProxyProtocol = true }},
 		{"data_dir", func(c *Config) { c.DataDir = " " }},
 		{"admin.listen", func(c *Config) { c.Admin.Listen = "localhost" }},
 		{"admin.listen", func(c *Config) { c.Admin.Listen = c.Listen }},

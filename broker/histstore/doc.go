@@ -1,0 +1,91 @@
+// Package histstore keeps the durable history of every conversation in one
+// NATS JetStream stream (default "UNIGATE_HISTORY", file storage).
+//
+//	s, err := histstore.Open(ctx, node.JetStream(), histstore.Options{MaxAge: 30 * 24 * time.Hour})
+//	seq, dup, err := s.Append(ctx, &histstore.Message{...}, lastStreamSeq)
+//	err = s.Range(ctx, tenant, conv, cursor, 100, func(m *histstore.Message) bool { ...; return true })
+//
+// # Layout
+//
+// A conversation's messages are stored on the subject
+// <prefix>.<tenant>.<conversation> (prefix default "hist"). A token that is
+// non-empty and only [a-z0-9_] is used as is; any other (tenants are
+// arbitrary bytes, up to 128) becomes "-" followed by its lowercase
+// base32hex encoding, which cannot collide with a plain token.
+//
+// The body is a protobuf-wire record hand-coded with protowire: 1 seq
+// (varint), 2 sender_id (bytes), 3 sender_role (varint), 4 client_msg_id
+// (bytes), 5 text (bytes), 6 time_milli (varint); tenant and conversation
+// are in the subject. Unknown fields are skipped, so fields can be added.
+// The decoder bounds every field (MaxIDBytes, MaxTextBytes), copies the
+// strings out of the NATS buffer in one allocation, never panics (see
+// FuzzDecodeMessage) and reports bad input as ErrCorrupt. Headers carry only
+// what JetStream itself needs: Nats-Msg-Id and
+// Nats-Expected-Last-Subject-Sequence.
+//
+// # Writers
+//
+// Each conversation has a single writer (its broker shard) that assigns
+// Seq (from 1, +1 per message) and remembers the stream sequence of the
+// conversation's last message. Every append carries that stream sequence
+// as Nats-Expected-Last-Subject-Sequence, so a second writer (another
+// node, a stale owner) can never interleave: one of two racing appends
+// fails with a *ConflictError (errors.Is ErrConflict) that reports the
+// stream's actual last sequence. A consequence: one conversation can have
+// only one append in flight (the next needs this one's stream sequence);
+// AppendAsync pipelines across conversations. After a restart, Last gives
+// the next Seq and the expected stream sequence.
+//
+// Every append also carries Nats-Msg-Id = tenant/conversation/sender/
+// client message id, so a retry (after ErrTimeout, a cancelled context or
+// a reconnect) within Options.DuplicateWindow is not stored twice: it
+// returns dup=true and the original stream sequence. A standalone server
+// checks the expected sequence before the message id, which would turn
+// such a retry into a conflict; Append resolves it by looking at the
+// conversation's last message (one extra direct get, on that path only).
+//
+// # Durability: what an ack means
+//
+// Append returns, and AppendAsync calls done, only after the JetStream
+// PubAck: the message has been written to the stream's file store (R1:
+// write(2) on the block file, fsynced every nats-server SyncInterval or
+// at once with SyncAlways; it survives kill -9 of the process) or to a
+// quorum of replicas (R3). An error means the message may or may not be
+// stored (ErrTimeout, ctx errors, ErrUnavailable): retry it unchanged. A
+// message that was acked is in every later Range, in order, once — until
+// retention discards it.
+//
+// # Retention
+//
+// Limits are JetStream's (DiscardOld): at MaxAge, MaxBytes (whole stream)
+// or MaxMsgsPerSubject (per conversation) the OLDEST messages are discarded
+// by the server, silently and never the new one. A client resuming from a
+// cursor older than the oldest retained message gets what remains and
+// Replay reports RangeInfo.Gap (Range, which has no place for it, just
+// delivers what remains; the first message's Seq > cursor+1 tells the same).
+// MaxAge and MaxBytes can discard a whole conversation, its last message
+// included: Last then says ok=false and the writer's next append gets a
+// ConflictError with Last 0; the writer resumes from expected 0 and its own
+// Seq counter (Seq values are never reused).
+//
+// # Reading
+//
+// Range and Replay use direct gets (the stream has AllowDirect): the
+// conversation's last message, its first, a binary search over stream
+// sequences for the first message after the cursor when more than 64
+// older messages would otherwise be skipped, then batches of up to 256
+// messages by subject. Their cost grows with the conversation's span in
+// the stream, not with the stream's size: the file store indexes subjects
+// per block but scans a block's messages linearly, so conversations
+// interleaved with many others cost more per message read (see the
+// benchmarks). Last is one direct get.
+//
+// # Concurrency
+//
+// A Store is safe for concurrent use. Acks are handled on one NATS
+// subscription goroutine; done callbacks run there (in stream order), on
+// the Store's timeout goroutine (ErrTimeout) or in Close (ErrClosed), and
+// must not block. At most Options.MaxPending appends are in flight;
+// beyond that AppendAsync fails fast with ErrBackpressure. Range's
+// callback runs on the caller's goroutine.
+package histstore

@@ -1,0 +1,534 @@
+package histstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// maxMsgSize is the stream's MaxMsgSize: the largest body plus headers
+// (JetStream counts both) and slack.
+const maxMsgSize = MaxTextBytes + 64<<10
+
+// Defaults for zero-valued Options fields.
+const (
+	DefaultStream          = "UNIGATE_HISTORY"
+	DefaultSubjectPrefix   = "hist"
+	DefaultDuplicateWindow = 2 * time.Minute
+	DefaultMaxPending      = 4096
+	DefaultAckTimeout      = 5 * time.Second
+)
+
+// Errors. Wrapped errors carry details; test with errors.Is.
+var (
+	// ErrConflict: the conversation's last stored message is not the one
+	// the writer expected (another writer appended, or retention removed
+	// messages). Returned as a *ConflictError.
+	ErrConflict = errors.New("histstore: conflicting append")
+	// ErrInvalid: a Message or argument is out of bounds.
+	ErrInvalid = errors.New("histstore: invalid message")
+	// ErrCorrupt: a stored body could not be decoded.
+	ErrCorrupt = errors.New("histstore: corrupt message")
+	// ErrTimeout: no ack within Options.AckTimeout. The outcome is unknown:
+	// the message may or may not be stored; retry it unchanged (same
+	// ClientMsgID, same expected sequence) to find out.
+	ErrTimeout = errors.New("histstore: ack timeout")
+	// ErrBackpressure: Options.MaxPending asynchronous appends are in
+	// flight; nothing was sent.
+	ErrBackpressure = errors.New("histstore: too many pending appends")
+	// ErrUnavailable: no JetStream server answered for the stream (no
+	// responders), or it answered with an unexpected error.
+	ErrUnavailable = errors.New("histstore: stream unavailable")
+	// ErrClosed: the Store was closed.
+	ErrClosed = errors.New("histstore: closed")
+)
+
+// ConflictError is the ErrConflict returned by Append and AppendAsync.
+type ConflictError struct {
+	// Expected is the stream sequence the writer expected.
+	Expected uint64
+	// Last is the stream sequence of the conversation's last stored
+	// message according to the server (0: none).
+	Last uint64
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("histstore: conflicting append: expected last stream sequence %d, stream has %d", e.Expected, e.Last)
+}
+
+// Is makes errors.Is(err, ErrConflict) true.
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+// Message is one stored chat message.
+type Message struct {
+	Tenant       string // up to MaxTenantBytes, any bytes
+	Conversation string // 1..MaxConversationBytes, normally [a-z0-9_]
+	Seq          uint64 // per-conversation sequence, from 1, assigned by the single writer
+	SenderID     string // up to MaxIDBytes
+	SenderRole   uint8
+	ClientMsgID  string // up to MaxIDBytes; empty: no deduplication
+	Text         string // up to MaxTextBytes
+	TimeMilli    int64  // unix milliseconds
+}
+
+// Options configures Open. Zero values select the defaults.
+type Options struct {
+	// Stream is the JetStream stream name (default "UNIGATE_HISTORY").
+	Stream string
+	// SubjectPrefix is the first subject token (default "hist"): messages
+	// are stored on <prefix>.<tenant>.<conversation>.
+	SubjectPrefix string
+	// Replicas is the stream's replication factor (default 1; 3 in a
+	// 3-node cluster).
+	Replicas int
+	// MaxAge discards messages older than this (0: no age limit).
+	MaxAge time.Duration
+	// MaxBytes caps the stream's size; the oldest messages of the whole
+	// stream are discarded to make room (0: no limit).
+	MaxBytes int64
+	// MaxMsgsPerSubject keeps at most this many messages per conversation,
+	// discarding its oldest (0: no limit).
+	MaxMsgsPerSubject int64
+	// DuplicateWindow is how long JetStream remembers Nats-Msg-Id values
+	// for deduplication (default 2 minutes; at most MaxAge when set).
+	DuplicateWindow time.Duration
+	// MaxPending bounds the asynchronous appends in flight (default 4096).
+	MaxPending int
+	// AckTimeout bounds the wait for a publish ack (default 5s).
+	AckTimeout time.Duration
+}
+
+// Store is the history of all conversations in one JetStream stream. It
+// is safe for concurrent use.
+type Store struct {
+	js         jetstream.JetStream
+	nc         *nats.Conn
+	stream     jetstream.Stream
+	name       string
+	prefix     string // "<SubjectPrefix>."
+	directSubj string // $JS.API.DIRECT.GET.<name>
+	maxPending int
+	ackTimeout time.Duration
+
+	inbox string // "<inbox>." ; replies go to inbox + token
+	sub   *nats.Subscription
+
+	mu      sync.Mutex
+	pending map[uint64]*pending
+	nextID  uint64
+	closed  bool
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+type pending struct {
+	subj     string
+	msgID    string
+	expect   uint64
+	deadline time.Time
+	done     func(uint64, bool, error)
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// Open creates the stream or updates its configuration (limits may be
+// changed on a live stream; name, subjects and storage may not) and
+// returns a Store. Close it to stop its background goroutine.
+func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Store, error) {
+	if o.Stream == "" {
+		o.Stream = DefaultStream
+	}
+	if o.SubjectPrefix == "" {
+		o.SubjectPrefix = DefaultSubjectPrefix
+	}
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	if o.DuplicateWindow <= 0 {
+		o.DuplicateWindow = DefaultDuplicateWindow
+	}
+	if o.MaxAge > 0 && o.DuplicateWindow > o.MaxAge {
+		// JetStream refuses a duplicate window longer than MaxAge.
+		o.DuplicateWindow = o.MaxAge
+	}
+	if o.MaxPending <= 0 {
+		o.MaxPending = DefaultMaxPending
+	}
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = DefaultAckTimeout
+	}
+	if strings.ContainsAny(o.SubjectPrefix, " \t\r\n*>") {
+		return nil, fmt.Errorf("%w: subject prefix %q", ErrInvalid, o.SubjectPrefix)
+	}
+	cfg := jetstream.StreamConfig{
+		Name:              o.Stream,
+		Description:       "Unigate conversation history",
+		Subjects:          []string{o.SubjectPrefix + ".>"},
+		Storage:           jetstream.FileStorage,
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardOld,
+		MaxAge:            o.MaxAge,
+		MaxBytes:          -1,
+		MaxMsgs:           -1,
+		MaxMsgsPerSubject: -1,
+		MaxMsgSize:        maxMsgSize,
+		Duplicates:        o.DuplicateWindow,
+		Replicas:          o.Replicas,
+		AllowDirect:       true,
+	}
+	if o.MaxBytes > 0 {
+		cfg.MaxBytes = o.MaxBytes
+	}
+	if o.MaxMsgsPerSubject > 0 {
+		cfg.MaxMsgsPerSubject = o.MaxMsgsPerSubject
+	}
+	st, err := js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("histstore: stream %s: %w", o.Stream, err)
+	}
+	jo := js.Options()
+	api := jetstream.DefaultAPIPrefix
+	switch {
+	case jo.APIPrefix != "":
+		api = jo.APIPrefix
+		if !strings.HasSuffix(api, ".") {
+			api += "."
+		}
+	case jo.Domain != "":
+		api = "$JS." + jo.Domain + ".API."
+	}
+	s := &Store{
+		js:         js,
+		nc:         js.Conn(),
+		stream:     st,
+		name:       o.Stream,
+		prefix:     o.SubjectPrefix + ".",
+		directSubj: api + "DIRECT.GET." + o.Stream,
+		maxPending: o.MaxPending,
+		ackTimeout: o.AckTimeout,
+		inbox:      nats.NewInbox() + ".",
+		pending:    make(map[uint64]*pending),
+		stop:       make(chan struct{}),
+	}
+	s.sub, err = s.nc.Subscribe(s.inbox+"*", s.handleAck)
+	if err != nil {
+		return nil, fmt.Errorf("histstore: ack subscription: %w", err)
+	}
+	// Acks are tiny; a pending limit above MaxPending never drops one.
+	_ = s.sub.SetPendingLimits(4*o.MaxPending+1024, -1)
+	s.wg.Add(1)
+	go s.sweep()
+	return s, nil
+}
+
+// Close fails every pending append with ErrClosed and stops the Store.
+// It does not close the NATS connection.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.stop)
+	failed := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+	err := s.sub.Unsubscribe()
+	s.wg.Wait()
+	for _, p := range failed {
+		p.done(0, false, ErrClosed)
+	}
+	if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionDraining) || errors.Is(err, nats.ErrBadSubscription) {
+		err = nil
+	}
+	return err
+}
+
+// Subject returns the subject a conversation's messages are stored on.
+func (s *Store) Subject(tenant, conv string) string {
+	return s.prefix + subjectToken(tenant) + "." + subjectToken(conv)
+}
+
+func checkKey(tenant, conv string) error {
+	if len(tenant) > MaxTenantBytes {
+		return fmt.Errorf("%w: tenant of %d bytes", ErrInvalid, len(tenant))
+	}
+	if conv == "" || len(conv) > MaxConversationBytes {
+		return fmt.Errorf("%w: conversation id of %d bytes", ErrInvalid, len(conv))
+	}
+	return nil
+}
+
+func check(m *Message) error {
+	if err := checkKey(m.Tenant, m.Conversation); err != nil {
+		return err
+	}
+	switch {
+	case m.Seq == 0:
+		return fmt.Errorf("%w: sequence 0", ErrInvalid)
+	case len(m.SenderID) > MaxIDBytes:
+		return fmt.Errorf("%w: sender id of %d bytes", ErrInvalid, len(m.SenderID))
+	case len(m.ClientMsgID) > MaxIDBytes:
+		return fmt.Errorf("%w: client message id of %d bytes", ErrInvalid, len(m.ClientMsgID))
+	case len(m.Text) > MaxTextBytes:
+		return fmt.Errorf("%w: text of %d bytes", ErrInvalid, len(m.Text))
+	}
+	return nil
+}
+
+// msgID is the Nats-Msg-Id of m ("" when it has no ClientMsgID).
+func msgID(m *Message) string {
+	if m.ClientMsgID == "" {
+		return ""
+	}
+	return headerToken(m.Tenant) + "/" + headerToken(m.Conversation) + "/" + headerToken(m.SenderID) + "/" + headerToken(m.ClientMsgID)
+}
+
+// Append stores m durably: it returns after the JetStream PubAck, i.e.
+// once the message is written to the stream's file store (R1) or to a
+// quorum of replicas (R3). m.Seq is assigned by the caller, the
+// conversation's single writer.
+//
+// The publish carries Nats-Msg-Id = tenant/conversation/sender/clientMsgID
+// (each part escaped), so a retry within the duplicate window is not
+// stored twice: it returns dup=true and the original stream sequence. It
+// also carries Nats-Expected-Last-Subject-Sequence = expectLastStreamSeq,
+// the stream sequence of the conversation's previous message (0 for the
+// first), so two writers of one conversation can never interleave: the
+// loser gets a *ConflictError (errors.Is ErrConflict).
+//
+// Because of that check, a conversation can have only one append in
+// flight: the next one needs this one's stream sequence. Pipeline across
+// conversations.
+func (s *Store) Append(ctx context.Context, m *Message, expectLastStreamSeq uint64) (streamSeq uint64, dup bool, err error) {
+	type result struct {
+		seq uint64
+		dup bool
+		err error
+	}
+	ch := make(chan result, 1)
+	err = s.AppendAsync(m, expectLastStreamSeq, func(seq uint64, dup bool, err error) {
+		ch <- result{seq, dup, err}
+	})
+	if err != nil {
+		return 0, false, err
+	}
+	select {
+	case r := <-ch:
+		return r.seq, r.dup, r.err
+	case <-ctx.Done():
+		// The outcome is unknown, as with ErrTimeout; done still runs later.
+		return 0, false, ctx.Err()
+	}
+}
+
+// AppendAsync is Append without waiting: it returns once the message is
+// handed to the connection, and done is called exactly once, later, with
+// the outcome: from the NATS goroutine that delivers acks (acks arrive in
+// stream order, so done calls for one conversation come in order), or
+// from the Store's timeout goroutine with ErrTimeout, or from Close with
+// ErrClosed. done must not block; it may call AppendAsync. An error
+// returned by AppendAsync itself (ErrInvalid, ErrBackpressure, ErrClosed,
+// a connection error) means nothing was sent and done will not be called.
+func (s *Store) AppendAsync(m *Message, expectLastStreamSeq uint64, done func(streamSeq uint64, dup bool, err error)) error {
+	if err := check(m); err != nil {
+		return err
+	}
+	p := &pending{
+		subj:     s.Subject(m.Tenant, m.Conversation),
+		msgID:    msgID(m),
+		expect:   expectLastStreamSeq,
+		deadline: time.Now().Add(s.ackTimeout),
+		done:     done,
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	if len(s.pending) >= s.maxPending {
+		s.mu.Unlock()
+		return ErrBackpressure
+	}
+	s.nextID++
+	id := s.nextID
+	s.pending[id] = p
+	s.mu.Unlock()
+
+	bp := bufPool.Get().(*[]byte)
+	body := appendMessage((*bp)[:0], m)
+	hdr := nats.Header{
+		jetstream.ExpectedLastSubjSeqHeader: {strconv.FormatUint(expectLastStreamSeq, 10)},
+	}
+	if p.msgID != "" {
+		hdr[jetstream.MsgIDHeader] = []string{p.msgID}
+	}
+	err := s.nc.PublishMsg(&nats.Msg{
+		Subject: p.subj,
+		Reply:   s.inbox + strconv.FormatUint(id, 10),
+		Header:  hdr,
+		Data:    body,
+	})
+	// PublishMsg copied the body into the connection's buffer.
+	if cap(body) <= 64<<10 {
+		*bp = body
+		bufPool.Put(bp)
+	}
+	if err != nil {
+		s.mu.Lock()
+		_, mine := s.pending[id]
+		delete(s.pending, id)
+		s.mu.Unlock()
+		if !mine {
+			// Already failed by Close or the sweeper: done was called.
+			return nil
+		}
+		return fmt.Errorf("histstore: publish: %w", err)
+	}
+	return nil
+}
+
+// pubAck is a JetStream publish response.
+type pubAck struct {
+	Stream    string `json:"stream"`
+	Seq       uint64 `json:"seq"`
+	Duplicate bool   `json:"duplicate"`
+	Error     *struct {
+		Code        int    `json:"code"`
+		ErrCode     uint16 `json:"err_code"`
+		Description string `json:"description"`
+	} `json:"error"`
+}
+
+const (
+	errCodeWrongLastSeq         = 10071
+	errCodeWrongLastSeqConstant = 10164
+)
+
+// handleAck runs on the ack subscription's goroutine, one ack at a time.
+func (s *Store) handleAck(msg *nats.Msg) {
+	id, err := strconv.ParseUint(msg.Subject[len(s.inbox):], 10, 64)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	p := s.pending[id]
+	delete(s.pending, id)
+	s.mu.Unlock()
+	if p == nil {
+		return // timed out or closed: done already called
+	}
+	p.done(s.outcome(p, msg))
+}
+
+func (s *Store) outcome(p *pending, msg *nats.Msg) (uint64, bool, error) {
+	if len(msg.Data) == 0 {
+		if st := msg.Header.Get("Status"); st != "" {
+			return 0, false, fmt.Errorf("%w: status %s %s", ErrUnavailable, st, msg.Header.Get("Description"))
+		}
+	}
+	var a pubAck
+	if err := json.Unmarshal(msg.Data, &a); err != nil {
+		return 0, false, fmt.Errorf("%w: bad ack: %v", ErrUnavailable, err)
+	}
+	if a.Error != nil {
+		if a.Error.ErrCode == errCodeWrongLastSeq || a.Error.ErrCode == errCodeWrongLastSeqConstant {
+			return s.resolveConflict(p)
+		}
+		return 0, false, fmt.Errorf("%w: %d %s", ErrUnavailable, a.Error.ErrCode, a.Error.Description)
+	}
+	if a.Stream == "" || a.Seq == 0 {
+		return 0, false, fmt.Errorf("%w: empty ack", ErrUnavailable)
+	}
+	return a.Seq, a.Duplicate, nil
+}
+
+// resolveConflict turns a wrong-last-sequence answer into dup=true when
+// the conversation's last stored message is this very message. A
+// standalone (R1) server checks Nats-Expected-Last-Subject-Sequence before
+// Nats-Msg-Id, so a retry of a stored message is rejected as a conflict
+// instead of being reported as a duplicate; this lookup restores the
+// documented outcome. It blocks the ack goroutine for one direct get, on
+// this rare path only.
+func (s *Store) resolveConflict(p *pending) (uint64, bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.ackTimeout)
+	defer cancel()
+	last, err := s.stream.GetLastMsgForSubject(ctx, p.subj)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, false, &ConflictError{Expected: p.expect}
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("%w (and the lookup failed: %v)", &ConflictError{Expected: p.expect}, err)
+	}
+	if p.msgID != "" && last.Header.Get(jetstream.MsgIDHeader) == p.msgID {
+		return last.Sequence, true, nil
+	}
+	return 0, false, &ConflictError{Expected: p.expect, Last: last.Sequence}
+}
+
+// sweep fails appends whose ack did not come within AckTimeout.
+func (s *Store) sweep() {
+	defer s.wg.Done()
+	tick := min(max(s.ackTimeout/4, 10*time.Millisecond), time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var expired []*pending
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-t.C:
+			s.mu.Lock()
+			for id, p := range s.pending {
+				if now.After(p.deadline) {
+					expired = append(expired, p)
+					delete(s.pending, id)
+				}
+			}
+			s.mu.Unlock()
+			for i, p := range expired {
+				p.done(0, false, ErrTimeout)
+				expired[i] = nil
+			}
+			expired = expired[:0]
+		}
+	}
+}
+
+// Pending returns the number of asynchronous appends awaiting their ack.
+func (s *Store) Pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending)
+}
+
+// Last returns the last stored message of a conversation and its stream
+// sequence (what the next Append expects), or ok=false when the
+// conversation has no stored message (never written, or all of it
+// discarded by retention).
+func (s *Store) Last(ctx context.Context, tenant, conv string) (m *Message, streamSeq uint64, ok bool, err error) {
+	if err := checkKey(tenant, conv); err != nil {
+		return nil, 0, false, err
+	}
+	raw, err := s.stream.GetLastMsgForSubject(ctx, s.Subject(tenant, conv))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, 0, false, nil
+	}
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("histstore: last: %w", err)
+	}
+	m = &Message{Tenant: tenant, Conversation: conv}
+	if err := decodeMessage(raw.Data, m); err != nil {
+		return nil, 0, false, fmt.Errorf("stream sequence %d: %w", raw.Sequence, err)
+	}
+	return m, raw.Sequence, true, nil
+}
