@@ -24,7 +24,7 @@ test-short: ## quick tests, no race detector
 	$(GO) test -short -count=1 $(PKGS)
 
 bench: ## benchmarks of the hot paths (compare runs with benchstat)
-	$(GO) test -run '^$$' -bench . -benchmem -count=6 ./netpoll/ ./protocol/ ./broker/ ./internal/token/
+	$(GO) test -run '^$$' -bench . -benchmem -count=6 ./netpoll/ ./protocol/ ./broker/... ./limiter/ ./internal/token/
 
 fuzz: ## run every fuzz target for FUZZTIME each; new crashers land in testdata/
 	@set -e; for pkg in $$($(GO) list ./...); do \

@@ -142,6 +142,10 @@ func (s *Server) Start() error {
 	gopts := []gnet.Option{
 		gnet.WithMulticore(true),
 		gnet.WithReusePort(s.opts.reusePort),
+		// The server closes connections first (drain, timeouts), so its
+		// side holds the TIME-WAIT entries: without SO_REUSEADDR a restart
+		// cannot bind the port for a minute after a busy run.
+		gnet.WithReuseAddr(true),
 		gnet.WithTicker(true),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 		gnet.WithLogger(gnetLogger{s.opts.logger}),
@@ -337,7 +341,7 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 			case now-last >= max(idle, 1):
 				s.metrics.idleTimeouts.Inc()
 				c.Close(ws.StatusGoingAway, "idle timeout")
-			case now-max(last, c.lastPingAt.Load()) >= max(ping, 1):
+			case now-max(last, c.lastPingAt.Load()) >= max(ping, 1)+int64(c.id%pingSpread(ping, idle)):
 				c.lastPingAt.Store(now)
 				_ = c.Send(s.ping)
 			}
@@ -350,6 +354,12 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	})
 	return tickInterval(s.opts), gnet.None
 }
+
+// pingSpread spreads the keep-alive pings of connections that went quiet at
+// the same moment (a mass connect) over up to a quarter of the interval, by
+// connection id, so one sweep does not ping them all at once; the last ping
+// still comes a second before the idle deadline.
+func pingSpread(ping, idle int64) uint64 { return uint64(max(min(ping/4, idle-ping-1), 1)) }
 
 func tickInterval(o options) time.Duration {
 	d := min(o.handshakeTimeout, o.idleTimeout, o.pingInterval) / 4

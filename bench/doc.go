@@ -1,0 +1,49 @@
+// Package bench is the load generator behind cmd/unigate-bench: it opens
+// many real WebSocket connections to a running gateway and measures what the
+// gateway costs (idle) and how fast it relays chat (chat).
+//
+// # Scenarios
+//
+// RunIdle ramps anonymous visitor connections (upgrade, Hello, Welcome) at a
+// fixed rate, stops at each step to let the server settle, then samples the
+// server's resident memory (/proc/PID/status VmRSS), the kernel's TCP memory
+// (/proc/net/sockstat) and the gateway's own connection gauge. The result is
+// the server RSS slope per connection (least squares over the steps).
+//
+// RunChat connects agents (with signed tokens) and visitors, opens one
+// conversation per visitor, waits until every conversation is assigned, then
+// sends visitor messages on an open-loop schedule: conversation g sends its
+// k-th message at T0 + g/rate + k·conversations/rate, whatever happened to
+// the previous ones. Latency is measured from that scheduled time, not from
+// the moment the client managed to write, so a slow server cannot hide
+// behind a slow client (coordinated omission). Agents answer a fixed
+// fraction of the messages; their replies are timed from the moment the
+// agent decided to answer.
+//
+// # Processes
+//
+// One process holds at most ~19,900 sockets on the machines this was written
+// for, so a run is split over worker processes: the coordinator re-executes
+// its own binary with the hidden "worker" subcommand (see Common.Worker) and
+// talks to each worker over its stdin and stdout, one JSON object per line
+// (see wire). Workers stop on their own when stdin closes or their deadline
+// passes. The coordinator owns the timeline (steps, start time, sampling of
+// the server); workers own connections and clocks. The visitor and the agent
+// of a conversation always live in the same worker, so latency is measured
+// with one monotonic clock; with several chat workers each worker uses its
+// own skill group so the dispatcher cannot pair a visitor with another
+// worker's agent.
+//
+// # Concurrency
+//
+// Each client connection has one reading goroutine; pings are answered by
+// gorilla/websocket from that loop. Data frames are written by exactly one
+// goroutine per connection (the visitor's schedule, or the agent's writer);
+// control frames (pong, close) may be written concurrently, as
+// gorilla/websocket allows. Counters are atomics; histograms and the
+// per-conversation bookkeeping are guarded by small mutexes.
+//
+// Every loop in this package is bounded in both count and time: dialing
+// stops after a failure budget, every wait has a deadline derived from the
+// configuration, and a worker that loses its coordinator exits.
+package bench
