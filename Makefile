@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: build run test test-race test-short bench fuzz lint fmt vet generate generate-check clean
+.PHONY: build run test test-race test-short bench fuzz fuzz-ci fuzz-long lint fmt vet generate generate-check clean
 
 build: ## static binaries in bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
@@ -15,7 +15,7 @@ build: ## static binaries in bin/
 run: ## run the gateway with embedded defaults
 	$(GO) run ./cmd/unigate
 
-test: lint generate-check test-race ## everything CI checks
+test: lint generate-check test-race fuzz-ci ## everything CI checks
 
 test-race: ## all tests with the race detector
 	$(GO) test -race -count=1 $(PKGS)
@@ -25,6 +25,12 @@ test-short: ## quick tests, no race detector
 
 bench: ## benchmarks of the hot paths (compare runs with benchstat)
 	$(GO) test -run '^$$' -bench . -benchmem -count=6 ./netpoll/ ./protocol/ ./broker/... ./limiter/ ./internal/token/
+
+fuzz-ci: ## every fuzz target for a few seconds (CI)
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
+
+fuzz-long: ## every fuzz target for 10 minutes each
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=10m
 
 fuzz: ## run every fuzz target for FUZZTIME each; new crashers land in testdata/
 	@set -e; for pkg in $$($(GO) list ./...); do \
