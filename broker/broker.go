@@ -64,6 +64,7 @@ type Broker struct {
 	reg    registry
 	m      *brokerMetrics
 
+	started   time.Time
 	done      chan struct{}
 	wg        sync.WaitGroup
 	closing   atomic.Bool
@@ -92,10 +93,11 @@ func newBroker(o Options) (*Broker, error) {
 		return nil, err
 	}
 	b := &Broker{
-		o:      o,
-		log:    o.Logger,
-		signer: o.Signer,
-		done:   make(chan struct{}),
+		o:       o,
+		started: o.Now(),
+		log:     o.Logger,
+		signer:  o.Signer,
+		done:    make(chan struct{}),
 		reg: registry{
 			users:    make(map[string]*user),
 			sessions: make(map[string]*session),

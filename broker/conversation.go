@@ -39,6 +39,14 @@ type conversation struct {
 	reason   string // why it closed
 	closedAt time.Time
 	reads    [2]uint64 // highest read receipt of the visitor (0) and the agent side (1)
+
+	// Durable mode (Options.History set).
+	streamSeq    uint64        // stream sequence of the last stored message
+	inflight     bool          // queue[0] is being appended
+	queue        []pendingSend // messages waiting for their append, bounded
+	rev          uint64        // revision of the metadata record
+	createdMilli int64
+	closedMilli  int64
 }
 
 func (c *conversation) participant(u *user) bool {
@@ -153,6 +161,8 @@ func (s *shard) create(r *ctrl) {
 		visitor: u,
 		hist:    newHistory(b.o.HistoryPerConversation, b.o.HistoryBytesPerConversation),
 		dedupe:  make(map[dedupeKey]uint64),
+
+		createdMilli: b.now().UnixMilli(),
 	}
 	u.mu.Lock()
 	deleted := u.deleted
@@ -164,8 +174,27 @@ func (s *shard) create(r *ctrl) {
 		return
 	}
 	s.adopt(c, u)
-	if o.text != "" {
+	durable := b.o.History != nil
+	if o.text != "" && !durable {
 		s.store(c, u, "", o.text, b.now().UnixMilli())
+	}
+	if cs := b.o.Conversations; cs != nil {
+		// The record exists before anybody hears of the conversation.
+		m := c.meta()
+		m.State = protocol.StateQueued
+		ctx, cancel := s.ioCtx()
+		rev, err := cs.Create(ctx, m)
+		cancel()
+		if err != nil {
+			b.log.Error("broker: conversation not created", "conversation", c.id, "err", err)
+			s.drop(c, u)
+			u.mu.Lock()
+			u.open--
+			u.mu.Unlock()
+			s.fail(r.cl, r.id, protocol.CodeUnavailable, "storage unavailable, retry later")
+			return
+		}
+		c.rev = rev
 	}
 	if err := b.disp.enqueue(c.tenant, c.id, s.idx, c.skill, c.prio); err != nil {
 		s.drop(c, u)
@@ -178,6 +207,11 @@ func (s *shard) create(r *ctrl) {
 	s.convs[c.id] = c
 	s.setState(c, protocol.StateQueued)
 	s.announce(c, protocol.StateQueued, "", r.cl, r.id)
+	if o.text != "" && durable {
+		// Stored as seq 1 once durable; the agent sees it on assignment
+		// (or live, if assigned before the append completes).
+		s.queueSend(c, pendingSend{u: u, text: o.text, ts: b.now().UnixMilli(), quiet: true})
+	}
 }
 
 // assign gives a queued conversation to the agent the dispatcher chose.
@@ -190,6 +224,7 @@ func (s *shard) assign(r *ctrl) {
 	}
 	c.agent = r.u
 	s.setState(c, protocol.StateAssigned)
+	s.persist(c)
 	fresh := s.adopt(c, r.u)
 	s.announce(c, protocol.StateAssigned, "", nil, 0)
 	s.replay(c, fresh, 0)
@@ -214,6 +249,16 @@ func (s *shard) position(r *ctrl) {
 // stored message after the client's cursor.
 func (s *shard) attach(r *ctrl) {
 	c, cl := s.convs[r.conv], r.cl
+	if c == nil && r.load && !cl.closed.Load() {
+		if c = s.load(r.conv); c == nil {
+			s.fail(cl, r.id, protocol.CodeUnknownConversation, "no such conversation")
+			return
+		}
+	}
+	if r.load && c != nil && !cl.closed.Load() && !c.participant(cl.user.Load()) {
+		s.fail(cl, r.id, protocol.CodeNotParticipant, "not a participant of this conversation")
+		return
+	}
 	if c == nil || cl.closed.Load() || !c.participant(cl.user.Load()) || slices.Contains(c.attached, cl) {
 		return
 	}
@@ -241,6 +286,12 @@ func (s *shard) attach(r *ctrl) {
 	after := r.seq
 	if after > c.lastSeq {
 		s.fail(cl, r.id, protocol.CodeSeqFromFuture, "cursor is ahead of the conversation")
+		return
+	}
+	if s.b.o.History != nil && after < c.lastSeq && (c.hist.len() == 0 || after+1 < c.hist.firstSeq()) {
+		// The ring does not reach back to the cursor: replay from the
+		// durable history (at most ReplayLimit messages).
+		s.replayDurable(c, cl, after)
 		return
 	}
 	s.replay(c, []*client{cl}, after)
@@ -296,6 +347,13 @@ func (s *shard) send(c *conversation, it *item) {
 			s.b.sendTo(cl, e)
 			return
 		}
+	}
+	if s.b.o.History != nil {
+		cmid, text := cloneTwo(req.ClientMsgID, req.Text)
+		if !s.queueSend(c, pendingSend{cl: cl, id: it.env.ID, u: u, cmid: cmid, text: text, ts: s.b.now().UnixMilli()}) {
+			s.fail(cl, it.env.ID, protocol.CodeOverloaded, "too many messages in flight, retry later")
+		}
+		return
 	}
 	m := s.store(c, u, req.ClientMsgID, req.Text, s.b.now().UnixMilli())
 	e.Kind = protocol.KindAck
@@ -375,6 +433,7 @@ func (s *shard) transfer(c *conversation, it *item) {
 		}
 		c.agent = to
 		s.setState(c, protocol.StateTransferred)
+		s.persist(c)
 		fresh := s.adopt(c, to)
 		s.announce(c, protocol.StateTransferred, t.Note, cl, id)
 		s.replay(c, fresh, 0) // before drop: fresh is a view of c.attached
@@ -385,6 +444,7 @@ func (s *shard) transfer(c *conversation, it *item) {
 	c.agent = nil
 	c.position = 0
 	s.setState(c, protocol.StateQueued)
+	s.persist(c)
 	s.announce(c, protocol.StateTransferred, t.Note, cl, id)
 	s.drop(c, u)
 	s.b.disp.requeue(c.tenant, c.id, s.idx, c.skill, c.prio, u.id)
@@ -411,6 +471,8 @@ func (s *shard) closeConversation(c *conversation, reason string, requester *cli
 	s.setState(c, protocol.StateClosed)
 	c.reason = strings.Clone(reason)
 	c.closedAt = s.b.now()
+	c.closedMilli = c.closedAt.UnixMilli()
+	s.persist(c)
 	c.visitor.mu.Lock()
 	c.visitor.open--
 	c.visitor.mu.Unlock()
@@ -438,6 +500,7 @@ func (s *shard) agentGone(r *ctrl) {
 	c.agent = nil
 	c.position = 0
 	s.setState(c, protocol.StateQueued)
+	s.persist(c)
 	s.drop(c, r.u)
 	s.announce(c, protocol.StateQueued, reasonAgentLeft, nil, 0)
 	s.b.disp.requeue(c.tenant, c.id, s.idx, c.skill, c.prio, r.u.id)
@@ -463,6 +526,7 @@ func (s *shard) sweep() {
 		}
 		c.hist.reset()
 		c.dedupe = nil
+		c.queue = nil
 		c.attached = nil
 	}
 	s.closed = slices.Delete(s.closed, 0, n)

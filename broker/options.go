@@ -90,6 +90,30 @@ type Options struct {
 
 	// Now is the clock, for tests. Default time.Now.
 	Now func() time.Time
+
+	// History, when set, makes the broker durable: every message is
+	// appended to it (one append in flight per conversation) and acked to
+	// its sender and delivered to the others only after the store's ack.
+	// Nil: the in-memory ring is the only history (tests, benchmarks).
+	History History
+
+	// Conversations keeps conversation metadata durably so that a
+	// restarted node rebuilds conversations lazily. It requires History.
+	Conversations ConvStore
+
+	// MaxPendingPerConversation bounds the messages of one conversation
+	// waiting for their durable append; one more gets CodeOverloaded.
+	// Default 64.
+	MaxPendingPerConversation int
+
+	// Sessions caches resumable sessions so that a restarted node (whose
+	// owner restored a snapshot) resumes them. Nil: sessions live in this
+	// process only.
+	Sessions SessionCache
+
+	// ReplayLimit caps the messages one resume replays from the durable
+	// history after a client's cursor. Default 256.
+	ReplayLimit int
 }
 
 // Defaults of Options.
@@ -107,6 +131,8 @@ const (
 	DefaultHeartbeatMillis        = 30000
 	DefaultMaxMessageBytes        = 64 << 10
 	DefaultServerVersion          = "unigate"
+	DefaultMaxPendingPerConv      = 64
+	DefaultReplayLimit            = 256
 )
 
 // errNoAuth is returned by New for a configuration nobody can log in with.
@@ -175,6 +201,15 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Conversations != nil && o.History == nil {
+		return o, errors.New("broker: Conversations requires History")
+	}
+	if o.MaxPendingPerConversation <= 0 {
+		o.MaxPendingPerConversation = DefaultMaxPendingPerConv
+	}
+	if o.ReplayLimit <= 0 {
+		o.ReplayLimit = DefaultReplayLimit
 	}
 	return o, nil
 }

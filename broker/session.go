@@ -76,23 +76,26 @@ func (u *user) connect(cl *client, s *session) ([]string, bool) {
 	return convs, true
 }
 
-// disconnect removes cl from u's connections.
-func (u *user) disconnect(cl *client, now time.Time) {
+// disconnect removes cl from u's connections; it reports whether cl's
+// session lost its last connection.
+func (u *user) disconnect(cl *client, now time.Time) (sessionDetached bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	i := slices.Index(u.conns, cl)
 	if i < 0 {
-		return
+		return false
 	}
 	u.conns = slices.Delete(u.conns, i, i+1)
 	if s := cl.sess; s != nil {
 		if s.conns--; s.conns == 0 {
 			s.detachedAt = now
+			sessionDetached = true
 		}
 	}
 	if len(u.conns) == 0 {
 		u.detachedAt = now
 	}
+	return sessionDetached
 }
 
 // connected reports whether u has a live connection.
@@ -109,7 +112,9 @@ func (b *Broker) gone(cl *client) {
 	}
 	b.conns.Add(-1)
 	if u := cl.user.Load(); u != nil {
-		u.disconnect(cl, b.now())
+		if u.disconnect(cl, b.now()) {
+			b.cacheSession(cl.sess, false)
+		}
 	}
 }
 
@@ -169,11 +174,16 @@ func (s *shard) hello(it *item) {
 	}
 
 	var sess *session
+	var stored []string // conversations a restored session remembered
 	resumed := false
 	if h.ResumeToken != "" {
-		sid, err := b.signer.VerifyResume(h.ResumeToken, now)
+		subj, err := b.signer.VerifyResume(h.ResumeToken, now)
 		if err == nil {
+			sid, fromToken := parseResumeSubject(subj)
 			sess = b.reg.lookupSession(sid, now, b.o.ResumeTTL)
+			if sess == nil {
+				sess, stored = b.restoreSession(sid, fromToken, now)
+			}
 		}
 		if sess == nil || sess.u.role != role || (h.Token != "" && sess.u.id != claims.Subject) {
 			s.fail(cl, id, protocol.CodeBadResumeToken, "unknown or expired resume token")
@@ -209,19 +219,34 @@ func (s *shard) hello(it *item) {
 		return
 	}
 
+	// Conversations a restored session remembered but this process has not
+	// loaded yet: listed in the welcome, loaded by their shard on attach.
+	var extra []string
+	for _, c := range stored {
+		if !slices.Contains(convs, c) {
+			extra = append(extra, c)
+		}
+	}
+	listed := convs
+	if len(extra) > 0 {
+		listed = slices.Concat(convs, extra)
+		slices.Sort(listed)
+	}
+	b.cacheSession(sess, true)
+
 	e := &s.out
 	e.Kind = protocol.KindWelcome
 	e.ID = id
 	e.Welcome = protocol.Welcome{
 		SessionID:       sess.id,
-		ResumeToken:     b.signer.SignResume(sess.id, now.Add(b.o.ResumeTokenTTL)),
+		ResumeToken:     b.signer.SignResume(resumeSubject(sess.id, u), now.Add(b.o.ResumeTokenTTL)),
 		Role:            u.role,
 		UserID:          u.id,
 		HeartbeatMillis: b.o.HeartbeatMillis,
 		MaxMessageBytes: b.o.MaxMessageBytes,
 		ServerVersion:   b.o.ServerVersion,
 		Resumed:         resumed,
-		Conversations:   convs[:min(len(convs), protocol.MaxRepeated)],
+		Conversations:   listed[:min(len(listed), protocol.MaxRepeated)],
 	}
 	b.sendTo(cl, e)
 	e.Welcome = protocol.Welcome{}
@@ -239,6 +264,50 @@ func (s *shard) hello(it *item) {
 		}
 		b.shardFor(conv).mbox.post(ctrl{kind: ctrlAttach, conv: conv, cl: cl, seq: cursor, id: id})
 	}
+	if b.o.Conversations != nil {
+		// After a restart the user's conversations are not in memory yet:
+		// the session cache or a cursor naming one loads it from the
+		// durable stores.
+		for _, conv := range extra {
+			var cursor uint64
+			for _, c := range h.Cursors {
+				if c.ConversationID == conv {
+					cursor = c.LastSeq
+				}
+			}
+			b.shardFor(conv).mbox.post(ctrl{kind: ctrlAttach, conv: conv, cl: cl, seq: cursor, id: id, load: true})
+		}
+		for _, cur := range h.Cursors {
+			if cur.ConversationID == "" || slices.Contains(listed, cur.ConversationID) {
+				continue
+			}
+			conv := strings.Clone(cur.ConversationID)
+			b.shardFor(conv).mbox.post(ctrl{kind: ctrlAttach, conv: conv, cl: cl, seq: cur.LastSeq, id: id, load: true})
+		}
+	}
+}
+
+// userByID returns the user id, creating it without connections (a
+// conversation rebuilt after a restart names it); nil if the id exists
+// with another role.
+func (r *registry) userByID(id string, role protocol.Role, tenant string, now time.Time) *user {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if u := r.users[id]; u != nil {
+		if u.role != role {
+			return nil
+		}
+		return u
+	}
+	u := &user{
+		id:         strings.Clone(id),
+		role:       role,
+		tenant:     strings.Clone(tenant),
+		convs:      make(map[string]struct{}),
+		detachedAt: now,
+	}
+	r.users[u.id] = u
+	return u
 }
 
 // lookupSession returns the session sid if it is still resumable.

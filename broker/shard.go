@@ -18,6 +18,7 @@ const (
 	ctrlVisitorGone                     // visitor u left for good: close conv
 	ctrlAgentGone                       // agent u left for good: queue conv again
 	ctrlSweep                           // forget conversations closed long ago
+	ctrlAppended                        // a durable append finished (res)
 )
 
 // ctrl is a control message; which fields are set depends on kind.
@@ -30,6 +31,8 @@ type ctrl struct {
 	seq  uint64 // cursor (attach) or queue position
 	id   uint64 // envelope id to echo to cl
 	open *openReq
+	res  *appendResult
+	load bool // attach: rebuild conv from the durable stores if unknown
 }
 
 // openReq is an Open on its way from the home shard to the conversation's
@@ -173,6 +176,8 @@ func (s *shard) control(c *ctrl) {
 		s.agentGone(c)
 	case ctrlSweep:
 		s.sweep()
+	case ctrlAppended:
+		s.appended(c.res)
 	}
 }
 
@@ -235,6 +240,9 @@ func (s *shard) conversationRequest(it *item) {
 		return
 	}
 	c := s.convs[convIDOf(&it.env)]
+	if c == nil {
+		c = s.load(convIDOf(&it.env))
+	}
 	if c == nil {
 		s.fail(cl, it.env.ID, protocol.CodeUnknownConversation, "no such conversation")
 		return

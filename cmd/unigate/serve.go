@@ -18,6 +18,8 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/unigate/unigate/broker"
+	"github.com/unigate/unigate/broker/histstore"
+	"github.com/unigate/unigate/broker/natsnode"
 	"github.com/unigate/unigate/internal/config"
 	"github.com/unigate/unigate/internal/token"
 	"github.com/unigate/unigate/limiter"
@@ -108,6 +110,8 @@ type gateway struct {
 	signer *token.Signer
 	broker *broker.Broker
 	srv    *netpoll.Server
+	node   *natsnode.Node
+	hist   *histstore.Store
 	admin  *http.Server
 
 	limiter    *limiter.Limiter
@@ -174,6 +178,14 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	node, hist, convs, err := openStores(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	closeStores := func() {
+		_ = hist.Close()
+		node.Shutdown()
+	}
 	b, err := broker.New(broker.Options{
 		Logger:               log.With("component", "broker"),
 		Signer:               signer,
@@ -185,24 +197,34 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		HeartbeatMillis:      uint32(cfg.WebSocket.PingInterval / time.Millisecond),
 		MaxMessageBytes:      uint32(cfg.WebSocket.MaxMessageBytes),
 		ServerVersion:        "unigate/" + version,
+
+		History:                   hist,
+		Conversations:             convs,
+		MaxPendingPerConversation: cfg.History.MaxPendingPerConversation,
+		ReplayLimit:               cfg.History.ReplayLimit,
 	})
 	if err != nil {
+		closeStores()
 		return nil, err
+	}
+	stopBroker := func() {
+		b.Close()
+		closeStores()
 	}
 	settings, err := limitSettings(cfg)
 	if err != nil {
-		b.Close()
+		stopBroker()
 		return nil, err
 	}
 	trusted, err := config.Prefixes(cfg.Limits.TrustedProxies)
 	if err != nil {
-		b.Close()
+		stopBroker()
 		return nil, fmt.Errorf("limits.trusted_proxies: %w", err)
 	}
 	limSet := metrics.NewSet()
 	lim, err := limiter.New(settings, limSet, log.With("component", "limiter"))
 	if err != nil {
-		b.Close()
+		stopBroker()
 		return nil, err
 	}
 	srv, err := netpoll.New(b,
@@ -227,15 +249,15 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		netpoll.WithLogger(log.With("component", "netpoll")),
 	)
 	if err != nil {
-		b.Close()
+		stopBroker()
 		return nil, err
 	}
-	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, limiter: lim, limiterSet: limSet}, nil
+	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, limiter: lim, limiterSet: limSet}, nil
 }
 
 func (g *gateway) start() error {
 	if err := g.srv.Start(); err != nil {
-		g.broker.Close()
+		g.closeBroker()
 		return fmt.Errorf("listen %s: %w", g.cfg.Listen, err)
 	}
 	metrics.RegisterSet(g.srv.Metrics())
@@ -257,7 +279,7 @@ func (g *gateway) start() error {
 // stop drains clients (1001), then stops the broker and the admin server.
 func (g *gateway) stop(ctx context.Context) error {
 	err := g.srv.Stop(ctx)
-	g.broker.Close()
+	g.closeBroker()
 	metrics.UnregisterSet(g.srv.Metrics(), false)
 	metrics.UnregisterSet(g.broker.Metrics(), false)
 	metrics.UnregisterSet(g.limiterSet, false)
@@ -265,6 +287,50 @@ func (g *gateway) stop(ctx context.Context) error {
 		_ = g.admin.Close()
 	}
 	return err
+}
+
+// closeBroker stops the broker, then the history store (pending appends
+// fail) and the NATS node (its connection is drained first).
+func (g *gateway) closeBroker() {
+	g.broker.Close()
+	_ = g.hist.Close()
+	g.node.Shutdown()
+}
+
+// openStores starts NATS (embedded in <data_dir>/nats, or nats.url) and
+// opens the history stream and the conversation bucket.
+func openStores(cfg config.Config, log *slog.Logger) (*natsnode.Node, *histstore.Store, *broker.KVConvStore, error) {
+	no := natsnode.Options{
+		ExternalURL: cfg.NATS.URL,
+		SyncAlways:  cfg.NATS.SyncAlways,
+		Logger:      log.With("component", "nats"),
+	}
+	if no.ExternalURL == "" {
+		no.StoreDir = cfg.NATSStoreDir()
+	}
+	node, err := natsnode.Start(no)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	hist, err := histstore.Open(ctx, node.JetStream(), histstore.Options{
+		MaxAge:            cfg.History.MaxAge,
+		MaxBytes:          cfg.History.MaxBytes,
+		MaxMsgsPerSubject: cfg.History.MaxMsgsPerConversation,
+		DuplicateWindow:   cfg.History.DuplicateWindow,
+	})
+	if err != nil {
+		node.Shutdown()
+		return nil, nil, nil, err
+	}
+	convs, err := broker.OpenKVConvStore(ctx, node.JetStream(), broker.KVConvOptions{TTL: cfg.History.MaxAge})
+	if err != nil {
+		_ = hist.Close()
+		node.Shutdown()
+		return nil, nil, nil, err
+	}
+	return node, hist, convs, nil
 }
 
 // startAdmin serves Prometheus metrics and, when enabled, pprof.

@@ -66,6 +66,13 @@ type Config struct {
 	Auth AuthConfig `yaml:"auth"`
 	// Broker configures conversation routing.
 	Broker BrokerConfig `yaml:"broker"`
+	// NATS configures the NATS server that stores history and
+	// conversation state: embedded (default) or external.
+	NATS NATSConfig `yaml:"nats"`
+	// History configures the durable conversation history.
+	History HistoryConfig `yaml:"history"`
+	// Sessions configures the resumable-session cache.
+	Sessions SessionsConfig `yaml:"sessions"`
 	// Shutdown configures a graceful stop.
 	Shutdown ShutdownConfig `yaml:"shutdown"`
 	// Limits configures admission control, per-connection rates and
@@ -229,6 +236,59 @@ type BrokerConfig struct {
 	QueueSize int `yaml:"queue_size"`
 }
 
+// NATSConfig selects the NATS server. By default an embedded server with
+// JetStream on local disk runs in the process (no TCP listener).
+type NATSConfig struct {
+	// URL, when set, connects to an external NATS server or cluster
+	// (comma-separated URLs) instead of embedding one.
+	URL string `yaml:"url"`
+	// StoreDir is the embedded server's JetStream directory. Empty means
+	// <data_dir>/nats; see Config.NATSStoreDir.
+	StoreDir string `yaml:"store_dir"`
+	// SyncAlways fsyncs every message before it is acknowledged (survives
+	// power loss, not only a crash of the process; slower).
+	SyncAlways bool `yaml:"sync_always"`
+}
+
+// HistoryConfig is the retention and flow control of the durable history
+// (one JetStream stream for all conversations).
+type HistoryConfig struct {
+	// MaxAge discards messages older than this; 0 keeps them forever.
+	MaxAge time.Duration `yaml:"max_age"`
+	// MaxBytes caps the whole history; the oldest messages are discarded
+	// to make room. 0: no cap (JetStream's store limit applies).
+	MaxBytes int64 `yaml:"max_bytes"`
+	// MaxMsgsPerConversation keeps at most this many messages of one
+	// conversation, discarding its oldest. 0: no cap.
+	MaxMsgsPerConversation int64 `yaml:"max_msgs_per_conversation"`
+	// DuplicateWindow is how long a re-sent client message id is
+	// recognised by the store across restarts.
+	DuplicateWindow time.Duration `yaml:"duplicate_window"`
+	// MaxPendingPerConversation bounds the messages of one conversation
+	// waiting for their durable write; more get "overloaded".
+	MaxPendingPerConversation int `yaml:"max_pending_per_conversation"`
+	// ReplayLimit caps the messages one resume replays after the client's
+	// cursor.
+	ReplayLimit int `yaml:"replay_limit"`
+}
+
+// SessionsConfig is the resumable-session cache (in memory, snapshotted
+// encrypted to <data_dir>/sessions.snap on SIGTERM).
+type SessionsConfig struct {
+	// MaxBytes is the cache's memory; old sessions are evicted beyond it.
+	MaxBytes int `yaml:"max_bytes"`
+	// Snapshot saves the cache on a graceful stop and restores it on start.
+	Snapshot bool `yaml:"snapshot"`
+}
+
+// NATSStoreDir returns NATS.StoreDir, or nats in DataDir when it is empty.
+func (c Config) NATSStoreDir() string {
+	if c.NATS.StoreDir != "" {
+		return c.NATS.StoreDir
+	}
+	return filepath.Join(c.DataDir, "nats")
+}
+
 // ShutdownConfig configures a graceful stop (SIGINT, SIGTERM).
 type ShutdownConfig struct {
 	// DrainTimeout is how long to wait, after the listener stops
@@ -268,6 +328,17 @@ func Default() Config {
 		Broker: BrokerConfig{
 			DefaultAgentCapacity: 5,
 			QueueSize:            4096,
+		},
+		History: HistoryConfig{
+			MaxAge:                    30 * 24 * time.Hour,
+			MaxMsgsPerConversation:    10000,
+			DuplicateWindow:           2 * time.Minute,
+			MaxPendingPerConversation: 64,
+			ReplayLimit:               256,
+		},
+		Sessions: SessionsConfig{
+			MaxBytes: 64 << 20,
+			Snapshot: true,
 		},
 		Shutdown: ShutdownConfig{
 			DrainTimeout: 10 * time.Second,

@@ -87,6 +87,27 @@ func (c Config) Validate() error {
 	if c.Broker.DefaultAgentCapacity < 1 {
 		bad("broker.default_agent_capacity", "must be at least 1, got %d", c.Broker.DefaultAgentCapacity)
 	}
+	if c.History.MaxAge < 0 {
+		bad("history.max_age", "must be 0 (no limit) or more, got %s", c.History.MaxAge)
+	}
+	if c.History.MaxBytes < 0 {
+		bad("history.max_bytes", "must be 0 (no limit) or more, got %d", c.History.MaxBytes)
+	}
+	if c.History.MaxMsgsPerConversation < 0 {
+		bad("history.max_msgs_per_conversation", "must be 0 (no limit) or more, got %d", c.History.MaxMsgsPerConversation)
+	}
+	if c.History.DuplicateWindow <= 0 {
+		bad("history.duplicate_window", "must be positive, got %s", c.History.DuplicateWindow)
+	}
+	if c.History.MaxPendingPerConversation < 1 {
+		bad("history.max_pending_per_conversation", "must be at least 1, got %d", c.History.MaxPendingPerConversation)
+	}
+	if c.History.ReplayLimit < 1 {
+		bad("history.replay_limit", "must be at least 1, got %d", c.History.ReplayLimit)
+	}
+	if c.Sessions.MaxBytes < 1<<20 {
+		bad("sessions.max_bytes", "must be at least 1048576, got %d", c.Sessions.MaxBytes)
+	}
 	if c.Broker.QueueSize < 1 {
 		bad("broker.queue_size", "must be at least 1, got %d", c.Broker.QueueSize)
 	}
