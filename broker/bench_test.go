@@ -27,9 +27,16 @@ const benchPayloads = 2048
 // setupRelay builds a broker with n assigned conversations, everything in
 // process: visitors and agents are recPeers, no sockets.
 func setupRelay(b *testing.B, n int, subprotocol string) (*Broker, []*benchPair, []*recPeer) {
+	return setupRelayWith(b, n, subprotocol, Options{}, true)
+}
+
+// setupRelayWith is setupRelay with extra options (History, ...); withCmid
+// false sends messages without client message ids.
+func setupRelayWith(b *testing.B, n int, subprotocol string, o Options, withCmid bool) (*Broker, []*benchPair, []*recPeer) {
 	b.Helper()
 	signer := testSigner(b)
-	br, err := New(Options{AllowAnonymous: true, Signer: signer, MaxQueue: n + 1, HistoryPerConversation: 1000})
+	o.AllowAnonymous, o.Signer, o.MaxQueue, o.HistoryPerConversation = true, signer, n+1, 1000
+	br, err := New(o)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -61,9 +68,13 @@ func setupRelay(b *testing.B, n int, subprotocol string) (*Broker, []*benchPair,
 		conv := p.waitEnvelope(b, codec, "conversation", isReply(2, protocol.KindConversation)).Conversation.ConversationID
 		pr := &benchPair{visitor: cl, vp: p, conv: conv, payloads: make([][]byte, benchPayloads)}
 		for j := range pr.payloads {
+			cmid := fmt.Sprintf("m-%08d", j)
+			if !withCmid {
+				cmid = ""
+			}
 			pr.payloads[j] = encode(b, codec, protocol.Envelope{Kind: protocol.KindSend, ID: uint64(j + 3), Send: protocol.Send{
 				ConversationID: conv,
-				ClientMsgID:    fmt.Sprintf("m-%08d", j),
+				ClientMsgID:    cmid,
 				Text:           "Hello, I have a question about my last invoice: it shows two charges.",
 			}})
 		}
@@ -177,6 +188,42 @@ func BenchmarkRelayParallel(b *testing.B) {
 			})
 			b.StopTimer()
 			checkRelayed(b, br, agents, base+uint64(total.Load()))
+		})
+	}
+}
+
+// BenchmarkRelayDurable is BenchmarkRelay with durability on: every
+// message is appended to a real embedded NATS JetStream (file store in a
+// temporary directory) and acked and delivered only after the PubAck.
+// One conversation has one append in flight at a time, so a single
+// conversation measures the append round trip; 64 conversations pipeline
+// across conversations. Messages carry no client message id (the
+// benchmark would reuse them within the store's duplicate window).
+func BenchmarkRelayDurable(b *testing.B) {
+	for _, n := range []int{1, 64} {
+		b.Run(fmt.Sprintf("%s/conversations=%d", pbProto, n), func(b *testing.B) {
+			st := startStores(b, b.TempDir())
+			br, pairs, agents := setupRelayWith(b, n, pbProto, Options{
+				History: st.hist, Conversations: st.conv, MaxPendingPerConversation: 64,
+			}, false)
+			base := br.Stats().MessagesRelayed
+			const window = 32
+			for i := range 256 {
+				pairs[i%n].relay(br, window)
+			}
+			for _, pr := range pairs {
+				pr.drain()
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				pairs[i%n].relay(br, window)
+			}
+			for _, pr := range pairs {
+				pr.drain()
+			}
+			b.StopTimer()
+			checkRelayed(b, br, agents, base+uint64(256+b.N))
 		})
 	}
 }

@@ -425,6 +425,9 @@ func TestQueue(t *testing.T) {
 		if len(positions) == 0 || positions[0] != uint32(i+1) {
 			t.Fatalf("visitor %d positions %v, want to start at %d", i, positions, i+1)
 		}
+		// The agent saw the assignment; the visitor's event may still be
+		// on its way.
+		v.waitState(convs[i], protocol.StateAssigned)
 		if a := v.all(func(e *protocol.Envelope) bool {
 			return e.Kind == protocol.KindConversation && e.Conversation.State == protocol.StateAssigned
 		}); len(a) != 1 {

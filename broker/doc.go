@@ -1,8 +1,8 @@
 // Package broker routes customer-service chat between visitors and agents:
-// sessions, conversations, the waiting queue and agent assignment. This is
-// the minimal in-memory broker; sessions, history and assignment live in
-// this process only (see "Seams" below for what the durable broker
-// replaces).
+// sessions, conversations, the waiting queue and agent assignment. With
+// Options.History (and Options.Conversations, Options.Sessions) it is
+// durable: see "Durability" below and docs/broker.md. Without them
+// everything lives in this process only (tests, benchmarks).
 //
 // A Broker is a netpoll.Handler:
 //
@@ -100,12 +100,45 @@
 // remembered for ResumeTTL (sends get CodeConversationClosed, not
 // CodeUnknownConversation), then forgotten.
 //
+// # Durability
+//
+// With Options.History a Send is not acked when the shard handles it: the
+// shard queues it on its conversation (at most MaxPendingPerConversation,
+// beyond that CodeOverloaded) and keeps exactly one AppendAsync in flight
+// per conversation (histstore needs the previous stream sequence). The
+// append's done callback runs on a NATS goroutine and only posts a
+// ctrlAppended to the owning shard's mailbox (one per in-flight append, so
+// bounded by the conversations); the shard then takes the seq
+// (lastSeq+1), stores the message in the ring (now a cache of the durable
+// history, and the dedupe table), sends the Ack and the Delivers. So
+// whatever a client has been acked or delivered is durable. A failed
+// append answers CodeUnavailable and consumes no seq; a conflict (the
+// stream holds messages the shard does not know, e.g. an append that timed
+// out but was stored) makes the shard resynchronise with Last + Replay,
+// deliver what it missed, and retry. The callback carries the
+// *conversation only as an identity to compare; only the shard touches it.
+//
+// Conversation metadata (ConvStore, a JetStream KV bucket) is written with
+// revision-checked updates on creation and on every state change. On a cold
+// start a conversation is rebuilt lazily by its shard when a request, a
+// resume cursor or a restored session names it (KV get, histstore.Last,
+// the newest page of history into the ring). Those calls, metadata writes
+// and replays reaching older than the ring are the only blocking I/O in
+// the broker, each bounded by ioTimeout, on the shard of the conversation
+// concerned: a deliberate exception to "shards never wait" (see
+// docs/broker.md).
+//
+// Sessions (Options.Sessions, the fastcache session store) are written at
+// each welcome and when a session loses its last connection. A resume
+// token signs the session id and the identity (user id, role, tenant), so
+// a session missing from the cache is rebuilt from the token within
+// ResumeTTL of the process start (a crash lost it), and refused later.
+//
 // # Seams
 //
-// The durable broker (next milestone) replaces: the registry's session map
-// (fastcache with an expiry wrapper), the history ring (NATS JetStream, one
-// subject per conversation; Ack after the publish), and the dispatcher (JetStream
-// KV with compare-and-set so no conversation is assigned twice across
-// nodes). Delivery across nodes goes by subject. The shard model and the
-// mailbox protocol stay.
+// Still to replace for a cluster: the dispatcher (JetStream KV with
+// compare-and-set so no conversation is assigned twice across nodes; after
+// a restart it does not know the load of agents' rebuilt conversations)
+// and delivery across nodes by subject. The shard model and the mailbox
+// protocol stay.
 package broker

@@ -6,12 +6,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/unigate/unigate/broker"
 	"github.com/unigate/unigate/broker/histstore"
 	"github.com/unigate/unigate/broker/natsnode"
+	"github.com/unigate/unigate/broker/sessionstore"
 	"github.com/unigate/unigate/internal/config"
 	"github.com/unigate/unigate/internal/token"
 	"github.com/unigate/unigate/limiter"
@@ -112,6 +115,7 @@ type gateway struct {
 	srv    *netpoll.Server
 	node   *natsnode.Node
 	hist   *histstore.Store
+	sess   *sessionstore.Store
 	admin  *http.Server
 
 	limiter    *limiter.Limiter
@@ -182,7 +186,14 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	sess, err := openSessions(cfg, log)
+	if err != nil {
+		_ = hist.Close()
+		node.Shutdown()
+		return nil, err
+	}
 	closeStores := func() {
+		sess.Close()
 		_ = hist.Close()
 		node.Shutdown()
 	}
@@ -200,6 +211,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 
 		History:                   hist,
 		Conversations:             convs,
+		Sessions:                  sess,
 		MaxPendingPerConversation: cfg.History.MaxPendingPerConversation,
 		ReplayLimit:               cfg.History.ReplayLimit,
 	})
@@ -252,7 +264,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		stopBroker()
 		return nil, err
 	}
-	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, limiter: lim, limiterSet: limSet}, nil
+	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, sess: sess, limiter: lim, limiterSet: limSet}, nil
 }
 
 func (g *gateway) start() error {
@@ -293,8 +305,48 @@ func (g *gateway) stop(ctx context.Context) error {
 // fail) and the NATS node (its connection is drained first).
 func (g *gateway) closeBroker() {
 	g.broker.Close()
+	if g.cfg.Sessions.Snapshot {
+		// After the broker: every connection's session was cached with
+		// its ResumeTTL when netpoll closed it.
+		path := filepath.Join(g.cfg.DataDir, sessionSnapshotFile)
+		if err := g.sess.SaveSnapshot(path); err != nil {
+			g.log.Error("session snapshot not saved", "file", path, "err", err)
+		} else {
+			g.log.Info("session snapshot saved", "file", path, "entries", g.sess.Stats().Entries)
+		}
+	}
+	g.sess.Close()
 	_ = g.hist.Close()
 	g.node.Shutdown()
+}
+
+// Files in the data directory.
+const (
+	sessionSnapshotFile = "sessions.snap"
+	sessionKeyFile      = "session.key"
+)
+
+// openSessions creates the session cache, restored from the encrypted
+// snapshot of the last graceful stop when there is a usable one.
+func openSessions(cfg config.Config, log *slog.Logger) (*sessionstore.Store, error) {
+	key, err := sessionstore.LoadOrCreateKey(filepath.Join(cfg.DataDir, sessionKeyFile))
+	if err != nil {
+		return nil, err
+	}
+	o := sessionstore.Options{MaxBytes: cfg.Sessions.MaxBytes}
+	if cfg.Sessions.Snapshot {
+		path := filepath.Join(cfg.DataDir, sessionSnapshotFile)
+		s, err := sessionstore.LoadSnapshot(path, o, key)
+		switch {
+		case err == nil:
+			log.Info("session snapshot restored", "file", path, "entries", s.Stats().Entries)
+			return s, nil
+		case errors.Is(err, fs.ErrNotExist):
+		default:
+			log.Error("session snapshot refused: starting with no sessions", "err", err)
+		}
+	}
+	return sessionstore.New(o, key)
 }
 
 // openStores starts NATS (embedded in <data_dir>/nats, or nats.url) and

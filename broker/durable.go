@@ -1,0 +1,559 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/unigate/unigate/broker/histstore"
+	"github.com/unigate/unigate/protocol"
+)
+
+// History is the durable history of every conversation. *histstore.Store
+// implements it. See histstore's package documentation for the meaning of
+// the stream sequences and of an acknowledgement.
+type History interface {
+	// Append stores m synchronously.
+	Append(ctx context.Context, m *histstore.Message, expectLastStreamSeq uint64) (streamSeq uint64, dup bool, err error)
+	// AppendAsync stores m and calls done exactly once with the outcome,
+	// from another goroutine; done must not block.
+	AppendAsync(m *histstore.Message, expectLastStreamSeq uint64, done func(streamSeq uint64, dup bool, err error)) error
+	// Replay calls fn for the messages with Seq > after, in order, at most
+	// limit, until fn returns false.
+	Replay(ctx context.Context, tenant, conv string, after uint64, limit int, fn func(*histstore.Message) bool) (histstore.RangeInfo, error)
+	// Last returns the conversation's last stored message and its stream
+	// sequence.
+	Last(ctx context.Context, tenant, conv string) (m *histstore.Message, streamSeq uint64, ok bool, err error)
+}
+
+var _ History = (*histstore.Store)(nil)
+
+// ConvMeta is the durable record of a conversation: who takes part and in
+// which state it is. Messages are in History.
+type ConvMeta struct {
+	ID           string         `json:"id"`
+	Tenant       string         `json:"tenant"`
+	VisitorID    string         `json:"visitor"`
+	AgentID      string         `json:"agent,omitempty"`
+	State        protocol.State `json:"state"`
+	Skill        string         `json:"skill,omitempty"`
+	Prio         uint32         `json:"prio,omitempty"`
+	Reason       string         `json:"reason,omitempty"`
+	CreatedMilli int64          `json:"created"`
+	ClosedMilli  int64          `json:"closed,omitempty"`
+}
+
+// ErrConvNotFound is returned by ConvStore.Get for an unknown conversation.
+var ErrConvNotFound = errors.New("broker: conversation not found")
+
+// ConvStore keeps conversation metadata durably with revision-checked
+// updates, so that two writers (a stale owner, another node) never
+// overwrite each other silently. KVConvStore implements it on a JetStream
+// key-value bucket.
+type ConvStore interface {
+	// Create stores a new conversation; it fails if the id exists.
+	Create(ctx context.Context, m *ConvMeta) (rev uint64, err error)
+	// Update replaces the record if its revision is still rev.
+	Update(ctx context.Context, m *ConvMeta, rev uint64) (newRev uint64, err error)
+	// Get returns the record and its revision, or ErrConvNotFound.
+	Get(ctx context.Context, id string) (*ConvMeta, uint64, error)
+}
+
+// DefaultConvBucket is the key-value bucket of KVConvStore.
+const DefaultConvBucket = "UNIGATE_CONVERSATIONS"
+
+// KVConvStore is a ConvStore on a JetStream key-value bucket (one key per
+// conversation id, JSON values, file storage).
+type KVConvStore struct {
+	kv jetstream.KeyValue
+}
+
+// KVConvOptions configures OpenKVConvStore.
+type KVConvOptions struct {
+	// Bucket is the bucket name (default DefaultConvBucket).
+	Bucket string
+	// Replicas is the bucket's replication factor (default 1).
+	Replicas int
+	// TTL discards records not updated for this long (0: kept forever).
+	// Set it to the history's max age so metadata does not outlive the
+	// messages by much.
+	TTL time.Duration
+}
+
+// OpenKVConvStore creates (or updates) the bucket and returns the store.
+func OpenKVConvStore(ctx context.Context, js jetstream.JetStream, o KVConvOptions) (*KVConvStore, error) {
+	if o.Bucket == "" {
+		o.Bucket = DefaultConvBucket
+	}
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      o.Bucket,
+		Description: "Unigate conversation metadata",
+		History:     1,
+		TTL:         o.TTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: conversation bucket %s: %w", o.Bucket, err)
+	}
+	return &KVConvStore{kv: kv}, nil
+}
+
+// Create implements ConvStore.
+func (s *KVConvStore) Create(ctx context.Context, m *ConvMeta) (uint64, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return 0, err
+	}
+	return s.kv.Create(ctx, m.ID, b)
+}
+
+// Update implements ConvStore.
+func (s *KVConvStore) Update(ctx context.Context, m *ConvMeta, rev uint64) (uint64, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return 0, err
+	}
+	return s.kv.Update(ctx, m.ID, b, rev)
+}
+
+// Get implements ConvStore.
+func (s *KVConvStore) Get(ctx context.Context, id string) (*ConvMeta, uint64, error) {
+	if !validConvKey(id) {
+		return nil, 0, ErrConvNotFound
+	}
+	e, err := s.kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, ErrConvNotFound
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	var m ConvMeta
+	if err := json.Unmarshal(e.Value(), &m); err != nil {
+		return nil, 0, fmt.Errorf("broker: conversation %q: bad record: %w", id, err)
+	}
+	if m.ID != id || m.VisitorID == "" {
+		return nil, 0, fmt.Errorf("broker: conversation %q: inconsistent record", id)
+	}
+	return &m, e.Revision(), nil
+}
+
+// validConvKey reports whether id can be a key (and is one of ours):
+// conversation ids are "c_" + base32, at most 128 bytes.
+func validConvKey(id string) bool {
+	if len(id) <= len(prefixConversation) || len(id) > 128 || id[:len(prefixConversation)] != prefixConversation {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// ioTimeout bounds the store calls a shard makes synchronously (metadata
+// writes, cold loads, resynchronisation, replay).
+const ioTimeout = 5 * time.Second
+
+func (s *shard) ioCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), ioTimeout)
+}
+
+// meta returns the durable record of c.
+func (c *conversation) meta() *ConvMeta {
+	m := &ConvMeta{
+		ID:           c.id,
+		Tenant:       c.tenant,
+		VisitorID:    c.visitor.id,
+		AgentID:      c.agentID(),
+		State:        c.state,
+		Skill:        c.skill,
+		Prio:         c.prio,
+		Reason:       c.reason,
+		CreatedMilli: c.createdMilli,
+	}
+	m.ClosedMilli = c.closedMilli
+	return m
+}
+
+// persist writes c's metadata after a state change (no-op without a
+// ConvStore). A failure is logged: the in-memory state stays
+// authoritative while the conversation is live, and the next change
+// retries with a fresh revision.
+func (s *shard) persist(c *conversation) {
+	cs := s.b.o.Conversations
+	if cs == nil {
+		return
+	}
+	ctx, cancel := s.ioCtx()
+	defer cancel()
+	rev, err := cs.Update(ctx, c.meta(), c.rev)
+	if err != nil {
+		s.b.log.Error("broker: conversation metadata not saved", "conversation", c.id, "err", err)
+		if _, r, gerr := cs.Get(ctx, c.id); gerr == nil {
+			c.rev = r // next update replaces it
+		}
+		return
+	}
+	c.rev = rev
+}
+
+// pendingSend is a chat message waiting for (or in) its append.
+type pendingSend struct {
+	cl       *client // sender's connection; nil for an Open's text
+	id       uint64  // envelope id to echo
+	u        *user
+	cmid     string // owned
+	text     string // owned
+	ts       int64
+	quiet    bool // Open text: not delivered to the sender's own connections
+	attempts int
+}
+
+// appendResult is the outcome of an AppendAsync, posted to the shard.
+type appendResult struct {
+	c         *conversation
+	streamSeq uint64
+	dup       bool
+	err       error
+}
+
+// queueSend queues a message for its durable append.
+func (s *shard) queueSend(c *conversation, p pendingSend) bool {
+	if len(c.queue) >= s.b.o.MaxPendingPerConversation {
+		return false
+	}
+	c.queue = append(c.queue, p)
+	s.pump(c)
+	return true
+}
+
+// pump starts the append of the first queued message, if none is in
+// flight. Messages whose client id is already stored are answered with
+// the original Ack without an append.
+func (s *shard) pump(c *conversation) {
+	for !c.inflight && len(c.queue) > 0 {
+		p := &c.queue[0]
+		if p.cmid != "" {
+			if seq, dup := c.dedupe[dedupeKey{p.u.id, p.cmid}]; dup {
+				s.ackStored(c, p, seq)
+				s.popSend(c)
+				continue
+			}
+		}
+		seq := c.lastSeq + 1
+		hm := &histstore.Message{
+			Tenant:       c.tenant,
+			Conversation: c.id,
+			Seq:          seq,
+			SenderID:     p.u.id,
+			SenderRole:   uint8(p.u.role),
+			ClientMsgID:  p.cmid,
+			Text:         p.text,
+			TimeMilli:    p.ts,
+		}
+		mbox := &s.mbox
+		err := s.b.o.History.AppendAsync(hm, c.streamSeq, func(ss uint64, dup bool, err error) {
+			// NATS goroutine: only post, never touch c.
+			mbox.post(ctrl{kind: ctrlAppended, res: &appendResult{c: c, streamSeq: ss, dup: dup, err: err}})
+		})
+		if err != nil {
+			code, msg := protocol.CodeUnavailable, "history unavailable, retry later"
+			switch {
+			case errors.Is(err, histstore.ErrInvalid):
+				code, msg = protocol.CodeTooLarge, "message field too long"
+			case errors.Is(err, histstore.ErrBackpressure):
+				code, msg = protocol.CodeOverloaded, "history busy, retry later"
+			}
+			s.failSend(p, code, msg)
+			s.popSend(c)
+			continue
+		}
+		c.inflight = true
+	}
+}
+
+func (s *shard) popSend(c *conversation) {
+	c.queue[0] = pendingSend{}
+	c.queue = c.queue[1:]
+	if len(c.queue) == 0 {
+		c.queue = nil
+	}
+}
+
+func (s *shard) failSend(p *pendingSend, code protocol.Code, msg string) {
+	if p.cl != nil && !p.cl.closed.Load() {
+		s.fail(p.cl, p.id, code, msg)
+	}
+}
+
+// ackStored answers p with the Ack of the stored message seq.
+func (s *shard) ackStored(c *conversation, p *pendingSend, seq uint64) {
+	if p.cl == nil || p.cl.closed.Load() {
+		return
+	}
+	e := &s.out
+	e.Kind = protocol.KindAck
+	e.ID = p.id
+	e.Ack = protocol.Ack{ConversationID: c.id, ClientMsgID: p.cmid, Seq: seq, TimestampMilli: p.ts}
+	if m, ok := c.hist.get(seq); ok {
+		e.Ack.TimestampMilli = m.ts
+	}
+	s.b.sendTo(p.cl, e)
+}
+
+// maxAppendAttempts bounds the conflicts one message may meet.
+const maxAppendAttempts = 3
+
+// appended handles the outcome of the in-flight append of c (shard).
+func (s *shard) appended(r *appendResult) {
+	c := r.c
+	if s.convs[c.id] != c || !c.inflight || len(c.queue) == 0 {
+		return // forgotten meanwhile
+	}
+	c.inflight = false
+	p := &c.queue[0]
+	switch {
+	case r.err == nil && !r.dup:
+		c.lastSeq++
+		c.streamSeq = r.streamSeq
+		m := message{seq: c.lastSeq, senderID: p.u.id, senderRole: p.u.role, ts: p.ts, cmid: p.cmid, text: p.text}
+		c.hist.push(m, c.dedupe)
+		if m.cmid != "" {
+			c.dedupe[dedupeKey{m.senderID, m.cmid}] = m.seq
+		}
+		mm, _ := c.hist.get(m.seq)
+		e := &s.out
+		if p.cl != nil && !p.cl.closed.Load() {
+			e.Kind = protocol.KindAck
+			e.ID = p.id
+			e.Ack = protocol.Ack{ConversationID: c.id, ClientMsgID: mm.cmid, Seq: mm.seq, TimestampMilli: mm.ts}
+			s.b.sendTo(p.cl, e)
+		}
+		e.Kind = protocol.KindDeliver
+		e.ID = 0
+		e.Deliver = deliverOf(c, mm)
+		if p.quiet {
+			s.b.fanout(othersThan(c.attached, p.u), nil, e)
+		} else {
+			s.b.fanout(c.attached, p.cl, e)
+		}
+		e.Deliver = protocol.Deliver{}
+		s.b.m.relayed.Inc()
+		s.popSend(c)
+	case r.err == nil && r.dup:
+		// Stored before (a retry after a restart, within the duplicate
+		// window): the original Ack if the message is still in memory.
+		seq := c.dedupe[dedupeKey{p.u.id, p.cmid}]
+		s.ackStored(c, p, seq)
+		s.popSend(c)
+	case errors.Is(r.err, histstore.ErrConflict):
+		// The stream holds messages this shard does not know: an earlier
+		// append that timed out but was stored, or another writer.
+		// Catch up (deliver them), then retry this one.
+		p.attempts++
+		if err := s.resync(c); err != nil || p.attempts >= maxAppendAttempts {
+			s.b.log.Warn("broker: append conflict", "conversation", c.id, "err", r.err, "resync", err)
+			s.failSend(p, protocol.CodeUnavailable, "history out of sync, retry later")
+			s.popSend(c)
+		}
+	default:
+		// Timeout, unavailable, closed: the message may or may not be
+		// stored. Its seq is not consumed; if it was stored, the next
+		// append conflicts and resync delivers it.
+		s.failSend(p, protocol.CodeUnavailable, "history unavailable, retry later")
+		s.popSend(c)
+	}
+	s.pump(c)
+}
+
+// othersThan returns the connections in to that are not u's (a new slice;
+// rare path).
+func othersThan(to []*client, u *user) []*client {
+	out := make([]*client, 0, len(to))
+	for _, cl := range to {
+		if cl.user.Load() != u {
+			out = append(out, cl)
+		}
+	}
+	return out
+}
+
+// resync reads the messages stored after c.lastSeq (at most a replay
+// page), stores them in the ring, delivers them to every attached
+// connection and moves c's sequence numbers to the stream's.
+func (s *shard) resync(c *conversation) error {
+	h := s.b.o.History
+	ctx, cancel := s.ioCtx()
+	defer cancel()
+	last, ss, ok, err := h.Last(ctx, c.tenant, c.id)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		// Everything was discarded by retention: continue from our own
+		// counter with expected 0.
+		c.streamSeq = 0
+		return nil
+	}
+	if last.Seq > c.lastSeq {
+		e := &s.out
+		e.Kind = protocol.KindDeliver
+		e.ID = 0
+		_, err = h.Replay(ctx, c.tenant, c.id, c.lastSeq, 0, func(hm *histstore.Message) bool {
+			if hm.Seq > last.Seq {
+				return false
+			}
+			m := messageOf(hm)
+			c.hist.push(m, c.dedupe)
+			if m.cmid != "" {
+				c.dedupe[dedupeKey{m.senderID, m.cmid}] = m.seq
+			}
+			e.Deliver = deliverOf(c, &m)
+			s.b.fanout(c.attached, nil, e)
+			return true
+		})
+		e.Deliver = protocol.Deliver{}
+		if err != nil {
+			return err
+		}
+		c.lastSeq = last.Seq
+	}
+	c.streamSeq = ss
+	return nil
+}
+
+func messageOf(hm *histstore.Message) message {
+	return message{
+		seq:        hm.Seq,
+		senderID:   hm.SenderID,
+		senderRole: protocol.Role(hm.SenderRole),
+		cmid:       hm.ClientMsgID,
+		text:       hm.Text,
+		ts:         hm.TimeMilli,
+	}
+}
+
+// replayDurable sends the stored messages after `after` (up to c.lastSeq,
+// at most ReplayLimit) to cl from the durable history; it is used when the
+// in-memory ring does not reach back to the cursor.
+func (s *shard) replayDurable(c *conversation, cl *client, after uint64) {
+	ctx, cancel := s.ioCtx()
+	defer cancel()
+	e := &s.out
+	e.Kind = protocol.KindDeliver
+	e.ID = 0
+	to := []*client{cl}
+	_, err := s.b.o.History.Replay(ctx, c.tenant, c.id, after, s.b.o.ReplayLimit, func(hm *histstore.Message) bool {
+		if hm.Seq > c.lastSeq {
+			return false // in flight: delivered live when acked
+		}
+		m := messageOf(hm)
+		e.Deliver = deliverOf(c, &m)
+		s.b.fanout(to, nil, e)
+		return true
+	})
+	e.Deliver = protocol.Deliver{}
+	if err != nil {
+		s.b.log.Warn("broker: replay failed", "conversation", c.id, "err", err)
+		s.fail(cl, 0, protocol.CodeUnavailable, "history unavailable, resume again later")
+	}
+}
+
+// load rebuilds a conversation from the durable stores on a cold start
+// (first request or resume naming it). It returns nil if it does not
+// exist (or the stores fail: logged).
+func (s *shard) load(id string) *conversation {
+	b := s.b
+	cs := b.o.Conversations
+	if cs == nil || !validConvKey(id) {
+		return nil
+	}
+	ctx, cancel := s.ioCtx()
+	defer cancel()
+	meta, rev, err := cs.Get(ctx, id)
+	if err != nil {
+		if !errors.Is(err, ErrConvNotFound) {
+			b.log.Warn("broker: conversation load failed", "conversation", id, "err", err)
+		}
+		return nil
+	}
+	last, ss, ok, err := b.o.History.Last(ctx, meta.Tenant, id)
+	if err != nil {
+		b.log.Warn("broker: conversation load failed", "conversation", id, "err", err)
+		return nil
+	}
+	c := &conversation{
+		id:           meta.ID,
+		tenant:       meta.Tenant,
+		skill:        meta.Skill,
+		prio:         meta.Prio,
+		reason:       meta.Reason,
+		createdMilli: meta.CreatedMilli,
+		rev:          rev,
+		hist:         newHistory(b.o.HistoryPerConversation, b.o.HistoryBytesPerConversation),
+		dedupe:       make(map[dedupeKey]uint64),
+	}
+	if ok {
+		c.lastSeq, c.streamSeq = last.Seq, ss
+		// Warm the ring (replays and the dedupe table) with the newest page.
+		from := c.lastSeq - min(c.lastSeq, uint64(min(b.o.ReplayLimit, b.o.HistoryPerConversation)))
+		_, err := b.o.History.Replay(ctx, c.tenant, c.id, from, 0, func(hm *histstore.Message) bool {
+			if hm.Seq > c.lastSeq {
+				return false
+			}
+			m := messageOf(hm)
+			c.hist.push(m, c.dedupe)
+			if m.cmid != "" {
+				c.dedupe[dedupeKey{m.senderID, m.cmid}] = m.seq
+			}
+			return true
+		})
+		if err != nil {
+			b.log.Warn("broker: conversation load failed", "conversation", id, "err", err)
+			return nil
+		}
+	}
+	c.visitor = b.reg.userByID(meta.VisitorID, protocol.RoleVisitor, meta.Tenant, b.now())
+	if c.visitor == nil {
+		return nil
+	}
+	if meta.AgentID != "" && meta.State != protocol.StateQueued {
+		if c.agent = b.reg.userByID(meta.AgentID, protocol.RoleAgent, meta.Tenant, b.now()); c.agent == nil {
+			return nil
+		}
+	}
+	s.convs[c.id] = c
+	s.setState(c, meta.State)
+	for _, u := range []*user{c.visitor, c.agent} {
+		if u == nil {
+			continue
+		}
+		u.mu.Lock()
+		u.convs[c.id] = struct{}{}
+		if u == c.visitor && meta.State != protocol.StateClosed {
+			u.open++
+		}
+		u.mu.Unlock()
+	}
+	switch meta.State {
+	case protocol.StateQueued:
+		b.disp.requeue(c.tenant, c.id, s.idx, c.skill, c.prio, "")
+	case protocol.StateClosed:
+		// Remembered for ResumeTTL from now, like a fresh close.
+		c.closedMilli = meta.ClosedMilli
+		c.closedAt = b.now()
+		s.closed = append(s.closed, c)
+	}
+	return c
+}

@@ -1,0 +1,310 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/unigate/unigate/broker/histstore"
+	"github.com/unigate/unigate/broker/natsnode"
+	"github.com/unigate/unigate/internal/token"
+	"github.com/unigate/unigate/netpoll"
+	"github.com/unigate/unigate/protocol"
+)
+
+// durableStores is an embedded NATS node with the history stream and the
+// conversation bucket, shared by the brokers of one test ("restarts").
+type durableStores struct {
+	node *natsnode.Node
+	hist *histstore.Store
+	conv *KVConvStore
+}
+
+func startStores(t testing.TB, dir string) *durableStores {
+	t.Helper()
+	n, err := natsnode.Start(natsnode.Options{StoreDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h, err := histstore.Open(ctx, n.JetStream(), histstore.Options{})
+	if err != nil {
+		n.Shutdown()
+		t.Fatal(err)
+	}
+	cs, err := OpenKVConvStore(ctx, n.JetStream(), KVConvOptions{})
+	if err != nil {
+		n.Shutdown()
+		t.Fatal(err)
+	}
+	d := &durableStores{node: n, hist: h, conv: cs}
+	t.Cleanup(d.close)
+	return d
+}
+
+func (d *durableStores) close() {
+	_ = d.hist.Close()
+	d.node.Shutdown()
+}
+
+// startDurable starts a broker + netpoll server on the stores; stop shuts
+// both down (a restart keeps the stores).
+func startDurable(t *testing.T, o Options, hist History, cs ConvStore) (*testEnv, func()) {
+	t.Helper()
+	e := &testEnv{t: t, signer: testSigner(t)}
+	o.Signer = e.signer
+	o.History = hist
+	o.Conversations = cs
+	b, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := netpoll.New(b, netpoll.WithAddr("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Stop(ctx)
+			b.Close()
+		})
+	}
+	t.Cleanup(stop)
+	e.b, e.srv = b, srv
+	return e, stop
+}
+
+// TestDurableRestart: messages acked before a restart are replayed after
+// it, from a cold start, to clients that come back with their tokens and
+// cursors; the sequence continues; a re-sent client message id gets its
+// original Ack.
+func TestDurableRestart(t *testing.T) {
+	st := startStores(t, t.TempDir())
+	env, stop := startDurable(t, Options{}, st.hist, st.conv)
+	visTok := env.token("vis-1", token.RoleVisitor)
+	agTok := env.token("agent-1", token.RoleAgent)
+
+	v := env.dial("visitor", jsonProto)
+	v.hello(protocol.Hello{Token: visTok})
+	cid := v.open(protocol.Open{Text: "hello?"}).ConversationID
+	a := env.dial("agent", pbProto)
+	a.hello(protocol.Hello{Token: agTok})
+	a.online(2)
+	v.waitState(cid, protocol.StateAssigned)
+	a.waitDeliver(cid, 1)
+	if ack := v.say(cid, "m2", "two"); ack.Seq != 2 {
+		t.Fatalf("ack seq %d, want 2", ack.Seq)
+	}
+	a.waitDeliver(cid, 2)
+	if ack := a.say(cid, "a3", "three"); ack.Seq != 3 {
+		t.Fatalf("ack seq %d, want 3", ack.Seq)
+	}
+	v.waitDeliver(cid, 3)
+	v.say(cid, "m4", "four")
+	a.waitDeliver(cid, 4)
+	stop()
+
+	// Cold start on the same stores.
+	env2, _ := startDurable(t, Options{}, st.hist, st.conv)
+	env2.signer = env.signer
+	v2 := env2.dial("visitor-2", jsonProto)
+	v2.hello(protocol.Hello{Token: visTok, Cursors: []protocol.Cursor{{ConversationID: cid, LastSeq: 2}}})
+	v2.waitState(cid, protocol.StateAssigned)
+	v2.waitDeliver(cid, 4)
+	if got := v2.delivers(cid); !slices.Equal(got, []uint64{3, 4}) {
+		t.Fatalf("visitor replay after cursor 2: %v, want [3 4]", got)
+	}
+	a2 := env2.dial("agent-2", pbProto)
+	a2.hello(protocol.Hello{Token: agTok, Cursors: []protocol.Cursor{{ConversationID: cid, LastSeq: 0}}})
+	a2.waitDeliver(cid, 4)
+	if got := a2.delivers(cid); !slices.Equal(got, []uint64{1, 2, 3, 4}) {
+		t.Fatalf("agent replay: %v", got)
+	}
+	// A retry of m4 (its ack lost in the crash) gets the original Ack.
+	if ack := v2.say(cid, "m4", "four"); ack.Seq != 4 {
+		t.Fatalf("duplicate after restart acked seq %d, want 4", ack.Seq)
+	}
+	if ack := v2.say(cid, "m5", "five"); ack.Seq != 5 {
+		t.Fatalf("ack seq %d, want 5", ack.Seq)
+	}
+	a2.waitDeliver(cid, 5)
+	if got := a2.delivers(cid); !slices.Equal(got, []uint64{1, 2, 3, 4, 5}) {
+		t.Fatalf("agent saw %v", got)
+	}
+
+	// The durable history has every acked message once, in order.
+	var seqs []uint64
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := st.hist.Range(ctx, token.DefaultTenant, cid, 0, 0, func(m *histstore.Message) bool {
+		seqs = append(seqs, m.Seq)
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(seqs, []uint64{1, 2, 3, 4, 5}) {
+		t.Fatalf("history %v", seqs)
+	}
+}
+
+// TestDurableBadInput: after a cold start, a cursor from the future, an
+// unknown conversation and a closed conversation are coded errors that
+// change nothing.
+func TestDurableBadInput(t *testing.T) {
+	st := startStores(t, t.TempDir())
+	env, stop := startDurable(t, Options{}, st.hist, st.conv)
+	visTok := env.token("vis-1", token.RoleVisitor)
+	v := env.dial("visitor", jsonProto)
+	v.hello(protocol.Hello{Token: visTok})
+	cid := v.open(protocol.Open{Text: "hi"}).ConversationID
+	v.say(cid, "m2", "two")
+	other := env.dial("other", jsonProto)
+	other.hello(protocol.Hello{Token: env.token("vis-2", token.RoleVisitor)})
+	cid2 := other.open(protocol.Open{}).ConversationID
+	id := other.send(protocol.Envelope{Kind: protocol.KindClose, Close: protocol.Close{ConversationID: cid2}})
+	other.waitFor("closed", func(e *protocol.Envelope) bool { return e.ID == id })
+	stop()
+
+	env2, _ := startDurable(t, Options{}, st.hist, st.conv)
+	env2.signer = env.signer
+	v2 := env2.dial("visitor-2", jsonProto)
+	hid := v2.send(protocol.Envelope{Kind: protocol.KindHello, Hello: protocol.Hello{Token: visTok, Cursors: []protocol.Cursor{
+		{ConversationID: cid, LastSeq: 99},
+		{ConversationID: "c_doesnotexist", LastSeq: 0},
+		{ConversationID: cid2, LastSeq: 0},
+	}}})
+	v2.waitFor("welcome", func(e *protocol.Envelope) bool { return e.ID == hid && e.Kind == protocol.KindWelcome })
+	errs := func() []protocol.Code {
+		var out []protocol.Code
+		for _, e := range v2.all(isKind(protocol.KindError)) {
+			out = append(out, e.Error.Code)
+		}
+		slices.Sort(out)
+		return out
+	}
+	want := []protocol.Code{protocol.CodeUnknownConversation, protocol.CodeNotParticipant, protocol.CodeSeqFromFuture}
+	if !waitFor(t, waitTimeout, func() bool { return slices.Equal(errs(), want) }) {
+		t.Fatalf("errors %v, want %v", errs(), want)
+	}
+	if len(v2.delivers(cid)) != 0 {
+		t.Fatalf("a cursor from the future replayed %v", v2.delivers(cid))
+	}
+	sid := v2.send(protocol.Envelope{Kind: protocol.KindSend, Send: protocol.Send{ConversationID: "c_doesnotexist", Text: "x"}})
+	v2.waitError(sid, protocol.CodeUnknownConversation)
+	// Nothing changed: the conversation goes on at seq 3.
+	if ack := v2.say(cid, "m3", "three"); ack.Seq != 3 {
+		t.Fatalf("ack seq %d, want 3", ack.Seq)
+	}
+
+	// The closed conversation is closed after the restart too.
+	o2 := env2.dial("other-2", jsonProto)
+	o2.hello(protocol.Hello{Token: env.token("vis-2", token.RoleVisitor)})
+	sid = o2.send(protocol.Envelope{Kind: protocol.KindSend, Send: protocol.Send{ConversationID: cid2, Text: "x"}})
+	o2.waitError(sid, protocol.CodeConversationClosed)
+}
+
+// flakyHistory wraps a History: when fail is set appends fail with
+// ErrUnavailable; when hold is set their outcome never comes.
+type flakyHistory struct {
+	History
+	mu         sync.Mutex
+	fail, hold bool
+}
+
+func (f *flakyHistory) AppendAsync(m *histstore.Message, expect uint64, done func(uint64, bool, error)) error {
+	f.mu.Lock()
+	fail, hold := f.fail, f.hold
+	f.mu.Unlock()
+	switch {
+	case hold:
+		return nil
+	case fail:
+		go done(0, false, histstore.ErrUnavailable)
+		return nil
+	}
+	return f.History.AppendAsync(m, expect, done)
+}
+
+func (f *flakyHistory) set(fail, hold bool) {
+	f.mu.Lock()
+	f.fail, f.hold = fail, hold
+	f.mu.Unlock()
+}
+
+// TestDurableStoreFailure: a failed append is CodeUnavailable to the
+// sender, nothing is delivered and the seq is not consumed; over the
+// per-conversation pending bound a send gets CodeOverloaded.
+func TestDurableStoreFailure(t *testing.T) {
+	st := startStores(t, t.TempDir())
+	fh := &flakyHistory{History: st.hist}
+	env, _ := startDurable(t, Options{MaxPendingPerConversation: 2}, fh, st.conv)
+	v := env.dial("visitor", jsonProto)
+	v.hello(protocol.Hello{Token: env.token("vis-1", token.RoleVisitor)})
+	cid := v.open(protocol.Open{}).ConversationID
+	a := env.dial("agent", jsonProto)
+	a.hello(protocol.Hello{Token: env.token("agent-1", token.RoleAgent)})
+	a.online(1)
+	v.waitState(cid, protocol.StateAssigned)
+	v.say(cid, "m1", "one")
+
+	fh.set(true, false)
+	id := v.send(protocol.Envelope{Kind: protocol.KindSend, Send: protocol.Send{ConversationID: cid, ClientMsgID: "m2", Text: "two"}})
+	v.waitError(id, protocol.CodeUnavailable)
+	fh.set(false, false)
+	if ack := v.say(cid, "m2", "two"); ack.Seq != 2 {
+		t.Fatalf("after a failed append the seq is %d, want 2", ack.Seq)
+	}
+	a.waitDeliver(cid, 2)
+	if got := a.delivers(cid); !slices.Equal(got, []uint64{1, 2}) {
+		t.Fatalf("agent got %v", got)
+	}
+
+	fh.set(false, true)
+	v.send(protocol.Envelope{Kind: protocol.KindSend, Send: protocol.Send{ConversationID: cid, ClientMsgID: "h1", Text: "held"}})
+	v.send(protocol.Envelope{Kind: protocol.KindSend, Send: protocol.Send{ConversationID: cid, ClientMsgID: "h2", Text: "queued"}})
+	id = v.send(protocol.Envelope{Kind: protocol.KindSend, Send: protocol.Send{ConversationID: cid, ClientMsgID: "h3", Text: "too many"}})
+	v.waitError(id, protocol.CodeOverloaded)
+	if got := a.delivers(cid); len(got) != 2 {
+		t.Fatalf("undurable messages were delivered: %v", got)
+	}
+}
+
+func TestKVConvStore(t *testing.T) {
+	st := startStores(t, t.TempDir())
+	ctx := context.Background()
+	m := &ConvMeta{ID: "c_abc", Tenant: "t", VisitorID: "v", State: protocol.StateQueued}
+	rev, err := st.conv.Create(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.conv.Create(ctx, m); err == nil {
+		t.Fatal("created twice")
+	}
+	m.State = protocol.StateClosed
+	if _, err := st.conv.Update(ctx, m, rev+7); err == nil {
+		t.Fatal("stale revision accepted")
+	}
+	if _, err := st.conv.Update(ctx, m, rev); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := st.conv.Get(ctx, "c_abc")
+	if err != nil || got.State != protocol.StateClosed {
+		t.Fatalf("get %+v %v", got, err)
+	}
+	if _, _, err := st.conv.Get(ctx, "c_nope"); !errors.Is(err, ErrConvNotFound) {
+		t.Fatalf("unknown: %v", err)
+	}
+	if _, _, err := st.conv.Get(ctx, "../x"); !errors.Is(err, ErrConvNotFound) {
+		t.Fatalf("bad key: %v", err)
+	}
+}
