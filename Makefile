@@ -49,11 +49,12 @@ fmt:
 vet:
 	$(GO) vet $(PKGS)
 
-generate: ## regenerate protocol/pb from protocol/unigate.proto (needs protoc)
+generate: ## regenerate protocol/pb and backends/proto from their .proto files (needs protoc)
 	sh protocol/gen.sh -w
+	sh backends/proto/gen.sh -w
 
 generate-check: ## the committed generated code matches the .proto
-	@if command -v protoc >/dev/null 2>&1; then sh protocol/gen.sh; \
+	@if command -v protoc >/dev/null 2>&1; then sh protocol/gen.sh && sh backends/proto/gen.sh; \
 	elif [ -n "$$CI" ]; then echo "generate-check: protoc is missing under CI" >&2; exit 1; \
 	else echo "generate-check: SKIPPED, protoc not installed (apt-get install protobuf-compiler)" >&2; fi
 
