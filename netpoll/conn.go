@@ -80,6 +80,8 @@ type Conn struct {
 	frag     []byte    // reassembly buffer of a fragmented message
 	utf8     utf8Stream
 	regIndex int // position in the registry shard
+	// handlerOpened: Handler.OnOpen was called, so OnClose is owed.
+	handlerOpened bool
 
 	// Activity clocks in unix seconds, written on the loop, read by the sweeper.
 	openedAt    int64

@@ -194,8 +194,11 @@ func (s *Server) Stop(ctx context.Context) error {
 		// keep-alive one is closed on its loop; one with a request in
 		// flight is closed after its response (see callHandler).
 		_ = c.loop.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
-			if c.state == stateHTTP {
+			switch c.state {
+			case stateHTTP:
 				_ = c.gc.Close()
+			case stateWebSocket: // upgraded since the check above
+				c.Close(ws.StatusGoingAway, "server shutting down")
 			}
 			return nil
 		}))
@@ -288,9 +291,9 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 		c.admitted = false
 		s.opts.admission.Release(c.admittedAddr)
 	}
-	upgraded := c.subprotocol != ""
+	opened := c.handlerOpened
 	c.markGone()
-	if upgraded {
+	if opened {
 		if errors.Is(err, io.EOF) {
 			err = nil
 		}
@@ -550,15 +553,19 @@ func (s *Server) upgrade(c *Conn, head []byte, req *request) gnet.Action {
 			"unsupported or missing Sec-WebSocket-Protocol; supported: "+joinComma(s.opts.subprotocols)+"\n", false)
 		return gnet.Close
 	}
-	if _, err := c.gc.Write(out.Bytes()); err != nil {
-		return gnet.Close
-	}
-	_, _ = c.gc.Discard(req.headLen)
+	// Mark the connection upgraded before the 101 leaves: a Stop that
+	// races with this upgrade must see a WebSocket (and send 1001), since
+	// the client may act on the 101 at once.
 	c.query = string(req.query)
 	c.subprotocol = hs.Protocol
 	c.state = stateWebSocket
 	c.upgraded.Store(true)
+	if _, err := c.gc.Write(out.Bytes()); err != nil {
+		return gnet.Close
+	}
+	_, _ = c.gc.Discard(req.headLen)
 	s.metrics.upgraded.Inc()
+	c.handlerOpened = true
 	s.handler.OnOpen(c)
 	// A client may pipeline its first frames with the request: they are
 	// already in the buffer.
