@@ -63,6 +63,16 @@
 // in their hello handshake, which the event loop caps at 64 per
 // connection.
 //
+// The integrator API (package api, on netpoll's HTTP goroutines) uses the
+// exported methods of integrator.go: each posts a ctrlCall closure to the
+// conversation's shard mailbox (every shard's, for a list) and waits for
+// it with the request's context, or Close. The closure runs on the shard
+// like any control message; a posted message joins the conversation's
+// append queue with a reply callback instead of a connection. The mailbox
+// holds at most one call per HTTP request in flight (netpoll bounds
+// those). Durable history pages are read from History on the HTTP
+// goroutine, after the shard gave the conversation's tenant and last seq.
+//
 // The dispatcher (agent presence and capacity, one FIFO-within-priority
 // waiting queue per tenant) is a plain struct behind one mutex. It never
 // does I/O; it posts its decisions (assign, queue position) to the shard

@@ -218,6 +218,11 @@ type pendingSend struct {
 	ts       int64
 	quiet    bool // Open text: not delivered to the sender's own connections
 	attempts int
+	// reply, when set (integrator API), gets the outcome instead of cl:
+	// the stored seq and time (dup: stored before, by client message
+	// id), or an error. It runs on the shard and must
+	// not block.
+	reply func(seq uint64, ts int64, dup bool, err *protocol.Error)
 }
 
 // appendResult is the outcome of an AppendAsync, posted to the shard.
@@ -292,6 +297,10 @@ func (s *shard) popSend(c *conversation) {
 }
 
 func (s *shard) failSend(p *pendingSend, code protocol.Code, msg string) {
+	if p.reply != nil {
+		p.reply(0, 0, false, protocol.NewError(code, msg))
+		return
+	}
 	if p.cl != nil && !p.cl.closed.Load() {
 		s.fail(p.cl, p.id, code, msg)
 	}
@@ -299,6 +308,14 @@ func (s *shard) failSend(p *pendingSend, code protocol.Code, msg string) {
 
 // ackStored answers p with the Ack of the stored message seq.
 func (s *shard) ackStored(c *conversation, p *pendingSend, seq uint64) {
+	if p.reply != nil {
+		ts := p.ts
+		if m, ok := c.hist.get(seq); ok {
+			ts = m.ts
+		}
+		p.reply(seq, ts, true, nil)
+		return
+	}
 	if p.cl == nil || p.cl.closed.Load() {
 		return
 	}
@@ -334,6 +351,9 @@ func (s *shard) appended(r *appendResult) {
 		}
 		mm, _ := c.hist.get(m.seq)
 		e := &s.out
+		if p.reply != nil {
+			p.reply(mm.seq, mm.ts, false, nil)
+		}
 		if p.cl != nil && !p.cl.closed.Load() {
 			e.Kind = protocol.KindAck
 			e.ID = p.id

@@ -19,6 +19,7 @@ const (
 	ctrlAgentGone                       // agent u left for good: queue conv again
 	ctrlSweep                           // forget conversations closed long ago
 	ctrlAppended                        // a durable append finished (res)
+	ctrlCall                            // run call on the shard (integrator API)
 )
 
 // ctrl is a control message; which fields are set depends on kind.
@@ -32,7 +33,8 @@ type ctrl struct {
 	id   uint64 // envelope id to echo to cl
 	open *openReq
 	res  *appendResult
-	load bool // attach: rebuild conv from the durable stores if unknown
+	load bool         // attach: rebuild conv from the durable stores if unknown
+	call func(*shard) // ctrlCall: runs on the shard, must not block
 }
 
 // openReq is an Open on its way from the home shard to the conversation's
@@ -178,6 +180,8 @@ func (s *shard) control(c *ctrl) {
 		s.sweep()
 	case ctrlAppended:
 		s.appended(c.res)
+	case ctrlCall:
+		c.call(s)
 	}
 }
 

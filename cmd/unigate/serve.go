@@ -19,6 +19,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/unigate/unigate/api"
 	"github.com/unigate/unigate/broker"
 	"github.com/unigate/unigate/broker/histstore"
 	"github.com/unigate/unigate/broker/natsnode"
@@ -233,6 +234,11 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		stopBroker()
 		return nil, fmt.Errorf("limits.trusted_proxies: %w", err)
 	}
+	apiKeys, err := api.LoadKeys(cfg.API.Keys)
+	if err != nil {
+		stopBroker()
+		return nil, err
+	}
 	limSet := metrics.NewSet()
 	lim, err := limiter.New(settings, limSet, log.With("component", "limiter"))
 	if err != nil {
@@ -259,6 +265,8 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		netpoll.WithSubprotocols(protocol.Subprotocols()...),
 		netpoll.WithOriginCheck(cfg.WebSocket.OriginAllowed),
 		netpoll.WithLogger(log.With("component", "netpoll")),
+		// The integrator REST API (/api/v1) on every other path.
+		netpoll.WithHTTPHandler(api.New(b, api.Options{Keys: apiKeys, Logger: log.With("component", "api")})),
 	)
 	if err != nil {
 		stopBroker()

@@ -78,7 +78,55 @@ type Config struct {
 	// Limits configures admission control, per-connection rates and
 	// trusted proxies; see docs/limits.md.
 	Limits LimitsConfig `yaml:"limits"`
+	// API configures the integrator REST API under /api/v1 on the public
+	// listener; see docs/api.md.
+	API APIConfig `yaml:"api"`
 }
+
+// APIConfig is the integrator REST API (/api/v1 on the public listener).
+// With no keys every /api/v1 request gets 401.
+type APIConfig struct {
+	// Keys are the API keys, each scoped to one tenant.
+	Keys APIKeys `yaml:"keys"`
+}
+
+// APIKeys is the list of API keys. In the environment (UNIGATE_API_KEYS)
+// it is written as a YAML or JSON flow list:
+// [{key_file: /run/secrets/acme, tenant: acme, scopes: [read, write]}].
+type APIKeys []APIKey
+
+// APIKey is one integrator API key. Exactly one of Key and KeyFile is set.
+type APIKey struct {
+	// Key is the secret itself (at least 16 characters). Prefer KeyFile:
+	// a key written here is in the configuration file.
+	Key string `yaml:"key"`
+	// KeyFile names a file holding the key (surrounding white space is
+	// ignored); it is read at start-up.
+	KeyFile string `yaml:"key_file"`
+	// Tenant is the only tenant the key gives access to.
+	Tenant string `yaml:"tenant"`
+	// Scopes are what the key may do: "read" (list and get conversations,
+	// history, agents) and "write" (post messages, transfer, close).
+	Scopes []string `yaml:"scopes"`
+}
+
+// API key scopes.
+const (
+	ScopeRead  = "read"
+	ScopeWrite = "write"
+)
+
+// String describes k without its secret, so a Config can be logged.
+func (k APIKey) String() string {
+	secret := "key_file=" + k.KeyFile
+	if k.Key != "" {
+		secret = "key=<redacted>"
+	}
+	return "{" + secret + " tenant=" + k.Tenant + " scopes=" + strings.Join(k.Scopes, ",") + "}"
+}
+
+// GoString is String, for %#v.
+func (k APIKey) GoString() string { return k.String() }
 
 // LimitsConfig is admission control (package limiter) and the trusted
 // proxies in front of the gateway. Every limit is 0 for "off" unless said

@@ -45,8 +45,10 @@
 //
 // # Contract
 //
-// Config is a plain value: copy it freely, it holds no secrets (the HMAC
-// key lives in its own file, see Config.KeyPath) and may be logged in full.
+// Config is a plain value: copy it freely. It holds no secrets (the HMAC
+// key lives in its own file, see Config.KeyPath) except inline API keys
+// (api.keys[].key; key_file is preferred), which APIKey.String redacts, so
+// it may be logged in full with %v.
 // Load never calls Validate: callers validate the final value, after flags.
 // Fields where zero means "automatic" (EventLoops, Broker.Shards,
 // MaxConnections, Auth.KeyFile) say so and have a method that resolves them.

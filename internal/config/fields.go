@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // The field walker below is shared by the YAML loader, the environment,
@@ -84,6 +86,21 @@ func lookup(v reflect.Value, path string) (reflect.Value, bool) {
 // setString parses s as v's type and stores it. The same syntax serves the
 // environment and the flags.
 func setString(v reflect.Value, s string) error {
+	if v.Type() == apiKeysType {
+		var n yaml.Node
+		if err := yaml.Unmarshal([]byte(s), &n); err != nil {
+			return fmt.Errorf("want a YAML or JSON list such as [{key_file: /run/secrets/k, tenant: acme, scopes: [read]}]: %v", err)
+		}
+		var keys APIKeys
+		if len(n.Content) > 0 {
+			var err error
+			if keys, err = parseAPIKeys(n.Content[0]); err != nil {
+				return err
+			}
+		}
+		v.Set(reflect.ValueOf(keys))
+		return nil
+	}
 	if v.Type() == durationType {
 		d, err := time.ParseDuration(strings.TrimSpace(s))
 		if err != nil {
@@ -132,6 +149,9 @@ func setString(v reflect.Value, s string) error {
 
 // formatString is the inverse of setString, for flag defaults.
 func formatString(v reflect.Value) string {
+	if v.Type() == apiKeysType {
+		return fmt.Sprint(v.Interface()) // secrets redacted by APIKey.String
+	}
 	if v.Type() == durationType {
 		return time.Duration(v.Int()).String()
 	}

@@ -43,6 +43,9 @@ func Load(path string, environ []string) (Config, error) {
 	if len(c.Limits.TrustedProxies) == 0 {
 		c.Limits.TrustedProxies = nil
 	}
+	if len(c.API.Keys) == 0 {
+		c.API.Keys = nil
+	}
 	return c, nil
 }
 
@@ -248,6 +251,19 @@ func (d *decoder) leaf(n *yaml.Node, v reflect.Value, path string) {
 	if n == nil || isNull(n) || !d.step(n) {
 		return
 	}
+	if v.Type() == apiKeysType {
+		d.steps += len(n.Content)
+		if !d.step(n) {
+			return
+		}
+		keys, err := parseAPIKeys(n)
+		if err != nil {
+			d.fail(n, path, err)
+			return
+		}
+		v.Set(reflect.ValueOf(keys))
+		return
+	}
 	if v.Kind() == reflect.Slice {
 		if n.Kind != yaml.SequenceNode {
 			d.fail(n, path, fmt.Errorf("%w: want a list such as [a, b], not %s", ErrBadValue, describe(n)))
@@ -319,4 +335,68 @@ func describe(n *yaml.Node) string {
 	default:
 		return "a YAML node"
 	}
+}
+
+var apiKeysType = reflect.TypeFor[APIKeys]()
+
+// parseAPIKeys reads a list of API keys: mappings with the keys key,
+// key_file, tenant and scopes.
+func parseAPIKeys(n *yaml.Node) (APIKeys, error) {
+	n = resolve(n)
+	if n == nil || isNull(n) {
+		return nil, nil
+	}
+	if n.Kind != yaml.SequenceNode {
+		return nil, fmt.Errorf("%w: want a list of {key or key_file, tenant, scopes}, not %s", ErrBadValue, describe(n))
+	}
+	keys := make(APIKeys, 0, len(n.Content))
+	for i, item := range n.Content {
+		item = resolve(item)
+		if item == nil || item.Kind != yaml.MappingNode {
+			return nil, fmt.Errorf("%w: item %d: want a mapping {key or key_file, tenant, scopes}", ErrBadValue, i)
+		}
+		var k APIKey
+		seen := map[string]bool{}
+		for j := 0; j+1 < len(item.Content); j += 2 {
+			name, val := resolve(item.Content[j]), resolve(item.Content[j+1])
+			if name == nil || val == nil || name.Kind != yaml.ScalarNode {
+				return nil, fmt.Errorf("%w: item %d: keys must be plain names", ErrBadValue, i)
+			}
+			if seen[name.Value] {
+				return nil, fmt.Errorf("%w: item %d: key %q repeated", ErrBadValue, i, name.Value)
+			}
+			seen[name.Value] = true
+			var dst *string
+			switch name.Value {
+			case "key":
+				dst = &k.Key
+			case "key_file":
+				dst = &k.KeyFile
+			case "tenant":
+				dst = &k.Tenant
+			case "scopes":
+				if val.Kind != yaml.SequenceNode {
+					return nil, fmt.Errorf("%w: item %d: scopes: want a list such as [read, write]", ErrBadValue, i)
+				}
+				for _, sc := range val.Content {
+					sc = resolve(sc)
+					if sc == nil || sc.Kind != yaml.ScalarNode {
+						return nil, fmt.Errorf("%w: item %d: scopes: items must be strings", ErrBadValue, i)
+					}
+					k.Scopes = append(k.Scopes, sc.Value)
+				}
+				continue
+			default:
+				return nil, fmt.Errorf("%w %q in api.keys item %d (known: key, key_file, tenant, scopes)", ErrUnknownKey, name.Value, i)
+			}
+			if val.Kind != yaml.ScalarNode {
+				return nil, fmt.Errorf("%w: item %d: %s: want a single value", ErrBadValue, i, name.Value)
+			}
+			if !isNull(val) {
+				*dst = val.Value
+			}
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
 }

@@ -156,11 +156,41 @@ func (c Config) Validate() error {
 		bad("limits.proxy_protocol", "needs limits.trusted_proxies: a PROXY header is only accepted from them")
 	}
 
+	inline := map[string]int{}
+	for i, k := range c.API.Keys {
+		path := fmt.Sprintf("api.keys[%d]", i)
+		switch {
+		case (k.Key == "") == (k.KeyFile == ""):
+			bad(path, "set exactly one of key and key_file")
+		case k.Key != "" && len(strings.TrimSpace(k.Key)) < MinAPIKeyLen:
+			bad(path+".key", "must be at least %d characters (use a random secret)", MinAPIKeyLen)
+		case k.Key != "":
+			if j, dup := inline[strings.TrimSpace(k.Key)]; dup {
+				bad(path+".key", "same key as api.keys[%d]", j)
+			}
+			inline[strings.TrimSpace(k.Key)] = i
+		}
+		if strings.TrimSpace(k.Tenant) == "" || len(k.Tenant) > 128 {
+			bad(path+".tenant", "must name a tenant (1 to 128 bytes), got %q", k.Tenant)
+		}
+		if len(k.Scopes) == 0 {
+			bad(path+".scopes", "must list at least one of %s, %s", ScopeRead, ScopeWrite)
+		}
+		for _, s := range k.Scopes {
+			if s != ScopeRead && s != ScopeWrite {
+				bad(path+".scopes", "unknown scope %q (want %s or %s)", s, ScopeRead, ScopeWrite)
+			}
+		}
+	}
+
 	if c.Shutdown.DrainTimeout < 0 {
 		bad("shutdown.drain_timeout", "must be 0 (no wait) or more, got %v", c.Shutdown.DrainTimeout)
 	}
 	return errors.Join(errs...)
 }
+
+// MinAPIKeyLen is the shortest API key Validate accepts.
+const MinAPIKeyLen = 16
 
 // checkListenAddr accepts host:port with a numeric port; the host may be
 // empty (all interfaces).
