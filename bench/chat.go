@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 // ChatReport is the result of RunChat.
@@ -91,6 +93,12 @@ type ChatPoint struct {
 	Errors    int64   `json:"errors"`  // cumulative
 	Dropped   int64   `json:"dropped"` // cumulative
 	Connected int64   `json:"connected"`
+	// Count, P50 and P99 describe the visitor→agent latencies (from the
+	// due time) of the deliveries reported during this second, warmup
+	// included.
+	Count int64   `json:"v2a_count"`
+	P50   float64 `json:"v2a_p50_ms"`
+	P99   float64 `json:"v2a_p99_ms"`
 }
 
 // ReadTokens reads agent tokens, one per line, from path; blank lines and
@@ -116,18 +124,24 @@ func ReadTokens(path string) ([]string, error) {
 
 // mintTokens runs the token command once per agent, 8 at a time.
 func mintTokens(ctx context.Context, c *ChatConfig) ([]string, error) {
-	tokens := make([]string, c.Agents)
-	errs := make([]error, c.Agents)
+	return mintTokensWith(ctx, c.TokenCmd, c.AgentPrefix, c.Agents)
+}
+
+// mintTokensWith runs tokenCmd with "-id <prefix>N" appended for N in
+// 0..agents-1, 8 at a time.
+func mintTokensWith(ctx context.Context, tokenCmd []string, prefix string, agents int) ([]string, error) {
+	tokens := make([]string, agents)
+	errs := make([]error, agents)
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
-	for i := range c.Agents {
+	for i := range agents {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
 			tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
-			args := append(append([]string(nil), c.TokenCmd[1:]...), "-id", c.AgentPrefix+strconv.Itoa(i))
-			cmd := exec.CommandContext(tctx, c.TokenCmd[0], args...)
+			args := append(append([]string(nil), tokenCmd[1:]...), "-id", prefix+strconv.Itoa(i))
+			cmd := exec.CommandContext(tctx, tokenCmd[0], args...)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
 			out, err := cmd.Output()
@@ -218,13 +232,27 @@ func RunChat(ctx context.Context, c ChatConfig) (*ChatReport, error) {
 		s.Phase = live[0].Phase
 		return s
 	}
+	ivl := hdrhistogram.New(histMin, histMax, histSigFigs) // guarded by liveMu
 	co := &coordinator{pool: pool}
 	co.progress = func(ev workerEvent) {
 		if ev.w.ChatProgress != nil {
 			liveMu.Lock()
-			live[ev.idx] = *ev.w.ChatProgress
+			p := *ev.w.ChatProgress
+			p.Interval.addTo(ivl)
+			p.Interval = nil
+			live[ev.idx] = p
 			liveMu.Unlock()
 		}
+	}
+	takeInterval := func() (n int64, p50, p99 float64) {
+		liveMu.Lock()
+		defer liveMu.Unlock()
+		n = ivl.TotalCount()
+		if n > 0 {
+			p50, p99 = float64(ivl.ValueAtQuantile(50))/1000, float64(ivl.ValueAtQuantile(99))/1000
+		}
+		ivl.Reset()
+		return n, p50, p99
 	}
 	var prev chatProgress
 	prevAt := time.Now()
@@ -233,7 +261,9 @@ func RunChat(ctx context.Context, c ChatConfig) (*ChatReport, error) {
 		dt := time.Since(prevAt).Seconds()
 		prevAt = time.Now()
 		rate := func(a, b int64) float64 { return float64(a-b) / dt }
+		n, p50, p99 := takeInterval()
 		rep.Timeline = append(rep.Timeline, ChatPoint{
+			Count: n, P50: p50, P99: p99,
 			At: time.Since(start).Seconds(), Phase: s.Phase,
 			Sent: rate(s.Sent, prev.Sent), Acked: rate(s.Acked, prev.Acked),
 			V2A: rate(s.Delivered, prev.Delivered), A2V: rate(s.RepliesDeliv, prev.RepliesDeliv),

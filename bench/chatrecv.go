@@ -125,6 +125,7 @@ func (w *chatWorker) agentDeliver(a *agent, e *protocol.Envelope) {
 		return
 	}
 	w.delivered.Add(1)
+	w.ivl.record(now - p.due)
 	measured, inWindow := w.measured(p.due, now)
 	if measured {
 		w.v2aHist.record(now - p.due)

@@ -57,6 +57,9 @@ type chatProgress struct {
 	Unanswered    int64  `json:"unanswered"`
 	Undelivered   int64  `json:"undelivered"`
 	ScheduleTotal int64  `json:"schedule_total"`
+	// Interval holds the visitor→agent latencies (from the due time) of
+	// the deliveries since the previous progress event.
+	Interval sparseHist `json:"ivl,omitempty"`
 }
 
 func (p *chatProgress) add(o chatProgress) {
@@ -267,6 +270,7 @@ type chatWorker struct {
 
 	v2aHist, a2vHist, ackHist, sendLag *latencyHist
 	v2aSvc, a2vSvc                     *latencyHist // from the actual write, not the due time
+	ivl                                *latencyHist // v2a latencies since the last progress event
 	errs, setupErrs, drops, events     *reasonCounter
 	writeErrs                          *reasonCounter
 }
@@ -301,6 +305,7 @@ func newChatWorker(job *chatJob) *chatWorker {
 		sendLag:      newLatencyHist(),
 		v2aSvc:       newLatencyHist(),
 		a2vSvc:       newLatencyHist(),
+		ivl:          newLatencyHist(),
 		errs:         newReasonCounter(),
 		setupErrs:    newReasonCounter(),
 		drops:        newReasonCounter(),
@@ -375,6 +380,7 @@ func runChatWorker(ctx context.Context, job *chatJob, cmds <-chan wire, link *wo
 				return
 			case <-t.C:
 				p := w.progress()
+				p.Interval = w.ivl.takeSparse()
 				link.emit(wire{Ev: evProgress, ChatProgress: &p})
 			}
 		}

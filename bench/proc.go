@@ -20,6 +20,7 @@ import (
 //
 //	idle:  → idle{job}   → target{n}… ← reached  (per step)   → close ← result
 //	chat:  → chat{job}   ← ready       → start{t0}            ← result
+//	storm: → storm{job}  ← ready  → drop  ← dropped  → start{t0}  ← result
 //
 // Workers send "progress" every second and "fatal" before giving up.
 type wire struct {
@@ -29,12 +30,15 @@ type wire struct {
 	Target int      `json:"target,omitempty"`
 	T0     int64    `json:"t0,omitempty"` // start of the chat schedule, Unix nanoseconds
 
-	Ev           string        `json:"ev,omitempty"`
-	IdleProgress *idleProgress `json:"idle_progress,omitempty"`
-	IdleResult   *idleResult   `json:"idle_result,omitempty"`
-	ChatProgress *chatProgress `json:"chat_progress,omitempty"`
-	ChatResult   *chatResult   `json:"chat_result,omitempty"`
-	Err          string        `json:"err,omitempty"`
+	Ev            string         `json:"ev,omitempty"`
+	IdleProgress  *idleProgress  `json:"idle_progress,omitempty"`
+	IdleResult    *idleResult    `json:"idle_result,omitempty"`
+	ChatProgress  *chatProgress  `json:"chat_progress,omitempty"`
+	ChatResult    *chatResult    `json:"chat_result,omitempty"`
+	Storm         *stormJob      `json:"storm,omitempty"`
+	StormProgress *stormProgress `json:"storm_progress,omitempty"`
+	StormResult   *stormResult   `json:"storm_result,omitempty"`
+	Err           string         `json:"err,omitempty"`
 }
 
 // Commands and events.
@@ -244,6 +248,10 @@ func RunWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 		ctx, stop := context.WithDeadline(ctx, time.Unix(0, job.Chat.Deadline))
 		defer stop()
 		err = runChatWorker(ctx, job.Chat, cmds, link)
+	case job.Cmd == cmdStorm && job.Storm != nil:
+		ctx, stop := context.WithDeadline(ctx, time.Unix(0, job.Storm.Deadline))
+		defer stop()
+		err = runStormWorker(ctx, job.Storm, cmds, link)
 	default:
 		err = fmt.Errorf("bench worker: unknown job %q", job.Cmd)
 	}

@@ -218,8 +218,14 @@ func readAll(buf []byte, r io.Reader) ([]byte, error) {
 // the Welcome until deadline. Envelopes that arrive before the Welcome are
 // skipped (at most 64).
 func (w *wsConn) hello(token string, deadline time.Time) (welcome protocol.Welcome, err error) {
+	return w.helloWith(protocol.Hello{Token: token}, deadline)
+}
+
+// helloWith is hello with every field of the Hello (a resume token and
+// cursors).
+func (w *wsConn) helloWith(h protocol.Hello, deadline time.Time) (welcome protocol.Welcome, err error) {
 	env := protocol.Envelope{Kind: protocol.KindHello, ID: helloID}
-	env.Hello.Token = token
+	env.Hello = h
 	env.Hello.ClientName = "unigate-bench"
 	if err := w.c.SetWriteDeadline(deadline); err != nil {
 		return welcome, err
@@ -245,7 +251,7 @@ func (w *wsConn) hello(token string, deadline time.Time) (welcome protocol.Welco
 		case e.Kind == protocol.KindWelcome:
 			welcome = e.Welcome
 			welcome.SessionID = strings.Clone(welcome.SessionID)
-			welcome.ResumeToken = ""
+			welcome.ResumeToken = strings.Clone(welcome.ResumeToken)
 			welcome.UserID = strings.Clone(welcome.UserID)
 			welcome.ServerVersion = strings.Clone(welcome.ServerVersion)
 			convs := make([]string, len(welcome.Conversations))

@@ -46,6 +46,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = idle(ctx, args[1:], stdout, stderr)
 	case "chat":
 		err = chat(ctx, args[1:], stdout, stderr)
+	case "storm":
+		err = storm(ctx, args[1:], stdout, stderr)
+	case "sweep":
+		err = sweep(ctx, args[1:], stdout, stderr)
+	case "compare", "-compare":
+		err = compare(args[1:], stdout, stderr)
 	case "worker":
 		// Started by the coordinator: the protocol runs over stdin/stdout.
 		err = bench.RunWorker(ctx, stdin, stdout)
@@ -76,12 +82,16 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `Usage:
   unigate-bench idle -url ws://HOST:PORT/ws -conns N [flags]   memory per idle connection
   unigate-bench chat -url ws://HOST:PORT/ws [flags]            chat relay rate and latency
-Run "unigate-bench idle -h" or "unigate-bench chat -h" for the flags; see docs/benchmarks.md.
+  unigate-bench storm -url ws://HOST:PORT/ws [flags]           reconnect storm: resume, replay, gaps
+  unigate-bench sweep -url ws://HOST:PORT/ws -from R -to R -step R [chat flags]
+                                                               chat at rising rates: saturation point
+  unigate-bench compare A.json B.json                          ratios B/A of the main figures
+Run "unigate-bench <command> -h" for the flags; see docs/benchmarks.md.
 `)
 }
 
 // common registers the flags both scenarios share.
-func common(fs *flag.FlagSet, c *bench.Common, src, sub, jsonPath *string, quiet *bool) {
+func common(fs *flag.FlagSet, c *bench.Common, src, sub *string, out *outputs, quiet *bool) {
 	fs.StringVar(&c.URL, "url", "ws://127.0.0.1:8080/ws", "gateway WebSocket `url`")
 	fs.StringVar(sub, "subprotocol", "proto", "`codec`: proto (unigate.v1.proto, binary) or json (unigate.v1.json, text)")
 	fs.IntVar(&c.Procs, "procs", 1, "worker `processes` to spread the connections over")
@@ -89,8 +99,25 @@ func common(fs *flag.FlagSet, c *bench.Common, src, sub, jsonPath *string, quiet
 	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "timeout of one connection attempt (dial, upgrade, hello, welcome)")
 	fs.IntVar(&c.ServerPID, "server-pid", 0, "gateway process `id`, for its RSS and CPU time from /proc")
 	fs.StringVar(&c.MetricsURL, "metrics", "", "gateway Prometheus `url`, e.g. http://127.0.0.1:9090/metrics")
-	fs.StringVar(jsonPath, "json", "", "write the report as JSON to `file` (- for stdout)")
+	fs.StringVar(&out.json, "json", "", "write the report as JSON to `file` (- for stdout)")
+	fs.StringVar(&out.html, "html", "", "write the report as a self-contained HTML page with plots to `file`")
 	fs.BoolVar(quiet, "quiet", false, "no progress lines on stderr")
+}
+
+// outputs are the report files asked for.
+type outputs struct{ json, html string }
+
+// write prints the summary of rep and writes its files; err is the
+// scenario's error, joined with any write error.
+func (o outputs) write(rep bench.Reporter, stdout io.Writer, err error) error {
+	rep.WriteSummary(stdout)
+	if o.json != "" {
+		err = errors.Join(err, bench.WriteJSON(o.json, rep))
+	}
+	if o.html != "" {
+		err = errors.Join(err, bench.WriteHTML(o.html, rep))
+	}
+	return err
 }
 
 // finish applies the shared string flags to c.
@@ -132,11 +159,12 @@ func parse(fs *flag.FlagSet, args []string) error {
 
 func idle(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c bench.IdleConfig
-	var src, sub, jsonPath, steps string
+	var src, sub, steps string
+	var out outputs
 	var quiet bool
 	fs := flag.NewFlagSet("unigate-bench idle", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	common(fs, &c.Common, &src, &sub, &jsonPath, &quiet)
+	common(fs, &c.Common, &src, &sub, &out, &quiet)
 	fs.IntVar(&c.Conns, "conns", 1000, "connections to reach")
 	fs.Float64Var(&c.Rate, "rate", 1000, "connections per second, all workers together")
 	fs.StringVar(&steps, "steps", "", "comma-separated connection `counts` at which to pause and sample (default: -conns only)")
@@ -158,23 +186,16 @@ func idle(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	rep, err := bench.RunIdle(ctx, c)
 	if rep != nil {
-		rep.WriteSummary(stdout)
-		if jsonPath != "" {
-			if werr := bench.WriteJSON(jsonPath, rep); werr != nil {
-				err = errors.Join(err, werr)
-			}
-		}
+		err = out.write(rep, stdout, err)
 	}
 	return err
 }
 
-func chat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var c bench.ChatConfig
-	var src, sub, jsonPath, tokenCmd, tokens string
-	var quiet bool
-	fs := flag.NewFlagSet("unigate-bench chat", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	common(fs, &c.Common, &src, &sub, &jsonPath, &quiet)
+// chatFlags registers the flags of a chat run on fs; apply finishes c
+// after parsing.
+func chatFlags(fs *flag.FlagSet, c *bench.ChatConfig, src, sub *string, out *outputs, quiet *bool) (apply func() error) {
+	var tokenCmd, tokens string
+	common(fs, &c.Common, src, sub, out, quiet)
 	fs.IntVar(&c.Conversations, "conversations", 1000, "visitors, one conversation each")
 	fs.IntVar(&c.Agents, "agents", 100, "agent connections")
 	fs.IntVar(&c.AgentCapacity, "agent-capacity", 10, "capacity each agent announces")
@@ -190,14 +211,119 @@ func chat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&c.ConnectRate, "connect-rate", 1000, "setup connections per second")
 	fs.DurationVar(&c.SetupTimeout, "setup-timeout", 60*time.Second, "bound on connecting and assigning everything")
 	fs.DurationVar(&c.Drain, "drain", 10*time.Second, "wait after the schedule for outstanding acks and deliveries")
+	return func() error {
+		if c.Warmup == 0 {
+			c.Warmup = -1 // the flag's 0 means none; the config's 0 means the default
+		}
+		c.TokenCmd = strings.Fields(tokenCmd)
+		if tokens != "" {
+			var err error
+			if c.Tokens, err = bench.ReadTokens(tokens); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+func chat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c bench.ChatConfig
+	var src, sub string
+	var out outputs
+	var quiet bool
+	fs := flag.NewFlagSet("unigate-bench chat", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	apply := chatFlags(fs, &c, &src, &sub, &out, &quiet)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if err := finish(&c.Common, src, sub, quiet, stderr); err != nil {
 		return err
 	}
-	if c.Warmup == 0 {
-		c.Warmup = -1 // the flag's 0 means none; the config's 0 means the default
+	if err := apply(); err != nil {
+		return err
+	}
+	rep, err := bench.RunChat(ctx, c)
+	if rep != nil {
+		err = out.write(rep, stdout, err)
+	}
+	return err
+}
+
+func sweep(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c bench.SweepConfig
+	var src, sub, rates string
+	var from, to, step float64
+	var out outputs
+	var quiet bool
+	fs := flag.NewFlagSet("unigate-bench sweep", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	apply := chatFlags(fs, &c.Chat, &src, &sub, &out, &quiet)
+	fs.StringVar(&rates, "rates", "", "comma-separated offered `rates` (msg/s), increasing; or use -from/-to/-step")
+	fs.Float64Var(&from, "from", 0, "first offered rate, msg/s")
+	fs.Float64Var(&to, "to", 0, "last offered rate, msg/s")
+	fs.Float64Var(&step, "step", 0, "rate increment, msg/s")
+	fs.DurationVar(&c.P99Bound, "p99", 5*time.Millisecond, "p99 `bound`: report the highest rate whose visitor→agent p99 stays under it")
+	fs.Float64Var(&c.Saturation, "saturation", 0.98, "a step is saturated when delivered < this fraction of offered (or errors)")
+	fs.BoolVar(&c.Continue, "continue", false, "keep going after the first saturated step")
+	fs.DurationVar(&c.Pause, "pause", 2*time.Second, "pause between steps")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := finish(&c.Chat.Common, src, sub, quiet, stderr); err != nil {
+		return err
+	}
+	if err := apply(); err != nil {
+		return err
+	}
+	var err error
+	switch {
+	case rates != "" && (from != 0 || to != 0 || step != 0):
+		fmt.Fprintln(stderr, "use either -rates or -from/-to/-step")
+		return errUsage
+	case rates != "":
+		c.Rates, err = bench.ParseRates(rates)
+	default:
+		c.Rates, err = bench.SweepRates(from, to, step)
+	}
+	if err != nil {
+		return err
+	}
+	rep, err := bench.RunSweep(ctx, c)
+	if rep != nil {
+		err = out.write(rep, stdout, err)
+	}
+	return err
+}
+
+func storm(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c bench.StormConfig
+	var src, sub, tokenCmd, tokens string
+	var out outputs
+	var quiet bool
+	fs := flag.NewFlagSet("unigate-bench storm", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	common(fs, &c.Common, &src, &sub, &out, &quiet)
+	fs.IntVar(&c.Clients, "clients", 1000, "visitors, one open conversation each; all drop and resume at once")
+	fs.IntVar(&c.Agents, "agents", 10, "agent connections (they stay connected)")
+	fs.IntVar(&c.AgentCapacity, "agent-capacity", 0, "capacity each agent announces (default: clients per agent; the server caps it at 100)")
+	fs.IntVar(&c.Messages, "messages", 3, "messages each side sends before the drop")
+	fs.IntVar(&c.Missed, "missed", 2, "agent messages per conversation stored while the visitors are away (the replay); -1: none")
+	fs.IntVar(&c.Size, "size", 64, "message text `bytes`")
+	fs.DurationVar(&c.Down, "down", time.Second, "pause between the missed messages and the reconnect")
+	fs.IntVar(&c.MaxInflight, "max-inflight", 0, "reconnects in progress per worker (0: all at once)")
+	fs.StringVar(&tokenCmd, "token-cmd", "", "`command` printing an agent token; \"-id <prefix>N\" is appended")
+	fs.StringVar(&tokens, "tokens", "", "`file` of agent tokens, one per line, instead of -token-cmd")
+	fs.StringVar(&c.AgentPrefix, "agent-prefix", "storm-agent-", "agent id `prefix` for -token-cmd")
+	fs.StringVar(&c.Skill, "skill", "", "skill group of the run (several workers use <skill>-p<i>)")
+	fs.Float64Var(&c.ConnectRate, "connect-rate", 1000, "setup connections per second")
+	fs.DurationVar(&c.SetupTimeout, "setup-timeout", 60*time.Second, "bound on the setup and on the missed messages")
+	fs.DurationVar(&c.RecoverTimeout, "recover-timeout", 60*time.Second, "bound on the reconnect and the replay")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := finish(&c.Common, src, sub, quiet, stderr); err != nil {
+		return err
 	}
 	c.TokenCmd = strings.Fields(tokenCmd)
 	if tokens != "" {
@@ -206,14 +332,30 @@ func chat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	rep, err := bench.RunChat(ctx, c)
+	rep, err := bench.RunStorm(ctx, c)
 	if rep != nil {
-		rep.WriteSummary(stdout)
-		if jsonPath != "" {
-			if werr := bench.WriteJSON(jsonPath, rep); werr != nil {
-				err = errors.Join(err, werr)
-			}
-		}
+		err = out.write(rep, stdout, err)
 	}
 	return err
+}
+
+func compare(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("unigate-bench compare", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: unigate-bench compare A.json B.json\n\n"+
+			"Prints, for each main figure of two reports of the same scenario (rates, latency\n"+
+			"percentiles, RSS slope ...), A, B and the ratio B/A, marked better or worse.")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() != 2 {
+		fs.Usage()
+		return errUsage
+	}
+	return bench.CompareFiles(stdout, fs.Arg(0), fs.Arg(1))
 }
