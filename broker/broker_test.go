@@ -582,3 +582,98 @@ func TestDeparture(t *testing.T) {
 		t.Fatalf("departed visitor's conversation not closed and forgotten: %+v", env.b.Stats())
 	}
 }
+
+// TestQueueTwoAgents: 50 visitors wait for 2 agents of capacity 3. The
+// first 6 are assigned at once; then each close frees one place and the
+// longest waiting visitor takes it. Positions are exact and strictly
+// decreasing, assignment is FIFO, nobody is skipped or assigned twice, and
+// no agent goes over its capacity.
+func TestQueueTwoAgents(t *testing.T) {
+	env := startEnv(t, Options{AllowAnonymous: true})
+	const n, agents, capacity = 50, 2, 3
+	const first = agents * capacity
+	visitors := make([]*tclient, n)
+	convs := make([]string, n)
+	for i := range visitors {
+		visitors[i] = env.dial(fmt.Sprintf("visitor-%d", i), []string{jsonProto, pbProto}[i%2])
+		visitors[i].hello(protocol.Hello{})
+		convs[i] = visitors[i].open(protocol.Open{}).ConversationID
+		visitors[i].waitFor("initial position", func(e *protocol.Envelope) bool {
+			return e.Kind == protocol.KindQueue && e.Queue.Position == uint32(i+1)
+		})
+	}
+	as := make([]*tclient, agents)
+	for a := range as {
+		id := fmt.Sprintf("agent-%d", a)
+		as[a] = env.dial(id, pbProto)
+		as[a].hello(protocol.Hello{Token: env.token(id, token.RoleAgent)})
+		as[a].online(capacity)
+	}
+	// assignedSet counts the ASSIGNED events the agents saw per conversation.
+	assignedSet := func() map[string]int {
+		seen := map[string]int{}
+		for _, a := range as {
+			for _, e := range a.all(func(e *protocol.Envelope) bool {
+				return e.Kind == protocol.KindConversation && e.Conversation.State == protocol.StateAssigned
+			}) {
+				seen[e.Conversation.ConversationID]++
+			}
+		}
+		return seen
+	}
+	waitAssigned := func(k int) {
+		t.Helper()
+		if !waitFor(t, waitTimeout, func() bool { return len(assignedSet()) >= k }) {
+			t.Fatalf("%d assignments, want %d", len(assignedSet()), k)
+		}
+	}
+	checkWaiting := func(k int) {
+		t.Helper()
+		got := assignedSet()
+		for i := range n {
+			_, ok := got[convs[i]]
+			if ok != (i < k) {
+				t.Fatalf("after %d assignments visitor %d assigned=%v: not FIFO", k, i, ok)
+			}
+			if got[convs[i]] > 1 {
+				t.Fatalf("conversation of visitor %d assigned %d times", i, got[convs[i]])
+			}
+		}
+		for i := k; i < n; i++ {
+			want := uint32(i - k + 1)
+			visitors[i].waitFor(fmt.Sprintf("position %d", want), func(e *protocol.Envelope) bool {
+				return e.Kind == protocol.KindQueue && e.Queue.Position == want
+			})
+		}
+	}
+	waitAssigned(first)
+	checkWaiting(first)
+	for k := first; k < n; k++ {
+		// The longest-assigned visitor leaves; the head of the queue moves in.
+		visitors[k-first].send(protocol.Envelope{Kind: protocol.KindClose, Close: protocol.Close{ConversationID: convs[k-first]}})
+		waitAssigned(k + 1)
+		checkWaiting(k + 1)
+		for a := range as {
+			if l, c, _ := env.b.disp.agentLoad(fmt.Sprintf("agent-%d", a)); l > c {
+				t.Fatalf("agent-%d load %d over capacity %d", a, l, c)
+			}
+		}
+	}
+	for i, v := range visitors {
+		var positions []uint32
+		for _, e := range v.all(isKind(protocol.KindQueue)) {
+			positions = append(positions, e.Queue.Position)
+		}
+		if len(positions) == 0 || positions[0] != uint32(i+1) {
+			t.Fatalf("visitor %d positions %v, want to start at %d", i, positions, i+1)
+		}
+		for j := 1; j < len(positions); j++ {
+			if positions[j] >= positions[j-1] {
+				t.Fatalf("visitor %d positions not strictly decreasing: %v", i, positions)
+			}
+		}
+	}
+	if q := env.b.Stats().QueueLength; q != 0 {
+		t.Fatalf("queue length %d, want 0", q)
+	}
+}
