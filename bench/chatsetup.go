@@ -99,14 +99,9 @@ func (w *chatWorker) startAgent(ctx context.Context, i int, spec agentSpec, dead
 	if err != nil {
 		return err
 	}
-	welcome, err := conn.hello(spec.Token, deadline)
+	welcome, err := conn.helloAgent(spec.Token, deadline)
 	if err != nil {
-		_ = conn.c.Close()
 		return err
-	}
-	if welcome.Role != protocol.RoleAgent {
-		_ = conn.c.Close()
-		return fmt.Errorf("welcome gives role %s, want agent", welcome.Role)
 	}
 	a := &agent{
 		idx:      i,
@@ -128,21 +123,8 @@ func (w *chatWorker) startAgent(ctx context.Context, i int, spec agentSpec, dead
 	w.writers.Add(1)
 	go w.agentWriter(a)
 
-	env := protocol.Envelope{Kind: protocol.KindPresence, ID: presenceID}
-	env.Presence = protocol.Presence{Status: protocol.StatusOnline, Capacity: uint32(w.job.AgentCapacity)}
-	if w.job.Skill != "" {
-		env.Presence.Skills = []string{w.job.Skill}
-	}
-	if err := conn.send(&env); err != nil {
+	if err := conn.goOnline(ctx, w.job.AgentCapacity, w.job.Skill, a.presence); err != nil {
 		return err
-	}
-	select {
-	case err := <-a.presence:
-		if err != nil {
-			return err
-		}
-	case <-ctx.Done():
-		return fmt.Errorf("no answer to presence: %w", ctx.Err())
 	}
 	w.agentsOnline.Add(1)
 	return nil

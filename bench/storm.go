@@ -778,14 +778,9 @@ func (w *stormWorker) startAgent(ctx context.Context, i int, spec agentSpec, dea
 	if err != nil {
 		return err
 	}
-	welcome, err := conn.hello(spec.Token, deadline)
+	welcome, err := conn.helloAgent(spec.Token, deadline)
 	if err != nil {
-		_ = conn.c.Close()
 		return err
-	}
-	if welcome.Role != protocol.RoleAgent {
-		_ = conn.c.Close()
-		return fmt.Errorf("welcome gives role %s, want agent", welcome.Role)
 	}
 	a := &stormAgent{conn: conn, userID: welcome.UserID, presence: make(chan error, 1)}
 	w.mu.Lock()
@@ -793,21 +788,8 @@ func (w *stormWorker) startAgent(ctx context.Context, i int, spec agentSpec, dea
 	w.mu.Unlock()
 	w.readers.Add(1)
 	go w.agentReader(a)
-	env := protocol.Envelope{Kind: protocol.KindPresence, ID: presenceID}
-	env.Presence = protocol.Presence{Status: protocol.StatusOnline, Capacity: uint32(w.job.AgentCapacity)}
-	if w.job.Skill != "" {
-		env.Presence.Skills = []string{w.job.Skill}
-	}
-	if err := conn.send(&env); err != nil {
+	if err := conn.goOnline(ctx, w.job.AgentCapacity, w.job.Skill, a.presence); err != nil {
 		return err
-	}
-	select {
-	case err := <-a.presence:
-		if err != nil {
-			return err
-		}
-	case <-ctx.Done():
-		return fmt.Errorf("no answer to presence: %w", ctx.Err())
 	}
 	if a.granted < w.job.AgentCapacity {
 		return fmt.Errorf("%w: the server granted capacity %d of %d: use more agents", ErrSetup, a.granted, w.job.AgentCapacity)

@@ -400,3 +400,37 @@ func (r Reasons) total() int64 {
 	}
 	return n
 }
+
+// helloAgent says hello with an agent token and checks that the server
+// granted the agent role; on failure it closes the connection.
+func (w *wsConn) helloAgent(token string, deadline time.Time) (protocol.Welcome, error) {
+	welcome, err := w.hello(token, deadline)
+	if err != nil {
+		_ = w.c.Close()
+		return welcome, err
+	}
+	if welcome.Role != protocol.RoleAgent {
+		_ = w.c.Close()
+		return welcome, fmt.Errorf("welcome gives role %s, want agent", welcome.Role)
+	}
+	return welcome, nil
+}
+
+// goOnline sends Presence online with capacity (and skill, if any) and
+// waits for the agent's reader to report the answer on answered.
+func (w *wsConn) goOnline(ctx context.Context, capacity int, skill string, answered <-chan error) error {
+	env := protocol.Envelope{Kind: protocol.KindPresence, ID: presenceID}
+	env.Presence = protocol.Presence{Status: protocol.StatusOnline, Capacity: uint32(capacity)}
+	if skill != "" {
+		env.Presence.Skills = []string{skill}
+	}
+	if err := w.send(&env); err != nil {
+		return err
+	}
+	select {
+	case err := <-answered:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("no answer to presence: %w", ctx.Err())
+	}
+}
