@@ -71,7 +71,11 @@ func (w *chatWorker) setup(ctx context.Context) error {
 	w.phase.Store("assign")
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
-	for w.linked.Load() < int64(len(w.convs)) {
+	// Both sides must have seen the assignment: the agent's copy links the
+	// conversation, the visitor's Assigned event names the agent, and the
+	// two arrive in either order.
+	n := int64(len(w.convs))
+	for w.linked.Load() < n || w.assignedV.Load() < n {
 		if n := w.setupErrs.total(); n > 0 {
 			return fmt.Errorf("%w: %d requests refused during setup: %v", ErrSetup, n, w.setupErrs.export().Samples)
 		}
