@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/unigate/unigate/internal/token"
+	"github.com/unigate/unigate/limiter"
 	"github.com/unigate/unigate/netpoll"
 	"github.com/unigate/unigate/protocol"
 )
@@ -73,6 +75,8 @@ type Broker struct {
 	conns      atomic.Int64
 	sessions   atomic.Int64
 	convStates [protocol.StateClosed + 1]atomic.Int64
+
+	typingRate, presenceRate limiter.Rate // Options.TypingRate…, compiled
 }
 
 // New returns a started Broker: its shards and janitor are running.
@@ -93,11 +97,13 @@ func newBroker(o Options) (*Broker, error) {
 		return nil, err
 	}
 	b := &Broker{
-		o:       o,
-		started: o.Now(),
-		log:     o.Logger,
-		signer:  o.Signer,
-		done:    make(chan struct{}),
+		o:            o,
+		started:      o.Now(),
+		log:          o.Logger,
+		signer:       o.Signer,
+		done:         make(chan struct{}),
+		typingRate:   limiter.NewRate(o.TypingRate, o.TypingBurst),
+		presenceRate: limiter.NewRate(o.PresenceRate, o.PresenceBurst),
 		reg: registry{
 			users:    make(map[string]*user),
 			sessions: make(map[string]*session),
@@ -158,6 +164,9 @@ type client struct {
 	// Event-loop-only (the goroutine that calls receive).
 	direct    bool // conversation requests go straight to their shard
 	malformed int
+	typing    limiter.Bucket // typing and read receipts
+	presence  limiter.Bucket
+	dropped   limiter.Bucket // updates dropped over their rate: a flood past it closes
 
 	// Shared.
 	ready   atomic.Bool          // hello processed: user and sess are set
@@ -165,6 +174,16 @@ type client struct {
 	viaHome atomic.Int32         // conversation requests in flight through the home shard
 	user    atomic.Pointer[user] // set by hello
 	sess    *session             // guarded by user.mu
+	// admitted is what hello took from Options.Limits; whoever swaps it
+	// to nil (OnClose, or hello finding the connection closed) releases it.
+	admitted atomic.Pointer[admission]
+}
+
+// admission is one hello's share of Options.Limits: an identity or, when
+// identity is empty, an anonymous session of ip.
+type admission struct {
+	identity string
+	ip       netip.Addr
 }
 
 // newClient registers a connection speaking subprotocol; nil if the
@@ -277,6 +296,9 @@ func (b *Broker) receive(cl *client, payload []byte) {
 		b.answer(it, protocol.CodeShuttingDown, "server is shutting down")
 		return
 	}
+	if !b.withinRate(it) {
+		return
+	}
 	var target *shard
 	switch it.env.Kind {
 	case protocol.KindHello, protocol.KindOpen, protocol.KindPresence:
@@ -314,6 +336,40 @@ func (b *Broker) receive(cl *client, payload []byte) {
 		b.m.overload.Inc()
 		b.answer(it, protocol.CodeOverloaded, "server busy, retry later")
 	}
+}
+
+// withinRate applies the typing, read-receipt and presence rates on the
+// event loop; it consumes it and returns false for an update over its
+// rate, and closes a connection that keeps flooding (1008).
+func (b *Broker) withinRate(it *item) bool {
+	cl := it.cl
+	var bucket *limiter.Bucket
+	var rate limiter.Rate
+	switch it.env.Kind {
+	case protocol.KindTyping, protocol.KindRead:
+		bucket, rate = &cl.typing, b.typingRate
+	case protocol.KindPresence:
+		bucket, rate = &cl.presence, b.presenceRate
+	default:
+		return true
+	}
+	now := limiter.Now()
+	if ok, _ := bucket.Allow(rate, now, 1); ok {
+		return true
+	}
+	b.m.updatesDropped.Inc()
+	if ok, _ := cl.dropped.Allow(b.typingRate, now, 1); !ok {
+		b.m.floodCloses.Inc()
+		putItem(it)
+		cl.peer.Close(ws.StatusPolicyViolation, "update flood: typing, receipts or presence far over their rate")
+		return false
+	}
+	if it.env.ID == 0 {
+		putItem(it) // typing indicators usually carry no id: nothing to answer
+		return false
+	}
+	b.answer(it, protocol.CodeRateLimited, "updates too fast, this one was dropped")
+	return false
 }
 
 // malformed answers an undecodable request and closes the connection

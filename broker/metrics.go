@@ -27,6 +27,8 @@ type brokerMetrics struct {
 	overload        *metrics.Counter
 	malformedCloses *metrics.Counter
 	encodeErrors    *metrics.Counter
+	updatesDropped  *metrics.Counter
+	floodCloses     *metrics.Counter
 	errors          map[protocol.Code]*metrics.Counter // read-only after newMetrics
 }
 
@@ -38,6 +40,8 @@ func newMetrics(b *Broker) *brokerMetrics {
 		overload:        s.NewCounter("unigate_broker_overload_drops_total"),
 		malformedCloses: s.NewCounter("unigate_broker_malformed_closes_total"),
 		encodeErrors:    s.NewCounter("unigate_broker_encode_errors_total"),
+		updatesDropped:  s.NewCounter("unigate_broker_updates_dropped_total"),
+		floodCloses:     s.NewCounter("unigate_broker_flood_closes_total"),
 		errors:          make(map[protocol.Code]*metrics.Counter, len(knownCodes)),
 	}
 	for _, c := range knownCodes {

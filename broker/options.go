@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"runtime"
 	"time"
 
@@ -114,6 +115,34 @@ type Options struct {
 	// ReplayLimit caps the messages one resume replays from the durable
 	// history after a client's cursor. Default 256.
 	ReplayLimit int
+
+	// Limits, when set, admits each hello: a verified identity with
+	// AdmitIdentity(tenant+"/"+subject), an anonymous visitor with
+	// AdmitAnonymous(client IP). A refused hello gets CodeRateLimited and
+	// the connection is closed, 1008 for a concurrency cap, 1013 (retry
+	// later) for a rate. *limiter.Limiter satisfies it.
+	Limits Limits
+
+	// TypingRate and TypingBurst bound the typing and read-receipt updates
+	// of one connection per second; PresenceRate and PresenceBurst its
+	// presence updates. An update over its rate is dropped (answered with
+	// CodeRateLimited when it carries an id) and counted; a connection
+	// whose dropped updates themselves exceed TypingRate/TypingBurst is
+	// flooding and is closed with 1008. Defaults 10/s burst 20 and 2/s
+	// burst 10; a negative rate turns the limit off.
+	TypingRate    float64
+	TypingBurst   int
+	PresenceRate  float64
+	PresenceBurst int
+}
+
+// Limits is the admission the broker asks for on a hello; see
+// Options.Limits.
+type Limits interface {
+	AdmitIdentity(sub string) (ok bool, retryAfter time.Duration, reason string)
+	ReleaseIdentity(sub string)
+	AdmitAnonymous(ip netip.Addr) (ok bool, retryAfter time.Duration, reason string)
+	ReleaseAnonymous(ip netip.Addr)
 }
 
 // Defaults of Options.
@@ -133,6 +162,10 @@ const (
 	DefaultServerVersion          = "unigate"
 	DefaultMaxPendingPerConv      = 64
 	DefaultReplayLimit            = 256
+	DefaultTypingRate             = 10
+	DefaultTypingBurst            = 20
+	DefaultPresenceRate           = 2
+	DefaultPresenceBurst          = 10
 )
 
 // errNoAuth is returned by New for a configuration nobody can log in with.
@@ -210,6 +243,15 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.ReplayLimit <= 0 {
 		o.ReplayLimit = DefaultReplayLimit
+	}
+	if o.TypingRate == 0 {
+		o.TypingRate, o.TypingBurst = DefaultTypingRate, max(o.TypingBurst, DefaultTypingBurst)
+	}
+	if o.PresenceRate == 0 {
+		o.PresenceRate, o.PresenceBurst = DefaultPresenceRate, max(o.PresenceBurst, DefaultPresenceBurst)
+	}
+	if o.TypingBurst < 0 || o.PresenceBurst < 0 {
+		return o, errors.New("broker: TypingBurst and PresenceBurst must not be negative")
 	}
 	return o, nil
 }

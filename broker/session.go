@@ -2,6 +2,8 @@ package broker
 
 import (
 	"errors"
+	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -10,6 +12,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/unigate/unigate/internal/token"
+	"github.com/unigate/unigate/netpoll"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -111,6 +114,7 @@ func (b *Broker) gone(cl *client) {
 		return
 	}
 	b.conns.Add(-1)
+	b.release(cl)
 	if u := cl.user.Load(); u != nil {
 		if u.disconnect(cl, b.now()) {
 			b.cacheSession(cl.sess, false)
@@ -170,6 +174,10 @@ func (s *shard) hello(it *item) {
 	default:
 		s.fail(cl, id, protocol.CodeUnauthenticated, "a token is required")
 		cl.peer.Close(ws.StatusPolicyViolation, "authentication required")
+		return
+	}
+
+	if !s.admit(cl, id, claims, h.Token != "") {
 		return
 	}
 
@@ -284,6 +292,69 @@ func (s *shard) hello(it *item) {
 			conv := strings.Clone(cur.ConversationID)
 			b.shardFor(conv).mbox.post(ctrl{kind: ctrlAttach, conv: conv, cl: cl, seq: cur.LastSeq, id: id, load: true})
 		}
+	}
+}
+
+// admit asks Options.Limits for the hello of cl: the verified identity
+// (tenant/subject) when there is a token, else an anonymous session of the
+// client's address. A refusal answers CodeRateLimited and closes the
+// connection: 1008 for a concurrency cap, 1013 for a rate (come back
+// later).
+func (s *shard) admit(cl *client, id uint64, claims token.Claims, verified bool) bool {
+	lim := s.b.o.Limits
+	if lim == nil {
+		return true
+	}
+	// A hello after a failed one (say, a bad resume token) replaces what
+	// the first took.
+	s.b.release(cl)
+	var a admission
+	var ok bool
+	var retry time.Duration
+	var reason string
+	if verified {
+		tenant := claims.Tenant
+		if tenant == "" {
+			tenant = token.DefaultTenant
+		}
+		a.identity = tenant + "/" + claims.Subject
+		ok, retry, reason = lim.AdmitIdentity(a.identity)
+	} else {
+		ra, _ := cl.peer.(interface{ RemoteAddr() netip.Addr })
+		if ra == nil {
+			return true // an in-process peer has no address to limit
+		}
+		a.ip = ra.RemoteAddr()
+		ok, retry, reason = lim.AdmitAnonymous(a.ip)
+	}
+	if !ok {
+		secs := int(retry / time.Second)
+		s.fail(cl, id, protocol.CodeRateLimited, fmt.Sprintf("connection refused by the %s limit; retry in %d s", reason, secs))
+		code := ws.StatusPolicyViolation
+		if strings.HasSuffix(reason, "_rate") {
+			code = netpoll.StatusTryAgainLater
+		}
+		cl.peer.Close(code, fmt.Sprintf("%s; retry in %d s", reason, secs))
+		return false
+	}
+	cl.admitted.Store(&a)
+	if cl.closed.Load() {
+		s.b.release(cl) // OnClose ran meanwhile and found nothing to release
+		return false
+	}
+	return true
+}
+
+// release returns what admit took for cl, once.
+func (b *Broker) release(cl *client) {
+	a := cl.admitted.Swap(nil)
+	if a == nil {
+		return
+	}
+	if a.identity != "" {
+		b.o.Limits.ReleaseIdentity(a.identity)
+	} else {
+		b.o.Limits.ReleaseAnonymous(a.ip)
 	}
 }
 

@@ -11,7 +11,11 @@
 //     rate of new connections, with an allow list of CIDRs (known NAT
 //     egress addresses) exempt from both;
 //   - per verified identity (a token subject): the same two limits, as an
-//     API the broker calls once it has read the token.
+//     API the broker calls once it has read the token (AdmitIdentity);
+//   - per client IP again, for anonymous sessions only (AdmitAnonymous,
+//     called by the broker on a hello without a token): NAT-friendly
+//     deployments keep the per-IP connection limits generous and these
+//     and the identity limits strict.
 //
 // Use:
 //

@@ -32,6 +32,12 @@ const (
 	ReasonIdentityConnections = "identity_connections"
 	// ReasonIdentityRate: the token subject connects faster than its rate (429).
 	ReasonIdentityRate = "identity_rate"
+	// ReasonAnonymousConnections: the client IP holds its maximum of
+	// concurrent anonymous (token-less) sessions (close 1008).
+	ReasonAnonymousConnections = "anonymous_connections"
+	// ReasonAnonymousRate: the client IP starts anonymous sessions faster
+	// than its rate (close 1013).
+	ReasonAnonymousRate = "anonymous_rate"
 	// ReasonMessageRate and ReasonByteRate are counted by netpoll when a
 	// connection goes over its message or byte rate (close 1008).
 	ReasonMessageRate = "message_rate"
@@ -94,6 +100,17 @@ type Settings struct {
 	IdentityRate        float64
 	IdentityBurst       int
 
+	// AnonymousPerIPConnections caps the concurrent anonymous sessions
+	// (a hello without a token) of one client IP; AnonymousPerIPRate and
+	// AnonymousPerIPBurst bound how fast it starts them. With generous
+	// per-IP limits and strict anonymous ones, a NAT in front of many
+	// identified users is not starved while one address cannot open
+	// unbounded anonymous sessions. See AdmitAnonymous. The allow list
+	// exempts from these too.
+	AnonymousPerIPConnections int
+	AnonymousPerIPRate        float64
+	AnonymousPerIPBurst       int
+
 	// MaxKeys bounds the idle IPs (and, separately, identities) tracked;
 	// 0 means DefaultMaxKeys. See the package doc.
 	MaxKeys int
@@ -107,6 +124,7 @@ type compiled struct {
 	accept    Rate
 	perIP     Rate
 	identity  Rate
+	anonymous Rate
 	maxKeys   int
 }
 
@@ -117,6 +135,7 @@ type Limiter struct {
 	total  atomic.Int64
 	ips    *keyed[netip.Addr]
 	ids    *keyed[string]
+	anon   *keyed[netip.Addr]
 	accept struct {
 		mu sync.Mutex
 		b  Bucket
@@ -145,17 +164,19 @@ func New(s Settings, set *metrics.Set, log *slog.Logger) (*Limiter, error) {
 	l := &Limiter{
 		ips:     newKeyed(hashAddr),
 		ids:     newKeyed(maphash.String),
+		anon:    newKeyed(hashAddr),
 		log:     log,
 		refused: map[string]*reasonStats{},
 	}
 	for _, r := range []string{ReasonFull, ReasonAcceptRate, ReasonIPConnections, ReasonIPRate,
-		ReasonIdentityConnections, ReasonIdentityRate} {
+		ReasonIdentityConnections, ReasonIdentityRate, ReasonAnonymousConnections, ReasonAnonymousRate} {
 		l.refused[r] = &reasonStats{name: r, counter: set.NewCounter(`unigate_limiter_refused_total{reason="` + r + `"}`)}
 	}
 	set.NewGauge(`unigate_limiter_connections`, func() float64 { return float64(l.total.Load()) })
 	set.NewGauge(`unigate_limiter_max_connections`, func() float64 { return float64(l.cfg.Load().cap) })
 	set.NewGauge(`unigate_limiter_tracked_keys{kind="ip"}`, func() float64 { return float64(l.ips.len()) })
 	set.NewGauge(`unigate_limiter_tracked_keys{kind="identity"}`, func() float64 { return float64(l.ids.len()) })
+	set.NewGauge(`unigate_limiter_tracked_keys{kind="anonymous"}`, func() float64 { return float64(l.anon.len()) })
 	if err := l.Update(s); err != nil {
 		return nil, err
 	}
@@ -185,6 +206,7 @@ func compile(s Settings) (*compiled, error) {
 		{"MaxConnections", s.MaxConnections}, {"FDReserve", s.FDReserve}, {"AcceptBurst", s.AcceptBurst},
 		{"PerIPConnections", s.PerIPConnections}, {"PerIPBurst", s.PerIPBurst},
 		{"IdentityConnections", s.IdentityConnections}, {"IdentityBurst", s.IdentityBurst}, {"MaxKeys", s.MaxKeys},
+		{"AnonymousPerIPConnections", s.AnonymousPerIPConnections}, {"AnonymousPerIPBurst", s.AnonymousPerIPBurst},
 	} {
 		if v.n < 0 {
 			return nil, fmt.Errorf("%w: %s is negative (%d)", ErrSettings, v.name, v.n)
@@ -207,11 +229,12 @@ func compile(s Settings) (*compiled, error) {
 		s.AllowList[i] = p.Masked()
 	}
 	c := &compiled{
-		s:        s,
-		accept:   NewRate(s.AcceptRate, burstOf(s.AcceptRate, s.AcceptBurst)),
-		perIP:    NewRate(s.PerIPRate, burstOf(s.PerIPRate, s.PerIPBurst)),
-		identity: NewRate(s.IdentityRate, burstOf(s.IdentityRate, s.IdentityBurst)),
-		maxKeys:  s.MaxKeys,
+		s:         s,
+		accept:    NewRate(s.AcceptRate, burstOf(s.AcceptRate, s.AcceptBurst)),
+		perIP:     NewRate(s.PerIPRate, burstOf(s.PerIPRate, s.PerIPBurst)),
+		identity:  NewRate(s.IdentityRate, burstOf(s.IdentityRate, s.IdentityBurst)),
+		anonymous: NewRate(s.AnonymousPerIPRate, burstOf(s.AnonymousPerIPRate, s.AnonymousPerIPBurst)),
+		maxKeys:   s.MaxKeys,
 	}
 	c.cap = int64(FDCap(s.FDReserve))
 	if s.MaxConnections > 0 && int64(s.MaxConnections) < c.cap {
@@ -314,6 +337,36 @@ func (l *Limiter) ReleaseIdentity(sub string) {
 		return
 	}
 	l.ids.release(sub, Now())
+}
+
+// AdmitAnonymous decides whether one more anonymous session (a hello
+// without a token) may start from ip; call it when such a hello arrives.
+// When ok, call ReleaseAnonymous(ip) when that connection ends. When not,
+// the caller closes the connection: 1008 for ReasonAnonymousConnections,
+// 1013 with retryAfter for ReasonAnonymousRate. Allow-listed networks are
+// counted but never refused.
+func (l *Limiter) AdmitAnonymous(ip netip.Addr) (ok bool, retryAfter time.Duration, reason string) {
+	if l == nil {
+		return true, 0, ""
+	}
+	c := l.cfg.Load()
+	switch r, wait := l.anon.acquire(ipKey(ip), Now(), c.s.AnonymousPerIPConnections, c.anonymous, c.allowed(ip), c.maxKeys); r {
+	case refusedConcurrent:
+		ok, _, retryAfter, reason = l.refuse(ReasonAnonymousConnections, 429, RetryConcurrent)
+		return ok, retryAfter, reason
+	case refusedRate:
+		ok, _, retryAfter, reason = l.refuse(ReasonAnonymousRate, 429, wait)
+		return ok, retryAfter, reason
+	}
+	return true, 0, ""
+}
+
+// ReleaseAnonymous ends a session admitted by AdmitAnonymous(ip).
+func (l *Limiter) ReleaseAnonymous(ip netip.Addr) {
+	if l == nil {
+		return
+	}
+	l.anon.release(ipKey(ip), Now())
 }
 
 // Connections returns the admitted connections open now.

@@ -215,6 +215,58 @@ func TestIdentity(t *testing.T) {
 	}
 }
 
+// TestAnonymous: anonymous sessions are capped and rate limited per IP
+// (IPv6 per /64), separately from the connection limits; the allow list
+// exempts; a reload changes the cap without forgetting the open sessions.
+func TestAnonymous(t *testing.T) {
+	nat := netip.MustParseAddr("192.0.2.1")
+	l, _ := mustNew(t, Settings{AnonymousPerIPConnections: 2, AnonymousPerIPRate: 1, AnonymousPerIPBurst: 3,
+		AllowList: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}})
+	for i := range 2 {
+		if ok, _, _ := l.AdmitAnonymous(nat); !ok {
+			t.Fatalf("anonymous %d refused", i)
+		}
+	}
+	if ok, retry, reason := l.AdmitAnonymous(nat); ok || reason != ReasonAnonymousConnections || retry != RetryConcurrent {
+		t.Fatalf("third: ok=%v reason=%q retry=%v", ok, reason, retry)
+	}
+	// The other connection limits are untouched by anonymous sessions.
+	if ok, _, _, _ := l.Admit(nat); !ok {
+		t.Fatal("Admit refused")
+	}
+	l.ReleaseAnonymous(nat)
+	if ok, _, _ := l.AdmitAnonymous(nat); !ok {
+		t.Fatal("refused after release")
+	}
+	l.ReleaseAnonymous(nat)
+	// The burst of 3 is spent: the rate refuses with a wait of about a second.
+	if ok, retry, reason := l.AdmitAnonymous(nat); ok || reason != ReasonAnonymousRate || retry != time.Second {
+		t.Fatalf("rate: ok=%v reason=%q retry=%v", ok, reason, retry)
+	}
+	v6a, v6b := netip.MustParseAddr("2001:db8:1:2::1"), netip.MustParseAddr("2001:db8:1:2::ffff")
+	if err := l.Update(Settings{AnonymousPerIPConnections: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, _ := l.AdmitAnonymous(v6a); !ok {
+		t.Fatal("v6 refused")
+	}
+	if ok, _, reason := l.AdmitAnonymous(v6b); ok || reason != ReasonAnonymousConnections {
+		t.Fatal("the same /64 was not counted together")
+	}
+	allowed := netip.MustParseAddr("198.51.100.7")
+	if err := l.Update(Settings{AnonymousPerIPConnections: 1, AllowList: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		if ok, _, _ := l.AdmitAnonymous(allowed); !ok {
+			t.Fatal("allow-listed address refused")
+		}
+	}
+	if err := l.Update(Settings{AnonymousPerIPBurst: -1}); err == nil {
+		t.Fatal("negative burst accepted")
+	}
+}
+
 // TestKeysBoundedUnderSpraying opens and closes connections from a million
 // distinct addresses: the keys held stay under MaxKeys.
 func TestKeysBoundedUnderSpraying(t *testing.T) {

@@ -131,20 +131,32 @@ func limitSettings(cfg config.Config) (limiter.Settings, error) {
 		return limiter.Settings{}, fmt.Errorf("limits.allow_list: %w", err)
 	}
 	return limiter.Settings{
-		MaxConnections:      cfg.MaxConnections,
-		FDReserve:           l.FDReserve,
-		HighWaterPercent:    l.ReadyHighWater,
-		AcceptRate:          float64(l.AcceptRate),
-		AcceptBurst:         l.AcceptBurst,
-		PerIPConnections:    l.PerIPConnections,
-		PerIPRate:           float64(l.PerIPRate),
-		PerIPBurst:          l.PerIPBurst,
-		AllowList:           allow,
-		IdentityConnections: l.IdentityConnections,
-		IdentityRate:        float64(l.IdentityRate),
-		IdentityBurst:       l.IdentityBurst,
-		MaxKeys:             l.MaxTrackedKeys,
+		MaxConnections:            cfg.MaxConnections,
+		FDReserve:                 l.FDReserve,
+		HighWaterPercent:          l.ReadyHighWater,
+		AcceptRate:                float64(l.AcceptRate),
+		AcceptBurst:               l.AcceptBurst,
+		PerIPConnections:          l.PerIPConnections,
+		PerIPRate:                 float64(l.PerIPRate),
+		PerIPBurst:                l.PerIPBurst,
+		AllowList:                 allow,
+		IdentityConnections:       l.IdentityConnections,
+		IdentityRate:              float64(l.IdentityRate),
+		IdentityBurst:             l.IdentityBurst,
+		AnonymousPerIPConnections: l.AnonymousPerIPConnections,
+		AnonymousPerIPRate:        float64(l.AnonymousPerIPRate),
+		AnonymousPerIPBurst:       l.AnonymousPerIPBurst,
+		MaxKeys:                   l.MaxTrackedKeys,
 	}, nil
+}
+
+// offIfZero maps a configured rate, where 0 means no limit, to the
+// broker's, where 0 means the default and a negative rate no limit.
+func offIfZero(rate int) float64 {
+	if rate == 0 {
+		return -1
+	}
+	return float64(rate)
 }
 
 // connRates maps the configuration to netpoll's per-connection rates.
@@ -198,6 +210,17 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		_ = hist.Close()
 		node.Shutdown()
 	}
+	settings, err := limitSettings(cfg)
+	if err != nil {
+		closeStores()
+		return nil, err
+	}
+	limSet := metrics.NewSet()
+	lim, err := limiter.New(settings, limSet, log.With("component", "limiter"))
+	if err != nil {
+		closeStores()
+		return nil, err
+	}
 	b, err := broker.New(broker.Options{
 		Logger:               log.With("component", "broker"),
 		Signer:               signer,
@@ -215,6 +238,12 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		Sessions:                  sess,
 		MaxPendingPerConversation: cfg.History.MaxPendingPerConversation,
 		ReplayLimit:               cfg.History.ReplayLimit,
+
+		Limits:        lim,
+		TypingRate:    offIfZero(cfg.Limits.TypingRate),
+		TypingBurst:   cfg.Limits.TypingBurst,
+		PresenceRate:  offIfZero(cfg.Limits.PresenceRate),
+		PresenceBurst: cfg.Limits.PresenceBurst,
 	})
 	if err != nil {
 		closeStores()
@@ -224,23 +253,12 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		b.Close()
 		closeStores()
 	}
-	settings, err := limitSettings(cfg)
-	if err != nil {
-		stopBroker()
-		return nil, err
-	}
 	trusted, err := config.Prefixes(cfg.Limits.TrustedProxies)
 	if err != nil {
 		stopBroker()
 		return nil, fmt.Errorf("limits.trusted_proxies: %w", err)
 	}
 	apiKeys, err := api.LoadKeys(cfg.API.Keys)
-	if err != nil {
-		stopBroker()
-		return nil, err
-	}
-	limSet := metrics.NewSet()
-	lim, err := limiter.New(settings, limSet, log.With("component", "limiter"))
 	if err != nil {
 		stopBroker()
 		return nil, err

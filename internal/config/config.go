@@ -154,10 +154,27 @@ type LimitsConfig struct {
 	PerIPBurst int `yaml:"per_ip_burst"`
 	// IdentityConnections caps the concurrent connections of one token
 	// subject; IdentityRate and IdentityBurst bound its new connections
-	// per second. (Enforced once the broker calls the limiter.)
+	// per second. Checked at the hello, once the token is verified; over
+	// the cap: close 1008; over the rate: close 1013.
 	IdentityConnections int `yaml:"identity_connections"`
 	IdentityRate        int `yaml:"identity_rate"`
 	IdentityBurst       int `yaml:"identity_burst"`
+	// AnonymousPerIPConnections caps the concurrent anonymous sessions (a
+	// hello without a token) of one client IP; AnonymousPerIPRate and
+	// AnonymousPerIPBurst bound how fast it starts them. Over the cap:
+	// close 1008; over the rate: close 1013. Identified users behind the
+	// same NAT are limited by identity instead.
+	AnonymousPerIPConnections int `yaml:"anonymous_per_ip_connections"`
+	AnonymousPerIPRate        int `yaml:"anonymous_per_ip_rate"`
+	AnonymousPerIPBurst       int `yaml:"anonymous_per_ip_burst"`
+	// TypingRate is the typing and read-receipt updates per second one
+	// connection may send, TypingBurst how many at once; PresenceRate and
+	// PresenceBurst the same for presence updates. Updates over the rate
+	// are dropped; a flood of twice the rate closes with 1008.
+	TypingRate    int `yaml:"typing_rate"`
+	TypingBurst   int `yaml:"typing_burst"`
+	PresenceRate  int `yaml:"presence_rate"`
+	PresenceBurst int `yaml:"presence_burst"`
 	// MaxTrackedKeys bounds the idle client IPs (and identities) whose
 	// rate state is remembered, so memory stays bounded under an attack
 	// from many addresses.
@@ -392,21 +409,28 @@ func Default() Config {
 			DrainTimeout: 10 * time.Second,
 		},
 		Limits: LimitsConfig{
-			FDReserve:           256,
-			ReadyHighWater:      90,
-			AcceptRate:          1000,
-			AcceptBurst:         2000,
-			PerIPConnections:    1000,
-			PerIPRate:           50,
-			PerIPBurst:          200,
-			IdentityConnections: 20,
-			IdentityRate:        5,
-			IdentityBurst:       20,
-			MaxTrackedKeys:      65536,
-			MessageRate:         50,
-			MessageBurst:        200,
-			ByteRate:            262144,
-			ByteBurst:           1048576,
+			FDReserve:                 256,
+			ReadyHighWater:            90,
+			AcceptRate:                1000,
+			AcceptBurst:               2000,
+			PerIPConnections:          1000,
+			PerIPRate:                 50,
+			PerIPBurst:                200,
+			IdentityConnections:       20,
+			IdentityRate:              5,
+			IdentityBurst:             20,
+			AnonymousPerIPConnections: 200,
+			AnonymousPerIPRate:        10,
+			AnonymousPerIPBurst:       100,
+			TypingRate:                10,
+			TypingBurst:               20,
+			PresenceRate:              2,
+			PresenceBurst:             10,
+			MaxTrackedKeys:            65536,
+			MessageRate:               50,
+			MessageBurst:              200,
+			ByteRate:                  262144,
+			ByteBurst:                 1048576,
 		},
 	}
 }

@@ -122,6 +122,9 @@ func (c Config) Validate() error {
 		{"limits.identity_connections", l.IdentityConnections}, {"limits.identity_rate", l.IdentityRate},
 		{"limits.identity_burst", l.IdentityBurst}, {"limits.message_rate", l.MessageRate},
 		{"limits.message_burst", l.MessageBurst}, {"limits.byte_rate", l.ByteRate}, {"limits.byte_burst", l.ByteBurst},
+		{"limits.anonymous_per_ip_connections", l.AnonymousPerIPConnections}, {"limits.anonymous_per_ip_rate", l.AnonymousPerIPRate},
+		{"limits.anonymous_per_ip_burst", l.AnonymousPerIPBurst}, {"limits.typing_rate", l.TypingRate},
+		{"limits.typing_burst", l.TypingBurst}, {"limits.presence_rate", l.PresenceRate}, {"limits.presence_burst", l.PresenceBurst},
 	} {
 		if f.v < 0 {
 			bad(f.path, "must be 0 (no limit) or more, got %d", f.v)
@@ -141,6 +144,9 @@ func (c Config) Validate() error {
 		{"limits.per_ip_rate", "limits.per_ip_burst", l.PerIPRate, l.PerIPBurst},
 		{"limits.identity_rate", "limits.identity_burst", l.IdentityRate, l.IdentityBurst},
 		{"limits.message_rate", "limits.message_burst", l.MessageRate, l.MessageBurst},
+		{"limits.anonymous_per_ip_rate", "limits.anonymous_per_ip_burst", l.AnonymousPerIPRate, l.AnonymousPerIPBurst},
+		{"limits.typing_rate", "limits.typing_burst", l.TypingRate, l.TypingBurst},
+		{"limits.presence_rate", "limits.presence_burst", l.PresenceRate, l.PresenceBurst},
 	} {
 		if r.r > 0 && r.b > 0 && r.b < r.r {
 			bad(r.burst, "must be 0 (= %s) or at least %s (%d), got %d", r.rate, r.rate, r.r, r.b)
