@@ -43,9 +43,11 @@ func (s *syncBuf) String() string {
 	return s.b.String()
 }
 
-func startNode(t *testing.T, bin, dir string) *node {
+// startNode runs `unigate serve` on dir with a free port and extra flags.
+func startNode(t *testing.T, bin, dir string, extra ...string) *node {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "-listen", "127.0.0.1:0", "-admin-listen", "", "-data-dir", dir)
+	args := append([]string{"serve", "-listen", "127.0.0.1:0", "-admin-listen", "", "-data-dir", dir}, extra...)
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(cmd.Environ(), "UNIGATE_SHUTDOWN_DRAIN_TIMEOUT=2s")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -25,6 +25,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(stormClientEnv); spec != "" {
+		os.Exit(stormClient(spec)) // a client process of TestConnectionStormCap
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)
