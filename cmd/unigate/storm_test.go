@@ -31,7 +31,7 @@ const stormClientEnv = "UNIGATE_STORM_CLIENT"
 // upgrade requests got.
 type stormResult struct {
 	Upgraded     int            `json:"upgraded"`
-	Refused      map[int]int    `json:"refused"`       // status → count
+	Refused      map[int]int    `json:"refused"`        // status → count
 	NoRetryAfter int            `json:"no_retry_after"` // refusals without Retry-After
 	Errors       map[string]int `json:"errors"`
 }
