@@ -76,7 +76,20 @@ type Broker struct {
 	sessions   atomic.Int64
 	convStates [protocol.StateClosed + 1]atomic.Int64
 
-	typingRate, presenceRate limiter.Rate // Options.TypingRate…, compiled
+	rates atomic.Pointer[updateRates] // Options.TypingRate…, compiled; SetUpdateRates
+}
+
+// updateRates are the compiled typing and presence rates.
+type updateRates struct{ typing, presence limiter.Rate }
+
+// SetUpdateRates replaces the typing (and read-receipt) and presence rates
+// of every connection (a reload); zero or negative rates mean no limit.
+// Buckets keep their state.
+func (b *Broker) SetUpdateRates(typingRate float64, typingBurst int, presenceRate float64, presenceBurst int) {
+	b.rates.Store(&updateRates{
+		typing:   limiter.NewRate(typingRate, typingBurst),
+		presence: limiter.NewRate(presenceRate, presenceBurst),
+	})
 }
 
 // New returns a started Broker: its shards and janitor are running.
@@ -97,18 +110,17 @@ func newBroker(o Options) (*Broker, error) {
 		return nil, err
 	}
 	b := &Broker{
-		o:            o,
-		started:      o.Now(),
-		log:          o.Logger,
-		signer:       o.Signer,
-		done:         make(chan struct{}),
-		typingRate:   limiter.NewRate(o.TypingRate, o.TypingBurst),
-		presenceRate: limiter.NewRate(o.PresenceRate, o.PresenceBurst),
+		o:       o,
+		started: o.Now(),
+		log:     o.Logger,
+		signer:  o.Signer,
+		done:    make(chan struct{}),
 		reg: registry{
 			users:    make(map[string]*user),
 			sessions: make(map[string]*session),
 		},
 	}
+	b.SetUpdateRates(o.TypingRate, o.TypingBurst, o.PresenceRate, o.PresenceBurst)
 	b.shards = make([]*shard, o.Shards)
 	for i := range b.shards {
 		b.shards[i] = newShard(b, i)
@@ -345,11 +357,12 @@ func (b *Broker) withinRate(it *item) bool {
 	cl := it.cl
 	var bucket *limiter.Bucket
 	var rate limiter.Rate
+	rates := b.rates.Load()
 	switch it.env.Kind {
 	case protocol.KindTyping, protocol.KindRead:
-		bucket, rate = &cl.typing, b.typingRate
+		bucket, rate = &cl.typing, rates.typing
 	case protocol.KindPresence:
-		bucket, rate = &cl.presence, b.presenceRate
+		bucket, rate = &cl.presence, rates.presence
 	default:
 		return true
 	}
@@ -358,7 +371,7 @@ func (b *Broker) withinRate(it *item) bool {
 		return true
 	}
 	b.m.updatesDropped.Inc()
-	if ok, _ := cl.dropped.Allow(b.typingRate, now, 1); !ok {
+	if ok, _ := cl.dropped.Allow(rates.typing, now, 1); !ok {
 		b.m.floodCloses.Inc()
 		putItem(it)
 		cl.peer.Close(ws.StatusPolicyViolation, "update flood: typing, receipts or presence far over their rate")

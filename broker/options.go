@@ -123,6 +123,12 @@ type Options struct {
 	// later) for a rate. *limiter.Limiter satisfies it.
 	Limits Limits
 
+	// OriginAllowed, when set, is asked at each hello whether a browser
+	// page of the connection's Origin (Peer's optional Origin() string;
+	// "" for non-browsers) may act for the hello's tenant; no means error
+	// CodeForbidden and close 1008.
+	OriginAllowed func(tenant, origin string) bool
+
 	// TypingRate and TypingBurst bound the typing and read-receipt updates
 	// of one connection per second; PresenceRate and PresenceBurst its
 	// presence updates. An update over its rate is dropped (answered with

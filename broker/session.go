@@ -199,6 +199,9 @@ func (s *shard) hello(it *item) {
 		}
 		resumed = true
 	}
+	if !s.originAllowed(cl, id, sess, claims, h) {
+		return
+	}
 	if sess == nil {
 		var u *user
 		if h.Token != "" {
@@ -343,6 +346,37 @@ func (s *shard) admit(cl *client, id uint64, claims token.Claims, verified bool)
 		return false
 	}
 	return true
+}
+
+// originAllowed applies Options.OriginAllowed to the tenant of the hello:
+// the resumed session's, the token's, or an anonymous hello's.
+func (s *shard) originAllowed(cl *client, id uint64, sess *session, claims token.Claims, h *protocol.Hello) bool {
+	check := s.b.o.OriginAllowed
+	if check == nil {
+		return true
+	}
+	o, _ := cl.peer.(interface{ Origin() string })
+	if o == nil || o.Origin() == "" {
+		return true
+	}
+	var tenant string
+	switch {
+	case sess != nil:
+		tenant = sess.u.tenant
+	case h.Token != "":
+		tenant = claims.Tenant
+	default:
+		tenant = h.Tenant
+	}
+	if tenant == "" {
+		tenant = token.DefaultTenant
+	}
+	if check(tenant, o.Origin()) {
+		return true
+	}
+	s.fail(cl, id, protocol.CodeForbidden, "this web page's origin may not connect for tenant "+tenant)
+	cl.peer.Close(ws.StatusPolicyViolation, "origin not allowed for the tenant")
+	return false
 }
 
 // release returns what admit took for cl, once.

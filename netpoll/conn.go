@@ -63,6 +63,7 @@ type Conn struct {
 	// Fixed after the upgrade.
 	subprotocol string
 	query       string     // raw query of the upgrade request
+	origin      string     // Origin header of the upgrade request ("" if none)
 	remote      netip.Addr // the client: the TCP peer, or what a trusted proxy said
 
 	peer         netip.Addr // the TCP peer
@@ -118,6 +119,11 @@ func (c *Conn) Query(key string) string {
 	v, _ := queryValue([]byte(c.query), key)
 	return v
 }
+
+// Origin returns the Origin header of the upgrade request: the web page's
+// origin for a browser, "" for clients that send none. The application
+// checks it against what the tenant it learns later allows.
+func (c *Conn) Origin() string { return c.origin }
 
 // MarkEstablished tells the server that the application handshake (for
 // Unigate, hello → welcome) completed. Until then an upgraded connection

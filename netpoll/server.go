@@ -557,6 +557,9 @@ func (s *Server) upgrade(c *Conn, head []byte, req *request) gnet.Action {
 	// races with this upgrade must see a WebSocket (and send 1001), since
 	// the client may act on the 101 at once.
 	c.query = string(req.query)
+	if len(req.origin) > 0 {
+		c.origin = string(req.origin)
+	}
 	c.subprotocol = hs.Protocol
 	c.state = stateWebSocket
 	c.upgraded.Store(true)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -334,4 +335,86 @@ func TestSlowloris(t *testing.T) {
 	}
 	v.send(map[string]any{"open": map[string]any{"text": "after the slowloris"}})
 	v.next("conversation")
+}
+
+// TestTenantOrigins: a tenant with its own origins accepts browser pages
+// only from them, whichever way the hello names the tenant; other tenants
+// and clients without an Origin header are unaffected.
+func TestTenantOrigins(t *testing.T) {
+	g := startGateway(t, func(c *config.Config) {
+		c.WebSocket.TenantOrigins = []string{"acme=https://shop.acme.example", "acme=https://*.acme-cdn.example"}
+	})
+	now := time.Now()
+	acmeAgent, err := g.signer.Sign(token.Claims{Subject: "origin-agent", Role: token.RoleAgent, Tenant: "acme", IssuedAt: now, ExpiresAt: now.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	try := func(origin string, hello map[string]any) helloOutcome {
+		t.Helper()
+		d := websocket.Dialer{Subprotocols: []string{"unigate.v1.json"}, HandshakeTimeout: 5 * time.Second}
+		h := http.Header{}
+		if origin != "" {
+			h.Set("Origin", origin)
+		}
+		c, _, err := d.Dial("ws://"+g.srv.Addr()+"/ws", h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if err := c.WriteJSON(map[string]any{"id": "1", "hello": hello}); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var out helloOutcome
+		for {
+			var env map[string]any
+			if err := c.ReadJSON(&env); err != nil {
+				var ce *websocket.CloseError
+				if errors.As(err, &ce) {
+					out.closeCode = ce.Code
+				} else {
+					out.err = err
+				}
+				return out
+			}
+			if _, ok := env["welcome"]; ok {
+				out.welcomed = true
+				return out
+			}
+			if e, ok := env["error"].(map[string]any); ok {
+				out.errCode, _ = e["code"].(float64)
+			}
+		}
+	}
+	refused := func(o helloOutcome) bool {
+		return !o.welcomed && o.errCode == float64(protocol.CodeForbidden) && o.closeCode == websocket.ClosePolicyViolation
+	}
+	for _, c := range []struct {
+		name    string
+		origin  string
+		hello   map[string]any
+		welcome bool
+	}{
+		{"anonymous acme visitor from acme's shop", "https://shop.acme.example", map[string]any{"tenant": "acme"}, true},
+		{"anonymous acme visitor from a subdomain of acme's CDN", "https://eu.acme-cdn.example", map[string]any{"tenant": "acme"}, true},
+		{"anonymous acme visitor from another site", "https://evil.example", map[string]any{"tenant": "acme"}, false},
+		{"acme agent from another site", "https://evil.example", map[string]any{"token": acmeAgent}, false},
+		{"acme agent from acme's shop", "https://shop.acme.example", map[string]any{"token": acmeAgent}, true},
+		{"acme agent without Origin (a native app)", "", map[string]any{"token": acmeAgent}, true},
+		{"default tenant from another site", "https://evil.example", map[string]any{}, true},
+	} {
+		o := try(c.origin, c.hello)
+		if c.welcome && !o.welcomed || !c.welcome && !refused(o) {
+			t.Errorf("%s: %+v, want welcome=%v (else error 2003 and close 1008)", c.name, o, c.welcome)
+		}
+	}
+	// A reload (SIGHUP) lifts the restriction.
+	next := g.cfg
+	next.WebSocket.TenantOrigins = nil
+	if err := g.reload(next); err != nil {
+		t.Fatal(err)
+	}
+	if o := try("https://evil.example", map[string]any{"tenant": "acme"}); !o.welcomed {
+		t.Fatalf("after the reload: %+v", o)
+	}
 }

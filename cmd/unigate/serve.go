@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -89,7 +90,7 @@ func serve(args []string, stderr io.Writer) error {
 			log.Error("reload: limits not applied", "err", err)
 			continue
 		}
-		log.Info("reloaded limits", "max_connections", g.limiter.MaxConnections())
+		log.Info("reloaded limits and origins", "max_connections", g.limiter.MaxConnections())
 	}
 	signal.Ignore(syscall.SIGHUP) // no reload while draining
 	log.Info("draining", "signal", s.String(), "timeout", cfg.Shutdown.DrainTimeout)
@@ -121,6 +122,18 @@ type gateway struct {
 
 	limiter    *limiter.Limiter
 	limiterSet *metrics.Set
+	origins    *atomic.Pointer[originPolicy] // swapped by reload
+}
+
+// originPolicy is the reloadable part of the origin checks: the upgrade's
+// (websocket.allowed_origins) and the hello's (websocket.tenant_origins).
+type originPolicy struct {
+	ws     config.WebSocketConfig
+	tenant func(tenant, origin string) bool // nil: no per-tenant entries
+}
+
+func newOriginPolicy(ws config.WebSocketConfig) *originPolicy {
+	return &originPolicy{ws: ws, tenant: ws.TenantOriginCheck()}
 }
 
 // limitSettings maps the configuration to the limiter's settings.
@@ -169,8 +182,8 @@ func connRates(l config.LimitsConfig) netpoll.ConnRates {
 	}
 }
 
-// reload applies the limits of cfg (SIGHUP) to the running gateway; open
-// connections are kept.
+// reload applies the limits and origin checks of cfg (SIGHUP) to the
+// running gateway; open connections are kept.
 func (g *gateway) reload(cfg config.Config) error {
 	s, err := limitSettings(cfg)
 	if err != nil {
@@ -180,6 +193,9 @@ func (g *gateway) reload(cfg config.Config) error {
 		return err
 	}
 	g.srv.SetConnRates(connRates(cfg.Limits))
+	g.broker.SetUpdateRates(offIfZero(cfg.Limits.TypingRate), cfg.Limits.TypingBurst,
+		offIfZero(cfg.Limits.PresenceRate), cfg.Limits.PresenceBurst)
+	g.origins.Store(newOriginPolicy(cfg.WebSocket))
 	return nil
 }
 
@@ -215,6 +231,8 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		closeStores()
 		return nil, err
 	}
+	origins := new(atomic.Pointer[originPolicy])
+	origins.Store(newOriginPolicy(cfg.WebSocket))
 	limSet := metrics.NewSet()
 	lim, err := limiter.New(settings, limSet, log.With("component", "limiter"))
 	if err != nil {
@@ -239,7 +257,11 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		MaxPendingPerConversation: cfg.History.MaxPendingPerConversation,
 		ReplayLimit:               cfg.History.ReplayLimit,
 
-		Limits:        lim,
+		Limits: lim,
+		OriginAllowed: func(tenant, origin string) bool {
+			f := origins.Load().tenant
+			return f == nil || f(tenant, origin)
+		},
 		TypingRate:    offIfZero(cfg.Limits.TypingRate),
 		TypingBurst:   cfg.Limits.TypingBurst,
 		PresenceRate:  offIfZero(cfg.Limits.PresenceRate),
@@ -281,7 +303,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		netpoll.WithPingInterval(cfg.WebSocket.PingInterval),
 		netpoll.WithMaxOutboundBytes(cfg.WebSocket.MaxOutboundBytes),
 		netpoll.WithSubprotocols(protocol.Subprotocols()...),
-		netpoll.WithOriginCheck(cfg.WebSocket.OriginAllowed),
+		netpoll.WithOriginCheck(func(origin string) bool { return origins.Load().ws.OriginAllowed(origin) }),
 		netpoll.WithLogger(log.With("component", "netpoll")),
 		// The integrator REST API (/api/v1) on every other path.
 		netpoll.WithHTTPHandler(api.New(b, api.Options{Keys: apiKeys, Logger: log.With("component", "api")})),
@@ -290,7 +312,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		stopBroker()
 		return nil, err
 	}
-	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, sess: sess, limiter: lim, limiterSet: limSet}, nil
+	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, sess: sess, limiter: lim, limiterSet: limSet, origins: origins}, nil
 }
 
 func (g *gateway) start() error {

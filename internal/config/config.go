@@ -266,6 +266,13 @@ type WebSocketConfig struct {
 	// connect. Empty allows every origin. Requests without an Origin
 	// header (native apps, servers) are always allowed. See OriginAllowed.
 	AllowedOrigins []string `yaml:"allowed_origins"`
+	// TenantOrigins narrows the origins per tenant: entries
+	// "tenant=origin" (origin written as in AllowedOrigins). A browser
+	// connection whose hello names a tenant with entries (through its
+	// token, its resumed session or, anonymously, the hello's tenant)
+	// must come from one of them, or it gets error 2003 and close 1008.
+	// Tenants without entries accept what AllowedOrigins accepts.
+	TenantOrigins []string `yaml:"tenant_origins"`
 }
 
 // AuthConfig configures tokens (see package token) and anonymous access.
@@ -466,10 +473,42 @@ func (b BrokerConfig) ShardCount() int {
 // entry "https://*.example.com" matches any subdomain of example.com over
 // https, but not example.com itself.
 func (w WebSocketConfig) OriginAllowed(origin string) bool {
-	if origin == "" || len(w.AllowedOrigins) == 0 {
-		return true
+	return origin == "" || len(w.AllowedOrigins) == 0 || originMatches(w.AllowedOrigins, origin)
+}
+
+// TenantOriginCheck compiles TenantOrigins into the check done at a
+// hello: whether a browser page of origin may act for tenant. An empty
+// origin, or a tenant without entries, is allowed (the upgrade already
+// passed OriginAllowed). It returns nil when TenantOrigins is empty.
+// Entries that Validate refuses are skipped.
+func (w WebSocketConfig) TenantOriginCheck() func(tenant, origin string) bool {
+	if len(w.TenantOrigins) == 0 {
+		return nil
 	}
-	for _, allowed := range w.AllowedOrigins {
+	byTenant := map[string][]string{}
+	for _, e := range w.TenantOrigins {
+		tenant, origin, ok := splitTenantOrigin(e)
+		if ok {
+			byTenant[tenant] = append(byTenant[tenant], origin)
+		}
+	}
+	return func(tenant, origin string) bool {
+		list, restricted := byTenant[tenant]
+		return origin == "" || !restricted || originMatches(list, origin)
+	}
+}
+
+// splitTenantOrigin splits a TenantOrigins entry "tenant=origin".
+func splitTenantOrigin(e string) (tenant, origin string, ok bool) {
+	tenant, origin, ok = strings.Cut(strings.TrimSpace(e), "=")
+	tenant, origin = strings.TrimSpace(tenant), strings.TrimSpace(origin)
+	return tenant, origin, ok && tenant != "" && validOrigin(origin)
+}
+
+// originMatches reports whether origin matches an entry of list (see
+// OriginAllowed for the wildcard form).
+func originMatches(list []string, origin string) bool {
+	for _, allowed := range list {
 		if strings.EqualFold(origin, allowed) {
 			return true
 		}

@@ -135,3 +135,29 @@ func TestLogger(t *testing.T) {
 		t.Errorf("fallback level: %q", got)
 	}
 }
+
+func TestTenantOriginCheck(t *testing.T) {
+	if (WebSocketConfig{}).TenantOriginCheck() != nil {
+		t.Fatal("no entries must mean no check")
+	}
+	check := WebSocketConfig{TenantOrigins: []string{" acme = https://shop.acme.test", "acme=https://*.cdn.test", "gov=http://intra.gov.test:8080"}}.TenantOriginCheck()
+	for _, c := range []struct {
+		tenant, origin string
+		want           bool
+	}{
+		{"acme", "https://shop.acme.test", true},
+		{"acme", "HTTPS://SHOP.ACME.TEST", true},
+		{"acme", "https://eu.cdn.test", true},
+		{"acme", "https://cdn.test", false},
+		{"acme", "https://evil.test", false},
+		{"acme", "http://shop.acme.test", false},
+		{"acme", "", true}, // not a browser
+		{"gov", "http://intra.gov.test:8080", true},
+		{"gov", "https://shop.acme.test", false},
+		{"other", "https://evil.test", true}, // no entries for the tenant
+	} {
+		if got := check(c.tenant, c.origin); got != c.want {
+			t.Errorf("check(%q, %q) = %v, want %v", c.tenant, c.origin, got, c.want)
+		}
+	}
+}

@@ -37,6 +37,9 @@ func Load(path string, environ []string) (Config, error) {
 	if len(c.WebSocket.AllowedOrigins) == 0 {
 		c.WebSocket.AllowedOrigins = nil // "[]" and absent compare equal
 	}
+	if len(c.WebSocket.TenantOrigins) == 0 {
+		c.WebSocket.TenantOrigins = nil
+	}
 	if len(c.Limits.AllowList) == 0 {
 		c.Limits.AllowList = nil
 	}

@@ -76,6 +76,11 @@ func (c Config) Validate() error {
 			bad(fmt.Sprintf("websocket.allowed_origins[%d]", i), "must look like https://example.com or https://*.example.com (scheme and host, no path), got %q", o)
 		}
 	}
+	for i, e := range ws.TenantOrigins {
+		if _, _, ok := splitTenantOrigin(e); !ok {
+			bad(fmt.Sprintf("websocket.tenant_origins[%d]", i), "must look like acme=https://shop.example.com (a tenant, '=', an origin as in allowed_origins), got %q", e)
+		}
+	}
 
 	positive("auth.visitor_token_ttl", c.Auth.VisitorTokenTTL)
 	positive("auth.agent_token_ttl", c.Auth.AgentTokenTTL)

@@ -88,6 +88,11 @@ func TestValidateRejects(t *testing.T) {
 		}},
 		{"websocket.allowed_origins[0]", func(c *Config) { c.WebSocket.AllowedOrigins = []string{"ok.test"} }},
 		{"websocket.allowed_origins[0]", func(c *Config) { c.WebSocket.AllowedOrigins = []string{"ftp://ok.test"} }},
+		{"websocket.tenant_origins[0]", func(c *Config) { c.WebSocket.TenantOrigins = []string{"https://ok.test"} }},
+		{"websocket.tenant_origins[1]", func(c *Config) {
+			c.WebSocket.TenantOrigins = []string{"acme=https://ok.test", "=https://ok.test"}
+		}},
+		{"websocket.tenant_origins[0]", func(c *Config) { c.WebSocket.TenantOrigins = []string{"acme=https://ok.test/path"} }},
 		{"websocket.allowed_origins[0]", func(c *Config) { c.WebSocket.AllowedOrigins = []string{"https://a.*.test"} }},
 		{"websocket.allowed_origins[0]", func(c *Config) { c.WebSocket.AllowedOrigins = []string{"*"} }},
 		{"websocket.allowed_origins[0]", func(c *Config) { c.WebSocket.AllowedOrigins = []string{""} }},
