@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 }
 
 // buildBinary builds cmd/unigate once per test run.
-func buildBinary(t *testing.T) string {
+func buildBinary(t testing.TB) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds and runs the binary; skipped with -short")
