@@ -22,6 +22,8 @@ func fuzzSeeds(tb testing.TB) (ch, sh, rec [][]byte) {
 	p := start(tb, f.client(GM), f.server)
 	ch = append(ch, p.c.Hello())
 	sh = append(sh, p.sh)
+	cf, pk, _ := certFixture(tb)
+	sh = append(sh, start(tb, cf.rootsClient(pk, "chat.example", GM), cf.server).sh)
 	r, _ := fixedConns()
 	good, _ := r.Seal(nil, []byte("hello"))
 	rec = append(rec, good)
@@ -42,6 +44,7 @@ func fuzzSeeds(tb testing.TB) (ch, sh, rec [][]byte) {
 	}
 	ch = append(ch, malform(ch[0])...)
 	sh = append(sh, malform(sh[0])...)
+	sh = append(sh, malform(sh[1])...)
 	rec = append(rec, good[:RecordOverhead-1], good[:1], append([]byte{0x42}, good[1:]...))
 	return ch, sh, rec
 }
@@ -88,10 +91,14 @@ func FuzzClientHello(f *testing.F) {
 	})
 }
 
+// FuzzServerHello also reaches the certificate-chain parser (gmsm's smx509) and
+// verifier: the client trusts a root, and seeds include a chain-mode ServerHello.
 func FuzzServerHello(f *testing.F) {
-	fx := newFixture(f)
+	fx, pk, _ := certFixture(f)
+	cfg := fx.client(GM)
+	cfg.Roots, cfg.ServerName = pk.roots, "chat.example"
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := NewClientHandshake(fx.client(GM))
+		c, err := NewClientHandshake(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
