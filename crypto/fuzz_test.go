@@ -62,7 +62,8 @@ func TestWriteFuzzSeeds(t *testing.T) {
 		t.Skip("run with -update-seeds to rewrite testdata/fuzz")
 	}
 	ch, sh, rec := fuzzSeeds(t)
-	for name, seeds := range map[string][][]byte{"FuzzClientHello": ch, "FuzzServerHello": sh, "FuzzRecordOpen": rec} {
+	chains := chainSeeds(t)
+	for name, seeds := range map[string][][]byte{"FuzzClientHello": ch, "FuzzServerHello": sh, "FuzzRecordOpen": rec, "FuzzCertificateChain": chains} {
 		dir := filepath.Join("testdata", "fuzz", name)
 		os.MkdirAll(dir, 0o755)
 		for i, s := range seeds {
@@ -128,6 +129,42 @@ func FuzzRecordOpen(f *testing.F) {
 		want, _ := c.Seal(nil, out)
 		if !bytes.Equal(want, data) {
 			t.Fatalf("forged record opened")
+		}
+	})
+}
+
+// chainSeeds are certificate lists as they appear in a chain-mode ServerHello:
+// a valid chain, its parts, and malformed lengths.
+func chainSeeds(tb testing.TB) [][]byte {
+	_, _, c := certFixture(tb)
+	good := marshalChain(nil, c.chain)[2:]
+	leafOnly := marshalChain(nil, c.chain[:1])[2:]
+	bad := bytes.Clone(good)
+	bad[1] = 0xff // first certificate's length past the end
+	zero := []byte{0, 0}
+	flipped := bytes.Clone(good)
+	flipped[len(flipped)/2] ^= 0x10
+	return [][]byte{good, leafOnly, bad, zero, flipped, good[:len(good)-1], append(bytes.Clone(good), 0)}
+}
+
+// FuzzCertificateChain feeds certificate lists to the chain parser and to the
+// client's verification (gmsm smx509 parsing, path building, usage checks).
+func FuzzCertificateChain(f *testing.F) {
+	fx, pk, _ := certFixture(f)
+	cfg := fx.rootsClient(pk, "chat.example", GM)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		chain, ok := parseChain(data)
+		if !ok {
+			return
+		}
+		c, err := NewClientHandshake(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, cerr := c.verifyChain(chain, SigSM2); cerr == nil && v == nil {
+			t.Fatal("accepted without a key")
+		} else if cerr != nil && cerr.Code == 0 {
+			t.Fatal("untyped error")
 		}
 	})
 }
