@@ -17,13 +17,22 @@ func (alwaysFresh) Use([]byte, time.Time) (bool, error) { return true, nil }
 // (StopTimer would add a stop-the-world per call and distort the figure).
 func BenchmarkServerHandshake(b *testing.B) {
 	for _, suite := range allSuites {
-		for _, mode := range []string{"full", "resumed"} {
+		for _, mode := range []string{"full", "resumed", "chain"} {
+			if mode == "chain" && suite.Signature != SigSM2 {
+				continue
+			}
 			b.Run(suite.Name+"/"+mode, func(b *testing.B) {
 				f := newFixture(b)
 				f.server.Seen = alwaysFresh{}
 				cfg := f.client(suite)
-				if mode == "resumed" {
+				switch mode {
+				case "resumed":
 					cfg.Session = handshake(b, f.client(suite), f.server).session
+				case "chain": // SM2 chain (leaf + intermediate) verified against a root
+					var p *pki
+					f, p, _ = certFixture(b)
+					f.server.Seen = alwaysFresh{}
+					cfg = f.rootsClient(p, "chat.example", suite)
 				}
 				var server time.Duration
 				b.ReportAllocs()
@@ -59,7 +68,8 @@ func BenchmarkServerHandshake(b *testing.B) {
 	}
 }
 
-// BenchmarkHandshake is a complete handshake, both sides, in one goroutine.
+// BenchmarkHandshake is a complete handshake, both sides, in one goroutine;
+// "chain" has the client verify an SM2 certificate chain instead of a pinned key.
 func BenchmarkHandshake(b *testing.B) {
 	for _, suite := range allSuites {
 		b.Run(suite.Name, func(b *testing.B) {
@@ -70,6 +80,13 @@ func BenchmarkHandshake(b *testing.B) {
 			}
 		})
 	}
+	b.Run("GM/chain", func(b *testing.B) {
+		f, p, _ := certFixture(b)
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			handshake(b, f.rootsClient(p, "chat.example", GM), f.server)
+		}
+	})
 }
 
 // BenchmarkRecord256 seals and opens one 256-byte message; "plain" is a copy, the
