@@ -169,3 +169,25 @@ func BenchmarkChannelHandshake(b *testing.B) {
 		})
 	}
 }
+
+// FuzzStreamTransport: the length-prefix framing never panics, never returns a
+// message above its limit, and consumes exactly what it returns.
+func FuzzStreamTransport(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		st := NewStreamTransport(bytes.NewBuffer(data), 64)
+		total := 0
+		for {
+			m, err := st.ReadMessage()
+			if err != nil {
+				if total > len(data) {
+					t.Fatalf("read %d of %d bytes", total, len(data))
+				}
+				return
+			}
+			if len(m) > 64 {
+				t.Fatalf("message of %d bytes above the limit", len(m))
+			}
+			total += 4 + len(m)
+		}
+	})
+}
