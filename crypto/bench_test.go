@@ -17,13 +17,22 @@ func (alwaysFresh) Use([]byte, time.Time) (bool, error) { return true, nil }
 // (StopTimer would add a stop-the-world per call and distort the figure).
 func BenchmarkServerHandshake(b *testing.B) {
 	for _, suite := range allSuites {
-		for _, mode := range []string{"full", "resumed"} {
+		for _, mode := range []string{"full", "resumed", "chain"} {
+			if mode == "chain" && suite.Signature != SigSM2 {
+				continue
+			}
 			b.Run(suite.Name+"/"+mode, func(b *testing.B) {
 				f := newFixture(b)
 				f.server.Seen = alwaysFresh{}
 				cfg := f.client(suite)
-				if mode == "resumed" {
+				switch mode {
+				case "resumed":
 					cfg.Session = handshake(b, f.client(suite), f.server).session
+				case "chain": // SM2 chain (leaf + intermediate) verified against a root
+					var p *pki
+					f, p, _ = certFixture(b)
+					f.server.Seen = alwaysFresh{}
+					cfg = f.rootsClient(p, "chat.example", suite)
 				}
 				var server time.Duration
 				b.ReportAllocs()
@@ -59,7 +68,8 @@ func BenchmarkServerHandshake(b *testing.B) {
 	}
 }
 
-// BenchmarkHandshake is a complete handshake, both sides, in one goroutine.
+// BenchmarkHandshake is a complete handshake, both sides, in one goroutine;
+// "chain" has the client verify an SM2 certificate chain instead of a pinned key.
 func BenchmarkHandshake(b *testing.B) {
 	for _, suite := range allSuites {
 		b.Run(suite.Name, func(b *testing.B) {
@@ -70,6 +80,13 @@ func BenchmarkHandshake(b *testing.B) {
 			}
 		})
 	}
+	b.Run("GM/chain", func(b *testing.B) {
+		f, p, _ := certFixture(b)
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			handshake(b, f.rootsClient(p, "chat.example", GM), f.server)
+		}
+	})
 }
 
 // BenchmarkRecord256 seals and opens one 256-byte message; "plain" is a copy, the
@@ -84,22 +101,30 @@ func BenchmarkRecord256(b *testing.B) {
 			dst = append(dst[:0], msg...)
 		}
 	})
+	// "compacted" drops both Conns' expanded AEADs after every record, the worst
+	// case of Compact-when-idle (a batch of one frame): it prices the rebuild.
 	for _, suite := range allSuites {
-		b.Run(suite.Name, func(b *testing.B) {
-			f := newFixture(b)
-			r := handshake(b, f.client(suite), f.server)
-			rec := make([]byte, 0, 256+RecordOverhead)
-			pt := make([]byte, 0, 256)
-			b.SetBytes(256)
-			b.ReportAllocs()
-			for i := 0; i < b.N; i++ {
-				rec, _ = r.client.Seal(rec[:0], msg)
-				var err error
-				if pt, err = r.server.Open(pt[:0], rec); err != nil {
-					b.Fatal(err)
+		for _, mode := range []string{"warm", "compacted"} {
+			b.Run(suite.Name+"/"+mode, func(b *testing.B) {
+				f := newFixture(b)
+				r := handshake(b, f.client(suite), f.server)
+				rec := make([]byte, 0, 256+RecordOverhead)
+				pt := make([]byte, 0, 256)
+				b.SetBytes(256)
+				b.ReportAllocs()
+				for i := 0; i < b.N; i++ {
+					rec, _ = r.client.Seal(rec[:0], msg)
+					var err error
+					if pt, err = r.server.Open(pt[:0], rec); err != nil {
+						b.Fatal(err)
+					}
+					if mode == "compacted" {
+						r.client.Compact()
+						r.server.Compact()
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 }
 

@@ -4,17 +4,28 @@ import (
 	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/rand"
+	"errors"
 	"time"
+
+	"github.com/emmansun/gmsm/smx509"
 )
 
-// ClientConfig configures a client handshake. The zero value is not usable: at least
-// one pinned server key is required (ServerKeys).
+// ClientConfig configures a client handshake. The zero value is not usable: the
+// server is authenticated by pinned keys (ServerKeys), by a certificate chain
+// (Roots and ServerName), or both.
 type ClientConfig struct {
 	// Suites to offer, in the client's order; nil means DefaultSuites.
 	Suites []*Suite
-	// ServerKeys are the pinned server identity keys; the server's key id must name
-	// one of them, of the suite's signature algorithm.
+	// ServerKeys are the pinned server identity keys; the server's key id (or the
+	// key of its leaf certificate) must name one of them, of the suite's signature
+	// algorithm. A pinned leaf key is trusted whatever its chain says.
 	ServerKeys []Verifier
+	// Roots, when set, are the trusted roots for servers that send a certificate
+	// chain (GM suites: SM2 certificates, verified with gmsm's smx509).
+	Roots *smx509.CertPool
+	// ServerName is checked against the leaf's DNS names or IP addresses; required
+	// with Roots, so that a certificate issued to another server is refused.
+	ServerName string
 	// Session, when set and unexpired, is offered for resumption (its suite must be
 	// among Suites). Sessions are single use: replace it with the new one.
 	Session *Session
@@ -55,8 +66,11 @@ func NewClientHandshake(cfg *ClientConfig) (*ClientHandshake, error) {
 	if len(c.suites) == 0 || len(c.suites) > maxSuites {
 		return nil, newErr(CodeConfig, op, errLength)
 	}
-	if len(cfg.ServerKeys) == 0 {
+	if len(cfg.ServerKeys) == 0 && cfg.Roots == nil {
 		return nil, newErr(CodeConfig, op, errNoKey)
+	}
+	if cfg.Roots != nil && cfg.ServerName == "" {
+		return nil, newErr(CodeConfig, op, errors.New("Roots without ServerName"))
 	}
 	ch := &clientHello{random: make([]byte, randomSize)}
 	if _, err := rand.Read(ch.random); err != nil {
@@ -151,12 +165,20 @@ func (c *ClientHandshake) HandleServerHello(msg []byte) ([]byte, *Conn, error) {
 	t := newTranscript(h)
 	t.write(c.hello)
 	t.write(msg[:sh.coreEnd])
-	if sh.mode == modeFull {
+	if sh.mode != modeResumed {
 		var v Verifier
-		for _, k := range c.cfg.ServerKeys {
-			if id := k.KeyID(); string(id[:]) == string(sh.keyID) && k.Algorithm() == suite.Signature {
-				v = k
-				break
+		if sh.mode == modeCert {
+			var cerr *Error
+			if v, cerr = c.verifyChain(sh.chain, suite.Signature); cerr != nil {
+				c.state, c.privs = clientFailed, nil
+				return nil, nil, cerr
+			}
+		} else {
+			for _, k := range c.cfg.ServerKeys {
+				if id := k.KeyID(); string(id[:]) == string(sh.keyID) && k.Algorithm() == suite.Signature {
+					v = k
+					break
+				}
 			}
 		}
 		if v == nil {

@@ -17,6 +17,16 @@
 //	serverConn, nst, _ := s.HandleClientFinished(fin)
 //	sess, _ := c.HandleNewSessionTicket(nst) // when nst != nil
 //
+// Over a message transport (a WebSocket, a framed TCP stream) the same exchange is
+// one call on each side, [Client] and [Server], which return a [Channel] with Send,
+// Receive and Close. The server authenticates with a pinned key ([Signer] from
+// `unigate keygen`) or an SM2 certificate chain ([Certificate], verified by the
+// client against ClientConfig.Roots for ClientConfig.ServerName).
+//
+// Memory: an established [Conn] keeps keys and counters inline (352 bytes); its
+// expanded AEADs are built on first use and dropped by [Conn.Compact] when the
+// connection goes idle.
+//
 // Concurrency and ownership: a handshake object is used by one goroutine. A [Conn] has
 // two independent halves: Seal (and SealClose) may run concurrently with Open, but two
 // Seals or two Opens must not overlap. Seal and Open append to dst and never retain the

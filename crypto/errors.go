@@ -24,6 +24,9 @@ const (
 	CodeUnexpectedMessage Code = 9  // message out of order, or handshake already failed
 	CodeSuiteNotOffered   Code = 10 // the server chose a suite the client did not offer
 	CodeBadTicketMessage  Code = 11 // the NewSessionTicket message does not open
+	CodeBadCertificate    Code = 12 // the server's chain does not parse, or fails name, usage or key checks
+	CodeUnknownAuthority  Code = 13 // the server's chain does not lead to a configured root
+	CodeCertExpired       Code = 14 // a certificate of the server's chain is expired or not yet valid
 
 	CodeTicketInvalid Code = 20 // corrupted ticket, unknown ticket key, or wrong suite
 	CodeTicketExpired Code = 21 // ticket past its expiry
@@ -45,8 +48,9 @@ var codeNames = map[Code]string{
 	CodeUnknownServerKey: "unknown server key", CodeBadSignature: "bad signature",
 	CodeBadFinished: "bad finished", CodeBadBinder: "bad binder",
 	CodeUnexpectedMessage: "unexpected message", CodeSuiteNotOffered: "suite not offered",
-	CodeBadTicketMessage: "bad ticket message",
-	CodeTicketInvalid:    "invalid ticket", CodeTicketExpired: "expired ticket",
+	CodeBadTicketMessage: "bad ticket message", CodeBadCertificate: "bad certificate",
+	CodeUnknownAuthority: "unknown certificate authority", CodeCertExpired: "certificate expired",
+	CodeTicketInvalid: "invalid ticket", CodeTicketExpired: "expired ticket",
 	CodeTicketReused: "reused ticket",
 	CodeRecordAuth:   "record authentication failed", CodeRecordTooShort: "record too short",
 	CodeRecordType: "unknown record type", CodeClosed: "closed", CodeConnFailed: "connection failed",
@@ -99,6 +103,9 @@ var (
 	ErrUnexpectedMessage = &Error{Code: CodeUnexpectedMessage}
 	ErrSuiteNotOffered   = &Error{Code: CodeSuiteNotOffered}
 	ErrBadTicketMessage  = &Error{Code: CodeBadTicketMessage}
+	ErrBadCertificate    = &Error{Code: CodeBadCertificate}
+	ErrUnknownAuthority  = &Error{Code: CodeUnknownAuthority}
+	ErrCertExpired       = &Error{Code: CodeCertExpired}
 	ErrTicketInvalid     = &Error{Code: CodeTicketInvalid}
 	ErrTicketExpired     = &Error{Code: CodeTicketExpired}
 	ErrTicketReused      = &Error{Code: CodeTicketReused}

@@ -22,6 +22,8 @@ func fuzzSeeds(tb testing.TB) (ch, sh, rec [][]byte) {
 	p := start(tb, f.client(GM), f.server)
 	ch = append(ch, p.c.Hello())
 	sh = append(sh, p.sh)
+	cf, pk, _ := certFixture(tb)
+	sh = append(sh, start(tb, cf.rootsClient(pk, "chat.example", GM), cf.server).sh)
 	r, _ := fixedConns()
 	good, _ := r.Seal(nil, []byte("hello"))
 	rec = append(rec, good)
@@ -42,6 +44,7 @@ func fuzzSeeds(tb testing.TB) (ch, sh, rec [][]byte) {
 	}
 	ch = append(ch, malform(ch[0])...)
 	sh = append(sh, malform(sh[0])...)
+	sh = append(sh, malform(sh[1])...)
 	rec = append(rec, good[:RecordOverhead-1], good[:1], append([]byte{0x42}, good[1:]...))
 	return ch, sh, rec
 }
@@ -59,7 +62,8 @@ func TestWriteFuzzSeeds(t *testing.T) {
 		t.Skip("run with -update-seeds to rewrite testdata/fuzz")
 	}
 	ch, sh, rec := fuzzSeeds(t)
-	for name, seeds := range map[string][][]byte{"FuzzClientHello": ch, "FuzzServerHello": sh, "FuzzRecordOpen": rec} {
+	chains := chainSeeds(t)
+	for name, seeds := range map[string][][]byte{"FuzzClientHello": ch, "FuzzServerHello": sh, "FuzzRecordOpen": rec, "FuzzCertificateChain": chains} {
 		dir := filepath.Join("testdata", "fuzz", name)
 		os.MkdirAll(dir, 0o755)
 		for i, s := range seeds {
@@ -88,10 +92,14 @@ func FuzzClientHello(f *testing.F) {
 	})
 }
 
+// FuzzServerHello also reaches the certificate-chain parser (gmsm's smx509) and
+// verifier: the client trusts a root, and seeds include a chain-mode ServerHello.
 func FuzzServerHello(f *testing.F) {
-	fx := newFixture(f)
+	fx, pk, _ := certFixture(f)
+	cfg := fx.client(GM)
+	cfg.Roots, cfg.ServerName = pk.roots, "chat.example"
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := NewClientHandshake(fx.client(GM))
+		c, err := NewClientHandshake(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,6 +129,42 @@ func FuzzRecordOpen(f *testing.F) {
 		want, _ := c.Seal(nil, out)
 		if !bytes.Equal(want, data) {
 			t.Fatalf("forged record opened")
+		}
+	})
+}
+
+// chainSeeds are certificate lists as they appear in a chain-mode ServerHello:
+// a valid chain, its parts, and malformed lengths.
+func chainSeeds(tb testing.TB) [][]byte {
+	_, _, c := certFixture(tb)
+	good := marshalChain(nil, c.chain)[2:]
+	leafOnly := marshalChain(nil, c.chain[:1])[2:]
+	bad := bytes.Clone(good)
+	bad[1] = 0xff // first certificate's length past the end
+	zero := []byte{0, 0}
+	flipped := bytes.Clone(good)
+	flipped[len(flipped)/2] ^= 0x10
+	return [][]byte{good, leafOnly, bad, zero, flipped, good[:len(good)-1], append(bytes.Clone(good), 0)}
+}
+
+// FuzzCertificateChain feeds certificate lists to the chain parser and to the
+// client's verification (gmsm smx509 parsing, path building, usage checks).
+func FuzzCertificateChain(f *testing.F) {
+	fx, pk, _ := certFixture(f)
+	cfg := fx.rootsClient(pk, "chat.example", GM)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		chain, ok := parseChain(data)
+		if !ok {
+			return
+		}
+		c, err := NewClientHandshake(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, cerr := c.verifyChain(chain, SigSM2); cerr == nil && v == nil {
+			t.Fatal("accepted without a key")
+		} else if cerr != nil && cerr.Code == 0 {
+			t.Fatal("untyped error")
 		}
 	})
 }

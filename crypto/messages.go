@@ -15,8 +15,9 @@ const (
 	keyIDSize       = 8
 	maxBinder       = 64
 
-	modeFull    = 0
-	modeResumed = 1
+	modeFull    = 0 // signed; the server names a pinned key by its id
+	modeResumed = 1 // PSK-DHE from a ticket, no signature
+	modeCert    = 2 // signed; the server sends its certificate chain
 )
 
 // sigContext prefixes the transcript hash the server signs.
@@ -140,6 +141,7 @@ type serverHello struct {
 	mode       byte
 	rekeyAfter uint32
 	keyID      []byte
+	chain      [][]byte // modeCert: DER certificates, leaf first
 	sig        []byte
 	finished   []byte
 	coreEnd    int // raw[:coreEnd] is signed (with the ClientHello)
@@ -172,19 +174,28 @@ func parseServerHello(raw []byte) (*serverHello, *Error) {
 	if sh.share, ok = r.vec16(); !ok || len(sh.share) == 0 {
 		return bad()
 	}
-	if sh.mode, ok = r.u8(); !ok || sh.mode > modeResumed {
+	if sh.mode, ok = r.u8(); !ok || sh.mode > modeCert {
 		return bad()
 	}
 	if sh.rekeyAfter, ok = r.u32(); !ok || sh.rekeyAfter == 0 {
 		return bad()
 	}
-	if sh.mode == modeFull {
+	switch sh.mode {
+	case modeFull:
 		if sh.keyID, ok = r.vec8(); !ok || len(sh.keyID) != keyIDSize {
+			return bad()
+		}
+	case modeCert:
+		list, ok := r.vec16()
+		if !ok {
+			return bad()
+		}
+		if sh.chain, ok = parseChain(list); !ok {
 			return bad()
 		}
 	}
 	sh.coreEnd = r.off
-	if sh.mode == modeFull {
+	if sh.mode != modeResumed {
 		if sh.sig, ok = r.vec16(); !ok || len(sh.sig) == 0 {
 			return bad()
 		}

@@ -12,8 +12,13 @@ type ServerConfig struct {
 	// Suites accepted, in the server's preference order; nil means DefaultSuites.
 	Suites []*Suite
 	// Identities are the server identity keys; a suite is only chosen if one of
-	// them has the suite's signature algorithm. The first matching key is used.
+	// them (or of Certificates) has the suite's signature algorithm. The first
+	// matching key is used.
 	Identities []Signer
+	// Certificates are identities with a certificate chain; for a suite whose
+	// signature algorithm one of them has, the server sends that chain (mode 2)
+	// instead of a key id, and it is preferred over Identities.
+	Certificates []*Certificate
 	// Tickets enables resumption; nil disables both issuing and accepting tickets.
 	Tickets *TicketKeyring
 	// Seen enforces single use of tickets; required when Tickets is set.
@@ -94,13 +99,19 @@ func (s *ServerHandshake) suites() []*Suite {
 	return DefaultSuites
 }
 
-func (s *ServerHandshake) identity(alg SignatureAlgorithm) Signer {
-	for _, id := range s.cfg.Identities {
-		if id.Public().Algorithm() == alg {
-			return id
+// identity returns the signer for alg and, when it comes with one, its chain.
+func (s *ServerHandshake) identity(alg SignatureAlgorithm) (Signer, *Certificate) {
+	for _, c := range s.cfg.Certificates {
+		if c.signer.Public().Algorithm() == alg {
+			return c.signer, c
 		}
 	}
-	return nil
+	for _, id := range s.cfg.Identities {
+		if id.Public().Algorithm() == alg {
+			return id, nil
+		}
+	}
+	return nil, nil
 }
 
 // tryTicket returns the ticket state and suite if the offered ticket can be used.
@@ -166,10 +177,11 @@ func (s *ServerHandshake) HandleClientHello(msg []byte) ([]byte, error) {
 		return nil, terr
 	}
 	var signer Signer
+	var cert *Certificate
 	if ts == nil {
 		for _, cand := range s.suites() {
 			if ch.offers(cand.ID) && ch.share(cand.ID) != nil {
-				if signer = s.identity(cand.Signature); signer != nil {
+				if signer, cert = s.identity(cand.Signature); signer != nil {
 					suite = cand
 					break
 				}
@@ -210,11 +222,17 @@ func (s *ServerHandshake) HandleClientHello(msg []byte) ([]byte, error) {
 		b = appendU32(b, s.rekey)
 		psk, s.resumed, s.keyID, s.authTime = ts.psk, true, ts.keyID, ts.authTime
 	} else {
-		b = append(b, modeFull)
-		b = appendU32(b, s.rekey)
 		s.keyID = signer.Public().KeyID()
 		s.authTime = s.cfg.now().Unix()
-		b = putVec8(b, s.keyID[:])
+		if cert != nil {
+			b = append(b, modeCert)
+			b = appendU32(b, s.rekey)
+			b = marshalChain(b, cert.chain)
+		} else {
+			b = append(b, modeFull)
+			b = appendU32(b, s.rekey)
+			b = putVec8(b, s.keyID[:])
+		}
 	}
 	coreEnd := len(b)
 	t := newTranscript(h)
