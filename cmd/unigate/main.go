@@ -5,6 +5,7 @@
 //	unigate token visitor -id v1                      print a signed visitor token
 //	unigate config check [-config unigate.yaml]      validate the configuration
 //	unigate config example                            print a commented example configuration
+//	unigate bot eval FILE [-kb KB] [-threshold 0.8]  evaluate the FAQ bot on a labelled set
 //	unigate version                                   print version and build information
 //
 // main only parses the command line and configuration and wires packages;
@@ -46,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = tokenCmd(args, stdout, stderr)
 	case "config":
 		err = configCmd(args, stdout, stderr)
+	case "bot":
+		err = botCmd(args, stdout, stderr)
 	case "version":
 		printVersion(stdout)
 	case "help", "-h", "--help":
@@ -75,6 +78,7 @@ func usage(w io.Writer) {
   unigate token visitor -id ID              print a signed visitor token
   unigate config check [-config FILE]       validate the configuration
   unigate config example                    print a commented example configuration
+  unigate bot eval FILE [-kb KB]            evaluate the built-in FAQ bot on a labelled set
   unigate version                           print version and build information
 
 Configuration: defaults < YAML file (-config or UNIGATE_CONFIG) < UNIGATE_* environment < flags.
