@@ -264,10 +264,7 @@ func (kb *KB) normalize() error {
 				}
 			}
 			if kb.DefaultLanguage == "" {
-				for l := range in.Answers {
-					kb.DefaultLanguage = l
-					break
-				}
+				kb.DefaultLanguage = sortedKeys(in.Answers)[0]
 			}
 		}
 	}

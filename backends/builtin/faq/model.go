@@ -147,9 +147,13 @@ func buildModel(kb *KB, sg *gse.Segmenter) *model {
 		v := make([]posting, 0, len(doc.feats))
 		var norm2 float64
 		for id, tf := range doc.feats {
-			w := float32(1+math.Log(float64(tf))) * m.weight[id]
-			v = append(v, posting{id, w})
-			norm2 += float64(w) * float64(w)
+			v = append(v, posting{id, float32(1+math.Log(float64(tf))) * m.weight[id]})
+		}
+		// Feature order, not map order: the same KB always trains the
+		// same model, to the last bit.
+		slices.SortFunc(v, func(a, b posting) int { return int(a.doc - b.doc) })
+		for _, p := range v {
+			norm2 += float64(p.w) * float64(p.w)
 		}
 		inv := float32(1 / math.Sqrt(norm2))
 		for k := range v {
@@ -162,9 +166,14 @@ func buildModel(kb *KB, sg *gse.Segmenter) *model {
 	sumNorm := make([]float64, m.nIntents)
 	m.cenPost = make([][]posting, len(m.vocab))
 	for i, s := range sums {
+		ids := make([]int32, 0, len(s))
+		for id := range s {
+			ids = append(ids, id)
+		}
+		slices.Sort(ids)
 		var n2 float64
-		for _, w := range s {
-			n2 += w * w
+		for _, id := range ids {
+			n2 += s[id] * s[id]
 		}
 		sumNorm[i] = math.Sqrt(n2)
 		for id, w := range s {
