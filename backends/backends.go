@@ -53,6 +53,9 @@ type Answer struct {
 	Confidence float64 // 0..1
 	Handoff    bool    // the bot asks for a human regardless of Confidence
 	Summary    string  // shown to the agent on handoff
+	// Skill is the skill an agent needs on hand-off ("billing/refund");
+	// "" lets the gateway derive it from Intent.
+	Skill string
 }
 
 // Conversation describes a conversation to route.

@@ -55,14 +55,14 @@ func answerRequestFromPB(r *pb.AnswerRequest) AnswerRequest {
 func answerToPB(a Answer) *pb.AnswerResponse {
 	return &pb.AnswerResponse{
 		Text: a.Text, Intent: a.Intent, Confidence: a.Confidence,
-		Handoff: a.Handoff, Summary: a.Summary,
+		Handoff: a.Handoff, Summary: a.Summary, Skill: a.Skill,
 	}
 }
 
 func answerFromPB(a *pb.AnswerResponse) Answer {
 	return Answer{
 		Text: a.GetText(), Intent: a.GetIntent(), Confidence: a.GetConfidence(),
-		Handoff: a.GetHandoff(), Summary: a.GetSummary(),
+		Handoff: a.GetHandoff(), Summary: a.GetSummary(), Skill: a.GetSkill(),
 	}
 }
 

@@ -21,7 +21,7 @@ type recorder struct {
 
 func (r *recorder) Answer(_ context.Context, req backends.AnswerRequest) (backends.Answer, error) {
 	r.answerReq = req
-	return backends.Answer{Text: "t", Intent: "i", Confidence: 0.5, Handoff: true, Summary: "s"}, nil
+	return backends.Answer{Text: "t", Intent: "i", Confidence: 0.5, Handoff: true, Summary: "s", Skill: "billing/refund"}, nil
 }
 
 func (r *recorder) Rank(_ context.Context, req backends.RankRequest) (backends.Ranking, error) {
@@ -68,7 +68,7 @@ func TestGRPCGlue(t *testing.T) {
 	if !reflect.DeepEqual(rec.answerReq, areq) {
 		t.Errorf("answer request: got %+v, want %+v", rec.answerReq, areq)
 	}
-	if want := (backends.Answer{Text: "t", Intent: "i", Confidence: 0.5, Handoff: true, Summary: "s"}); a != want {
+	if want := (backends.Answer{Text: "t", Intent: "i", Confidence: 0.5, Handoff: true, Summary: "s", Skill: "billing/refund"}); a != want {
 		t.Errorf("answer: got %+v, want %+v", a, want)
 	}
 

@@ -31,6 +31,9 @@ func (b *HandoffBot) Answer(_ context.Context, req backends.AnswerRequest) (back
 	return HandoffAnswer(req, b.reply(req.Language)), nil
 }
 
+// ReplyFor returns the holding reply for a language tag.
+func (b *HandoffBot) ReplyFor(lang string) string { return b.reply(lang) }
+
 func (b *HandoffBot) reply(lang string) string {
 	primary, _, _ := strings.Cut(strings.ToLower(lang), "-")
 	for _, m := range []map[string]string{b.Reply, defaultReplies} {

@@ -2,7 +2,7 @@
 // and a Bot that always hands the conversation to a human. They run when
 // no plugin is configured and are the supervisor's fallbacks when a plugin
 // is down. The FAQ bot (YAML knowledge base, gse segmentation for Chinese,
-// calibrated confidence) is a later step and will live here too.
+// calibrated confidence) is in the subpackage builtin/faq.
 //
 // Both types are safe for concurrent use and allocate only their results;
 // neither blocks, so unlike plugin-backed backends they may be called

@@ -250,7 +250,10 @@ type AnswerResponse struct {
 	// The bot asks for a human agent regardless of the confidence.
 	Handoff bool `protobuf:"varint,4,opt,name=handoff,proto3" json:"handoff,omitempty"`
 	// A short summary of the conversation so far, shown to the agent.
-	Summary       string `protobuf:"bytes,5,opt,name=summary,proto3" json:"summary,omitempty"`
+	Summary string `protobuf:"bytes,5,opt,name=summary,proto3" json:"summary,omitempty"`
+	// The skill a human agent needs when the conversation is handed off,
+	// hierarchical with "/" ("billing/refund"); empty: derive it from intent.
+	Skill         string `protobuf:"bytes,6,opt,name=skill,proto3" json:"skill,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -316,6 +319,13 @@ func (x *AnswerResponse) GetHandoff() bool {
 func (x *AnswerResponse) GetSummary() string {
 	if x != nil {
 		return x.Summary
+	}
+	return ""
+}
+
+func (x *AnswerResponse) GetSkill() string {
+	if x != nil {
+		return x.Skill
 	}
 	return ""
 }
@@ -1111,7 +1121,7 @@ const file_backends_proto_rawDesc = "" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
 	"\x04text\x18\x03 \x01(\tR\x04text\x12\x1a\n" +
 	"\blanguage\x18\x04 \x01(\tR\blanguage\x12=\n" +
-	"\ahistory\x18\x05 \x03(\v2#.unigate.backends.v1.HistoryMessageR\ahistory\"\x90\x01\n" +
+	"\ahistory\x18\x05 \x03(\v2#.unigate.backends.v1.HistoryMessageR\ahistory\"\xa6\x01\n" +
 	"\x0eAnswerResponse\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x16\n" +
 	"\x06intent\x18\x02 \x01(\tR\x06intent\x12\x1e\n" +
@@ -1119,7 +1129,8 @@ const file_backends_proto_rawDesc = "" +
 	"confidence\x18\x03 \x01(\x01R\n" +
 	"confidence\x12\x18\n" +
 	"\ahandoff\x18\x04 \x01(\bR\ahandoff\x12\x18\n" +
-	"\asummary\x18\x05 \x01(\tR\asummary\"\xc0\x01\n" +
+	"\asummary\x18\x05 \x01(\tR\asummary\x12\x14\n" +
+	"\x05skill\x18\x06 \x01(\tR\x05skill\"\xc0\x01\n" +
 	"\x10RankConversation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x16\n" +

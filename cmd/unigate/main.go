@@ -6,6 +6,7 @@
 //	unigate config check [-config unigate.yaml]      validate the configuration
 //	unigate config example                            print a commented example configuration
 //	unigate keygen -alg sm2 -out id.key               secure-channel identity key; prints the pin
+//	unigate bot eval FILE [-kb KB] [-threshold 0.8]  evaluate the FAQ bot on a labelled set
 //	unigate version                                   print version and build information
 //
 // main only parses the command line and configuration and wires packages;
@@ -49,6 +50,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = configCmd(args, stdout, stderr)
 	case "keygen":
 		err = keygenCmd(args, stdout, stderr)
+	case "bot":
+		err = botCmd(args, stdout, stderr)
 	case "version":
 		printVersion(stdout)
 	case "help", "-h", "--help":
@@ -79,6 +82,7 @@ func usage(w io.Writer) {
   unigate config check [-config FILE]       validate the configuration
   unigate config example                    print a commented example configuration
   unigate keygen [-alg sm2|ed25519] [-cert F] secure-channel identity key (and certificate)
+  unigate bot eval FILE [-kb KB]            evaluate the built-in FAQ bot on a labelled set
   unigate version                           print version and build information
 
 Configuration: defaults < YAML file (-config or UNIGATE_CONFIG) < UNIGATE_* environment < flags.
