@@ -8,7 +8,7 @@ require (
 	github.com/VictoriaMetrics/metrics v1.44.0
 	github.com/cloudflare/circl v1.6.5
 	github.com/emmansun/gmsm v0.44.1
-	github.com/go-ego/gse v0.80.3
+	github.com/go-ego/gse v1.1.0
 	github.com/gobwas/ws v1.5.0
 	github.com/golang/snappy v1.0.0
 	github.com/gorilla/websocket v1.5.3
@@ -45,7 +45,7 @@ require (
 	github.com/valyala/bytebufferpool v1.0.0 // indirect
 	github.com/valyala/fastrand v1.1.0 // indirect
 	github.com/valyala/histogram v1.2.0 // indirect
-	github.com/vcaesar/cedar v0.20.2 // indirect
+	github.com/vcaesar/cedar v0.50.0 // indirect
 	go.uber.org/multierr v1.11.0 // indirect
 	go.uber.org/zap v1.28.0 // indirect
 	golang.org/x/net v0.60.0 // indirect

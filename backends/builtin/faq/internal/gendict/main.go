@@ -2,7 +2,7 @@
 // embeds: the N most frequent words of go-ego/gse's simplified-Chinese
 // dictionary (data/dict/zh/s_1.txt), in the dictionary's own order.
 //
-// Why a subset: gse v0.80.3's embedded dictionaries (gse.NewEmbed) link the
+// Why a subset: gse v1.1.0's embedded dictionaries (gse.NewEmbed) link the
 // Japanese (23.7 MB) and traditional-Chinese (3.5 MB) dictionaries along
 // with the simplified one (5.1 MB), about 33 MB of binary, and loading
 // zh_s takes ~1.9 s and ~128 MiB of heap. The 60,000 most frequent words
