@@ -253,6 +253,9 @@ func startGateway(t *testing.T) *gateway {
 	g.cmd = exec.Command(g.bin, "-config", "testdata/unigate-bench.yaml",
 		"-listen", "127.0.0.1:0", "-admin-listen", "", "-data-dir", g.dataDir, "-log-level", "info")
 	g.cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	// A test binary killed by -timeout runs no cleanup: take the gateway
+	// with it.
+	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := g.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -13,11 +13,7 @@ import (
 // in-memory broker: resume within one process).
 func TestEndToEndStorm(t *testing.T) { endToEndStormSweep(t, "storm") }
 
-// The sweep end-to-end check ("sweep" below) is not run: after another
-// chat run in the same test process, the first sweep step hangs waiting for
-// a worker's result (reproducible with -run 'TestEndToEnd$|Sweep'; cause
-// not found yet, see docs/benchmarks.md). It stays here to be re-enabled
-// once fixed: endToEndStormSweep(t, "sweep").
+func TestEndToEndSweep(t *testing.T) { endToEndStormSweep(t, "sweep") }
 
 func endToEndStormSweep(t *testing.T, only string) {
 	if testing.Short() {
