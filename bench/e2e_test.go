@@ -78,6 +78,10 @@ func endToEndStormSweep(t *testing.T, only string) {
 				Rates:    []float64{100, 200},
 				P99Bound: 10 * time.Second, // the machine may be shared: only the bookkeeping is checked
 				Pause:    200 * time.Millisecond,
+				// On a busy machine a step may deliver a message or two
+				// after its window and count as saturated: run both steps
+				// anyway, whatever the verdicts.
+				Continue: true,
 			})
 			if rep != nil && (testing.Verbose() || err != nil || len(rep.Steps) != 2) {
 				var sb strings.Builder
@@ -94,13 +98,19 @@ func endToEndStormSweep(t *testing.T, only string) {
 				if s.Rate != []float64{100, 200}[i] || s.Offered != s.Rate || s.Latency.Count != int64(s.Rate*2) || s.Err != "" {
 					t.Errorf("step %d: %+v", i, s)
 				}
-				if s.Saturated != (s.DeliveredFrac < 0.98) || s.UnderBound == s.Saturated {
-					t.Errorf("step %d: saturated %v under bound %v at %.3f delivered", i, s.Saturated, s.UnderBound, s.DeliveredFrac)
+				// The verdicts follow from the figures (which depend on
+				// the machine's load, so are not checked themselves).
+				if s.Saturated != (s.DeliveredFrac < 0.98) || s.UnderBound != (!s.Saturated && s.P99 <= 10000) {
+					t.Errorf("step %d: saturated %v under bound %v at %.3f delivered, p99 %.1f ms", i, s.Saturated, s.UnderBound, s.DeliveredFrac, s.P99)
 				}
 			}
-			if rep.SaturationRate == 0 && rep.BestRate != 200 {
-				t.Errorf("best rate %v with no saturation", rep.BestRate)
+			switch {
+			case rep.Steps[0].Saturated && rep.SaturationRate != 100, !rep.Steps[0].Saturated && rep.Steps[1].Saturated && rep.SaturationRate != 200:
+				t.Errorf("saturation rate %v", rep.SaturationRate)
+			case rep.Steps[1].UnderBound && rep.BestRate != 200, !rep.Steps[1].UnderBound && rep.Steps[0].UnderBound && rep.BestRate != 100:
+				t.Errorf("best rate %v", rep.BestRate)
 			}
 		})
 	}
 }
+
