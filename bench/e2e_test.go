@@ -114,3 +114,65 @@ func endToEndStormSweep(t *testing.T, only string) {
 	}
 }
 
+// TestEndToEndFanout queues 300 visitors over two workers in a tenant with
+// no agent and lets the head leave 125 times: every update the broker's
+// position rule predicts must arrive once, in order, and the counts must
+// add up.
+func TestEndToEndFanout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the gateway; skipped with -short")
+	}
+	g := startGateway(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const visitors, rate = 300, 50
+	cfg := FanoutConfig{
+		Common:   Common{URL: g.url, Procs: 2, ServerPID: g.cmd.Process.Pid, Worker: testWorker(), WorkerEnv: []string{workerEnv}},
+		Visitors: visitors, Rate: rate, Duration: 2 * time.Second, Warmup: 500 * time.Millisecond, ConnectRate: 2000,
+	}
+	rep, err := RunFanout(ctx, cfg)
+	if rep != nil && (testing.Verbose() || err != nil) {
+		var sb strings.Builder
+		rep.WriteSummary(&sb)
+		t.Log("\n" + sb.String())
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	const triggers = rate * 5 / 2 // rate × (warmup + duration)
+	if rep.Visitors != visitors || rep.Triggers != triggers || rep.TriggersSent != triggers || rep.TriggersConfirmed != triggers {
+		t.Errorf("visitors %d, triggers %d, sent %d, confirmed %d; want %d and %d", rep.Visitors, rep.Triggers, rep.TriggersSent, rep.TriggersConfirmed, visitors, triggers)
+	}
+	// Queue of 300 losing its head 125 times: Σ updatesAfter(300 … 176).
+	var want int64
+	for n := visitors; n > visitors-triggers; n-- {
+		want += int64(updatesAfter(n))
+	}
+	if rep.Expected != want || rep.Delivered+rep.LeaverMissed != want || rep.Gaps != 0 {
+		t.Errorf("expected %d (want %d), delivered %d + missed by leavers %d, gaps %d", rep.Expected, want, rep.Delivered, rep.LeaverMissed, rep.Gaps)
+	}
+	if rep.Duplicates != 0 || rep.Regressions != 0 || rep.Unexpected != 0 || len(rep.Integrity) != 0 {
+		t.Errorf("duplicates %d, regressions %d, unexpected %d, integrity %v", rep.Duplicates, rep.Regressions, rep.Unexpected, rep.Integrity)
+	}
+	if rep.MeasuredTriggers != rate*2 || rep.Latency.Count != rep.DeliveredMeasured || rep.DeliveredMeasured == 0 ||
+		rep.Complete.Count+rep.TriggersWithout != rep.MeasuredTriggers {
+		t.Errorf("measured triggers %d, latency count %d for %d measured deliveries, complete %d + without %d",
+			rep.MeasuredTriggers, rep.Latency.Count, rep.DeliveredMeasured, rep.Complete.Count, rep.TriggersWithout)
+	}
+	if l := rep.Latency; l.P50 <= 0 || l.P50 > l.P99 || l.P99 > l.Max || rep.Complete.Max < l.P50 {
+		t.Errorf("latency %+v, complete %+v", l, rep.Complete)
+	}
+	if rep.OfferedRate <= 0 || rep.DeliveredRate <= 0 || rep.RecipientsPerTrigger < 100 {
+		t.Errorf("offered %.0f/s, delivered %.0f/s, %.1f recipients per trigger", rep.OfferedRate, rep.DeliveredRate, rep.RecipientsPerTrigger)
+	}
+	if rep.Closed != visitors-triggers || len(rep.Errors.Counts) != 0 || len(rep.Drops.Counts) != 0 || len(rep.Events.Counts) != 0 {
+		t.Errorf("closed %d (want %d), errors %v, drops %v, events %v", rep.Closed, visitors-triggers, rep.Errors.Counts, rep.Drops.Counts, rep.Events.Counts)
+	}
+	var b bytes.Buffer
+	if err := RenderHTML(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	if p := selfContainedProblems(b.String()); len(p) > 0 {
+		t.Errorf("HTML: %v", p)
+	}
+}
