@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net/netip"
@@ -13,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -30,7 +32,37 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if gatewayBuild.dir != "" {
+		_ = os.RemoveAll(gatewayBuild.dir)
+	}
+	os.Exit(code)
+}
+
+// gatewayBuild is ./cmd/unigate built once per test binary: every
+// end-to-end test runs its own gateway process from it.
+var gatewayBuild struct {
+	once     sync.Once
+	dir, bin string
+	err      error
+}
+
+func gatewayBinary(t testing.TB) string {
+	t.Helper()
+	b := &gatewayBuild
+	b.once.Do(func() {
+		if b.dir, b.err = os.MkdirTemp("", "unigate-bench-test-"); b.err != nil {
+			return
+		}
+		b.bin = filepath.Join(b.dir, "unigate")
+		if out, err := exec.Command("go", "build", "-o", b.bin, "../cmd/unigate").CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build ./cmd/unigate: %v\n%s", err, out)
+		}
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.bin
 }
 
 func testWorker() []string { return []string{os.Args[0], "-test.run=^$"} }
@@ -238,21 +270,21 @@ type gateway struct {
 	cmd               *exec.Cmd
 }
 
-// startGateway builds ./cmd/unigate and runs it on a free loopback port
-// (admin server disabled), parsing the port from its log.
+// startGateway runs ./cmd/unigate (built once, see gatewayBinary) on a
+// free loopback port (admin server disabled), parsing the port from its
+// log.
 func startGateway(t *testing.T) *gateway {
 	t.Helper()
 	dir := t.TempDir()
-	g := &gateway{bin: filepath.Join(dir, "unigate"), dataDir: filepath.Join(dir, "data")}
-	build := exec.Command("go", "build", "-o", g.bin, "../cmd/unigate")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/unigate: %v\n%s", err, out)
-	}
+	g := &gateway{bin: gatewayBinary(t), dataDir: filepath.Join(dir, "data")}
 	// The benchmark configuration turns the admission limits off: every
 	// client comes from 127.0.0.1, faster than a single visitor would.
 	g.cmd = exec.Command(g.bin, "-config", "testdata/unigate-bench.yaml",
 		"-listen", "127.0.0.1:0", "-admin-listen", "", "-data-dir", g.dataDir, "-log-level", "info")
 	g.cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	// A test binary killed by -timeout runs no cleanup: take the gateway
+	// with it.
+	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := g.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -67,11 +67,16 @@ func figures(scenario string) []figure {
 		fs = append(fs, latencyFigures("reconnect→replayed", "replay_latency")...)
 	case "fanout":
 		fs = []figure{
-			{"updates delivered", "updates", false},
-			{"updates per second", "updates_per_s", false},
-			{"time to drain the queue (s)", "drain_s", true},
+			{"offered updates (/s)", "offered_deliveries_per_s", false},
+			{"delivered updates (/s)", "delivered_per_s", false},
+			{"recipients per trigger", "recipients_per_trigger", false},
+			{"gaps", "gaps", true},
 		}
-		fs = append(fs, latencyFigures("assignment", "assign_latency")...)
+		fs = append(fs, latencyFigures("trigger→update", "latency")...)
+		fs = append(fs, latencyFigures("trigger→last update", "complete_latency")...)
+		fs = append(fs,
+			figure{"server CPU (cores)", "server_cpu_cores", true},
+			figure{"server RSS at end (bytes)", "server_rss_end_bytes", true})
 	case "sweep":
 		fs = []figure{
 			{"saturation rate (msg/s)", "saturation_rate", false},

@@ -1,6 +1,8 @@
 // Package bench is the load generator behind cmd/unigate-bench: it opens
 // many real WebSocket connections to a running gateway and measures what the
-// gateway costs (idle) and how fast it relays chat (chat).
+// gateway costs (idle), how fast it relays chat (chat, sweep), how it
+// recovers from a reconnect storm (storm) and how fast it fans one event
+// out to many connections (fanout).
 //
 // # Scenarios
 //
@@ -19,6 +21,19 @@
 // behind a slow client (coordinated omission). Agents answer a fixed
 // fraction of the messages; their replies are timed from the moment the
 // agent decided to answer.
+//
+// RunStorm drops every visitor at once and checks their resume; RunSweep
+// runs RunChat at rising rates.
+//
+// RunFanout measures one event delivered to many: visitors of a tenant
+// without agents wait in its queue, and on an open-loop schedule the
+// visitor at the head leaves, so the broker sends the visitors behind
+// their new positions (every change within the first 100 places, every
+// 10th place beyond). Each visitor knows the place it joined at, so a
+// position q received by the visitor that joined at p0 is the effect of
+// the (p0−q)-th trigger: its latency is measured from that trigger's due
+// time, in the receiving worker's clock, whichever worker sent it. The
+// queue is emptied from its tail at the end, so the teardown moves nobody.
 //
 // # Processes
 //

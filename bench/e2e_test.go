@@ -13,11 +13,7 @@ import (
 // in-memory broker: resume within one process).
 func TestEndToEndStorm(t *testing.T) { endToEndStormSweep(t, "storm") }
 
-// The sweep end-to-end check ("sweep" below) is not run: after another
-// chat run in the same test process, the first sweep step hangs waiting for
-// a worker's result (reproducible with -run 'TestEndToEnd$|Sweep'; cause
-// not found yet, see docs/benchmarks.md). It stays here to be re-enabled
-// once fixed: endToEndStormSweep(t, "sweep").
+func TestEndToEndSweep(t *testing.T) { endToEndStormSweep(t, "sweep") }
 
 func endToEndStormSweep(t *testing.T, only string) {
 	if testing.Short() {
@@ -82,6 +78,10 @@ func endToEndStormSweep(t *testing.T, only string) {
 				Rates:    []float64{100, 200},
 				P99Bound: 10 * time.Second, // the machine may be shared: only the bookkeeping is checked
 				Pause:    200 * time.Millisecond,
+				// On a busy machine a step may deliver a message or two
+				// after its window and count as saturated: run both steps
+				// anyway, whatever the verdicts.
+				Continue: true,
 			})
 			if rep != nil && (testing.Verbose() || err != nil || len(rep.Steps) != 2) {
 				var sb strings.Builder
@@ -98,13 +98,81 @@ func endToEndStormSweep(t *testing.T, only string) {
 				if s.Rate != []float64{100, 200}[i] || s.Offered != s.Rate || s.Latency.Count != int64(s.Rate*2) || s.Err != "" {
 					t.Errorf("step %d: %+v", i, s)
 				}
-				if s.Saturated != (s.DeliveredFrac < 0.98) || s.UnderBound == s.Saturated {
-					t.Errorf("step %d: saturated %v under bound %v at %.3f delivered", i, s.Saturated, s.UnderBound, s.DeliveredFrac)
+				// The verdicts follow from the figures (which depend on
+				// the machine's load, so are not checked themselves).
+				if s.Saturated != (s.DeliveredFrac < 0.98) || s.UnderBound != (!s.Saturated && s.P99 <= 10000) {
+					t.Errorf("step %d: saturated %v under bound %v at %.3f delivered, p99 %.1f ms", i, s.Saturated, s.UnderBound, s.DeliveredFrac, s.P99)
 				}
 			}
-			if rep.SaturationRate == 0 && rep.BestRate != 200 {
-				t.Errorf("best rate %v with no saturation", rep.BestRate)
+			switch {
+			case rep.Steps[0].Saturated && rep.SaturationRate != 100, !rep.Steps[0].Saturated && rep.Steps[1].Saturated && rep.SaturationRate != 200:
+				t.Errorf("saturation rate %v", rep.SaturationRate)
+			case rep.Steps[1].UnderBound && rep.BestRate != 200, !rep.Steps[1].UnderBound && rep.Steps[0].UnderBound && rep.BestRate != 100:
+				t.Errorf("best rate %v", rep.BestRate)
 			}
 		})
+	}
+}
+
+// TestEndToEndFanout queues 300 visitors over two workers in a tenant with
+// no agent and lets the head leave 125 times: every update the broker's
+// position rule predicts must arrive once, in order, and the counts must
+// add up.
+func TestEndToEndFanout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the gateway; skipped with -short")
+	}
+	g := startGateway(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const visitors, rate = 300, 50
+	cfg := FanoutConfig{
+		Common:   Common{URL: g.url, Procs: 2, ServerPID: g.cmd.Process.Pid, Worker: testWorker(), WorkerEnv: []string{workerEnv}},
+		Visitors: visitors, Rate: rate, Duration: 2 * time.Second, Warmup: 500 * time.Millisecond, ConnectRate: 2000,
+	}
+	rep, err := RunFanout(ctx, cfg)
+	if rep != nil && (testing.Verbose() || err != nil) {
+		var sb strings.Builder
+		rep.WriteSummary(&sb)
+		t.Log("\n" + sb.String())
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	const triggers = rate * 5 / 2 // rate × (warmup + duration)
+	if rep.Visitors != visitors || rep.Triggers != triggers || rep.TriggersSent != triggers || rep.TriggersConfirmed != triggers {
+		t.Errorf("visitors %d, triggers %d, sent %d, confirmed %d; want %d and %d", rep.Visitors, rep.Triggers, rep.TriggersSent, rep.TriggersConfirmed, visitors, triggers)
+	}
+	// Queue of 300 losing its head 125 times: Σ updatesAfter(300 … 176).
+	var want int64
+	for n := visitors; n > visitors-triggers; n-- {
+		want += int64(updatesAfter(n))
+	}
+	if rep.Expected != want || rep.Delivered+rep.LeaverMissed != want || rep.Gaps != 0 {
+		t.Errorf("expected %d (want %d), delivered %d + missed by leavers %d, gaps %d", rep.Expected, want, rep.Delivered, rep.LeaverMissed, rep.Gaps)
+	}
+	if rep.Duplicates != 0 || rep.Regressions != 0 || rep.Unexpected != 0 || len(rep.Integrity) != 0 {
+		t.Errorf("duplicates %d, regressions %d, unexpected %d, integrity %v", rep.Duplicates, rep.Regressions, rep.Unexpected, rep.Integrity)
+	}
+	if rep.MeasuredTriggers != rate*2 || rep.Latency.Count != rep.DeliveredMeasured || rep.DeliveredMeasured == 0 ||
+		rep.Complete.Count+rep.TriggersWithout != rep.MeasuredTriggers {
+		t.Errorf("measured triggers %d, latency count %d for %d measured deliveries, complete %d + without %d",
+			rep.MeasuredTriggers, rep.Latency.Count, rep.DeliveredMeasured, rep.Complete.Count, rep.TriggersWithout)
+	}
+	if l := rep.Latency; l.P50 <= 0 || l.P50 > l.P99 || l.P99 > l.Max || rep.Complete.Max < l.P50 {
+		t.Errorf("latency %+v, complete %+v", l, rep.Complete)
+	}
+	if rep.OfferedRate <= 0 || rep.DeliveredRate <= 0 || rep.RecipientsPerTrigger < 100 {
+		t.Errorf("offered %.0f/s, delivered %.0f/s, %.1f recipients per trigger", rep.OfferedRate, rep.DeliveredRate, rep.RecipientsPerTrigger)
+	}
+	if rep.Closed != visitors-triggers || len(rep.Errors.Counts) != 0 || len(rep.Drops.Counts) != 0 || len(rep.Events.Counts) != 0 {
+		t.Errorf("closed %d (want %d), errors %v, drops %v, events %v", rep.Closed, visitors-triggers, rep.Errors.Counts, rep.Drops.Counts, rep.Events.Counts)
+	}
+	var b bytes.Buffer
+	if err := RenderHTML(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	if p := selfContainedProblems(b.String()); len(p) > 0 {
+		t.Errorf("HTML: %v", p)
 	}
 }

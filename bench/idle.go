@@ -371,17 +371,32 @@ type IdlePoint struct {
 	Dropped     int64   `json:"dropped"`
 }
 
-// coordinator is the shared event pump of both scenarios.
+// coordinator is the shared event pump of every scenario.
 type coordinator struct {
 	pool     *workerPool
 	progress func(workerEvent) // called for every progress event
 	phase    atomic.Value      // string, for the progress line
 	finished map[int]bool      // workers that sent their result; their exit is expected
+	// held keeps, in arrival order, the events that arrived while nobody
+	// was waiting for them (during wait): a worker may legitimately
+	// finish its part before the coordinator's own timeline says so (a
+	// chat worker sends its last message before the measured window
+	// ends, drains and reports), and the next pump must still see it.
+	held []workerEvent
 }
 
 // pump handles events until done returns true for one, the timeout
 // passes or ctx ends. A worker's fatal error or early exit fails the run.
+// With a nil done (see wait) no event is consumed: every event other than
+// progress is held for the next pump, which sees held events first.
 func (co *coordinator) pump(ctx context.Context, timeout time.Duration, done func(workerEvent) bool) error {
+	for done != nil && len(co.held) > 0 {
+		ev := co.held[0]
+		co.held = co.held[1:]
+		if done(ev) {
+			return nil
+		}
+	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	for {
@@ -407,8 +422,13 @@ func (co *coordinator) pump(ctx context.Context, timeout time.Duration, done fun
 				}
 				co.finished[ev.idx] = true
 			}
-			if done != nil && done(ev) {
-				return nil
+			switch {
+			case done != nil:
+				if done(ev) {
+					return nil
+				}
+			case ev.w.Ev != evProgress:
+				co.held = append(co.held, ev)
 			}
 		}
 	}
@@ -417,7 +437,8 @@ func (co *coordinator) pump(ctx context.Context, timeout time.Duration, done fun
 // errTimeout is returned by pump when its timeout passes.
 var errTimeout = errors.New("timeout")
 
-// wait handles events for d.
+// wait handles events for d; it holds every event but progress for the
+// next pump (see pump).
 func (co *coordinator) wait(ctx context.Context, d time.Duration) error {
 	if err := co.pump(ctx, d, nil); !errors.Is(err, errTimeout) {
 		return err

@@ -21,6 +21,7 @@ import (
 //	idle:  → idle{job}   → target{n}… ← reached  (per step)   → close ← result
 //	chat:  → chat{job}   ← ready       → start{t0}            ← result
 //	storm: → storm{job}  ← ready  → drop  ← dropped  → start{t0}  ← result
+//	fanout: → fanout{job} ← ready{positions} → start{t0} ← result → close{t0} ← closed
 //
 // Workers send "progress" every second and "fatal" before giving up.
 type wire struct {
@@ -30,15 +31,20 @@ type wire struct {
 	Target int      `json:"target,omitempty"`
 	T0     int64    `json:"t0,omitempty"` // start of the chat schedule, Unix nanoseconds
 
-	Ev            string         `json:"ev,omitempty"`
-	IdleProgress  *idleProgress  `json:"idle_progress,omitempty"`
-	IdleResult    *idleResult    `json:"idle_result,omitempty"`
-	ChatProgress  *chatProgress  `json:"chat_progress,omitempty"`
-	ChatResult    *chatResult    `json:"chat_result,omitempty"`
-	Storm         *stormJob      `json:"storm,omitempty"`
-	StormProgress *stormProgress `json:"storm_progress,omitempty"`
-	StormResult   *stormResult   `json:"storm_result,omitempty"`
-	Err           string         `json:"err,omitempty"`
+	Ev             string          `json:"ev,omitempty"`
+	IdleProgress   *idleProgress   `json:"idle_progress,omitempty"`
+	IdleResult     *idleResult     `json:"idle_result,omitempty"`
+	ChatProgress   *chatProgress   `json:"chat_progress,omitempty"`
+	ChatResult     *chatResult     `json:"chat_result,omitempty"`
+	Storm          *stormJob       `json:"storm,omitempty"`
+	StormProgress  *stormProgress  `json:"storm_progress,omitempty"`
+	StormResult    *stormResult    `json:"storm_result,omitempty"`
+	Fanout         *fanoutJob      `json:"fanout,omitempty"`
+	FanoutReady    *fanoutReady    `json:"fanout_ready,omitempty"`
+	FanoutProgress *fanoutProgress `json:"fanout_progress,omitempty"`
+	FanoutResult   *fanoutResult   `json:"fanout_result,omitempty"`
+	FanoutClosed   int64           `json:"fanout_closed,omitempty"`
+	Err            string          `json:"err,omitempty"`
 }
 
 // Commands and events.
@@ -54,6 +60,7 @@ const (
 	evReady    = "ready"
 	evResult   = "result"
 	evFatal    = "fatal"
+	evClosed   = "closed"
 	evExit     = "exit" // synthesized by the coordinator when stdout closes
 )
 
@@ -248,6 +255,10 @@ func RunWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 		ctx, stop := context.WithDeadline(ctx, time.Unix(0, job.Chat.Deadline))
 		defer stop()
 		err = runChatWorker(ctx, job.Chat, cmds, link)
+	case job.Cmd == cmdFanout && job.Fanout != nil:
+		ctx, stop := context.WithDeadline(ctx, time.Unix(0, job.Fanout.Deadline))
+		defer stop()
+		err = runFanoutWorker(ctx, job.Fanout, cmds, link)
 	case job.Cmd == cmdStorm && job.Storm != nil:
 		ctx, stop := context.WithDeadline(ctx, time.Unix(0, job.Storm.Deadline))
 		defer stop()

@@ -63,7 +63,7 @@ func TestCompare(t *testing.T) {
 // TestCompareReports compares real report types: every figure of each
 // scenario must exist in its report's JSON.
 func TestCompareReports(t *testing.T) {
-	for _, rep := range []any{sampleIdle(), sampleChat(), &StormReport{Scenario: "storm"}, &SweepReport{Scenario: "sweep"}} {
+	for _, rep := range []any{sampleIdle(), sampleChat(), &StormReport{Scenario: "storm"}, &SweepReport{Scenario: "sweep"}, sampleFanout()} {
 		b, err := json.Marshal(rep)
 		if err != nil {
 			t.Fatal(err)
@@ -147,7 +147,7 @@ func selfContainedProblems(page string) []string {
 }
 
 func TestHTMLSelfContained(t *testing.T) {
-	for _, rep := range []Reporter{sampleIdle(), sampleChat(), sampleStorm(), sampleSweep()} {
+	for _, rep := range []Reporter{sampleIdle(), sampleChat(), sampleStorm(), sampleSweep(), sampleFanout()} {
 		var b bytes.Buffer
 		if err := RenderHTML(&b, rep); err != nil {
 			t.Fatal(err)
@@ -256,5 +256,17 @@ func sampleSweep() *SweepReport {
 		r.Steps = append(r.Steps, SweepStep{Rate: rate, Offered: rate, Delivered: rate * 0.99, P50: 1, P99: float64(3 + 4*i),
 			Latency: latencyOf(time.Millisecond, time.Duration(3+4*i)*time.Millisecond)})
 	}
+	return r
+}
+
+func sampleFanout() *FanoutReport {
+	r := &FanoutReport{Scenario: "fanout", Started: time.Now(), Config: FanoutConfig{Common: Common{URL: "ws://127.0.0.1:8080/ws"}, Visitors: 300, Rate: 50}}
+	r.Visitors, r.Triggers, r.Expected, r.Delivered = 300, 125, 14155, 14155
+	r.RecipientsPerTrigger, r.OfferedRate, r.DeliveredRate = 112, 5600, 5600
+	r.Latency = latencyOf(time.Millisecond, 2*time.Millisecond, 4*time.Millisecond)
+	r.Complete = latencyOf(3*time.Millisecond, 5*time.Millisecond)
+	r.SendLag = latencyOf(100 * time.Microsecond)
+	r.Timeline = []FanoutPoint{{At: 1, Phase: "measure", Triggers: 50, Deliveries: 5600, Count: 5600, P50: 2, P99: 4},
+		{At: 2, Phase: "measure", Triggers: 50, Deliveries: 5600, Count: 5600, P50: 2, P99: 5}}
 	return r
 }

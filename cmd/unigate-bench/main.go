@@ -1,11 +1,13 @@
 // Command unigate-bench is the load generator of Unigate: it measures a
-// running gateway's memory per idle connection and its chat relay rate and
-// latency. See docs/benchmarks.md.
+// running gateway's memory per idle connection, its chat relay rate and
+// latency, reconnect storms and fan-out. See docs/benchmarks.md.
 //
 //	unigate-bench idle -url ws://127.0.0.1:8080/ws -conns 19900 -rate 2000 -procs 2 \
 //	    -src 127.0.0.2-127.0.0.9 -server-pid PID -steps 5000,10000,15000,19900 -json idle.json
 //	unigate-bench chat -url ws://127.0.0.1:8080/ws -conversations 1000 -agents 100 \
 //	    -agent-capacity 10 -rate 20000 -duration 30s -token-cmd "unigate token agent -data-dir data"
+//	unigate-bench fanout -url ws://127.0.0.1:8080/ws -visitors 10000 -rate 100 -duration 10s \
+//	    -procs 2 -src 127.0.0.2-127.0.0.9 -server-pid PID -json fanout.json
 //
 // main only parses flags into the bench package's configuration, runs the
 // scenario and writes its report; all logic lives in package bench. The
@@ -50,6 +52,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = storm(ctx, args[1:], stdout, stderr)
 	case "sweep":
 		err = sweep(ctx, args[1:], stdout, stderr)
+	case "fanout":
+		err = fanout(ctx, args[1:], stdout, stderr)
 	case "compare", "-compare":
 		err = compare(args[1:], stdout, stderr)
 	case "worker":
@@ -85,6 +89,8 @@ func usage(w io.Writer) {
   unigate-bench storm -url ws://HOST:PORT/ws [flags]           reconnect storm: resume, replay, gaps
   unigate-bench sweep -url ws://HOST:PORT/ws -from R -to R -step R [chat flags]
                                                                chat at rising rates: saturation point
+  unigate-bench fanout -url ws://HOST:PORT/ws -visitors N [flags]
+                                                               one event to many: queue position updates
   unigate-bench compare A.json B.json                          ratios B/A of the main figures
 Run "unigate-bench <command> -h" for the flags; see docs/benchmarks.md.
 `)
@@ -358,4 +364,52 @@ func compare(args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	return bench.CompareFiles(stdout, fs.Arg(0), fs.Arg(1))
+}
+
+func fanout(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c bench.FanoutConfig
+	var src, sub string
+	var out outputs
+	var quiet bool
+	fs := flag.NewFlagSet("unigate-bench fanout", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `usage: unigate-bench fanout -url ws://HOST:PORT/ws -visitors N [flags]
+
+One event to many. -visitors anonymous visitors of a tenant with no agent
+open a conversation each and wait in its queue (positions 1..N). Then, on an
+open-loop schedule of -rate triggers per second, the visitor at the head
+leaves (closes its conversation), and the broker sends every visitor behind
+whose position changed a queue update: all of the first 100 places, every
+10th place beyond. Reports the updates delivered per second and the latency
+from each trigger's due time to each update (HDR), and to the last update
+of each trigger. Every visitor checks that it gets exactly the positions
+the triggers explain, once, in order.
+
+`)
+		fs.PrintDefaults()
+	}
+	common(fs, &c.Common, &src, &sub, &out, &quiet)
+	fs.IntVar(&c.Visitors, "visitors", 1000, "visitors waiting in the queue, one conversation each (the broker's queue holds 10,000 in all)")
+	fs.Float64Var(&c.Rate, "rate", 10, "triggers per second: visitors leaving the head of the queue (open loop)")
+	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "measured duration")
+	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "unmeasured start of the schedule (0: none)")
+	fs.StringVar(&c.Tenant, "tenant", "", "tenant of the visitors (default: a fresh bench-fanout-<random>, an empty queue)")
+	fs.Float64Var(&c.ConnectRate, "connect-rate", 1000, "setup connections per second")
+	fs.DurationVar(&c.SetupTimeout, "setup-timeout", 0, "bound on connecting and queueing everybody (default 60s + twice the connect time)")
+	fs.DurationVar(&c.Drain, "drain", 10*time.Second, "wait after the last trigger for its updates")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := finish(&c.Common, src, sub, quiet, stderr); err != nil {
+		return err
+	}
+	if c.Warmup == 0 {
+		c.Warmup = -1 // the flag's 0 means none; the config's 0 means the default
+	}
+	rep, err := bench.RunFanout(ctx, c)
+	if rep != nil {
+		err = out.write(rep, stdout, err)
+	}
+	return err
 }

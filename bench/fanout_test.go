@@ -1,0 +1,99 @@
+package bench
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestPositionsSent(t *testing.T) {
+	for lo := -2; lo < 260; lo += 3 {
+		for hi := lo - 2; hi < 400; hi += 7 {
+			want := 0
+			for q := lo; q <= hi; q++ {
+				if positionSent(q) {
+					want++
+				}
+			}
+			if got := positionsSent(lo, hi); got != want {
+				t.Fatalf("positionsSent(%d, %d) = %d, want %d", lo, hi, got, want)
+			}
+		}
+	}
+	// A queue of 10,000 losing its head: the first 100 places, then every
+	// 10th of the 9,899 behind.
+	if got := updatesAfter(10000); got != 100+989 {
+		t.Errorf("updatesAfter(10000) = %d, want 1089", got)
+	}
+	if updatesAfter(1) != 0 || updatesAfter(2) != 1 {
+		t.Errorf("updatesAfter(1), (2) = %d, %d", updatesAfter(1), updatesAfter(2))
+	}
+}
+
+// TestFanoutAccounting: what the visitors expect one by one (a worker's
+// view) adds up to what the schedule makes the broker send (the
+// coordinator's view), for any queue and number of triggers.
+func TestFanoutAccounting(t *testing.T) {
+	for _, tc := range []struct{ visitors, triggers int }{{2, 1}, {50, 49}, {300, 125}, {1000, 10}, {5000, 3000}, {10000, 9999}} {
+		w := &fanoutWorker{job: &fanoutJob{fanoutSchedule: fanoutSchedule{Triggers: tc.triggers}}}
+		for p := 1; p <= tc.visitors; p++ {
+			w.visitors = append(w.visitors, &fanVisitor{p0: p})
+		}
+		w.prepare()
+		var perVisitor, perTrigger int64
+		for _, v := range w.visitors {
+			perVisitor += int64(w.expected(v))
+			if v.leaver != (v.p0 <= tc.triggers) {
+				t.Fatalf("%+v: visitor %d leaver %v", tc, v.p0, v.leaver)
+			}
+			if !v.leaver && v.final != 0 && (!positionSent(v.final) || v.final < v.p0-tc.triggers || v.final >= v.p0) {
+				t.Fatalf("%+v: visitor %d final position %d", tc, v.p0, v.final)
+			}
+		}
+		for s := 1; s <= tc.triggers; s++ {
+			perTrigger += int64(updatesAfter(tc.visitors - s + 1))
+		}
+		if perVisitor != perTrigger {
+			t.Errorf("%+v: visitors expect %d updates, the triggers cause %d", tc, perVisitor, perTrigger)
+		}
+	}
+}
+
+func TestFanoutSchedule(t *testing.T) {
+	c := FanoutConfig{Common: Common{URL: "ws://127.0.0.1:1/ws"}, Visitors: 1000, Rate: 100, Duration: 2 * time.Second, Warmup: 500 * time.Millisecond}
+	if err := c.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	s := c.schedule()
+	if s.Triggers != 250 {
+		t.Fatalf("%d triggers, want 250", s.Triggers)
+	}
+	measured := 0
+	for i := 1; i <= s.Triggers; i++ {
+		if s.measured(i) {
+			measured++
+		}
+		if i > 1 && s.due(i)-s.due(i-1) != 10*time.Millisecond {
+			t.Fatalf("trigger %d due %v after %v", i, s.due(i), s.due(i-1))
+		}
+	}
+	if measured != 200 || s.measured(50) || !s.measured(51) || !s.measured(250) {
+		t.Errorf("%d measured triggers, want 200 (51..250)", measured)
+	}
+	if c.Tenant == "" || c.Tenant == (&FanoutConfig{}).Tenant {
+		t.Errorf("tenant %q", c.Tenant)
+	}
+}
+
+func TestFanoutConfigErrors(t *testing.T) {
+	for i, c := range []FanoutConfig{
+		{},
+		{Common: Common{URL: "ws://127.0.0.1:1/ws"}, Visitors: 100, Rate: 100, Duration: time.Second},           // 300 triggers
+		{Common: Common{URL: "ws://127.0.0.1:1/ws", Procs: 5}, Visitors: 4},                                     // procs > visitors
+		{Common: Common{URL: "ws://127.0.0.1:1/ws"}, Visitors: 100, Rate: 1, Tenant: string(make([]byte, 129))}, // tenant
+	} {
+		if err := c.setDefaults(); !errors.Is(err, ErrConfig) {
+			t.Errorf("config %d: err %v, want ErrConfig", i, err)
+		}
+	}
+}

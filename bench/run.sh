@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# One command per published figure (docs/benchmarks.md): builds unigate and
+# unigate-bench from this tree, starts a fresh gateway with
+# bench/testdata/unigate-bench.yaml on a free loopback port (GOMAXPROCS=2,
+# its own data directory), runs one measurement against it, then stops the
+# gateway and removes everything it created.
+#
+#   bench/run.sh fanout -visitors 5000 -procs 2 -rate 50 -json out.json
+#   bench/run.sh chat -conversations 1000 -agents 100 -rate 5000
+#   bench/run.sh wrk -t2 -c64 -d10s --latency -s bench/wrk/health.lua -- /healthz
+#
+# The first argument is an unigate-bench scenario (idle, chat, storm, sweep,
+# fanout) or "wrk". unigate-bench gets -url and -server-pid (and, for chat,
+# sweep and storm, -token-cmd with the gateway's own key); wrk gets the URL
+# (inserted before "--", whose arguments go to the Lua script).
+# Environment: SERVER_GOMAXPROCS (default 2); KEEP=1 keeps the work
+# directory (gateway log in unigate.log).
+set -euo pipefail
+
+if [ $# -lt 1 ]; then
+	sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+	exit 2
+fi
+scenario=$1
+shift
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d /tmp/unigate-run.XXXXXX)
+pid=
+cleanup() {
+	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+		kill -TERM "$pid" 2>/dev/null || true
+		for _ in $(seq 150); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	if [ "${KEEP:-0}" = 1 ]; then
+		echo "run.sh: work directory kept: $work" >&2
+	else
+		rm -rf "$work"
+	fi
+}
+trap cleanup EXIT INT TERM
+
+(cd "$root" && go build -o "$work/unigate" ./cmd/unigate && go build -o "$work/unigate-bench" ./cmd/unigate-bench)
+
+GOMAXPROCS=${SERVER_GOMAXPROCS:-2} "$work/unigate" -config "$root/bench/testdata/unigate-bench.yaml" \
+	-listen 127.0.0.1:0 -admin-listen "" -data-dir "$work/data" -log-level info 2>"$work/unigate.log" &
+pid=$!
+addr=
+for _ in $(seq 200); do
+	addr=$(sed -n 's/.*msg="netpoll listening".* addr=\([^ ]*\).*/\1/p' "$work/unigate.log" | head -n1)
+	[ -n "$addr" ] && break
+	kill -0 "$pid" 2>/dev/null || { cat "$work/unigate.log" >&2; exit 1; }
+	sleep 0.1
+done
+[ -n "$addr" ] || { echo "run.sh: the gateway did not log its address" >&2; exit 1; }
+echo "run.sh: gateway pid $pid on $addr ($(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown))" >&2
+
+case $scenario in
+wrk)
+	pre=() post=()
+	seen=0
+	for a in "$@"; do
+		if [ $seen = 0 ] && [ "$a" = -- ]; then
+			seen=1
+		elif [ $seen = 0 ]; then
+			pre+=("$a")
+		else
+			post+=("$a")
+		fi
+	done
+	if [ $seen = 1 ]; then
+		wrk "${pre[@]}" "http://$addr" -- "${post[@]}"
+	else
+		wrk "${pre[@]}" "http://$addr"
+	fi
+	;;
+chat | sweep | storm)
+	"$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" \
+		-token-cmd "$work/unigate token agent -data-dir $work/data" "$@"
+	;;
+*)
+	"$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" "$@"
+	;;
+esac
