@@ -292,6 +292,7 @@ limits:
 		out   *bufio.Reader
 	}
 	procs := make([]proc, clients)
+	stormStart := time.Now()
 	for i := range procs {
 		cmd := exec.Command(self)
 		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%d,127.0.0.%d", stormClientEnv, n.addr, perClient, i+2))
@@ -329,6 +330,7 @@ limits:
 			t.Errorf("storm client %d: connection errors %v", i, r.Errors)
 		}
 	}
+	stormTook := time.Since(stormStart)
 	rssPeak := rssOf(t, n.cmd.Process.Pid)
 	time.Sleep(2 * time.Second) // the conversations keep running at the cap
 	for _, p := range procs {
@@ -364,8 +366,9 @@ limits:
 		time.Sleep(20 * time.Millisecond)
 	}
 	c, s := calm.take(), storm.take()
-	t.Logf("storm: %d upgraded, %v refused; node RSS %d MiB before, %d MiB at the cap; %d messages delivered",
-		total.Upgraded, total.Refused, rssBefore>>20, rssPeak>>20, received.Load())
+	t.Logf("storm: %d upgraded, %v refused in %v (%.0f attempts/s, %.0f refusals/s); node RSS %d MiB before, %d MiB at the cap; %d messages delivered",
+		total.Upgraded, total.Refused, stormTook.Round(time.Millisecond), float64(clients*perClient)/stormTook.Seconds(),
+		float64(refused)/stormTook.Seconds(), rssBefore>>20, rssPeak>>20, received.Load())
 	t.Logf("visitor→agent latency calm: n=%d p50=%v p99=%v; during the storm: n=%d p50=%v p99=%v (p99 ratio %.2f)",
 		len(c), pct(c, .5), pct(c, .99), len(s), pct(s, .5), pct(s, .99), float64(pct(s, .99))/float64(max(pct(c, .99), 1)))
 	for _, p := range pairs {
