@@ -6,6 +6,8 @@
 //	unigate config check [-config unigate.yaml]      validate the configuration
 //	unigate config example                            print a commented example configuration
 //	unigate version                                   print version and build information
+//	unigate verify bundle.tar.gz                      check a bundle's SHA256SUMS and SM3SUMS
+//	unigate sbom                                      print this binary's CycloneDX SBOM
 //
 // main only parses the command line and configuration and wires packages;
 // all logic lives in them.
@@ -48,6 +50,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = configCmd(args, stdout, stderr)
 	case "version":
 		printVersion(stdout)
+	case "verify":
+		err = verifyCmd(args, stdout, stderr)
+	case "sbom":
+		err = sbomCmd(stdout)
 	case "help", "-h", "--help":
 		usage(stdout)
 	default:
@@ -76,6 +82,8 @@ func usage(w io.Writer) {
   unigate config check [-config FILE]       validate the configuration
   unigate config example                    print a commented example configuration
   unigate version                           print version and build information
+  unigate verify BUNDLE.tar.gz              check a bundle against its SHA256SUMS and SM3SUMS
+  unigate sbom                              print this binary's SBOM (CycloneDX JSON)
 
 Configuration: defaults < YAML file (-config or UNIGATE_CONFIG) < UNIGATE_* environment < flags.
 See docs/configuration.md.
