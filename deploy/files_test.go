@@ -9,6 +9,9 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/unigate/unigate/deploy/bundle"
+	"github.com/unigate/unigate/internal/config"
 )
 
 // needTool returns the path of a command, skipping loudly outside CI and
@@ -135,5 +138,33 @@ func TestDockerfile(t *testing.T) {
 	}
 	if len(user) != 1 || !regexp.MustCompile(`^[1-9][0-9]*:[1-9][0-9]*$`).MatchString(user[0]) {
 		t.Errorf("USER %v, want one numeric non-root uid:gid", user)
+	}
+}
+
+// TestBundledConfig: etc/unigate.yaml of the bundle loads and validates,
+// and puts the data where the systemd unit lets the service write.
+func TestBundledConfig(t *testing.T) {
+	data, err := bundle.Config(config.Example())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "unigate.yaml")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path, nil)
+	if err == nil {
+		err = cfg.Validate()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit, err := os.ReadFile(filepath.Join("systemd", "unigate.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.DataDir != bundle.DataDir || !bytes.Contains(unit, []byte("ReadWritePaths="+bundle.DataDir+"\n")) ||
+		!bytes.Contains(unit, []byte("-config /etc/unigate/unigate.yaml")) {
+		t.Fatalf("data_dir %q; the unit must write there and read /etc/unigate/unigate.yaml", cfg.DataDir)
 	}
 }
