@@ -39,6 +39,7 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
+	var written []string
 	for _, arch := range strings.Split(*arches, ",") {
 		name := bundle.Name(*version, arch)
 		files, err := archFiles(*dist, arch, *version, mtime)
@@ -57,8 +58,9 @@ func main() {
 			fatal(err)
 		}
 		fmt.Printf("%s: %d files, %d bytes\n", out, len(files)+2, b.Len())
+		written = append(written, out)
 	}
-	if err := distSums(*dist); err != nil {
+	if err := distSums(*dist, written); err != nil {
 		fatal(err)
 	}
 }
@@ -170,12 +172,9 @@ func commonFiles(version, commit string, mtime time.Time) ([]bundle.File, error)
 	return files, nil
 }
 
-// distSums writes dist/SHA256SUMS and dist/SM3SUMS for every bundle in dist.
-func distSums(dist string) error {
-	tars, err := filepath.Glob(filepath.Join(dist, "unigate-*.tar.gz"))
-	if err != nil {
-		return err
-	}
+// distSums writes dist/SHA256SUMS and dist/SM3SUMS for the bundles just
+// written (older ones left in dist are not listed).
+func distSums(dist string, tars []string) error {
 	sums := map[string]bundle.Digests{}
 	for _, t := range tars {
 		f, err := os.Open(t)
