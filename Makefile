@@ -5,9 +5,21 @@ PKGS    ?= ./...
 FUZZTIME ?= 30s
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
-LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+# The build date is the commit time, so that two builds of one commit are
+# byte for byte the same (make reproducible checks it).
+EPOCH   ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1)
+DATE    ?= $(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 
-.PHONY: build run test test-race test-short bench fuzz fuzz-ci fuzz-long lint fmt vet generate generate-check clean
+# Release builds: static, no cgo, no paths of this machine, no VCS stamp
+# (the commit is in the ldflags), no build tags. gnet's poll_opt tag is
+# deliberately not used: it does not build on loong64 (docs/deploy.md).
+ARCHES  ?= amd64 arm64 loong64
+DIST    ?= dist
+DISTFLAGS := -trimpath -buildvcs=false -tags= -ldflags '$(LDFLAGS)'
+
+.PHONY: build run test test-race test-short bench fuzz fuzz-ci fuzz-long lint fmt vet generate generate-check clean \
+	dist bundle verify-bundle reproducible image
 
 build: ## static binaries in bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
@@ -60,5 +72,38 @@ generate-check: ## the committed generated code matches the .proto
 	elif [ -n "$$CI" ]; then echo "generate-check: protoc is missing under CI" >&2; exit 1; \
 	else echo "generate-check: SKIPPED, protoc not installed (apt-get install protobuf-compiler)" >&2; fi
 
+dist: ## static release binaries for $(ARCHES) in dist/linux-<arch>/
+	@set -e; for a in $(ARCHES); do \
+	  echo "== linux/$$a"; \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$$a $(GO) build $(DISTFLAGS) -o $(DIST)/linux-$$a/ ./cmd/unigate ./cmd/unigate-bench; \
+	done; ls -l $(DIST)/linux-*/unigate*
+
+bundle: dist ## offline bundles dist/unigate-<version>-linux-<arch>.tar.gz, with SHA256SUMS and SM3SUMS
+	$(GO) run ./deploy/mkbundle -dist $(DIST) -arch $$(echo $(ARCHES) | tr ' ' ,) \
+	  -version $(VERSION) -commit $(COMMIT) -epoch $(EPOCH)
+	@$(MAKE) --no-print-directory verify-bundle
+
+verify-bundle: ## check every bundle in dist/ with the host's own unigate verify
+	@set -e; host=$$($(GO) env GOARCH); \
+	for b in $(DIST)/unigate-$(VERSION)-linux-*.tar.gz; do $(DIST)/linux-$$host/unigate verify $$b; done; \
+	cd $(DIST) && sha256sum -c SHA256SUMS
+
+# Rebuilds ARCH (default amd64) from a copy of the tree at another path with
+# an empty build cache, and compares the bytes with dist/.
+REPRO_ARCH ?= amd64
+reproducible: ## prove that a second, cold build of linux/$(REPRO_ARCH) gives the same bytes as make dist
+	@set -e; tmp=$$(mktemp -d); trap 'chmod -R u+w $$tmp; rm -rf $$tmp' EXIT; \
+	git ls-files -z | tar --null -T - -cf - | (mkdir $$tmp/src && cd $$tmp/src && tar xf -); \
+	(cd $$tmp/src && CGO_ENABLED=0 GOOS=linux GOARCH=$(REPRO_ARCH) GOCACHE=$$tmp/cache \
+	  $(GO) build $(DISTFLAGS) -o $$tmp/out/ ./cmd/unigate ./cmd/unigate-bench); \
+	for b in unigate unigate-bench; do \
+	  cmp $(DIST)/linux-$(REPRO_ARCH)/$$b $$tmp/out/$$b || { echo "reproducible: $$b differs" >&2; exit 1; }; \
+	  echo "reproducible: $$b $$(sha256sum < $$tmp/out/$$b | cut -c1-16)... identical"; \
+	done
+
+IMAGE ?= unigate:$(VERSION)
+image: dist ## container image FROM scratch for the host architecture (deploy/docker)
+	sh deploy/docker/build.sh $(DIST) $(IMAGE)
+
 clean:
-	rm -rf bin/
+	rm -rf bin/ $(DIST)/

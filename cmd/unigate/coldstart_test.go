@@ -16,17 +16,33 @@ import (
 )
 
 // BenchmarkColdStart measures process start to the first 200 from /readyz
-// on the public port, with embedded NATS (JetStream store already created
-// by an earlier run, as after a restart) and a session snapshot of 0 or
-// 100,000 sessions to restore:
+// on the public port, with embedded NATS, and reports the idle RSS of the
+// node once ready (rss-MiB):
 //
 //	go test -run '^$' -bench ColdStart -benchtime 5x ./cmd/unigate
 //
-// Each session is a broker session record (user, role, tenant, one
-// conversation: about 120 bytes of JSON, sealed with SM4-GCM in the cache).
+//   - fresh: an empty data directory (keys and the JetStream store are
+//     created);
+//   - restart/sessions=N: the store exists (as after a restart) and a
+//     session snapshot of N sessions is restored. Each session is a broker
+//     session record (user, role, tenant, one conversation: about 120
+//     bytes of JSON, sealed with SM4-GCM in the cache).
 func BenchmarkColdStart(b *testing.B) {
+	b.Run("fresh", func(b *testing.B) {
+		bin := buildBinary(b)
+		var rss int64
+		for range b.N {
+			b.StopTimer()
+			dir, err := os.MkdirTemp(b.TempDir(), "fresh")
+			if err != nil {
+				b.Fatal(err)
+			}
+			rss = startToReady(b, bin, dir, true)
+		}
+		b.ReportMetric(float64(rss)/(1<<20), "rss-MiB")
+	})
 	for _, sessions := range []int{0, 100_000} {
-		b.Run(fmt.Sprintf("sessions=%d", sessions), func(b *testing.B) {
+		b.Run(fmt.Sprintf("restart/sessions=%d", sessions), func(b *testing.B) {
 			bin := buildBinary(b)
 			dir := b.TempDir()
 			if sessions > 0 {
@@ -36,9 +52,11 @@ func BenchmarkColdStart(b *testing.B) {
 			// restored sessions again for the next start.
 			startToReady(b, bin, dir, false)
 			b.ResetTimer()
+			var rss int64
 			for range b.N {
-				startToReady(b, bin, dir, true)
+				rss = startToReady(b, bin, dir, true)
 			}
+			b.ReportMetric(float64(rss)/(1<<20), "rss-MiB")
 		})
 	}
 }
@@ -71,8 +89,9 @@ func writeSessionSnapshot(b *testing.B, dir string, n int) {
 }
 
 // startToReady starts the binary on dir, waits for /readyz to answer 200,
-// stops it with SIGTERM and, when timed, counts only start → ready.
-func startToReady(b *testing.B, bin, dir string, timed bool) {
+// reads its RSS, stops it with SIGTERM and, when timed, counts only start
+// → ready. It returns the RSS in bytes.
+func startToReady(b *testing.B, bin, dir string, timed bool) int64 {
 	b.Helper()
 	if timed {
 		b.StartTimer()
@@ -111,11 +130,10 @@ func startToReady(b *testing.B, bin, dir string, timed bool) {
 	if timed {
 		b.StopTimer()
 	}
+	rss := rssOf(b, cmd.Process.Pid)
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		b.Fatalf("exit after SIGTERM: %v", err)
 	}
-	if _, err := os.Stat(dir); err != nil {
-		b.Fatal(err)
-	}
+	return rss
 }

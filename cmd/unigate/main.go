@@ -8,6 +8,8 @@
 //	unigate keygen -alg sm2 -out id.key               secure-channel identity key; prints the pin
 //	unigate bot eval FILE [-kb KB] [-threshold 0.8]  evaluate the FAQ bot on a labelled set
 //	unigate version                                   print version and build information
+//	unigate verify bundle.tar.gz                      check a bundle's SHA256SUMS and SM3SUMS
+//	unigate sbom                                      print this binary's CycloneDX SBOM
 //
 // main only parses the command line and configuration and wires packages;
 // all logic lives in them.
@@ -54,6 +56,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = botCmd(args, stdout, stderr)
 	case "version":
 		printVersion(stdout)
+	case "verify":
+		err = verifyCmd(args, stdout, stderr)
+	case "sbom":
+		err = sbomCmd(stdout)
 	case "help", "-h", "--help":
 		usage(stdout)
 	default:
@@ -84,6 +90,8 @@ func usage(w io.Writer) {
   unigate keygen [-alg sm2|ed25519] [-cert F] secure-channel identity key (and certificate)
   unigate bot eval FILE [-kb KB]            evaluate the built-in FAQ bot on a labelled set
   unigate version                           print version and build information
+  unigate verify BUNDLE.tar.gz              check a bundle against its SHA256SUMS and SM3SUMS
+  unigate sbom                              print this binary's SBOM (CycloneDX JSON)
 
 Configuration: defaults < YAML file (-config or UNIGATE_CONFIG) < UNIGATE_* environment < flags.
 See docs/configuration.md.

@@ -379,7 +379,7 @@ limits:
 }
 
 // rssOf returns the resident set of process pid in bytes.
-func rssOf(t *testing.T, pid int) int64 {
+func rssOf(t testing.TB, pid int) int64 {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

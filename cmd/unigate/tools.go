@@ -104,6 +104,16 @@ func printVersion(w io.Writer) {
 	}
 	fmt.Fprintf(w, "go      %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	if bi, ok := debug.ReadBuildInfo(); ok {
+		var build []string
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "CGO_ENABLED", "-trimpath", "-tags", "GOAMD64", "GOARM64":
+				build = append(build, s.Key+"="+s.Value)
+			}
+		}
+		if len(build) > 0 {
+			fmt.Fprintf(w, "build   %s\n", strings.Join(build, " "))
+		}
 		for _, d := range bi.Deps {
 			v := d.Version
 			if d.Replace != nil {
