@@ -19,14 +19,14 @@ import (
 // on the public port, with embedded NATS, and reports the idle RSS of the
 // node once ready (rss-MiB):
 //
-//	go test -run '^$' -bench ColdStart -benchtime 5x ./cmd/unigate
+//		go test -run '^$' -bench ColdStart -benchtime 5x ./cmd/unigate
 //
-//   - fresh: an empty data directory (keys and the JetStream store are
-//     created);
-//   - restart/sessions=N: the store exists (as after a restart) and a
-//     session snapshot of N sessions is restored. Each session is a broker
-//     session record (user, role, tenant, one conversation: about 120
-//     bytes of JSON, sealed with SM4-GCM in the cache).
+//	  - fresh: an empty data directory (keys and the JetStream store are
+//	    created);
+//	  - restart/sessions=N: the store exists (as after a restart) and a
+//	    session snapshot of N sessions is restored. Each session is a broker
+//	    session record (user, role, tenant, one conversation: about 120
+//	    bytes of JSON, sealed with SM4-GCM in the cache).
 func BenchmarkColdStart(b *testing.B) {
 	b.Run("fresh", func(b *testing.B) {
 		bin := buildBinary(b)
