@@ -188,8 +188,11 @@ func TestWebhookProcess(t *testing.T) {
 	}
 	rcv.mu.Lock()
 	defer rcv.mu.Unlock()
-	if rcv.repeats != 1 {
-		t.Errorf("%d repeated deliveries, want 1 (ev-7)", rcv.repeats)
+	// ev-7's lost reply makes one repeat; on a loaded machine an attempt
+	// that outlives its timeout after being processed makes another, which
+	// the id must catch just the same (processed stays 1, checked above).
+	if rcv.repeats < 1 {
+		t.Errorf("%d repeated deliveries, want at least 1 (ev-7)", rcv.repeats)
 	}
 	if rcv.badSig != 0 {
 		t.Errorf("%d deliveries with a bad signature", rcv.badSig)
