@@ -367,6 +367,12 @@ func openStores(cfg config.Config, log *slog.Logger) (*natsnode.Node, *histstore
 	}
 	if no.ExternalURL == "" {
 		no.StoreDir = cfg.NATSStoreDir()
+		if cl := cfg.Cluster; cl.Listen != "" {
+			no.ClusterName = cl.Name
+			no.ClusterListen = cl.Listen
+			no.Routes = cl.Routes
+			no.ServerName = cl.NodeName
+		}
 	}
 	node, err := natsnode.Start(no)
 	if err != nil {
@@ -379,12 +385,13 @@ func openStores(cfg config.Config, log *slog.Logger) (*natsnode.Node, *histstore
 		MaxBytes:          cfg.History.MaxBytes,
 		MaxMsgsPerSubject: cfg.History.MaxMsgsPerConversation,
 		DuplicateWindow:   cfg.History.DuplicateWindow,
+		Replicas:          cfg.NATS.Replicas,
 	})
 	if err != nil {
 		node.Shutdown()
 		return nil, nil, nil, err
 	}
-	convs, err := broker.OpenKVConvStore(ctx, node.JetStream(), broker.KVConvOptions{TTL: cfg.History.MaxAge})
+	convs, err := broker.OpenKVConvStore(ctx, node.JetStream(), broker.KVConvOptions{TTL: cfg.History.MaxAge, Replicas: cfg.NATS.Replicas})
 	if err != nil {
 		_ = hist.Close()
 		node.Shutdown()
