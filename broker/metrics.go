@@ -27,6 +27,10 @@ type brokerMetrics struct {
 	overload        *metrics.Counter
 	malformedCloses *metrics.Counter
 	encodeErrors    *metrics.Counter
+	// Cluster mode.
+	clusterNotices   *metrics.Counter // messages received from other nodes
+	clusterGaps      *metrics.Counter // notices after a gap (resync)
+	clusterConflicts *metrics.Counter // record updates lost to another node
 	errors          map[protocol.Code]*metrics.Counter // read-only after newMetrics
 }
 
@@ -38,6 +42,10 @@ func newMetrics(b *Broker) *brokerMetrics {
 		overload:        s.NewCounter("unigate_broker_overload_drops_total"),
 		malformedCloses: s.NewCounter("unigate_broker_malformed_closes_total"),
 		encodeErrors:    s.NewCounter("unigate_broker_encode_errors_total"),
+
+		clusterNotices:   s.NewCounter("unigate_broker_cluster_notices_total"),
+		clusterGaps:      s.NewCounter("unigate_broker_cluster_gaps_total"),
+		clusterConflicts: s.NewCounter("unigate_broker_cluster_conflicts_total"),
 		errors:          make(map[protocol.Code]*metrics.Counter, len(knownCodes)),
 	}
 	for _, c := range knownCodes {

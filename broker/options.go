@@ -114,6 +114,11 @@ type Options struct {
 	// ReplayLimit caps the messages one resume replays from the durable
 	// history after a client's cursor. Default 256.
 	ReplayLimit int
+
+	// Cluster makes this broker one node of several sharing NATS
+	// (OpenCluster). It requires History and Conversations (the same
+	// KVConvStore the Cluster watches). Nil: a single node.
+	Cluster *Cluster
 }
 
 // Defaults of Options.
@@ -207,6 +212,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.MaxPendingPerConversation <= 0 {
 		o.MaxPendingPerConversation = DefaultMaxPendingPerConv
+	}
+	if o.Cluster != nil && (o.History == nil || o.Conversations == nil) {
+		return o, errors.New("broker: Cluster requires History and Conversations")
 	}
 	if o.ReplayLimit <= 0 {
 		o.ReplayLimit = DefaultReplayLimit
