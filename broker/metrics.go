@@ -28,10 +28,10 @@ type brokerMetrics struct {
 	malformedCloses *metrics.Counter
 	encodeErrors    *metrics.Counter
 	// Cluster mode.
-	clusterNotices   *metrics.Counter // messages received from other nodes
-	clusterGaps      *metrics.Counter // notices after a gap (resync)
-	clusterConflicts *metrics.Counter // record updates lost to another node
-	errors          map[protocol.Code]*metrics.Counter // read-only after newMetrics
+	clusterNotices   *metrics.Counter                   // messages received from other nodes
+	clusterGaps      *metrics.Counter                   // notices after a gap (resync)
+	clusterConflicts *metrics.Counter                   // record updates lost to another node
+	errors           map[protocol.Code]*metrics.Counter // read-only after newMetrics
 }
 
 func newMetrics(b *Broker) *brokerMetrics {
@@ -46,7 +46,7 @@ func newMetrics(b *Broker) *brokerMetrics {
 		clusterNotices:   s.NewCounter("unigate_broker_cluster_notices_total"),
 		clusterGaps:      s.NewCounter("unigate_broker_cluster_gaps_total"),
 		clusterConflicts: s.NewCounter("unigate_broker_cluster_conflicts_total"),
-		errors:          make(map[protocol.Code]*metrics.Counter, len(knownCodes)),
+		errors:           make(map[protocol.Code]*metrics.Counter, len(knownCodes)),
 	}
 	for _, c := range knownCodes {
 		m.errors[c] = s.NewCounter(errorMetric(c))

@@ -99,10 +99,10 @@ type shard struct {
 
 	// Owned by the shard goroutine.
 	convs  map[string]*conversation
-	closed []*conversation   // closed conversations, oldest first
+	closed []*conversation // closed conversations, oldest first
 	// rechecks are conversations followed a moment ago (cluster mode).
 	rechecks []recheck
-	out    protocol.Envelope // scratch envelope for replies and deliveries
+	out      protocol.Envelope // scratch envelope for replies and deliveries
 }
 
 func newShard(b *Broker, idx int) *shard {
