@@ -153,22 +153,25 @@ func TestClusterKillNode(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	<-v.gone
-	t.Logf("node 0 killed after visitor acks %d, agent acks %d", len(v.acked), len(a.acked))
+	t.Logf("node 0 killed after visitor acks %d, agent acks %d", acks(v), acks(a))
 
 	// The visitor comes back on node 2; the agent stayed on node 1.
 	v.dial(nodes[2].addr)
 	if !v.hello(true) {
 		t.Fatal("resume on another node not accepted")
 	}
-	exchange(v, a, 1000, 10, nil)
-	v.waitUntil("own acks after failover", func() bool { return v.acked["visitor-1009"] != 0 })
-	a.waitUntil("own acks after failover", func() bool { return a.acked["agent-1009"] != 0 })
+	// JetStream re-elects the leaders the dead node held (seconds; longer
+	// on a loaded machine): like a real client, re-send what is not acked
+	// with the same client message id until it is (never stored twice).
+	for _, c := range []*chatClient{v, a} {
+		sendUntilAcked(t, c, 1000, 10)
+	}
 	last := verifyHistory(t, nodes[2].addr, a.tok, v.conv, v.acked, a.acked)
 	v.waitUntil("everything", func() bool { return lastOf(v.seen) >= last })
 	a.waitUntil("everything", func() bool { return lastOf(a.seen) >= last })
 	checkOnceInOrder(t, v, last)
 	checkOnceInOrder(t, a, last)
-	t.Logf("%d messages in history; visitor acked %d, agent acked %d", last, len(v.acked), len(a.acked))
+	t.Logf("%d messages in history; visitor acked %d, agent acked %d", last, acks(v), acks(a))
 }
 
 func containsState(states []string, s string) bool {
@@ -178,4 +181,47 @@ func containsState(states []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// sendUntilAcked sends c's messages from..from+count-1 and re-sends the
+// unacked ones (same client message ids) until all are acked.
+func sendUntilAcked(t *testing.T, c *chatClient, from, count int) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		missing := 0
+		for i := from; i < from+count; i++ {
+			cmid := fmt.Sprintf("%s-%d", c.name, i)
+			c.mu.Lock()
+			acked, conv := c.acked[cmid] != 0, c.conv
+			c.mu.Unlock()
+			if acked {
+				continue
+			}
+			missing++
+			_ = c.send(map[string]any{"send": map[string]any{"conversationId": conv, "clientMsgId": cmid, "text": fmt.Sprintf("%s says %d", c.name, i)}})
+		}
+		if missing == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d messages never acked; errors %v", c.name, missing, c.errors)
+		}
+		wait := time.Now().Add(3 * time.Second)
+		for time.Now().Before(wait) {
+			c.mu.Lock()
+			done := c.acked[fmt.Sprintf("%s-%d", c.name, from+count-1)] != 0
+			c.mu.Unlock()
+			if done {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+func acks(c *chatClient) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.acked)
 }
