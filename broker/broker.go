@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -67,10 +68,14 @@ type Broker struct {
 	m      *brokerMetrics
 
 	started   time.Time
+	ctx       context.Context // cancelled by Close (cluster watch)
+	cancel    context.CancelFunc
 	done      chan struct{}
 	wg        sync.WaitGroup
 	closing   atomic.Bool
 	closeOnce sync.Once
+
+	clusterReady atomic.Bool // the conversation watch delivered the initial records
 
 	conns      atomic.Int64
 	sessions   atomic.Int64
@@ -126,6 +131,9 @@ func newBroker(o Options) (*Broker, error) {
 		b.shards[i] = newShard(b, i)
 	}
 	b.disp = newDispatcher(o.MaxQueue, func(i int, c ctrl) { b.shards[i].mbox.post(c) })
+	b.disp.shardOf = func(conv string) int { return b.shardFor(conv).idx }
+	b.disp.mirror = o.Cluster != nil
+	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.m = newMetrics(b)
 	return b, nil
 }
@@ -137,6 +145,11 @@ func (b *Broker) start() {
 		go s.run()
 	}
 	go b.janitor()
+	if b.o.Cluster != nil {
+		b.wg.Add(2)
+		go b.watchConversations()
+		go b.heartbeat()
+	}
 }
 
 // Close stops the shards and the janitor and waits for them. Requests
@@ -146,6 +159,7 @@ func (b *Broker) Close() {
 	b.closeOnce.Do(func() {
 		b.closing.Store(true)
 		close(b.done)
+		b.cancel()
 		b.wg.Wait()
 	})
 }
@@ -155,6 +169,15 @@ func (b *Broker) Close() {
 func (b *Broker) Metrics() *metrics.Set { return b.m.set }
 
 func (b *Broker) now() time.Time { return b.o.Now() }
+
+func (b *Broker) ioCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(b.ctx, ioTimeout)
+}
+
+// ClusterReady reports whether this node is in step with the cluster: the
+// conversation watch delivered every existing record (always true
+// without a cluster).
+func (b *Broker) ClusterReady() bool { return b.o.Cluster == nil || b.clusterReady.Load() }
 
 func (b *Broker) shardFor(conv string) *shard {
 	return b.shards[hashString(conv)%uint32(len(b.shards))]

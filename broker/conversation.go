@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -47,6 +49,11 @@ type conversation struct {
 	rev          uint64        // revision of the metadata record
 	createdMilli int64
 	closedMilli  int64
+
+	// Cluster mode: the subscription to other nodes' message notices, and
+	// a resync due when the append in flight is answered.
+	sub         *nats.Subscription
+	resyncAfter bool
 }
 
 func (c *conversation) participant(u *user) bool {
@@ -205,6 +212,8 @@ func (s *shard) create(r *ctrl) {
 		return
 	}
 	s.convs[c.id] = c
+	s.follow(c)
+	s.recheckLater(c)
 	s.setState(c, protocol.StateQueued)
 	s.announce(c, protocol.StateQueued, "", r.cl, r.id)
 	if o.text != "" && durable {
@@ -217,14 +226,30 @@ func (s *shard) create(r *ctrl) {
 // assign gives a queued conversation to the agent the dispatcher chose.
 func (s *shard) assign(r *ctrl) {
 	c := s.convs[r.conv]
+	loaded := false
+	if c == nil && s.b.o.Cluster != nil {
+		c, loaded = s.load(r.conv), true // queued by another node
+	}
 	if c == nil || c.state != protocol.StateQueued {
 		// Closed (or queued again and assigned elsewhere) meanwhile.
 		s.b.disp.release(r.u.id, r.conv)
+		if loaded && c != nil && c.state != protocol.StateClosed {
+			// Its record change, which the watcher brings, is older than
+			// what load read: tell the local participants now.
+			s.attachLocal(c, c.state)
+		}
 		return
+	}
+	if s.b.o.Cluster != nil {
+		if !s.clusterAssign(c, r.u) {
+			return
+		}
 	}
 	c.agent = r.u
 	s.setState(c, protocol.StateAssigned)
-	s.persist(c)
+	if s.b.o.Cluster == nil {
+		s.persist(c)
+	}
 	fresh := s.adopt(c, r.u)
 	s.announce(c, protocol.StateAssigned, "", nil, 0)
 	s.replay(c, fresh, 0)
@@ -261,6 +286,13 @@ func (s *shard) attach(r *ctrl) {
 	}
 	if c == nil || cl.closed.Load() || !c.participant(cl.user.Load()) || slices.Contains(c.attached, cl) {
 		return
+	}
+	if s.b.o.Cluster != nil && !c.inflight && c.state != protocol.StateClosed {
+		// Another node may have stored messages whose notices this one
+		// missed: catch up before the replay.
+		if err := s.resync(c); err != nil {
+			s.b.log.Warn("broker: resync on attach failed", "conversation", c.id, "err", err)
+		}
 	}
 	c.attached = slices.DeleteFunc(c.attached, func(x *client) bool { return x.closed.Load() })
 	c.attached = append(c.attached, cl)
@@ -420,31 +452,50 @@ func (s *shard) transfer(c *conversation, it *item) {
 		s.fail(cl, id, protocol.CodeBadTransition, "the conversation is already yours")
 		return
 	}
+	clustered := s.b.o.Cluster != nil
 	if t.ToAgentID != "" {
-		to, err := s.b.disp.transfer(u.id, t.ToAgentID, c.id)
-		if err != nil {
-			if errors.Is(err, errNoAgent) {
-				s.fail(cl, id, protocol.CodeNoAgent, "the agent is not available")
-			} else {
-				s.fail(cl, id, protocol.CodeInternal, "assignment out of sync")
-				s.b.log.Error("broker: transfer refused", "conversation", c.id, "err", err)
+		var to *user
+		if clustered {
+			var perr *protocol.Error
+			if to, perr = s.clusterTake(c, t.ToAgentID, protocol.StateTransferred, t.Note); perr != nil {
+				s.fail(cl, id, perr.Code, perr.Message)
+				return
 			}
-			return
+			s.b.disp.release(u.id, c.id)
+		} else {
+			var err error
+			if to, err = s.b.disp.transfer(u.id, t.ToAgentID, c.id); err != nil {
+				if errors.Is(err, errNoAgent) {
+					s.fail(cl, id, protocol.CodeNoAgent, "the agent is not available")
+				} else {
+					s.fail(cl, id, protocol.CodeInternal, "assignment out of sync")
+					s.b.log.Error("broker: transfer refused", "conversation", c.id, "err", err)
+				}
+				return
+			}
 		}
 		c.agent = to
 		s.setState(c, protocol.StateTransferred)
-		s.persist(c)
+		if !clustered {
+			s.persist(c)
+		}
 		fresh := s.adopt(c, to)
 		s.announce(c, protocol.StateTransferred, t.Note, cl, id)
 		s.replay(c, fresh, 0) // before drop: fresh is a view of c.attached
 		s.drop(c, u)
 		return
 	}
+	if clustered && !s.clusterQueue(c, t.ToSkill, protocol.StateTransferred, t.Note) {
+		s.fail(cl, id, protocol.CodeBadTransition, "the conversation changed meanwhile, retry")
+		return
+	}
 	c.skill = strings.Clone(t.ToSkill)
 	c.agent = nil
 	c.position = 0
 	s.setState(c, protocol.StateQueued)
-	s.persist(c)
+	if !clustered {
+		s.persist(c)
+	}
 	s.announce(c, protocol.StateTransferred, t.Note, cl, id)
 	s.drop(c, u)
 	s.b.disp.requeue(c.tenant, c.id, s.idx, c.skill, c.prio, u.id)
@@ -461,7 +512,24 @@ func (s *shard) closeRequest(c *conversation, it *item) {
 
 // closeConversation closes c: the queue slot or the agent's capacity is
 // freed, everybody attached is told, and c is remembered for ResumeTTL.
-func (s *shard) closeConversation(c *conversation, reason string, requester *client, reqID uint64) {
+// In a cluster it fails (false, nothing changed; the requester gets an
+// error) when another node changed the conversation first.
+func (s *shard) closeConversation(c *conversation, reason string, requester *client, reqID uint64) bool {
+	if cl := s.b.o.Cluster; cl != nil {
+		m := c.meta()
+		m.State, m.Event, m.Reason, m.ClosedMilli = protocol.StateClosed, protocol.StateClosed, reason, s.b.now().UnixMilli()
+		if !s.commit(c, m) {
+			if requester != nil && !requester.closed.Load() {
+				s.fail(requester, reqID, protocol.CodeBadTransition, "the conversation changed meanwhile, retry")
+			}
+			return false
+		}
+		if c.agent != nil {
+			ctx, cancel := s.ioCtx()
+			cl.unreserve(ctx, c.agent.id, c.id)
+			cancel()
+		}
+	}
 	switch {
 	case c.state == protocol.StateQueued:
 		s.b.disp.cancel(c.tenant, c.id)
@@ -472,12 +540,15 @@ func (s *shard) closeConversation(c *conversation, reason string, requester *cli
 	c.reason = strings.Clone(reason)
 	c.closedAt = s.b.now()
 	c.closedMilli = c.closedAt.UnixMilli()
-	s.persist(c)
+	if s.b.o.Cluster == nil {
+		s.persist(c)
+	}
 	c.visitor.mu.Lock()
 	c.visitor.open--
 	c.visitor.mu.Unlock()
 	s.announce(c, protocol.StateClosed, c.reason, requester, reqID)
 	s.closed = append(s.closed, c)
+	return true
 }
 
 // visitorGone closes the conversation of a visitor whose ResumeTTL ran
@@ -497,10 +568,15 @@ func (s *shard) agentGone(r *ctrl) {
 	if c == nil || c.agent != r.u || c.state == protocol.StateClosed || r.u.connected() {
 		return
 	}
+	if s.b.o.Cluster != nil && !s.clusterQueue(c, c.skill, protocol.StateQueued, reasonAgentLeft) {
+		return
+	}
 	c.agent = nil
 	c.position = 0
 	s.setState(c, protocol.StateQueued)
-	s.persist(c)
+	if s.b.o.Cluster == nil {
+		s.persist(c)
+	}
 	s.drop(c, r.u)
 	s.announce(c, protocol.StateQueued, reasonAgentLeft, nil, 0)
 	s.b.disp.requeue(c.tenant, c.id, s.idx, c.skill, c.prio, r.u.id)
@@ -515,6 +591,7 @@ func (s *shard) sweep() {
 			break
 		}
 		n++
+		s.unfollow(c)
 		delete(s.convs, c.id)
 		s.setState(c, protocol.StateUnspecified)
 		for _, u := range []*user{c.visitor, c.agent} {

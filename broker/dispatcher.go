@@ -193,6 +193,11 @@ type dispatcher struct {
 	seq      uint64 // enqueue counter (waiting.seq)
 	post     func(shard int, c ctrl)
 
+	// Cluster mode: the queue is fed by observe only.
+	mirror  bool
+	shardOf func(conv string) int
+	where   map[string]string // waiting conversation → tenant
+
 	queueLen atomic.Int64 // mirrors queued, for Stats
 	online   atomic.Int64 // agents with StatusOnline
 }
@@ -203,6 +208,7 @@ func newDispatcher(maxQueue int, post func(shard int, c ctrl)) *dispatcher {
 		agents:   make(map[string]*agentSlot),
 		maxQueue: maxQueue,
 		post:     post,
+		where:    make(map[string]string),
 	}
 }
 
@@ -219,6 +225,7 @@ func (d *dispatcher) pool(tenant string) *tenantPool {
 // d.mu is held.
 func (d *dispatcher) settle(p *tenantPool) {
 	n := p.drain(&d.clock, func(w *waiting, a *agentSlot) {
+		delete(d.where, w.conv)
 		d.post(w.shard, ctrl{kind: ctrlAssign, conv: w.conv, u: a.u})
 	})
 	d.queued -= n
@@ -240,6 +247,9 @@ func (d *dispatcher) enqueue(tenant, conv string, shard int, skill string, prio 
 	if d.queued >= d.maxQueue {
 		return errQueueFull
 	}
+	if d.mirror {
+		return nil // the watcher brings the record
+	}
 	d.add(tenant, conv, shard, skill, prio, false)
 	return nil
 }
@@ -253,6 +263,10 @@ func (d *dispatcher) requeue(tenant, conv string, shard int, skill string, prio 
 	if a := d.agents[fromAgent]; a != nil {
 		a.free(conv)
 	}
+	if d.mirror {
+		d.settle(d.pool(tenant)) // the watcher brings the record
+		return
+	}
 	d.add(tenant, conv, shard, skill, prio, true)
 }
 
@@ -260,6 +274,7 @@ func (d *dispatcher) add(tenant, conv string, shard int, skill string, prio uint
 	d.seq++
 	p := d.pool(tenant)
 	p.insert(&waiting{conv: conv, shard: shard, skill: skill, prio: prio, boosted: boosted, seq: d.seq})
+	d.where[conv] = tenant
 	d.queued++
 	d.settle(p)
 }
@@ -273,6 +288,7 @@ func (d *dispatcher) cancel(tenant, conv string) bool {
 	if p == nil || !p.remove(conv) {
 		return false
 	}
+	delete(d.where, conv)
 	d.queued--
 	d.settle(p)
 	return true
@@ -396,4 +412,118 @@ func (d *dispatcher) agentLoad(agentID string) (load, capacity int, ok bool) {
 		return 0, 0, false
 	}
 	return a.load, a.capacity, true
+}
+
+// The methods below serve cluster mode (Options.Cluster), where the
+// waiting queue mirrors the conversation bucket: every node's dispatcher
+// sees every queued conversation of the cluster (fed by observe, in the
+// bucket's order, from the node's watcher) and assigns them to the agents
+// connected to this node. Each assignment is then committed by the
+// conversation's shard with two revision-checked updates (the agent's
+// cluster-wide load, then the conversation record), so two nodes racing
+// for one conversation, or for an agent's last slot, cannot both win.
+
+// observe applies a conversation record (rev is its revision) to the
+// queue and the local agents' loads.
+func (d *dispatcher) observe(m *ConvMeta, rev uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.observeLocked(m, rev, false)
+}
+
+// requeueMirror puts a queued conversation whose assignment failed back in
+// the queue (the watcher will not repeat its record).
+func (d *dispatcher) requeueMirror(m *ConvMeta, rev uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.observeLocked(m, rev, true)
+}
+
+func (d *dispatcher) observeLocked(m *ConvMeta, rev uint64, again bool) {
+	p := d.pool(m.Tenant)
+	_, isWaiting := d.where[m.ID]
+	if m.State != protocol.StateQueued && isWaiting {
+		p.remove(m.ID)
+		delete(d.where, m.ID)
+		d.queued--
+	}
+	for _, a := range p.agents {
+		if m.State != protocol.StateClosed && m.State != protocol.StateQueued && a.id == m.AgentID {
+			if _, ok := a.convs[m.ID]; !ok {
+				a.convs[m.ID] = struct{}{}
+				a.load++
+			}
+		} else {
+			a.free(m.ID)
+		}
+	}
+	if m.State == protocol.StateQueued && !isWaiting {
+		seq := rev
+		if again {
+			// Keep its place: the first revision it was queued at is gone.
+			d.seq++
+			seq = d.seq
+			for _, w := range p.queue {
+				seq = min(seq, w.seq)
+			}
+			seq = min(seq, rev)
+		}
+		p.insert(&waiting{conv: m.ID, shard: d.shardOf(m.ID), skill: m.Skill, prio: m.Prio, boosted: m.Boost, seq: seq})
+		d.where[m.ID] = m.Tenant
+		d.queued++
+	}
+	d.settle(p)
+}
+
+// forget drops a conversation whose record was deleted or expired.
+func (d *dispatcher) forget(conv string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	tenant, ok := d.where[conv]
+	if !ok {
+		return
+	}
+	p := d.pool(tenant)
+	p.remove(conv)
+	delete(d.where, conv)
+	d.queued--
+	d.settle(p)
+}
+
+// setLoad makes agentID's local slot hold exactly convs (its cluster-wide
+// load), when it has a slot here.
+func (d *dispatcher) setLoad(agentID string, convs []string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	a := d.agents[agentID]
+	if a == nil {
+		return
+	}
+	clear(a.convs)
+	for _, c := range convs {
+		a.convs[c] = struct{}{}
+	}
+	a.load = len(a.convs)
+	d.settle(d.pool(a.tenant))
+}
+
+// full reports whether the waiting queue is at its bound.
+func (d *dispatcher) full() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.queued >= d.maxQueue
+}
+
+// localPresence returns the presence of this node's agents that are not
+// offline, for the cluster heartbeat.
+func (d *dispatcher) localPresence() map[string]presenceRecord {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[string]presenceRecord)
+	for id, a := range d.agents {
+		if a.status != protocol.StatusOffline && a.status != protocol.StatusUnspecified {
+			out[id] = presenceRecord{Tenant: a.tenant, Status: a.status, Capacity: a.capacity, Skills: a.skills}
+		}
+	}
+	return out
 }

@@ -144,11 +144,61 @@
 // a session missing from the cache is rebuilt from the token within
 // ResumeTTL of the process start (a crash lost it), and refused later.
 //
+// # Cluster
+//
+// With Options.Cluster several brokers, each on its own NATS server of
+// one cluster (embedded servers joined by routes, or one external
+// cluster), are one system. There is no owner of a conversation: every
+// node holding it in memory (a replica: its visitor or agent is connected
+// there) may append to it and change it, and compare-and-set decides.
+//
+//   - Messages. An append carries the stream sequence the node believes is
+//     the conversation's last (histstore's expected-last-subject-sequence),
+//     so of two nodes appending at once one gets a conflict, resyncs (Last
+//     and Replay, delivering what it missed) and retries. After the PubAck
+//     the appending node acks and delivers locally at once, then publishes
+//     a notice (seq, stream seq, message) on the core-NATS subject
+//     <prefix>.conv.<id>. Every replica's shard follows that subject (one
+//     ChanSubscribe per conversation in memory, into the shard's bounded
+//     notice channel, read by the shard goroutine like its mailbox): seq ==
+//     last+1 is stored and delivered, seq <= last ignored, a gap resyncs
+//     from History (deferred until the shard's own append in flight is
+//     answered). A replica subscribes before reading Last, and compares
+//     with History again on its next two sweeps, because interest crosses
+//     the routes asynchronously; an attach also resyncs first.
+//   - State. Every change (assign, transfer, requeue, close) is a
+//     revision-checked update of the conversation record by the shard that
+//     makes it, before it changes anything in memory (ConvMeta.Event tells
+//     other nodes which event to announce); a lost update re-reads and
+//     applies the winner's record and the request fails with
+//     CodeBadTransition. Each node watches the whole conversation bucket
+//     (one goroutine, an ordered consumer): the dispatcher mirrors the
+//     queue from it, and each record change is posted (ctrlMeta) to the
+//     conversation's shard, which applies it to its replica, or loads the
+//     conversation when one of its participants is connected to this node
+//     (an agent it was just given).
+//   - Assignment. Each node's dispatcher sees every queued conversation
+//     of the cluster (in record-revision order) but only the agents
+//     connected to it; it assigns as before, and the shard commits each
+//     decision with two compare-and-sets: a slot in the agent's
+//     cluster-wide load (bucket UNIGATE_AGENT_LOAD, capacity checked),
+//     then the record queued → assigned. A loser gives the slot back
+//     (unless it was not its own) and the conversation returns to its
+//     queue if it is still waiting. So a conversation is assigned once and
+//     an agent with consoles on several nodes never exceeds its capacity.
+//   - Presence. A presence change is written to UNIGATE_PRESENCE, whose
+//     records expire (PresenceTTL) unless the node heartbeats them: a
+//     transfer to an agent on another node checks it. A hello records the
+//     user's node (UNIGATE_AGENT_LOAD, "u." keys); only the node a user
+//     last connected to decides its departure (visitor_left, agent_left).
+//     An agent's hello lists the conversations of its cluster-wide load,
+//     and a resume token is accepted on any node (the session is rebuilt
+//     from the signed identity): clients of a dead node resume elsewhere.
+//
 // # Seams
 //
-// Still to replace for a cluster: the dispatcher (JetStream KV with
-// compare-and-set so no conversation is assigned twice across nodes; after
-// a restart it does not know the load of agents' rebuilt conversations)
-// and delivery across nodes by subject. The shard model and the mailbox
-// protocol stay.
+// The dispatcher of a cluster is per node; a leader-elected one would
+// give one global order of assignment (today a node with a free agent
+// takes the head of the queue it sees). The dead node's own users are not
+// departed by anybody until they come back (see docs/broker.md).
 package broker

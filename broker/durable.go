@@ -45,6 +45,13 @@ type ConvMeta struct {
 	Reason       string         `json:"reason,omitempty"`
 	CreatedMilli int64          `json:"created"`
 	ClosedMilli  int64          `json:"closed,omitempty"`
+	// Event is the state the change announced when it differs from State
+	// (TRANSFERRED for a transfer to a skill, which leaves it QUEUED), so
+	// that other nodes tell their clients the same.
+	Event protocol.State `json:"event,omitempty"`
+	// Boost: queued again (transfer to a skill, departed agent), ahead of
+	// new conversations of its priority.
+	Boost bool `json:"boost,omitempty"`
 }
 
 // ErrConvNotFound is returned by ConvStore.Get for an unknown conversation.
@@ -218,6 +225,7 @@ type pendingSend struct {
 	ts       int64
 	quiet    bool // Open text: not delivered to the sender's own connections
 	attempts int
+	seq      uint64 // seq of the append in flight
 	// reply, when set (integrator API), gets the outcome instead of cl:
 	// the stored seq and time (dup: stored before, by client message
 	// id), or an error. It runs on the shard and must
@@ -257,6 +265,7 @@ func (s *shard) pump(c *conversation) {
 			}
 		}
 		seq := c.lastSeq + 1
+		p.seq = seq
 		hm := &histstore.Message{
 			Tenant:       c.tenant,
 			Conversation: c.id,
@@ -329,8 +338,12 @@ func (s *shard) ackStored(c *conversation, p *pendingSend, seq uint64) {
 	s.b.sendTo(p.cl, e)
 }
 
-// maxAppendAttempts bounds the conflicts one message may meet.
-const maxAppendAttempts = 3
+// maxAppendAttempts bounds the conflicts one message may meet
+// (maxClusterAppendAttempts where several nodes write).
+const (
+	maxAppendAttempts        = 3
+	maxClusterAppendAttempts = 16
+)
 
 // appended handles the outcome of the in-flight append of c (shard).
 func (s *shard) appended(r *appendResult) {
@@ -341,8 +354,15 @@ func (s *shard) appended(r *appendResult) {
 	c.inflight = false
 	p := &c.queue[0]
 	switch {
+	case r.err == nil && !r.dup && p.seq <= c.lastSeq:
+		// Already learned from the stream (a resync): only the ack is
+		// missing.
+		s.ackStored(c, p, p.seq)
+		s.popSend(c)
 	case r.err == nil && !r.dup:
-		c.lastSeq++
+		// The store accepted it after c.streamSeq: nobody else appended
+		// meanwhile, so p.seq is the next seq.
+		c.lastSeq = p.seq
 		c.streamSeq = r.streamSeq
 		m := message{seq: c.lastSeq, senderID: p.u.id, senderRole: p.u.role, ts: p.ts, cmid: p.cmid, text: p.text}
 		c.hist.push(m, c.dedupe)
@@ -369,6 +389,9 @@ func (s *shard) appended(r *appendResult) {
 			s.b.fanout(c.attached, p.cl, e)
 		}
 		e.Deliver = protocol.Deliver{}
+		if cl := s.b.o.Cluster; cl != nil {
+			cl.publish(c, mm, r.streamSeq)
+		}
 		s.b.m.relayed.Inc()
 		s.popSend(c)
 	case r.err == nil && r.dup:
@@ -382,7 +405,11 @@ func (s *shard) appended(r *appendResult) {
 		// append that timed out but was stored, or another writer.
 		// Catch up (deliver them), then retry this one.
 		p.attempts++
-		if err := s.resync(c); err != nil || p.attempts >= maxAppendAttempts {
+		limit := maxAppendAttempts
+		if s.b.o.Cluster != nil {
+			limit = maxClusterAppendAttempts // two writers conflict by design
+		}
+		if err := s.resync(c); err != nil || p.attempts >= limit {
 			s.b.log.Warn("broker: append conflict", "conversation", c.id, "err", r.err, "resync", err)
 			s.failSend(p, protocol.CodeUnavailable, "history out of sync, retry later")
 			s.popSend(c)
@@ -393,6 +420,12 @@ func (s *shard) appended(r *appendResult) {
 		// append conflicts and resync delivers it.
 		s.failSend(p, protocol.CodeUnavailable, "history unavailable, retry later")
 		s.popSend(c)
+	}
+	if c.resyncAfter {
+		c.resyncAfter = false
+		if err := s.resync(c); err != nil {
+			s.b.log.Warn("broker: resync after a gap failed", "conversation", c.id, "err", err)
+		}
 	}
 	s.pump(c)
 }
@@ -501,6 +534,22 @@ func (s *shard) load(id string) *conversation {
 	}
 	ctx, cancel := s.ioCtx()
 	defer cancel()
+	if b.o.Cluster != nil {
+		// Subscribe before reading the last message: a message stored
+		// later has its notice queued for this shard, one stored earlier
+		// is in Last (see also shard.recheck for interest still
+		// travelling through the routes).
+		c0 := &conversation{id: id}
+		s.follow(c0)
+		defer func() {
+			if c := s.convs[id]; c != nil && c.sub == nil {
+				c.sub = c0.sub
+				s.recheckLater(c)
+			} else {
+				s.unfollow(c0)
+			}
+		}()
+	}
 	meta, rev, err := cs.Get(ctx, id)
 	if err != nil {
 		if !errors.Is(err, ErrConvNotFound) {
@@ -568,7 +617,9 @@ func (s *shard) load(id string) *conversation {
 	}
 	switch meta.State {
 	case protocol.StateQueued:
-		b.disp.requeue(c.tenant, c.id, s.idx, c.skill, c.prio, "")
+		if b.o.Cluster == nil { // in a cluster the watcher queues it
+			b.disp.requeue(c.tenant, c.id, s.idx, c.skill, c.prio, "")
+		}
 	case protocol.StateClosed:
 		// Remembered for ResumeTTL from now, like a fresh close.
 		c.closedMilli = meta.ClosedMilli

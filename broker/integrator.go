@@ -380,13 +380,26 @@ func (s *shard) apiTransfer(c *conversation, toAgent, toSkill, note string) *pro
 		return protocol.NewError(protocol.CodeConversationClosed, "the conversation is closed")
 	}
 	from := c.agent
+	clustered := b.o.Cluster != nil
 	if toAgent != "" {
 		if from != nil && from.id == toAgent {
 			return protocol.NewError(protocol.CodeBadTransition, "the conversation is already with this agent")
 		}
 		var to *user
 		var err error
-		if from != nil {
+		st := protocol.StateTransferred
+		if from == nil {
+			st = protocol.StateAssigned
+		}
+		if clustered {
+			var perr *protocol.Error
+			if to, perr = s.clusterTake(c, toAgent, st, note); perr != nil {
+				return perr
+			}
+			if from != nil {
+				b.disp.release(from.id, c.id)
+			}
+		} else if from != nil {
 			to, err = b.disp.transfer(from.id, toAgent, c.id)
 		} else {
 			to, err = b.disp.take(c.tenant, c.id, toAgent)
@@ -403,14 +416,12 @@ func (s *shard) apiTransfer(c *conversation, toAgent, toSkill, note string) *pro
 			b.log.Error("broker: api transfer refused", "conversation", c.id, "err", err)
 			return protocol.NewError(protocol.CodeInternal, "assignment out of sync")
 		}
-		st := protocol.StateTransferred
-		if from == nil {
-			st = protocol.StateAssigned
-		}
 		c.agent = to
 		c.position = 0
 		s.setState(c, st)
-		s.persist(c)
+		if !clustered {
+			s.persist(c)
+		}
 		fresh := s.adopt(c, to)
 		s.announce(c, st, note, nil, 0)
 		s.replay(c, fresh, 0) // before drop: fresh is a view of c.attached
@@ -419,7 +430,11 @@ func (s *shard) apiTransfer(c *conversation, toAgent, toSkill, note string) *pro
 		}
 		return nil
 	}
-	if from == nil && !b.disp.cancel(c.tenant, c.id) {
+	if clustered {
+		if !s.clusterQueue(c, toSkill, protocol.StateTransferred, note) {
+			return errBeingAssigned
+		}
+	} else if from == nil && !b.disp.cancel(c.tenant, c.id) {
 		// Waiting, but the dispatcher assigned it a moment ago.
 		return errBeingAssigned
 	}
@@ -427,7 +442,9 @@ func (s *shard) apiTransfer(c *conversation, toAgent, toSkill, note string) *pro
 	c.agent = nil
 	c.position = 0
 	s.setState(c, protocol.StateQueued)
-	s.persist(c)
+	if !clustered {
+		s.persist(c)
+	}
 	s.announce(c, protocol.StateTransferred, note, nil, 0)
 	fromID := ""
 	if from != nil {
@@ -449,7 +466,9 @@ func (b *Broker) CloseConversation(ctx context.Context, tenant, id, reason strin
 		if c.state == protocol.StateClosed {
 			return protocol.NewError(protocol.CodeConversationClosed, "the conversation is closed")
 		}
-		s.closeConversation(c, reason, nil, 0)
+		if !s.closeConversation(c, reason, nil, 0) {
+			return protocol.NewError(protocol.CodeBadTransition, "the conversation changed meanwhile, retry")
+		}
 		ci = c.info()
 		return nil
 	})
@@ -491,6 +510,7 @@ func (d *dispatcher) take(tenant, conv, to string) (*user, error) {
 	if p == nil || !p.remove(conv) {
 		return nil, errNotAssignee
 	}
+	delete(d.where, conv)
 	d.queued--
 	d.clock++
 	dst.load++

@@ -29,7 +29,11 @@ type brokerMetrics struct {
 	encodeErrors    *metrics.Counter
 	updatesDropped  *metrics.Counter
 	floodCloses     *metrics.Counter
-	errors          map[protocol.Code]*metrics.Counter // read-only after newMetrics
+	// Cluster mode.
+	clusterNotices   *metrics.Counter                   // messages received from other nodes
+	clusterGaps      *metrics.Counter                   // notices after a gap (resync)
+	clusterConflicts *metrics.Counter                   // record updates lost to another node
+	errors           map[protocol.Code]*metrics.Counter // read-only after newMetrics
 }
 
 func newMetrics(b *Broker) *brokerMetrics {
@@ -42,7 +46,11 @@ func newMetrics(b *Broker) *brokerMetrics {
 		encodeErrors:    s.NewCounter("unigate_broker_encode_errors_total"),
 		updatesDropped:  s.NewCounter("unigate_broker_updates_dropped_total"),
 		floodCloses:     s.NewCounter("unigate_broker_flood_closes_total"),
-		errors:          make(map[protocol.Code]*metrics.Counter, len(knownCodes)),
+
+		clusterNotices:   s.NewCounter("unigate_broker_cluster_notices_total"),
+		clusterGaps:      s.NewCounter("unigate_broker_cluster_gaps_total"),
+		clusterConflicts: s.NewCounter("unigate_broker_cluster_conflicts_total"),
+		errors:           make(map[protocol.Code]*metrics.Counter, len(knownCodes)),
 	}
 	for _, c := range knownCodes {
 		m.errors[c] = s.NewCounter(errorMetric(c))

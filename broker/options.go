@@ -140,6 +140,11 @@ type Options struct {
 	TypingBurst   int
 	PresenceRate  float64
 	PresenceBurst int
+
+	// Cluster makes this broker one node of several sharing NATS
+	// (OpenCluster). It requires History and Conversations (the same
+	// KVConvStore the Cluster watches). Nil: a single node.
+	Cluster *Cluster
 }
 
 // Limits is the admission the broker asks for on a hello; see
@@ -246,6 +251,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.MaxPendingPerConversation <= 0 {
 		o.MaxPendingPerConversation = DefaultMaxPendingPerConv
+	}
+	if o.Cluster != nil && (o.History == nil || o.Conversations == nil) {
+		return o, errors.New("broker: Cluster requires History and Conversations")
 	}
 	if o.ReplayLimit <= 0 {
 		o.ReplayLimit = DefaultReplayLimit

@@ -33,6 +33,7 @@ type user struct {
 	offlineDone bool                // janitor: grace period handled since detachedAt
 	goneDone    bool                // janitor: ResumeTTL handled since detachedAt
 	deleted     bool                // removed from the registry
+	local       bool                // cluster: connected to this node since it last left for another
 	sessions    int                 // sessions naming this user; guarded by registry.mu
 }
 
@@ -68,6 +69,7 @@ func (u *user) connect(cl *client, s *session) ([]string, bool) {
 		return nil, false
 	}
 	u.conns = append(u.conns, cl)
+	u.local = true
 	s.conns++
 	u.detachedAt, s.detachedAt = time.Time{}, time.Time{}
 	u.offlineDone, u.goneDone = false, false
@@ -228,6 +230,20 @@ func (s *shard) hello(it *item) {
 			s.fail(cl, id, protocol.CodeBadResumeToken, "session expired")
 		}
 		return
+	}
+	if c := b.o.Cluster; c != nil {
+		c.markSeen(u, now)
+		if u.role == protocol.RoleAgent {
+			// The agent may come from another node (or one that died):
+			// its conversations are in its cluster-wide load.
+			ctx, cancel := b.ioCtx()
+			held, err := c.agentConvs(ctx, u.id, now)
+			cancel()
+			if err != nil {
+				b.log.Warn("broker: agent load not read", "agent", u.id, "err", err)
+			}
+			stored = append(stored, held...)
+		}
 	}
 
 	// Conversations a restored session remembered but this process has not
@@ -542,6 +558,18 @@ func (s *shard) presence(it *item) {
 		}
 	}
 	r := b.disp.presence(u, p.Status, capacity, b.o.DefaultAgentCapacity, skills)
+	if c := b.o.Cluster; c != nil {
+		// Cluster-wide: the presence other nodes see (refreshed by the
+		// heartbeat) and the load the agent has on every node.
+		ctx, cancel := b.ioCtx()
+		if err := c.putPresence(ctx, u.id, &presenceRecord{Tenant: u.tenant, Status: r.status, Capacity: r.capacity, Skills: r.skills, Node: c.node}); err != nil {
+			b.log.Warn("broker: presence not shared", "agent", u.id, "err", err)
+		}
+		if held, err := c.agentConvs(ctx, u.id, b.now()); err == nil {
+			b.disp.setLoad(u.id, held)
+		}
+		cancel()
+	}
 	e := &s.out
 	e.Kind = protocol.KindPresence
 	e.ID = id
@@ -592,7 +620,13 @@ func (b *Broker) sweep() {
 	}
 	for id, u := range r.users {
 		u.mu.Lock()
-		if len(u.conns) == 0 {
+		if len(u.conns) == 0 && b.o.Cluster != nil && !u.local {
+			// Connected elsewhere in the cluster: that node decides.
+			if u.role != protocol.RoleAgent && len(u.convs) == 0 && u.sessions == 0 && now.Sub(u.detachedAt) >= b.o.ResumeTTL {
+				u.deleted = true
+				delete(r.users, id)
+			}
+		} else if len(u.conns) == 0 {
 			idle := now.Sub(u.detachedAt)
 			if u.role == protocol.RoleAgent && idle >= b.o.OfflineGrace && !u.offlineDone {
 				u.offlineDone = true
@@ -619,6 +653,22 @@ func (b *Broker) sweep() {
 
 	for _, id := range offline {
 		b.disp.setOffline(id)
+	}
+	if c := b.o.Cluster; c != nil {
+		// Only the node a user last connected to decides its departure.
+		kept := gone[:0]
+		for _, d := range gone {
+			ctx, cancel := b.ioCtx()
+			if c.lastSeenHere(ctx, d.u) {
+				kept = append(kept, d)
+			} else {
+				d.u.mu.Lock()
+				d.u.local = false // left for another node
+				d.u.mu.Unlock()
+			}
+			cancel()
+		}
+		gone = kept
 	}
 	for _, d := range gone {
 		kind := ctrlVisitorGone

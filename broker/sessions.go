@@ -112,9 +112,11 @@ func (b *Broker) restoreSession(sid string, fromToken *sessionRecord, now time.T
 			rec = &r
 		}
 	}
-	if rec == nil && fromToken != nil && now.Sub(b.started) < b.o.ResumeTTL {
+	if rec == nil && fromToken != nil && (now.Sub(b.started) < b.o.ResumeTTL || b.o.Cluster != nil) {
 		// A miss shortly after a start: the session may have been lost
-		// in a crash (no snapshot). The MAC-signed token says who it was.
+		// in a crash (no snapshot). In a cluster, any time: the session
+		// may live on another node (or one that died). The MAC-signed
+		// token says who it was.
 		rec = fromToken
 	}
 	if rec == nil || !validSessionID(sid) {

@@ -3,6 +3,8 @@ package broker
 import (
 	"sync"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -20,6 +22,7 @@ const (
 	ctrlSweep                           // forget conversations closed long ago
 	ctrlAppended                        // a durable append finished (res)
 	ctrlCall                            // run call on the shard (integrator API)
+	ctrlMeta                            // cluster: another node changed conv's record (meta, seq = revision)
 )
 
 // ctrl is a control message; which fields are set depends on kind.
@@ -35,6 +38,7 @@ type ctrl struct {
 	res  *appendResult
 	load bool         // attach: rebuild conv from the durable stores if unknown
 	call func(*shard) // ctrlCall: runs on the shard, must not block
+	meta *ConvMeta    // ctrlMeta
 }
 
 // openReq is an Open on its way from the home shard to the conversation's
@@ -89,21 +93,30 @@ type shard struct {
 	idx   int
 	inbox chan *item
 	mbox  mailbox
+	// notices receives other nodes' messages of the conversations this
+	// shard follows (cluster mode; nil otherwise: never ready).
+	notices chan *nats.Msg
 
 	// Owned by the shard goroutine.
 	convs  map[string]*conversation
-	closed []*conversation   // closed conversations, oldest first
-	out    protocol.Envelope // scratch envelope for replies and deliveries
+	closed []*conversation // closed conversations, oldest first
+	// rechecks are conversations followed a moment ago (cluster mode).
+	rechecks []recheck
+	out      protocol.Envelope // scratch envelope for replies and deliveries
 }
 
 func newShard(b *Broker, idx int) *shard {
-	return &shard{
+	s := &shard{
 		b:     b,
 		idx:   idx,
 		inbox: make(chan *item, b.o.QueueSize),
 		mbox:  mailbox{signal: make(chan struct{}, 1)},
 		convs: make(map[string]*conversation),
 	}
+	if b.o.Cluster != nil {
+		s.notices = make(chan *nats.Msg, noticeQueue)
+	}
+	return s
 }
 
 // run is the shard goroutine. The mailbox is drained before every inbox
@@ -118,6 +131,9 @@ func (s *shard) run() {
 			s.handle(it)
 		case <-s.mbox.signal:
 			s.drainMailbox()
+		case m := <-s.notices:
+			s.drainMailbox()
+			s.notice(m)
 		case <-s.b.done:
 			s.stop()
 			return
@@ -178,10 +194,13 @@ func (s *shard) control(c *ctrl) {
 		s.agentGone(c)
 	case ctrlSweep:
 		s.sweep()
+		s.runRechecks()
 	case ctrlAppended:
 		s.appended(c.res)
 	case ctrlCall:
 		c.call(s)
+	case ctrlMeta:
+		s.remoteMeta(c)
 	}
 }
 

@@ -211,7 +211,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	node, hist, convs, err := openStores(cfg, log)
+	node, hist, convs, cluster, err := openStores(cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -266,6 +266,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		TypingBurst:   cfg.Limits.TypingBurst,
 		PresenceRate:  offIfZero(cfg.Limits.PresenceRate),
 		PresenceBurst: cfg.Limits.PresenceBurst,
+		Cluster:       cluster,
 	})
 	if err != nil {
 		closeStores()
@@ -398,8 +399,9 @@ func openSessions(cfg config.Config, log *slog.Logger) (*sessionstore.Store, err
 }
 
 // openStores starts NATS (embedded in <data_dir>/nats, or nats.url) and
-// opens the history stream and the conversation bucket.
-func openStores(cfg config.Config, log *slog.Logger) (*natsnode.Node, *histstore.Store, *broker.KVConvStore, error) {
+// opens the history stream and the conversation bucket, and in cluster
+// mode the cluster's buckets.
+func openStores(cfg config.Config, log *slog.Logger) (*natsnode.Node, *histstore.Store, *broker.KVConvStore, *broker.Cluster, error) {
 	no := natsnode.Options{
 		ExternalURL: cfg.NATS.URL,
 		SyncAlways:  cfg.NATS.SyncAlways,
@@ -407,30 +409,70 @@ func openStores(cfg config.Config, log *slog.Logger) (*natsnode.Node, *histstore
 	}
 	if no.ExternalURL == "" {
 		no.StoreDir = cfg.NATSStoreDir()
+		if cl := cfg.Cluster; cl.Listen != "" {
+			no.ClusterName = cl.Name
+			no.ClusterListen = cl.Listen
+			no.Routes = cl.Routes
+			no.ServerName = cl.NodeName
+		}
 	}
 	node, err := natsnode.Start(no)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	hist, err := histstore.Open(ctx, node.JetStream(), histstore.Options{
-		MaxAge:            cfg.History.MaxAge,
-		MaxBytes:          cfg.History.MaxBytes,
-		MaxMsgsPerSubject: cfg.History.MaxMsgsPerConversation,
-		DuplicateWindow:   cfg.History.DuplicateWindow,
-	})
-	if err != nil {
-		node.Shutdown()
-		return nil, nil, nil, err
+	// A clustered JetStream accepts streams only once its meta leader is
+	// elected (the other nodes may be starting too): retry until then.
+	wait := 30 * time.Second
+	if cfg.Clustered() {
+		wait = 2 * time.Minute
 	}
-	convs, err := broker.OpenKVConvStore(ctx, node.JetStream(), broker.KVConvOptions{TTL: cfg.History.MaxAge})
-	if err != nil {
-		_ = hist.Close()
-		node.Shutdown()
-		return nil, nil, nil, err
+	deadline := time.Now().Add(wait)
+	js := node.JetStream()
+	var (
+		hist    *histstore.Store
+		convs   *broker.KVConvStore
+		cluster *broker.Cluster
+	)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = nil
+		if hist == nil {
+			hist, err = histstore.Open(ctx, js, histstore.Options{
+				MaxAge:            cfg.History.MaxAge,
+				MaxBytes:          cfg.History.MaxBytes,
+				MaxMsgsPerSubject: cfg.History.MaxMsgsPerConversation,
+				DuplicateWindow:   cfg.History.DuplicateWindow,
+				Replicas:          cfg.NATS.Replicas,
+			})
+		}
+		if err == nil && convs == nil {
+			convs, err = broker.OpenKVConvStore(ctx, js, broker.KVConvOptions{TTL: cfg.History.MaxAge, Replicas: cfg.NATS.Replicas})
+		}
+		if err == nil && cfg.Clustered() {
+			cluster, err = broker.OpenCluster(ctx, node.Conn(), js, broker.ClusterOptions{
+				Node:          cfg.Cluster.NodeName,
+				Replicas:      cfg.NATS.Replicas,
+				Conversations: convs,
+			})
+		}
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			if hist != nil {
+				_ = hist.Close()
+			}
+			node.Shutdown()
+			return nil, nil, nil, nil, err
+		}
+		log.Info("waiting for JetStream", "err", err)
+		time.Sleep(500 * time.Millisecond)
 	}
-	return node, hist, convs, nil
+	if cluster != nil {
+		log.Info("cluster mode", "node", cluster.Node(), "replicas", cfg.NATS.Replicas)
+	}
+	return node, hist, convs, cluster, nil
 }
 
 // startAdmin serves Prometheus metrics and, when enabled, pprof.

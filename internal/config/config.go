@@ -69,6 +69,9 @@ type Config struct {
 	// NATS configures the NATS server that stores history and
 	// conversation state: embedded (default) or external.
 	NATS NATSConfig `yaml:"nats"`
+	// Cluster joins this node's embedded NATS server to other nodes'
+	// through routes, so several Unigate nodes form one system.
+	Cluster ClusterConfig `yaml:"cluster"`
 	// History configures the durable conversation history.
 	History HistoryConfig `yaml:"history"`
 	// Sessions configures the resumable-session cache.
@@ -320,6 +323,39 @@ type NATSConfig struct {
 	// SyncAlways fsyncs every message before it is acknowledged (survives
 	// power loss, not only a crash of the process; slower).
 	SyncAlways bool `yaml:"sync_always"`
+	// Replicas is the JetStream replication factor of the history stream
+	// and the key-value buckets: 1 on a single node, 3 in a cluster of 3
+	// or more NATS servers (a quorum of 2 survives one failure). It is
+	// fixed when a stream is created; changing it later needs a
+	// migration.
+	Replicas int `yaml:"replicas"`
+}
+
+// ClusterConfig makes several Unigate nodes one system. With Listen set
+// the embedded NATS server listens for routes and joins Routes; with
+// nats.url set every node uses that external NATS instead (Listen must
+// then be empty). Either way the broker runs in cluster mode (see
+// Clustered and docs/broker.md).
+type ClusterConfig struct {
+	// Name is the NATS cluster name, the same on every node.
+	Name string `yaml:"name"`
+	// NodeName names this node, unique in the cluster and stable across
+	// restarts (JetStream's RAFT groups know peers by it). Required with
+	// Listen; with nats.url empty means a random name per process.
+	NodeName string `yaml:"node_name"`
+	// Listen is the host:port the embedded NATS server accepts routes
+	// from other nodes on. Empty: standalone (no cluster).
+	Listen string `yaml:"listen"`
+	// Routes are the other nodes' route addresses, host:port (a node may
+	// list itself).
+	Routes []string `yaml:"routes"`
+}
+
+// Clustered reports whether the broker runs in cluster mode: the
+// embedded server is routed to others, or NATS is external (other
+// Unigate nodes may share it).
+func (c Config) Clustered() bool {
+	return c.Cluster.Listen != "" || c.NATS.URL != ""
 }
 
 // HistoryConfig is the retention and flow control of the durable history
@@ -400,6 +436,12 @@ func Default() Config {
 		Broker: BrokerConfig{
 			DefaultAgentCapacity: 5,
 			QueueSize:            4096,
+		},
+		NATS: NATSConfig{
+			Replicas: 1,
+		},
+		Cluster: ClusterConfig{
+			Name: "unigate",
 		},
 		History: HistoryConfig{
 			MaxAge:                    30 * 24 * time.Hour,

@@ -92,6 +92,31 @@ func (c Config) Validate() error {
 	if c.Broker.DefaultAgentCapacity < 1 {
 		bad("broker.default_agent_capacity", "must be at least 1, got %d", c.Broker.DefaultAgentCapacity)
 	}
+	if c.NATS.Replicas < 1 || c.NATS.Replicas > 5 {
+		bad("nats.replicas", "must be from 1 to 5 (JetStream's limit), got %d", c.NATS.Replicas)
+	}
+	if cl := c.Cluster; cl.Listen != "" {
+		checkAddr("cluster.listen", cl.Listen)
+		if c.NATS.URL != "" {
+			bad("cluster.listen", "must be empty with nats.url: an external NATS cluster does its own routing")
+		}
+		if strings.TrimSpace(cl.NodeName) == "" {
+			bad("cluster.node_name", "must name this node (unique, stable across restarts) when cluster.listen is set")
+		}
+		if strings.TrimSpace(cl.Name) == "" {
+			bad("cluster.name", "must not be empty when cluster.listen is set")
+		}
+		for i, r := range cl.Routes {
+			if _, _, err := net.SplitHostPort(strings.TrimPrefix(r, "nats-route://")); err != nil {
+				bad(fmt.Sprintf("cluster.routes[%d]", i), "want host:port, got %q", r)
+			}
+		}
+	} else if len(c.Cluster.Routes) > 0 {
+		bad("cluster.routes", "needs cluster.listen (this node must accept routes too)")
+	}
+	if c.Cluster.NodeName != "" && strings.ContainsAny(c.Cluster.NodeName, " \t\r\n.*>") {
+		bad("cluster.node_name", "must not contain white space, '.', '*' or '>', got %q", c.Cluster.NodeName)
+	}
 	if c.History.MaxAge < 0 {
 		bad("history.max_age", "must be 0 (no limit) or more, got %s", c.History.MaxAge)
 	}

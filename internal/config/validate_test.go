@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -137,4 +138,36 @@ func joined(err error) []error {
 		return nil
 	}
 	return []error{err}
+}
+
+func TestValidateCluster(t *testing.T) {
+	ok := Default()
+	ok.Cluster.Listen = "127.0.0.1:6222"
+	ok.Cluster.NodeName = "n1"
+	ok.Cluster.Routes = []string{"127.0.0.1:6223", "nats-route://10.0.0.3:6222"}
+	ok.NATS.Replicas = 3
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("valid cluster config refused: %v", err)
+	}
+	if !ok.Clustered() || Default().Clustered() {
+		t.Fatal("Clustered is wrong")
+	}
+	for name, edit := range map[string]func(*Config){
+		"no node name":   func(c *Config) { c.Cluster.NodeName = "" },
+		"bad node name":  func(c *Config) { c.Cluster.NodeName = "a.b" },
+		"external too":   func(c *Config) { c.NATS.URL = "nats://x:4222" },
+		"bad route":      func(c *Config) { c.Cluster.Routes = []string{"nohost"} },
+		"replicas 0":     func(c *Config) { c.NATS.Replicas = 0 },
+		"replicas 7":     func(c *Config) { c.NATS.Replicas = 7 },
+		"routes only":    func(c *Config) { c.Cluster.Listen = "" },
+		"bad listen":     func(c *Config) { c.Cluster.Listen = "nonsense" },
+		"no clustername": func(c *Config) { c.Cluster.Name = " " },
+	} {
+		c := ok
+		c.Cluster.Routes = append([]string(nil), ok.Cluster.Routes...)
+		edit(&c)
+		if err := c.Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Validate = %v, want ErrInvalid", name, err)
+		}
+	}
 }

@@ -1,0 +1,322 @@
+package broker
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/unigate/unigate/protocol"
+)
+
+// Cluster makes a Broker one node of several that share NATS (see
+// "Cluster" in the package documentation and docs/broker.md). Open it with
+// OpenCluster and pass it as Options.Cluster, with the same KVConvStore as
+// Options.Conversations.
+type Cluster struct {
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	node     string
+	prefix   string // "<SubjectPrefix>."
+	conv     *KVConvStore
+	load     jetstream.KeyValue // agent loads and users' last connection, no TTL
+	presence jetstream.KeyValue // agent presence, expires after PresenceTTL
+	loadPub  string             // "$KV.<load bucket>."
+	ttl      time.Duration
+}
+
+// ClusterOptions configures OpenCluster.
+type ClusterOptions struct {
+	// Node names this node, unique in the cluster (default: random).
+	Node string
+	// SubjectPrefix starts the core-NATS subjects of message notices:
+	// <prefix>.conv.<conversation> (default "unigate").
+	SubjectPrefix string
+	// Replicas of the agent buckets (default 1; 3 with 3+ NATS servers).
+	Replicas int
+	// PresenceTTL is how long an agent's presence outlives its node's last
+	// heartbeat (default 15s; heartbeats every third of it).
+	PresenceTTL time.Duration
+	// Conversations is the conversation bucket every node watches.
+	Conversations *KVConvStore
+}
+
+// Buckets of a cluster.
+const (
+	DefaultLoadBucket     = "UNIGATE_AGENT_LOAD"
+	DefaultPresenceBucket = "UNIGATE_PRESENCE"
+	DefaultPresenceTTL    = 15 * time.Second
+)
+
+// OpenCluster creates (or updates) the agent buckets.
+func OpenCluster(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o ClusterOptions) (*Cluster, error) {
+	if o.Conversations == nil {
+		return nil, errors.New("broker: cluster needs the conversation store")
+	}
+	if o.Node == "" {
+		o.Node = newID("n_")
+	}
+	if o.SubjectPrefix == "" {
+		o.SubjectPrefix = "unigate"
+	}
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	if o.PresenceTTL <= 0 {
+		o.PresenceTTL = DefaultPresenceTTL
+	}
+	if strings.ContainsAny(o.SubjectPrefix+o.Node, " \t\r\n*>") {
+		return nil, fmt.Errorf("broker: bad cluster subject prefix or node name %q %q", o.SubjectPrefix, o.Node)
+	}
+	load, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: DefaultLoadBucket, Description: "Unigate agent loads and users' last node",
+		History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: bucket %s: %w", DefaultLoadBucket, err)
+	}
+	pres, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: DefaultPresenceBucket, Description: "Unigate agent presence (heartbeats)",
+		History: 1, TTL: o.PresenceTTL, Storage: jetstream.FileStorage, Replicas: o.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: bucket %s: %w", DefaultPresenceBucket, err)
+	}
+	return &Cluster{
+		nc: nc, js: js, node: o.Node, prefix: o.SubjectPrefix + ".",
+		conv: o.Conversations, load: load, presence: pres,
+		loadPub: "$KV." + DefaultLoadBucket + ".", ttl: o.PresenceTTL,
+	}, nil
+}
+
+// Node returns this node's name.
+func (cl *Cluster) Node() string { return cl.node }
+
+func (cl *Cluster) convSubject(conv string) string { return cl.prefix + "conv." + conv }
+
+// userKey maps any user id to a valid key (ids are arbitrary bytes).
+func userKey(kind, id string) string {
+	return kind + "." + base64.RawURLEncoding.EncodeToString([]byte(id))
+}
+
+// notice is a stored message announced to the other nodes holding the
+// conversation (core NATS, at most once: a gap is repaired from History).
+type notice struct {
+	Node   string        `json:"n"`
+	Seq    uint64        `json:"q"`
+	Stream uint64        `json:"ss"`
+	Sender string        `json:"s"`
+	Role   protocol.Role `json:"r"`
+	CMID   string        `json:"c,omitempty"`
+	Text   string        `json:"t"`
+	TS     int64         `json:"ts"`
+}
+
+// publish announces message m of c (stored at stream sequence ss).
+func (cl *Cluster) publish(c *conversation, m *message, ss uint64) {
+	b, err := json.Marshal(&notice{Node: cl.node, Seq: m.seq, Stream: ss, Sender: m.senderID, Role: m.senderRole, CMID: m.cmid, Text: m.text, TS: m.ts})
+	if err != nil {
+		return
+	}
+	// Non-blocking (buffered by the connection); a loss is a gap the
+	// receivers repair.
+	_ = cl.nc.Publish(cl.convSubject(c.id), b)
+}
+
+// agentLoad is an agent's cluster-wide load: the conversations it holds,
+// each with the time its slot was reserved. Every change is a
+// revision-checked update, so two nodes can never both take its last slot.
+type agentLoad struct {
+	Convs map[string]int64 `json:"c"`
+}
+
+// reserveGrace protects a fresh reservation (its conversation record is
+// being written) from being pruned as stale by another node.
+const reserveGrace = 10 * time.Second
+
+var errAgentFull = errors.New("broker: agent has no free slot")
+
+func (cl *Cluster) getLoad(ctx context.Context, agent string) (*agentLoad, uint64, error) {
+	e, err := cl.load.Get(ctx, userKey("l", agent))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return &agentLoad{Convs: map[string]int64{}}, 0, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	var l agentLoad
+	if err := json.Unmarshal(e.Value(), &l); err != nil || l.Convs == nil {
+		l.Convs = map[string]int64{}
+	}
+	return &l, e.Revision(), nil
+}
+
+func (cl *Cluster) putLoad(ctx context.Context, agent string, l *agentLoad, rev uint64) error {
+	b, err := json.Marshal(l)
+	if err != nil {
+		return err
+	}
+	if rev == 0 {
+		_, err = cl.load.Create(ctx, userKey("l", agent), b)
+	} else {
+		_, err = cl.load.Update(ctx, userKey("l", agent), b, rev)
+	}
+	return err
+}
+
+func isCASConflict(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+}
+
+// prune drops the conversations agent no longer holds (closed, queued
+// again, given to another agent, or forgotten), except fresh ones.
+func (cl *Cluster) prune(ctx context.Context, agent string, l *agentLoad, now time.Time) bool {
+	changed := false
+	for conv, at := range l.Convs {
+		if now.Sub(time.UnixMilli(at)) < reserveGrace {
+			continue
+		}
+		m, _, err := cl.conv.Get(ctx, conv)
+		if err != nil && !errors.Is(err, ErrConvNotFound) {
+			continue
+		}
+		if m == nil || m.AgentID != agent || m.State == protocol.StateClosed || m.State == protocol.StateQueued {
+			delete(l.Convs, conv)
+			changed = true
+		}
+	}
+	return changed
+}
+
+// reserve takes one of agent's slots for conv, unless it holds capacity
+// conversations already (errAgentFull). added is false when conv had a
+// slot already (another node's attempt, which the caller must not give
+// back).
+func (cl *Cluster) reserve(ctx context.Context, agent, conv string, capacity int, now time.Time) (added bool, err error) {
+	for range 16 {
+		l, rev, err := cl.getLoad(ctx, agent)
+		if err != nil {
+			return false, err
+		}
+		if _, ok := l.Convs[conv]; ok {
+			return false, nil
+		}
+		if len(l.Convs) >= capacity {
+			cl.prune(ctx, agent, l, now)
+			if len(l.Convs) >= capacity {
+				return false, errAgentFull
+			}
+		}
+		l.Convs[conv] = now.UnixMilli()
+		err = cl.putLoad(ctx, agent, l, rev)
+		if isCASConflict(err) {
+			continue
+		}
+		return err == nil, err
+	}
+	return false, errors.New("broker: agent load contended")
+}
+
+// unreserve gives conv's slot of agent back (best effort: prune repairs
+// what a failure leaves).
+func (cl *Cluster) unreserve(ctx context.Context, agent, conv string) {
+	for range 16 {
+		l, rev, err := cl.getLoad(ctx, agent)
+		if err != nil || rev == 0 {
+			return
+		}
+		if _, ok := l.Convs[conv]; !ok {
+			return
+		}
+		delete(l.Convs, conv)
+		if err := cl.putLoad(ctx, agent, l, rev); !isCASConflict(err) {
+			return
+		}
+	}
+}
+
+// agentConvs returns the conversations agent holds cluster-wide (pruned).
+func (cl *Cluster) agentConvs(ctx context.Context, agent string, now time.Time) ([]string, error) {
+	l, rev, err := cl.getLoad(ctx, agent)
+	if err != nil {
+		return nil, err
+	}
+	if rev != 0 && cl.prune(ctx, agent, l, now) {
+		_ = cl.putLoad(ctx, agent, l, rev) // a conflict: somebody else wrote a fresher one
+	}
+	out := make([]string, 0, len(l.Convs))
+	for c := range l.Convs {
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// presenceRecord is an agent's presence as the cluster sees it.
+type presenceRecord struct {
+	Tenant   string          `json:"t"`
+	Status   protocol.Status `json:"s"`
+	Capacity int             `json:"c"`
+	Skills   []string        `json:"k,omitempty"`
+	Node     string          `json:"n"`
+}
+
+func (cl *Cluster) putPresence(ctx context.Context, agent string, p *presenceRecord) error {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	_, err = cl.presence.Put(ctx, userKey("a", agent), b)
+	return err
+}
+
+// getPresence returns agent's presence; nil if it has none (never online,
+// or its node stopped heartbeating PresenceTTL ago).
+func (cl *Cluster) getPresence(ctx context.Context, agent string) (*presenceRecord, error) {
+	e, err := cl.presence.Get(ctx, userKey("a", agent))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var p presenceRecord
+	if err := json.Unmarshal(e.Value(), &p); err != nil {
+		return nil, nil
+	}
+	return &p, nil
+}
+
+// seenRecord says on which node a user last connected or disconnected.
+type seenRecord struct {
+	Node      string `json:"n"`
+	Connected bool   `json:"c"`
+	At        int64  `json:"at"`
+}
+
+// markSeen records (asynchronously; one node's records stay in order)
+// that u connected to this node.
+func (cl *Cluster) markSeen(u *user, now time.Time) {
+	b, _ := json.Marshal(&seenRecord{Node: cl.node, Connected: true, At: now.UnixMilli()})
+	_, _ = cl.js.PublishAsync(cl.loadPub+userKey("u", u.id), b)
+}
+
+// lastSeenHere reports whether u's last connection in the cluster was to
+// this node, so that this node, where u is gone, decides its departure
+// (another node does if u reconnected there). A failed read says no.
+func (cl *Cluster) lastSeenHere(ctx context.Context, u *user) bool {
+	e, err := cl.load.Get(ctx, userKey("u", u.id))
+	if err != nil {
+		return errors.Is(err, jetstream.ErrKeyNotFound)
+	}
+	var s seenRecord
+	if json.Unmarshal(e.Value(), &s) != nil {
+		return false
+	}
+	return s.Node == cl.node
+}

@@ -1,0 +1,444 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/unigate/unigate/protocol"
+)
+
+// This file is the broker's side of cluster mode: the goroutines that
+// watch the conversation bucket and heartbeat agent presence, and the
+// shard handlers for what other nodes did (message notices, record
+// changes). See "Cluster" in the package documentation.
+
+// noticeQueue bounds each shard's channel of message notices; a notice
+// that finds it full is dropped by NATS (slow consumer) and the gap is
+// repaired from History by the next notice, an append conflict or an
+// attach of that conversation.
+const noticeQueue = 8192
+
+// follow subscribes the shard to c's message notices (cluster mode).
+func (s *shard) follow(c *conversation) {
+	cl := s.b.o.Cluster
+	if cl == nil || c.sub != nil {
+		return
+	}
+	sub, err := cl.nc.ChanSubscribe(cl.convSubject(c.id), s.notices)
+	if err != nil {
+		s.b.log.Warn("broker: cannot follow conversation", "conversation", c.id, "err", err)
+		return
+	}
+	c.sub = sub
+}
+
+func (s *shard) unfollow(c *conversation) {
+	if c.sub != nil {
+		_ = c.sub.Unsubscribe()
+		c.sub = nil
+	}
+}
+
+// notice applies a message another node stored: the next seq is
+// delivered to the local connections, an old one ignored, a gap repaired
+// from History.
+func (s *shard) notice(msg *nats.Msg) {
+	cl := s.b.o.Cluster
+	conv := strings.TrimPrefix(msg.Subject, cl.prefix+"conv.")
+	c := s.convs[conv]
+	if c == nil || c.state == protocol.StateUnspecified {
+		return
+	}
+	var n notice
+	if json.Unmarshal(msg.Data, &n) != nil || n.Node == cl.node || n.Seq <= c.lastSeq {
+		return
+	}
+	if n.Seq > c.lastSeq+1 {
+		s.b.m.clusterGaps.Inc()
+		if c.inflight {
+			// Probably our own append is the gap: resynchronise once it
+			// is answered (a resync now would deliver it before its ack).
+			c.resyncAfter = true
+			return
+		}
+		if err := s.resync(c); err != nil {
+			s.b.log.Warn("broker: resync after a gap failed", "conversation", c.id, "err", err)
+		}
+		return
+	}
+	m := message{seq: n.Seq, senderID: n.Sender, senderRole: n.Role, cmid: n.CMID, text: n.Text, ts: n.TS}
+	c.hist.push(m, c.dedupe)
+	if m.cmid != "" {
+		c.dedupe[dedupeKey{m.senderID, m.cmid}] = m.seq
+	}
+	c.lastSeq, c.streamSeq = n.Seq, n.Stream
+	e := &s.out
+	e.Kind = protocol.KindDeliver
+	e.ID = 0
+	e.Deliver = deliverOf(c, &m)
+	s.b.fanout(c.attached, nil, e)
+	e.Deliver = protocol.Deliver{}
+	s.b.m.clusterNotices.Inc()
+}
+
+// commit writes m, the next metadata of c, with a revision check. Single
+// node: a failure is logged and the change goes ahead (the in-memory
+// state is authoritative). Cluster: a failure means another node changed
+// the conversation first; its record is read and applied, and commit
+// returns false: the caller must change nothing.
+func (s *shard) commit(c *conversation, m *ConvMeta) bool {
+	cs := s.b.o.Conversations
+	if cs == nil {
+		return true
+	}
+	ctx, cancel := s.ioCtx()
+	defer cancel()
+	rev, err := cs.Update(ctx, m, c.rev)
+	if err == nil {
+		c.rev = rev
+		return true
+	}
+	if s.b.o.Cluster == nil {
+		s.b.log.Error("broker: conversation metadata not saved", "conversation", c.id, "err", err)
+		if _, r, gerr := cs.Get(ctx, c.id); gerr == nil {
+			c.rev = r // next update replaces it
+		}
+		return true
+	}
+	s.b.m.clusterConflicts.Inc()
+	if cur, r, gerr := cs.Get(ctx, c.id); gerr == nil {
+		s.applyMeta(c, cur, r)
+	}
+	return false
+}
+
+// applyMeta brings c (held by this node) to a newer record written by
+// another node, telling the local connections what changed.
+func (s *shard) applyMeta(c *conversation, m *ConvMeta, rev uint64) {
+	if rev <= c.rev || c.state == protocol.StateClosed {
+		if rev > c.rev {
+			c.rev = rev
+		}
+		return
+	}
+	c.rev = rev
+	ev := m.Event
+	if ev == protocol.StateUnspecified {
+		ev = m.State
+	}
+	switch m.State {
+	case protocol.StateClosed:
+		s.setState(c, protocol.StateClosed)
+		c.reason = strings.Clone(m.Reason)
+		c.closedAt = s.b.now()
+		c.closedMilli = m.ClosedMilli
+		c.visitor.mu.Lock()
+		c.visitor.open--
+		c.visitor.mu.Unlock()
+		s.announce(c, protocol.StateClosed, c.reason, nil, 0)
+		s.closed = append(s.closed, c)
+	case protocol.StateQueued:
+		old := c.agent
+		c.agent = nil
+		c.skill = m.Skill
+		c.position = 0
+		s.setState(c, protocol.StateQueued)
+		s.announce(c, ev, m.Reason, nil, 0)
+		if old != nil {
+			s.drop(c, old)
+		}
+	case protocol.StateAssigned, protocol.StateTransferred:
+		if c.agent != nil && c.agent.id == m.AgentID && c.state == m.State {
+			return
+		}
+		to := s.b.reg.userByID(m.AgentID, protocol.RoleAgent, c.tenant, s.b.now())
+		if to == nil {
+			return
+		}
+		old := c.agent
+		c.agent = to
+		c.position = 0
+		s.setState(c, m.State)
+		fresh := s.adopt(c, to)
+		s.announce(c, ev, m.Reason, nil, 0)
+		s.replay(c, fresh, 0) // before drop: fresh is a view of c.attached
+		if old != nil && old != to {
+			s.drop(c, old)
+		}
+	}
+}
+
+// remoteMeta handles a record change seen by the watcher: applied to the
+// conversation if this node holds it, or the conversation is loaded when
+// one of its participants is connected here (an agent it was just given).
+func (s *shard) remoteMeta(r *ctrl) {
+	m := r.meta
+	if c := s.convs[m.ID]; c != nil {
+		s.applyMeta(c, m, r.seq)
+		return
+	}
+	if m.State == protocol.StateClosed || (!s.b.reg.hasLocal(m.VisitorID) && !s.b.reg.hasLocal(m.AgentID)) {
+		return
+	}
+	c := s.load(m.ID)
+	if c == nil {
+		return
+	}
+	ev := m.Event
+	if ev == protocol.StateUnspecified || c.rev != r.seq {
+		ev = c.state
+	}
+	s.attachLocal(c, ev)
+}
+
+// attachLocal attaches the local connections of c's participants to c,
+// just loaded for another reason than their own hello: the state (as
+// event ev), then the history.
+func (s *shard) attachLocal(c *conversation, ev protocol.State) {
+	s.adopt(c, c.visitor)
+	if c.agent != nil {
+		s.adopt(c, c.agent)
+	}
+	if len(c.attached) == 0 {
+		return
+	}
+	s.announce(c, ev, c.reason, nil, 0)
+	s.replay(c, c.attached, 0)
+}
+
+// clusterTake gives c to agent toAgent (online somewhere in the cluster,
+// same tenant, with a free slot) in state st, committing the record; it
+// returns the agent's user. Nothing changed on error.
+func (s *shard) clusterTake(c *conversation, toAgent string, st protocol.State, note string) (*user, *protocol.Error) {
+	b, cl := s.b, s.b.o.Cluster
+	ctx, cancel := s.ioCtx()
+	defer cancel()
+	p, err := cl.getPresence(ctx, toAgent)
+	if err != nil {
+		return nil, protocol.NewError(protocol.CodeUnavailable, "presence unavailable, retry later")
+	}
+	if p == nil || p.Status != protocol.StatusOnline || p.Tenant != c.tenant {
+		return nil, protocol.NewError(protocol.CodeNoAgent, "the agent is not available")
+	}
+	to := b.reg.userByID(toAgent, protocol.RoleAgent, c.tenant, b.now())
+	if to == nil {
+		return nil, protocol.NewError(protocol.CodeNoAgent, "the agent is not available")
+	}
+	from := c.agent
+	added, err := cl.reserve(ctx, toAgent, c.id, p.Capacity, b.now())
+	if err != nil {
+		if errors.Is(err, errAgentFull) {
+			return nil, protocol.NewError(protocol.CodeNoAgent, "the agent is not available")
+		}
+		return nil, protocol.NewError(protocol.CodeUnavailable, "storage unavailable, retry later")
+	}
+	m := c.meta()
+	m.State, m.Event, m.AgentID, m.Reason, m.Boost = st, st, toAgent, note, false
+	if !s.commit(c, m) {
+		s.giveBack(ctx, c, toAgent, added)
+		return nil, protocol.NewError(protocol.CodeBadTransition, "the conversation changed meanwhile, retry")
+	}
+	if from != nil {
+		cl.unreserve(ctx, from.id, c.id)
+	}
+	return to, nil
+}
+
+// clusterQueue commits c back into the queue (transfer to a skill, a
+// departed agent): boosted, with event ev and reason. Nothing changed if
+// it returns false.
+func (s *shard) clusterQueue(c *conversation, skill string, ev protocol.State, reason string) bool {
+	m := c.meta()
+	m.State, m.Event, m.AgentID, m.Skill, m.Reason, m.Boost = protocol.StateQueued, ev, "", skill, reason, true
+	if !s.commit(c, m) {
+		return false
+	}
+	if c.agent != nil {
+		ctx, cancel := s.ioCtx()
+		s.b.o.Cluster.unreserve(ctx, c.agent.id, c.id)
+		cancel()
+	}
+	return true
+}
+
+// hasLocal reports whether user id has a connection to this node.
+func (r *registry) hasLocal(id string) bool {
+	if id == "" {
+		return false
+	}
+	r.mu.Lock()
+	u := r.users[id]
+	r.mu.Unlock()
+	return u != nil && u.connected()
+}
+
+// watchConversations feeds every change of the conversation bucket to the
+// dispatcher's queue mirror and to the shard of the conversation. It
+// restarts the watch if NATS ends it.
+func (b *Broker) watchConversations() {
+	defer b.wg.Done()
+	kv := b.o.Cluster.conv.kv
+	for {
+		w, err := kv.WatchAll(b.ctx)
+		if err != nil {
+			b.log.Warn("broker: conversation watch failed, retrying", "err", err)
+			select {
+			case <-b.done:
+				return
+			case <-time.After(time.Second):
+				continue
+			}
+		}
+		ready := false
+	loop:
+		for {
+			select {
+			case <-b.done:
+				_ = w.Stop()
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					break loop
+				}
+				if e == nil {
+					ready = true
+					b.clusterReady.Store(true)
+					continue
+				}
+				b.observeEntry(e, ready)
+			}
+		}
+	}
+}
+
+func (b *Broker) observeEntry(e jetstream.KeyValueEntry, ready bool) {
+	if e.Operation() != jetstream.KeyValuePut {
+		b.disp.forget(e.Key())
+		return
+	}
+	var m ConvMeta
+	if json.Unmarshal(e.Value(), &m) != nil || m.ID != e.Key() || m.VisitorID == "" {
+		return
+	}
+	b.disp.observe(&m, e.Revision())
+	if ready {
+		b.shardFor(m.ID).mbox.post(ctrl{kind: ctrlMeta, meta: &m, seq: e.Revision()})
+	}
+}
+
+// heartbeat refreshes the presence of this node's agents that are not
+// offline, so that it expires PresenceTTL after this node died.
+func (b *Broker) heartbeat() {
+	defer b.wg.Done()
+	cl := b.o.Cluster
+	t := time.NewTicker(cl.ttl / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.done:
+			return
+		case <-t.C:
+			for id, p := range b.disp.localPresence() {
+				p.Node = cl.node
+				ctx, cancel := b.ioCtx()
+				if err := cl.putPresence(ctx, id, &p); err != nil {
+					b.log.Warn("broker: presence heartbeat failed", "err", err)
+				}
+				cancel()
+			}
+		}
+	}
+}
+
+// clusterAssign commits the dispatcher's decision to give c to agent a:
+// a slot of a's cluster-wide load, then the record (queued → assigned).
+// If either fails nothing changed: the slot is given back and c, if still
+// queued, returns to the queue.
+func (s *shard) clusterAssign(c *conversation, a *user) bool {
+	b, cl := s.b, s.b.o.Cluster
+	_, capacity, ok := b.disp.agentLoad(a.id)
+	if !ok {
+		return false
+	}
+	ctx, cancel := s.ioCtx()
+	defer cancel()
+	added, err := cl.reserve(ctx, a.id, c.id, capacity, b.now())
+	if err != nil {
+		b.disp.release(a.id, c.id)
+		if errors.Is(err, errAgentFull) {
+			// Busy on another node: learn its real load.
+			if convs, err := cl.agentConvs(ctx, a.id, b.now()); err == nil {
+				b.disp.setLoad(a.id, convs)
+			}
+		} else {
+			b.log.Warn("broker: agent load not reserved", "agent", a.id, "err", err)
+		}
+		b.disp.requeueMirror(c.meta(), c.rev)
+		return false
+	}
+	m := c.meta()
+	m.State, m.Event, m.AgentID, m.Reason, m.Boost = protocol.StateAssigned, protocol.StateAssigned, a.id, "", false
+	if !s.commit(c, m) {
+		s.giveBack(ctx, c, a.id, added)
+		b.disp.release(a.id, c.id)
+		if c.state == protocol.StateQueued {
+			b.disp.requeueMirror(c.meta(), c.rev)
+		}
+		return false
+	}
+	return true
+}
+
+// recheck is a conversation this shard started following a moment ago:
+// its subscription's interest may still have been travelling through the
+// routes when another node published a notice, so the shard compares it
+// with History on its next sweeps (rechecks of them).
+type recheck struct {
+	c    *conversation
+	left int
+}
+
+const rechecks = 2
+
+func (s *shard) recheckLater(c *conversation) {
+	if s.b.o.Cluster != nil {
+		s.rechecks = append(s.rechecks, recheck{c: c, left: rechecks})
+	}
+}
+
+// runRechecks resynchronises the conversations due (on ctrlSweep).
+func (s *shard) runRechecks() {
+	kept := s.rechecks[:0]
+	for _, r := range s.rechecks {
+		if s.convs[r.c.id] != r.c || r.c.state == protocol.StateClosed {
+			continue
+		}
+		if !r.c.inflight {
+			if err := s.resync(r.c); err != nil {
+				s.b.log.Warn("broker: recheck failed", "conversation", r.c.id, "err", err)
+			}
+		}
+		if r.left--; r.left > 0 {
+			kept = append(kept, r)
+		}
+	}
+	clear(s.rechecks[len(kept):])
+	s.rechecks = kept
+}
+
+// giveBack returns the slot of agent a failed commit had reserved for c,
+// unless it was not this attempt's (added false) or c, as re-read by the
+// failed commit, is held by that very agent after all (another node's
+// attempt for the same agent won).
+func (s *shard) giveBack(ctx context.Context, c *conversation, agent string, added bool) {
+	if !added || (c.agent != nil && c.agent.id == agent && c.state != protocol.StateClosed) {
+		return
+	}
+	s.b.o.Cluster.unreserve(ctx, agent, c.id)
+}
