@@ -428,7 +428,9 @@ func TestCrashRestart(t *testing.T) {
 		t.Fatalf("forged resume token: errors %v, want 2004", bad.errors)
 	}
 	fut := newChat(t, "future", v.tok)
+	v.mu.Lock()
 	fut.conv = v.conv
+	v.mu.Unlock()
 	fut.seen = []uint64{last + 100}
 	fut.dial(n2.addr)
 	fut.hello(false)
@@ -467,8 +469,10 @@ func TestGracefulRestart(t *testing.T) {
 	if !strings.Contains(n2.logs.String(), "session snapshot restored") {
 		t.Fatalf("snapshot not restored:\n%s", n2.logs.String())
 	}
+	v.mu.Lock()
 	conv := v.conv
 	v.conv = "" // no cursor: the session must name the conversation
+	v.mu.Unlock()
 	v.dial(n2.addr)
 	if !v.hello(true) {
 		t.Fatal("resume after a graceful restart not accepted")
@@ -479,7 +483,9 @@ func TestGracefulRestart(t *testing.T) {
 	if len(listed) != 1 || listed[0] != conv {
 		t.Fatalf("welcome lists %v, want [%s]", listed, conv)
 	}
-	v.conv = conv
+	v.mu.Lock()
+	v.conv = conv // the reader may set it too, from the attach
+	v.mu.Unlock()
 	a.dial(n2.addr)
 	if !a.hello(true) {
 		t.Fatal("agent resume not accepted")
