@@ -130,7 +130,6 @@ func (w *chatWorker) agentDeliver(a *agent, e *protocol.Envelope) {
 	if measured {
 		w.v2aHist.record(now - p.due)
 		w.v2aSvc.record(now - p.sent)
-		w.measuredV2A.Add(1)
 	}
 	if inWindow {
 		w.inWindowV2A.Add(1)
@@ -290,7 +289,6 @@ func (w *chatWorker) visitorDeliver(c *chatConv, e *protocol.Envelope) {
 	if measured {
 		w.a2vHist.record(now - p.due)
 		w.a2vSvc.record(now - p.sent)
-		w.measuredA2V.Add(1)
 	}
 	if inWindow {
 		w.inWindowA2V.Add(1)

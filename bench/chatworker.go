@@ -261,7 +261,6 @@ type chatWorker struct {
 	sent, acked, delivered                      atomic.Int64
 	repliesSent, repliesDeliv, repliesQueued    atomic.Int64
 	refusedV2A, refusedA2V                      atomic.Int64
-	measuredV2A, measuredA2V                    atomic.Int64
 	inWindowV2A, inWindowA2V                    atomic.Int64
 	corruptV2A, corruptA2V                      atomic.Int64
 	staleClosed, staleReplayed, closedConvs     atomic.Int64
@@ -557,8 +556,10 @@ func (w *chatWorker) result(setup, drain time.Duration) *chatResult {
 		r.V2A.add(flowResultOf(&c.v2a))
 		r.A2V.add(flowResultOf(&c.a2v))
 	}
-	r.V2A.DeliveredMeasured = w.measuredV2A.Load()
-	r.A2V.DeliveredMeasured = w.measuredA2V.Load()
+	// From the histograms' own snapshots: a delivery recorded after the
+	// snapshot is in neither.
+	r.V2A.DeliveredMeasured = r.V2AHist.Recorded
+	r.A2V.DeliveredMeasured = r.A2VHist.Recorded
 	r.V2A.DeliveredInWindow = w.inWindowV2A.Load()
 	r.A2V.DeliveredInWindow = w.inWindowA2V.Load()
 	r.V2A.Corrupt += w.corruptV2A.Load()

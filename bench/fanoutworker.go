@@ -221,7 +221,7 @@ type fanoutWorker struct {
 	phase    atomic.Value
 
 	connected, positioned, triggers, confirmed, refused atomic.Int64
-	delivered, measured, inWindow, reached, dropped     atomic.Int64
+	delivered, inWindow, reached, dropped               atomic.Int64
 	dups, regressions, unexpected, closedN              atomic.Int64
 	last                                                []atomic.Int64 // per trigger, µs; -1 none
 
@@ -616,7 +616,6 @@ func (w *fanoutWorker) queueEvent(v *fanVisitor, q int, convID string) {
 	w.ivl.record(lat)
 	if w.job.measured(s) {
 		w.latency.record(lat)
-		w.measured.Add(1)
 	}
 	if now >= tl.wStart && now < tl.wEnd {
 		w.inWindow.Add(1)
@@ -655,7 +654,7 @@ func (w *fanoutWorker) result(drain time.Duration) *fanoutResult {
 	n.TriggersConfirmed = w.confirmed.Load()
 	n.TriggersRefused = w.refused.Load()
 	n.Delivered = w.delivered.Load()
-	n.DeliveredMeasured = w.measured.Load()
+	n.DeliveredMeasured = r.Latency.Recorded // with the histogram, in one snapshot
 	n.DeliveredInWindow = w.inWindow.Load()
 	n.Duplicates = w.dups.Load()
 	n.Regressions = w.regressions.Load()

@@ -21,6 +21,7 @@ type latencyHist struct {
 	mu        sync.Mutex
 	h         *hdrhistogram.Histogram
 	saturated int64
+	recorded  int64 // calls of record, counted with the value so a snapshot sees both
 }
 
 func newLatencyHist() *latencyHist {
@@ -37,6 +38,7 @@ func (l *latencyHist) record(d time.Duration) {
 		l.saturated++
 	}
 	_ = l.h.RecordValue(us)
+	l.recorded++
 	l.mu.Unlock()
 }
 
@@ -44,13 +46,16 @@ func (l *latencyHist) record(d time.Duration) {
 func (l *latencyHist) snapshot() histSnapshot {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return histSnapshot{Snapshot: l.h.Export(), Saturated: l.saturated}
+	return histSnapshot{Snapshot: l.h.Export(), Saturated: l.saturated, Recorded: l.recorded}
 }
 
 // histSnapshot is a histogram on the wire between worker and coordinator.
 type histSnapshot struct {
 	Snapshot  *hdrhistogram.Snapshot `json:"hdr"`
 	Saturated int64                  `json:"saturated"`
+	// Recorded is the number of record calls the snapshot holds: the
+	// histogram's count must equal it.
+	Recorded int64 `json:"recorded"`
 }
 
 // mergeHists merges worker snapshots into one histogram.
