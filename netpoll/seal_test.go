@@ -43,7 +43,7 @@ type sealHandler struct {
 
 const burstSenders, burstFrames = 4, 200
 
-func (h *sealHandler) OnOpen(c *Conn) { c.MarkEstablished() }
+func (h *sealHandler) OnOpen(c *Conn)       { c.MarkEstablished() }
 func (h *sealHandler) OnClose(*Conn, error) {}
 func (h *sealHandler) OnMessage(c *Conn, _ ws.OpCode, p []byte) {
 	switch string(p) {
