@@ -49,6 +49,12 @@ func Load(path string, environ []string) (Config, error) {
 	if len(c.API.Keys) == 0 {
 		c.API.Keys = nil
 	}
+	if len(c.Crypto.IdentityKeys) == 0 {
+		c.Crypto.IdentityKeys = nil
+	}
+	if len(c.Crypto.RequiredTenants) == 0 {
+		c.Crypto.RequiredTenants = nil
+	}
 	return c, nil
 }
 
