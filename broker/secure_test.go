@@ -342,3 +342,62 @@ func TestSecureOff(t *testing.T) {
 	c.waitError(id, protocol.CodeUnknownKind)
 	c.hello(protocol.Hello{})
 }
+
+// mapCache is a SessionCache in a map, with expiry.
+type mapCache struct {
+	now func() time.Time
+	m   map[string]time.Time
+}
+
+func (c *mapCache) Put(key string, _ []byte, ttl time.Duration) error {
+	c.m[key] = c.now().Add(ttl)
+	return nil
+}
+
+func (c *mapCache) Get(dst []byte, key string) ([]byte, bool) {
+	exp, ok := c.m[key]
+	return dst, ok && c.now().Before(exp)
+}
+
+func (c *mapCache) Delete(key string) { delete(c.m, key) }
+
+// TestTicketsSeenInSessionCache: with a session cache, tickets are marked
+// used there (single use survives what the cache survives); an id is fresh
+// once, and again only after its expiry.
+func TestTicketsSeenInSessionCache(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	clock := func() time.Time { return now }
+	cache := &mapCache{now: clock, m: map[string]time.Time{}}
+	keys := newSecureKeys(t)
+	cfg := keys.server()
+	ring, err := crypto.NewTicketKeyring(nil, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Tickets = ring
+	b, err := newBroker(Options{AllowAnonymous: true, Sessions: cache, Now: clock, Secure: &SecureOptions{Server: cfg}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	seen, ok := b.sec.o.Server.Seen.(*cacheSeenSet)
+	if !ok {
+		t.Fatalf("Seen is %T, want the session cache", b.sec.o.Server.Seen)
+	}
+	id, exp := []byte("ticket-1"), now.Add(time.Hour)
+	for i, want := range []bool{true, false, false} {
+		if fresh, err := seen.Use(id, exp); err != nil || fresh != want {
+			t.Fatalf("use %d: fresh %v, %v; want %v", i, fresh, err, want)
+		}
+	}
+	if len(cache.m) != 1 {
+		t.Fatalf("cache holds %d entries", len(cache.m))
+	}
+	if fresh, _ := seen.Use([]byte("ticket-2"), now.Add(-time.Second)); fresh {
+		t.Fatal("an expired ticket counted as fresh")
+	}
+	now = now.Add(2 * time.Hour)
+	if fresh, _ := seen.Use(id, now.Add(time.Hour)); !fresh {
+		t.Fatal("an id whose entry expired is still seen")
+	}
+}
