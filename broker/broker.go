@@ -82,6 +82,7 @@ type Broker struct {
 	convStates [protocol.StateClosed + 1]atomic.Int64
 
 	rates atomic.Pointer[updateRates] // Options.TypingRate…, compiled; SetUpdateRates
+	sec   *secureBroker               // Options.Secure; nil: plaintext only (secure.go)
 }
 
 // updateRates are the compiled typing and presence rates.
@@ -135,6 +136,9 @@ func newBroker(o Options) (*Broker, error) {
 	b.disp.mirror = o.Cluster != nil
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.m = newMetrics(b)
+	if b.sec, err = newSecure(b, o.Secure); err != nil {
+		return nil, err
+	}
 	return b, nil
 }
 
@@ -150,6 +154,7 @@ func (b *Broker) start() {
 		go b.watchConversations()
 		go b.heartbeat()
 	}
+	b.sec.start()
 }
 
 // Close stops the shards and the janitor and waits for them. Requests
@@ -212,6 +217,7 @@ type client struct {
 	// admitted is what hello took from Options.Limits; whoever swaps it
 	// to nil (OnClose, or hello finding the connection closed) releases it.
 	admitted atomic.Pointer[admission]
+	sec      secureClient // the secure channel (secure.go)
 }
 
 // admission is one hello's share of Options.Limits: an identity or, when
@@ -318,6 +324,9 @@ func (b *Broker) receive(cl *client, payload []byte) {
 		return
 	}
 	it.buf = append(it.buf[:0], payload...)
+	if b.sec != nil && !b.sec.inbound(it) {
+		return // a handshake message, or the connection failed
+	}
 	if err := cl.codec.Decode(it.buf, &it.env); err != nil {
 		code, msg := protocol.CodeMalformed, "malformed envelope"
 		var pe *protocol.Error

@@ -49,6 +49,11 @@
 //     grace period, hand the conversations of departed users back to their
 //     shards and ask shards to forget closed conversations.
 //
+// With Options.Secure, a fourth kind, handshake workers (secure.go), run
+// the server side of secure-channel ClientHellos taken from a bounded
+// queue; the event loop keeps the Finished and record opening, and
+// netpoll seals outbound frames per connection under its send lock.
+//
 // Cross-shard notifications (a conversation created by a home shard, an
 // assignment decided by the dispatcher, a connection to attach to a
 // conversation) go through each shard's control mailbox: a slice appended

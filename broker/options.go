@@ -145,6 +145,12 @@ type Options struct {
 	// (OpenCluster). It requires History and Conversations (the same
 	// KVConvStore the Cluster watches). Nil: a single node.
 	Cluster *Cluster
+	// Secure, when set, accepts the application-layer secure channel
+	// (package crypto) on every connection and applies its policy
+	// (encryption required everywhere or per tenant); see secure.go and
+	// docs/protocol.md, "Encrypted connections". Nil: a secure envelope is
+	// refused like any kind the server does not accept.
+	Secure *SecureOptions
 }
 
 // Limits is the admission the broker asks for on a hello; see

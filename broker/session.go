@@ -201,7 +201,7 @@ func (s *shard) hello(it *item) {
 		}
 		resumed = true
 	}
-	if !s.originAllowed(cl, id, sess, claims, h) {
+	if !s.originAllowed(cl, id, sess, claims, h) || !s.secureHelloAllowed(cl, id, sess, claims, h) {
 		return
 	}
 	if sess == nil {

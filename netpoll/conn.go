@@ -100,6 +100,12 @@ type Conn struct {
 	scheduled bool // in the loop's flush list
 	closing   bool // a close frame is queued: no more Sends
 	gone      bool // gnet closed the connection
+	sealer    Sealer
+
+	// Sealed connections (see SetSealer).
+	hasSealer   atomic.Bool
+	sealedAt    atomic.Int64 // unix seconds of the last sealed frame
+	compactedAt int64        // sweeper-only: when Compact was last scheduled
 }
 
 // ID returns a process-unique connection id (never 0).
@@ -143,18 +149,27 @@ func (c *Conn) Data() any {
 }
 
 // Send queues a sealed frame for the connection and consumes one reference
-// of f in every case. It never blocks: the frame is written by the
+// of f in every case. On a connection with a Sealer (SetSealer), a data
+// frame is replaced by the Sealer's frame for this connection. It never blocks: the frame is written by the
 // connection's event loop. When the queued bytes would exceed the server's
 // outbound bound, the connection is closed with 1013 (try again later) and
 // Send returns ErrSlowConsumer.
 func (c *Conn) Send(f *Frame) error {
-	n := len(f.Bytes())
 	c.mu.Lock()
 	if c.closing || c.gone {
 		c.mu.Unlock()
 		f.Release()
 		return ErrClosed
 	}
+	if c.sealer != nil && !f.control() {
+		var err error
+		if f, err = c.seal(f); err != nil {
+			c.mu.Unlock()
+			c.sealFailed()
+			return err
+		}
+	}
+	n := len(f.Bytes())
 	if c.pendBytes+n > c.srv.opts.maxOutbound {
 		c.mu.Unlock()
 		f.Release()
@@ -265,6 +280,7 @@ func (c *Conn) closeQueued() bool {
 func (c *Conn) markGone() {
 	c.mu.Lock()
 	c.gone = true
+	c.sealer = nil
 	batch := c.pending
 	c.pending, c.spare, c.pendBytes = nil, nil, 0
 	c.mu.Unlock()

@@ -39,6 +39,16 @@
 // (WithMaxOutboundBytes); a connection over the bound is a slow consumer and
 // is closed with 1013.
 //
+// # Sealed connections
+//
+// Conn.SetSealer installs a per-connection Sealer (Unigate's secure
+// channel): from then on Send replaces each data frame by the Sealer's
+// frame for this connection, under the connection's send lock, so frames
+// are sealed in the order they are written (records with implicit sequence
+// numbers). A frame shared by several connections stays shared for the
+// others. The sweeper calls Sealer.Compact on the event loop once a sealed
+// connection has been quiet for WithSealerIdle.
+//
 // # Admission and rates
 //
 // WithAdmission gates upgrades: the Admission (package limiter) is asked

@@ -33,6 +33,7 @@ type options struct {
 	connRates        ConnRates
 	trusted          []netip.Prefix
 	proxyProtocol    bool
+	sealerIdle       time.Duration
 }
 
 func defaultOptions() options {
@@ -49,6 +50,7 @@ func defaultOptions() options {
 		wsPath:           "/ws",
 		httpConcurrency:  64,
 		logger:           slog.New(slog.DiscardHandler),
+		sealerIdle:       DefaultSealerIdle,
 	}
 }
 

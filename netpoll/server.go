@@ -61,6 +61,7 @@ type serverMetrics struct {
 	slowConsumers, refusedFull          *metrics.Counter
 	messageRate, byteRate, proxyRefused *metrics.Counter
 	messagesIn, bytesIn                 *metrics.Counter
+	sealErrors, compactions             *metrics.Counter
 }
 
 // New builds a server that hands WebSocket events to h. Call Start to listen.
@@ -127,6 +128,8 @@ func New(h Handler, opts ...Option) (*Server, error) {
 	s.rates.Store(s.compileRates(s.opts.connRates))
 	m.messagesIn = m.set.NewCounter(`unigate_netpoll_ws_messages_received_total`)
 	m.bytesIn = m.set.NewCounter(`unigate_netpoll_ws_bytes_received_total`)
+	m.sealErrors = m.set.NewCounter(`unigate_netpoll_seal_errors_total`)
+	m.compactions = m.set.NewCounter(`unigate_netpoll_sealer_compactions_total`)
 	m.set.NewGauge(`unigate_netpoll_connections`, func() float64 { return float64(s.reg.count()) })
 	return s, nil
 }
@@ -347,6 +350,9 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 			case now-max(last, c.lastPingAt.Load()) >= max(ping, 1)+int64(c.id%pingSpread(ping, idle)):
 				c.lastPingAt.Store(now)
 				_ = c.Send(s.ping)
+			}
+			if c.hasSealer.Load() {
+				s.maybeCompact(c, now)
 			}
 			return
 		}

@@ -160,6 +160,8 @@ func toPB(env *Envelope) *pb.Envelope {
 	case KindError:
 		b := &env.Error
 		m.Body = &pb.Envelope_Error{Error: &pb.Error{Code: uint32(b.Code), Message: b.Message, Temporary: b.Temporary}}
+	case KindSecure:
+		m.Body = &pb.Envelope_Secure{Secure: &pb.Secure{Data: env.Secure.Data}}
 	}
 	return m
 }
@@ -298,6 +300,11 @@ func fromPB(m *pb.Envelope, env *Envelope) error {
 			return outOfRange(KindError)
 		}
 		env.Error = Error{Code: Code(e.GetCode()), Message: e.GetMessage(), Temporary: e.GetTemporary()}
+	case *pb.Envelope_Secure:
+		env.Kind = KindSecure
+		if d := body.Secure.GetData(); len(d) > 0 {
+			env.Secure = Secure{Data: d}
+		}
 	default:
 		return NewError(CodeMissingField, "envelope: no body")
 	}

@@ -17,7 +17,7 @@ import (
 //   - an envelope without a known body: CodeUnknownKind when it carried an
 //     unknown length-delimited field numbered above the last known body
 //     (presumably a newer kind), CodeMissingField otherwise;
-//   - an Envelope body field (10–23) whose wire type is not
+//   - an Envelope body field (10–24) whose wire type is not
 //     length-delimited: CodeMalformed (the generated code keeps it as an
 //     unknown field; since fields never change type, it is always a bug);
 //   - an enum value outside 0..255 (after proto's int32 truncation) or an
@@ -50,7 +50,7 @@ const (
 const (
 	fieldID        protowire.Number = 1
 	firstBodyField                  = protowire.Number(KindHello)
-	lastBodyField                   = protowire.Number(KindError)
+	lastBodyField                   = protowire.Number(KindSecure)
 )
 
 func (protoCodec) Decode(data []byte, env *Envelope) error {
@@ -135,6 +135,8 @@ func decodeBody(b []byte, env *Envelope, k Kind) error {
 		num, n = decodeQueue(b, &env.Queue)
 	case KindError:
 		num, n = decodeError(b, &env.Error)
+	case KindSecure:
+		num, n = decodeSecure(b, &env.Secure)
 	}
 	if n < 0 {
 		return decodeErr(k, num, n)
@@ -708,6 +710,33 @@ func decodeError(b []byte, m *Error) (protowire.Number, int) {
 	return 0, 0
 }
 
+func decodeSecure(b []byte, m *Secure) (protowire.Number, int) {
+	for len(b) > 0 {
+		num, typ, n := consumeTag(b)
+		if n < 0 {
+			return 0, n
+		}
+		b = b[n:]
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			var v []byte
+			if v, n = protowire.ConsumeBytes(b); n >= 0 {
+				m.Data = nil // proto3 bytes: the last occurrence wins
+				if len(v) > 0 {
+					m.Data = v
+				}
+			}
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if n < 0 {
+			return num, n
+		}
+		b = b[n:]
+	}
+	return 0, 0
+}
+
 // Encoding. AppendEncode measures the body first (validating it on the
 // way), grows dst once, then appends. Field order and omission of zero
 // values follow deterministic proto.Marshal: fields in number order, proto3
@@ -888,6 +917,10 @@ func measureBody(env *Envelope) (int, error) {
 		m.varint(uint64(b.Code))
 		m.str(b.Message)
 		m.boolean(b.Temporary)
+	case KindSecure:
+		if d := env.Secure.Data; len(d) > 0 {
+			m.n += 1 + protowire.SizeBytes(len(d))
+		}
 	default:
 		return 0, NewError(CodeUnknownKind, "encode: envelope kind "+env.Kind.String()+" names no body")
 	}
@@ -1034,6 +1067,12 @@ func appendBody(dst []byte, env *Envelope) []byte {
 		dst = appendVarintField(dst, 1, uint64(b.Code))
 		dst = appendStringField(dst, 2, b.Message)
 		dst = appendBoolField(dst, 3, b.Temporary)
+	case KindSecure:
+		if d := env.Secure.Data; len(d) > 0 {
+			dst = append(dst, 1<<3|byte(protowire.BytesType))
+			dst = protowire.AppendVarint(dst, uint64(len(d)))
+			dst = append(dst, d...)
+		}
 	}
 	return dst
 }

@@ -320,6 +320,8 @@ func protoErrorCases() []protoErrorCase {
 		{"state out of range", body(KindConversation, wire(nil).varint(2, 1000)), CodeMalformed},
 		{"status out of range", body(KindPresence, wire(nil).varint(2, 1<<31)), CodeMalformed},
 		{"error code above 16 bits", body(KindError, wire(nil).varint(1, 70000)), CodeMalformed},
+		{"secure data past end", body(KindSecure, wire{0x0a, 0x05, 0x17}), CodeMalformed},
+		{"secure as varint", wire(nil).varint(24, 1), CodeMalformed},
 	}
 }
 
@@ -533,7 +535,8 @@ func TestKindStrings(t *testing.T) {
 		{KindError.String(), "error"},
 		{KindNone.String(), "none"},
 		{Kind(9).String(), "kind(9)"},
-		{Kind(24).String(), "kind(24)"},
+		{KindSecure.String(), "secure"},
+		{Kind(25).String(), "kind(25)"},
 		{RoleBot.String(), "bot"},
 		{Role(9).String(), "role(9)"},
 		{StateQueued.String(), "queued"},
@@ -546,7 +549,7 @@ func TestKindStrings(t *testing.T) {
 			t.Errorf("got %q, want %q", tt.got, tt.want)
 		}
 	}
-	for k := KindHello; k <= KindError; k++ {
+	for k := KindHello; k <= KindSecure; k++ {
 		if !k.Valid() || strings.HasPrefix(k.String(), "kind(") {
 			t.Errorf("Kind %d: Valid %v, String %q", k, k.Valid(), k)
 		}
@@ -556,7 +559,7 @@ func TestKindStrings(t *testing.T) {
 			t.Errorf("Kind %d (%s) is not the oneof field %v", k, k, fd)
 		}
 	}
-	if Kind(9).Valid() || Kind(24).Valid() || Role(5).Valid() || !RoleSystem.Valid() || State(6).Valid() || Status(5).Valid() {
+	if Kind(9).Valid() || Kind(25).Valid() || Role(5).Valid() || !RoleSystem.Valid() || State(6).Valid() || Status(5).Valid() {
 		t.Error("Valid accepts a value out of range")
 	}
 }

@@ -22,6 +22,7 @@ const (
 	KindClose        Kind = 21 // C→S close a conversation
 	KindQueue        Kind = 22 // S→C queue position and ETA of a waiting visitor
 	KindError        Kind = 23 // S→C a coded error, usually answering the envelope with the same id
+	KindSecure       Kind = 24 // both ways: a secure-channel handshake message or record (docs/crypto.md)
 )
 
 // Role of a participant.
@@ -175,6 +176,15 @@ type Queue struct {
 	EtaSeconds     uint32
 }
 
+// Secure carries one message of the application-layer secure channel
+// (package crypto): a handshake message or a record whose plaintext is the
+// inner envelope, encoded with the connection's codec. Data is opaque
+// bytes, not a string: after Proto.Decode it aliases the decoded buffer
+// like the string fields do.
+type Secure struct {
+	Data []byte
+}
+
 // Error is a coded error. It is both a body (KindError) and the Go error
 // the codecs return; see Code for the ranges. NewError fills Temporary from
 // the code.
@@ -213,6 +223,7 @@ type Envelope struct {
 	Close        Close
 	Queue        Queue
 	Error        Error
+	Secure       Secure
 }
 
 // Reset clears e for reuse. The Cursors, Conversations and Skills slices
@@ -268,6 +279,8 @@ func (e *Envelope) resetBody(k Kind) {
 		e.Queue = Queue{}
 	case KindError:
 		e.Error = Error{}
+	case KindSecure:
+		e.Secure = Secure{}
 	}
 }
 
@@ -287,10 +300,11 @@ var kindNames = [...]string{
 	KindClose:        "close",
 	KindQueue:        "queue",
 	KindError:        "error",
+	KindSecure:       "secure",
 }
 
-// Valid reports whether k names a body (KindHello through KindError).
-func (k Kind) Valid() bool { return k >= KindHello && k <= KindError }
+// Valid reports whether k names a body (KindHello through KindSecure).
+func (k Kind) Valid() bool { return k >= KindHello && k <= KindSecure }
 
 // String returns the body's name as in unigate.proto ("send"), "none" for
 // KindNone, or "kind(N)".

@@ -100,12 +100,12 @@ func refusals(data []byte) map[Code]bool {
 			return r
 		}
 		data = data[n:]
-		isBody := num >= protowire.Number(KindHello) && num <= protowire.Number(KindError)
+		isBody := num >= protowire.Number(KindHello) && num <= protowire.Number(KindSecure)
 		if isBody && typ != protowire.BytesType {
 			r[CodeMalformed] = true
 		}
 		if !isBody || typ != protowire.BytesType {
-			if num > protowire.Number(KindError) && typ == protowire.BytesType {
+			if num > protowire.Number(KindSecure) && typ == protowire.BytesType {
 				unknownBody = true
 			}
 			n = protowire.ConsumeFieldValue(num, typ, data)

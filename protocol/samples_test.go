@@ -172,6 +172,16 @@ func samples() []sample {
 			pb:   &pb.Envelope{Id: 7, Body: &pb.Envelope_Error{Error: &pb.Error{Code: 5002, Message: "shutting down", Temporary: true}}},
 		},
 		{
+			name: "secure-client-hello",
+			env:  Envelope{Kind: KindSecure, Secure: Secure{Data: []byte{1, 1, 0xff, 0, 0x80, '{', '"'}}},
+			pb:   &pb.Envelope{Body: &pb.Envelope_Secure{Secure: &pb.Secure{Data: []byte{1, 1, 0xff, 0, 0x80, '{', '"'}}}},
+		},
+		{
+			name: "secure-empty",
+			env:  Envelope{Kind: KindSecure, ID: 3},
+			pb:   &pb.Envelope{Id: 3, Body: &pb.Envelope_Secure{Secure: &pb.Secure{}}},
+		},
+		{
 			name: "error-max-code",
 			env:  Envelope{Kind: KindError, Error: Error{Code: math.MaxUint16}},
 			pb:   &pb.Envelope{Body: &pb.Envelope_Error{Error: &pb.Error{Code: math.MaxUint16}}},
@@ -235,6 +245,12 @@ func activeBody(env *Envelope) any {
 		return env.Queue
 	case KindError:
 		return env.Error
+	case KindSecure:
+		b := env.Secure
+		if len(b.Data) == 0 {
+			b.Data = nil
+		}
+		return b
 	}
 	return nil
 }

@@ -231,6 +231,11 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		closeStores()
 		return nil, err
 	}
+	sec, err := secureOptions(cfg.Crypto)
+	if err != nil {
+		closeStores()
+		return nil, err
+	}
 	origins := new(atomic.Pointer[originPolicy])
 	origins.Store(newOriginPolicy(cfg.WebSocket))
 	limSet := metrics.NewSet()
@@ -267,6 +272,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		PresenceRate:  offIfZero(cfg.Limits.PresenceRate),
 		PresenceBurst: cfg.Limits.PresenceBurst,
 		Cluster:       cluster,
+		Secure:        sec,
 	})
 	if err != nil {
 		closeStores()

@@ -84,6 +84,45 @@ type Config struct {
 	// API configures the integrator REST API under /api/v1 on the public
 	// listener; see docs/api.md.
 	API APIConfig `yaml:"api"`
+	// Crypto configures the application-layer secure channel inside the
+	// WebSocket (SM2/SM3/SM4 and post-quantum suites); see docs/crypto.md.
+	Crypto CryptoConfig `yaml:"crypto"`
+}
+
+// CryptoConfig is the application-layer secure channel (package crypto,
+// docs/crypto.md; on the wire: docs/protocol.md, "Encrypted
+// connections"). Off by default: clients then talk plaintext inside the
+// WebSocket (use TLS in a proxy in front).
+type CryptoConfig struct {
+	// Enabled accepts the secure channel on every connection. A client
+	// that does not start it stays plaintext unless Required or
+	// RequiredTenants say otherwise.
+	Enabled bool `yaml:"enabled"`
+	// IdentityKeys are the server identity key files written by
+	// "unigate keygen" (PKCS#8 PEM): an SM2 key serves the GM and GM-PQ
+	// suites, an Ed25519 key INTL-PQ. Clients pin their public keys.
+	IdentityKeys []string `yaml:"identity_keys"`
+	// CertificateChain, optional, is a PEM file with the certificate chain
+	// (leaf first) of one of the identity keys ("unigate keygen -cert");
+	// for its suites the server then sends the chain instead of the key id.
+	CertificateChain string `yaml:"certificate_chain"`
+	// Suites are the suites accepted, in the server's preference order:
+	// GM-PQ, GM, INTL-PQ. A suite needs an identity key of its algorithm.
+	Suites []string `yaml:"suites"`
+	// Required refuses plaintext connections (error 2003, close 1008).
+	Required bool `yaml:"required"`
+	// RequiredTenants refuses a plaintext hello for these tenants (error
+	// 2003, close 1008); other tenants may stay plaintext.
+	RequiredTenants []string `yaml:"required_tenants"`
+	// RekeyAfter is the number of records per key and direction after
+	// which both sides move to the next key.
+	RekeyAfter int `yaml:"rekey_after"`
+	// Tickets lets clients resume (no server signature on a reconnect)
+	// with a single-use ticket; the ticket keys live in memory and rotate
+	// every TicketTTL, so a restart ends resumption once.
+	Tickets bool `yaml:"tickets"`
+	// TicketTTL is the lifetime of a ticket.
+	TicketTTL time.Duration `yaml:"ticket_ttl"`
 }
 
 // APIConfig is the integrator REST API (/api/v1 on the public listener).
@@ -456,6 +495,12 @@ func Default() Config {
 		},
 		Shutdown: ShutdownConfig{
 			DrainTimeout: 10 * time.Second,
+		},
+		Crypto: CryptoConfig{
+			Suites:     []string{"GM-PQ", "GM", "INTL-PQ"},
+			RekeyAfter: 1 << 24,
+			Tickets:    true,
+			TicketTTL:  12 * time.Hour,
 		},
 		Limits: LimitsConfig{
 			FDReserve:                 256,

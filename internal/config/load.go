@@ -52,6 +52,12 @@ func Load(path string, environ []string) (Config, error) {
 	if len(c.Cluster.Routes) == 0 {
 		c.Cluster.Routes = nil
 	}
+	if len(c.Crypto.IdentityKeys) == 0 {
+		c.Crypto.IdentityKeys = nil
+	}
+	if len(c.Crypto.RequiredTenants) == 0 {
+		c.Crypto.RequiredTenants = nil
+	}
 	return c, nil
 }
 

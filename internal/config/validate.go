@@ -219,6 +219,29 @@ func (c Config) Validate() error {
 		}
 	}
 
+	cr := c.Crypto
+	knownSuite := map[string]bool{"GM": true, "GM-PQ": true, "INTL-PQ": true}
+	if cr.Enabled && len(cr.IdentityKeys) == 0 {
+		bad("crypto.identity_keys", "must name at least one key file (unigate keygen) when crypto.enabled is set")
+	}
+	if cr.Enabled && len(cr.Suites) == 0 {
+		bad("crypto.suites", "must list at least one of GM-PQ, GM, INTL-PQ when crypto.enabled is set")
+	}
+	for i, s := range cr.Suites {
+		if !knownSuite[s] {
+			bad(fmt.Sprintf("crypto.suites[%d]", i), "unknown suite %q (want GM-PQ, GM or INTL-PQ)", s)
+		}
+	}
+	if (cr.Required || len(cr.RequiredTenants) > 0) && !cr.Enabled {
+		bad("crypto.required", "crypto.required and crypto.required_tenants need crypto.enabled")
+	}
+	if cr.RekeyAfter < 1 || uint64(cr.RekeyAfter) > math.MaxUint32 {
+		bad("crypto.rekey_after", "must be between 1 and %d records, got %d", uint32(math.MaxUint32), cr.RekeyAfter)
+	}
+	if cr.Tickets && cr.TicketTTL <= 0 {
+		bad("crypto.ticket_ttl", "must be positive when crypto.tickets is set, got %v", cr.TicketTTL)
+	}
+
 	if c.Shutdown.DrainTimeout < 0 {
 		bad("shutdown.drain_timeout", "must be 0 (no wait) or more, got %v", c.Shutdown.DrainTimeout)
 	}

@@ -34,6 +34,10 @@ func TestValidateAccepts(t *testing.T) {
 			c.Limits.AllowList = []string{"203.0.113.0/24"}
 			c.Limits.ProxyProtocol = true
 		}},
+		{"crypto required for a tenant", func(c *Config) {
+			c.Crypto.Enabled, c.Crypto.IdentityKeys, c.Crypto.RequiredTenants = true, []string{"sm2.pem"}, []string{"bank"}
+			c.Crypto.Suites = []string{"GM"}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -56,6 +60,11 @@ func TestValidateRejects(t *testing.T) {
 		{"listen", func(c *Config) { c.Listen = ":http" }},
 		{"listen", func(c *Config) { c.Listen = ":65536" }},
 		{"event_loops", func(c *Config) { c.EventLoops = -1 }},
+		{"crypto.identity_keys", func(c *Config) { c.Crypto.Enabled = true }},
+		{"crypto.suites[1]", func(c *Config) { c.Crypto.Suites = []string{"GM", "RSA"} }},
+		{"crypto.required", func(c *Config) { c.Crypto.Required = true }},
+		{"crypto.rekey_after", func(c *Config) { c.Crypto.RekeyAfter = 0 }},
+		{"crypto.ticket_ttl", func(c *Config) { c.Crypto.TicketTTL = 0 }},
 		{"max_connections", func(c *Config) { c.MaxConnections = -1 }},
 		{"limits.per_ip_connections", func(c *Config) { c.Limits.PerIPConnections = -1 }},
 		{"limits.per_ip_burst", func(c *Config) { c.Limits.PerIPBurst = c.Limits.PerIPRate - 1 }},

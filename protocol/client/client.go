@@ -48,6 +48,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/unigate/unigate/crypto"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -110,6 +111,23 @@ type Options struct {
 	OnEvent func(*protocol.Envelope)
 	// Logger receives reconnect lines. Default: discard.
 	Logger *slog.Logger
+	// Secure, when set, runs the application-layer secure channel
+	// (docs/crypto.md) on every connection: right after the upgrade, before
+	// the hello, the client sends secure{ClientHello} and completes the
+	// handshake; from then on every envelope both ways is a sealed record.
+	// A reconnect offers the ticket of the previous connection (resumption,
+	// no server signature); Session in the config is only used for the
+	// first connection. A handshake that fails on the client's side (wrong
+	// server key, bad signature or certificate) stops the client with a
+	// *PermanentError.
+	Secure *crypto.ClientConfig
+}
+
+// SecureInfo describes the secure channel of the current connection.
+type SecureInfo struct {
+	Suite       string       // negotiated suite name, e.g. "GM"
+	Resumed     bool         // established from the previous connection's ticket
+	ServerKeyID crypto.KeyID // the server identity that authenticated it
 }
 
 // Stats count what the client went through.
@@ -144,8 +162,10 @@ type Client struct {
 	resume    string
 	cursors   map[string]uint64 // conversation → last seq seen
 	waiters   map[uint64]chan *protocol.Envelope
-	sends     []*pendingSend // unacked, in order
-	err       error          // why the client stopped
+	sends     []*pendingSend  // unacked, in order
+	err       error           // why the client stopped
+	ticket    *crypto.Session // ticket for the next connection's resumption
+	secure    SecureInfo      // of the current connection
 
 	st struct{ dials, refused, reconnects, resent, duplicates atomic.Int64 }
 }
@@ -203,6 +223,11 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 	if codec.Binary() {
 		c.op = websocket.BinaryMessage
 	}
+	if o.Secure != nil {
+		sc := *o.Secure
+		c.ticket, sc.Session = sc.Session, nil
+		c.o.Secure = &sc
+	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	go c.run()
 	select {
@@ -252,6 +277,14 @@ func (c *Client) LastSeq(conv string) uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.cursors[conv]
+}
+
+// Secure returns what the secure channel of the current (or last)
+// connection negotiated; zero without Options.Secure.
+func (c *Client) Secure() SecureInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.secure
 }
 
 // Stats returns the counters.
@@ -392,9 +425,13 @@ func (c *Client) dropSend(p *pendingSend) {
 type wsConn struct {
 	*websocket.Conn
 	wmu sync.Mutex
+	sec *crypto.Conn // the secure channel, once established: Seal under wmu, Open by the reader
+	hs  *crypto.ClientHandshake
 }
 
-// write encodes env and writes it.
+// write encodes env and writes it (sealed on a secure connection: sealing
+// happens under the write lock, in write order, as record sequence numbers
+// are implicit).
 func (c *Client) write(conn *wsConn, env *protocol.Envelope) error {
 	b, err := c.codec.AppendEncode(nil, env)
 	if err != nil {
@@ -402,8 +439,76 @@ func (c *Client) write(conn *wsConn, env *protocol.Envelope) error {
 	}
 	conn.wmu.Lock()
 	defer conn.wmu.Unlock()
+	if conn.sec != nil {
+		rec, err := conn.sec.Seal(nil, b)
+		if err != nil {
+			return err
+		}
+		if b, err = c.codec.AppendEncode(b[:0], &protocol.Envelope{Kind: protocol.KindSecure, Secure: protocol.Secure{Data: rec}}); err != nil {
+			return err
+		}
+	}
 	_ = conn.SetWriteDeadline(time.Now().Add(c.o.HandshakeTimeout))
 	return conn.WriteMessage(c.op, b)
+}
+
+// writeSecure writes one unsealed handshake message.
+func (c *Client) writeSecure(conn *wsConn, msg []byte) error {
+	b, err := c.codec.AppendEncode(nil, &protocol.Envelope{Kind: protocol.KindSecure, Secure: protocol.Secure{Data: msg}})
+	if err != nil {
+		return err
+	}
+	conn.wmu.Lock()
+	defer conn.wmu.Unlock()
+	_ = conn.SetWriteDeadline(time.Now().Add(c.o.HandshakeTimeout))
+	return conn.WriteMessage(c.op, b)
+}
+
+// msgNewSessionTicket is the first byte of a NewSessionTicket (docs/crypto.md);
+// records start with 0x17 or 0x15.
+const msgNewSessionTicket = 4
+
+// handshake runs the client side of the secure channel over conn.
+func (c *Client) handshake(conn *wsConn) (outcome, bool) {
+	cfg := *c.o.Secure
+	c.mu.Lock()
+	if c.ticket != nil {
+		cfg.Session, c.ticket = c.ticket, nil // single use
+	}
+	c.mu.Unlock()
+	hs, err := crypto.NewClientHandshake(&cfg)
+	if err != nil {
+		return outcome{permanent: &PermanentError{Reason: "secure channel: " + err.Error()}}, false
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(c.o.HandshakeTimeout))
+	if err := c.writeSecure(conn, hs.Hello()); err != nil {
+		return outcome{}, false
+	}
+	_, data, err := conn.ReadMessage()
+	if err != nil {
+		return c.closed(err), false
+	}
+	var env protocol.Envelope
+	if err := c.codec.Decode(data, &env); err != nil || env.Kind != protocol.KindSecure {
+		if err == nil && env.Kind == protocol.KindError {
+			return outcome{permanent: &PermanentError{Code: env.Error.Code, Reason: env.Error.Message}}, false
+		}
+		return outcome{}, false
+	}
+	fin, sec, err := hs.HandleServerHello(env.Secure.Data)
+	if err != nil {
+		return outcome{permanent: &PermanentError{Reason: "secure channel: " + err.Error()}}, false
+	}
+	if err := c.writeSecure(conn, fin); err != nil {
+		return outcome{}, false
+	}
+	conn.wmu.Lock()
+	conn.sec, conn.hs = sec, hs
+	conn.wmu.Unlock()
+	c.mu.Lock()
+	c.secure = SecureInfo{Suite: sec.Suite().Name, Resumed: sec.Resumed(), ServerKeyID: sec.ServerKeyID()}
+	c.mu.Unlock()
+	return outcome{}, true
 }
 
 // retryInRE finds the server's "retry in N s" in a close reason or an
@@ -496,6 +601,11 @@ func (c *Client) session() outcome {
 		}
 	}()
 
+	if c.o.Secure != nil {
+		if out, ok := c.handshake(conn); !ok {
+			return out
+		}
+	}
 	if out, ok := c.hello(conn); !ok {
 		return out
 	}
@@ -597,12 +707,47 @@ func (c *Client) read(conn *wsConn) (*protocol.Envelope, error) {
 	if err != nil {
 		return nil, err
 	}
+	if conn.sec != nil {
+		if data, err = c.open(conn, data); err != nil {
+			return nil, err
+		}
+		if data == nil {
+			return c.read(conn) // a NewSessionTicket
+		}
+	}
 	env := new(protocol.Envelope)
 	// data is this message's own buffer: strings aliasing it stay valid.
 	if err := c.codec.Decode(data, env); err != nil {
 		return nil, err
 	}
 	return env, nil
+}
+
+// open opens one secure envelope into the inner envelope's bytes, or
+// consumes the server's NewSessionTicket (nil, nil). Any failure ends the
+// connection.
+func (c *Client) open(conn *wsConn, data []byte) ([]byte, error) {
+	var outer protocol.Envelope
+	if err := c.codec.Decode(data, &outer); err != nil {
+		return nil, err
+	}
+	if outer.Kind != protocol.KindSecure {
+		return nil, errors.New("client: plaintext envelope on an encrypted connection")
+	}
+	d := outer.Secure.Data
+	if conn.hs != nil && len(d) > 0 && d[0] == msgNewSessionTicket {
+		sess, err := conn.hs.HandleNewSessionTicket(d)
+		conn.hs = nil
+		if err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		c.ticket = sess
+		c.mu.Unlock()
+		return nil, nil
+	}
+	conn.hs = nil
+	return conn.sec.Open(nil, d)
 }
 
 // closed interprets the end of a connection.

@@ -21,7 +21,7 @@
 //     that is removed is listed in a `reserved` statement (number and name)
 //     of its message, together with the release that removed it.
 //   - Envelope field numbers 2-9 are kept free for envelope-level fields
-//     (for example a trace id). Body kinds continue from 24; the Go Kind is a
+//     (for example a trace id). Body kinds continue from 25; the Go Kind is a
 //     uint8, so bodies stay below 256.
 //   - A change that cannot follow these rules is a new protocol version:
 //     package unigate.v2 and subprotocols unigate.v2.*.
@@ -266,6 +266,7 @@ type Envelope struct {
 	//	*Envelope_Close
 	//	*Envelope_Queue
 	//	*Envelope_Error
+	//	*Envelope_Secure
 	Body          isEnvelope_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -441,6 +442,15 @@ func (x *Envelope) GetError() *Error {
 	return nil
 }
 
+func (x *Envelope) GetSecure() *Secure {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_Secure); ok {
+			return x.Secure
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Body interface {
 	isEnvelope_Body()
 }
@@ -498,7 +508,11 @@ type Envelope_Queue struct {
 }
 
 type Envelope_Error struct {
-	Error *Error `protobuf:"bytes,23,opt,name=error,proto3,oneof"` // 24 and up: future bodies.
+	Error *Error `protobuf:"bytes,23,opt,name=error,proto3,oneof"`
+}
+
+type Envelope_Secure struct {
+	Secure *Secure `protobuf:"bytes,24,opt,name=secure,proto3,oneof"` // 25 and up: future bodies.
 }
 
 func (*Envelope_Hello) isEnvelope_Body() {}
@@ -528,6 +542,8 @@ func (*Envelope_Close) isEnvelope_Body() {}
 func (*Envelope_Queue) isEnvelope_Body() {}
 
 func (*Envelope_Error) isEnvelope_Body() {}
+
+func (*Envelope_Secure) isEnvelope_Body() {}
 
 // Cursor names the last sequence number a client has seen in a
 // conversation.
@@ -1675,12 +1691,64 @@ func (x *Error) GetTemporary() bool {
 	return false
 }
 
+// Secure (both ways) carries the application-layer secure channel
+// (docs/crypto.md): the handshake messages (ClientHello, ServerHello,
+// Finished, NewSessionTicket) and then every record. Once a connection
+// has started the channel, every envelope in both directions is a Secure
+// whose record's plaintext is the inner envelope encoded with the
+// connection's own encoding. See docs/protocol.md, "Encrypted connections".
+type Secure struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One handshake message or one record; the first byte tells which
+	// (1-4: handshake message type, 0x17 / 0x15: record).
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Secure) Reset() {
+	*x = Secure{}
+	mi := &file_unigate_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Secure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Secure) ProtoMessage() {}
+
+func (x *Secure) ProtoReflect() protoreflect.Message {
+	mi := &file_unigate_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Secure.ProtoReflect.Descriptor instead.
+func (*Secure) Descriptor() ([]byte, []int) {
+	return file_unigate_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Secure) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_unigate_proto protoreflect.FileDescriptor
 
 const file_unigate_proto_rawDesc = "" +
 	"\n" +
 	"\runigate.proto\x12\n" +
-	"unigate.v1\"\xa3\x05\n" +
+	"unigate.v1\"\xd1\x05\n" +
 	"\bEnvelope\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12)\n" +
 	"\x05hello\x18\n" +
@@ -1697,7 +1765,8 @@ const file_unigate_proto_rawDesc = "" +
 	"\btransfer\x18\x14 \x01(\v2\x14.unigate.v1.TransferH\x00R\btransfer\x12)\n" +
 	"\x05close\x18\x15 \x01(\v2\x11.unigate.v1.CloseH\x00R\x05close\x12)\n" +
 	"\x05queue\x18\x16 \x01(\v2\x11.unigate.v1.QueueH\x00R\x05queue\x12)\n" +
-	"\x05error\x18\x17 \x01(\v2\x11.unigate.v1.ErrorH\x00R\x05errorB\x06\n" +
+	"\x05error\x18\x17 \x01(\v2\x11.unigate.v1.ErrorH\x00R\x05error\x12,\n" +
+	"\x06secure\x18\x18 \x01(\v2\x12.unigate.v1.SecureH\x00R\x06secureB\x06\n" +
 	"\x04body\"L\n" +
 	"\x06Cursor\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x19\n" +
@@ -1784,7 +1853,9 @@ const file_unigate_proto_rawDesc = "" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1c\n" +
-	"\ttemporary\x18\x03 \x01(\bR\ttemporary*]\n" +
+	"\ttemporary\x18\x03 \x01(\bR\ttemporary\"\x1c\n" +
+	"\x06Secure\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data*]\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fROLE_VISITOR\x10\x01\x12\x0e\n" +
@@ -1819,7 +1890,7 @@ func file_unigate_proto_rawDescGZIP() []byte {
 }
 
 var file_unigate_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_unigate_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_unigate_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_unigate_proto_goTypes = []any{
 	(Role)(0),            // 0: unigate.v1.Role
 	(State)(0),           // 1: unigate.v1.State
@@ -1840,6 +1911,7 @@ var file_unigate_proto_goTypes = []any{
 	(*Close)(nil),        // 16: unigate.v1.Close
 	(*Queue)(nil),        // 17: unigate.v1.Queue
 	(*Error)(nil),        // 18: unigate.v1.Error
+	(*Secure)(nil),       // 19: unigate.v1.Secure
 }
 var file_unigate_proto_depIdxs = []int32{
 	5,  // 0: unigate.v1.Envelope.hello:type_name -> unigate.v1.Hello
@@ -1856,18 +1928,19 @@ var file_unigate_proto_depIdxs = []int32{
 	16, // 11: unigate.v1.Envelope.close:type_name -> unigate.v1.Close
 	17, // 12: unigate.v1.Envelope.queue:type_name -> unigate.v1.Queue
 	18, // 13: unigate.v1.Envelope.error:type_name -> unigate.v1.Error
-	4,  // 14: unigate.v1.Hello.cursors:type_name -> unigate.v1.Cursor
-	0,  // 15: unigate.v1.Welcome.role:type_name -> unigate.v1.Role
-	1,  // 16: unigate.v1.Conversation.state:type_name -> unigate.v1.State
-	0,  // 17: unigate.v1.Deliver.sender_role:type_name -> unigate.v1.Role
-	0,  // 18: unigate.v1.Typing.sender_role:type_name -> unigate.v1.Role
-	0,  // 19: unigate.v1.Read.sender_role:type_name -> unigate.v1.Role
-	2,  // 20: unigate.v1.Presence.status:type_name -> unigate.v1.Status
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	19, // 14: unigate.v1.Envelope.secure:type_name -> unigate.v1.Secure
+	4,  // 15: unigate.v1.Hello.cursors:type_name -> unigate.v1.Cursor
+	0,  // 16: unigate.v1.Welcome.role:type_name -> unigate.v1.Role
+	1,  // 17: unigate.v1.Conversation.state:type_name -> unigate.v1.State
+	0,  // 18: unigate.v1.Deliver.sender_role:type_name -> unigate.v1.Role
+	0,  // 19: unigate.v1.Typing.sender_role:type_name -> unigate.v1.Role
+	0,  // 20: unigate.v1.Read.sender_role:type_name -> unigate.v1.Role
+	2,  // 21: unigate.v1.Presence.status:type_name -> unigate.v1.Status
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_unigate_proto_init() }
@@ -1890,6 +1963,7 @@ func file_unigate_proto_init() {
 		(*Envelope_Close)(nil),
 		(*Envelope_Queue)(nil),
 		(*Envelope_Error)(nil),
+		(*Envelope_Secure)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1897,7 +1971,7 @@ func file_unigate_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_unigate_proto_rawDesc), len(file_unigate_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
