@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/emulation"
 	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
@@ -89,8 +90,8 @@ func newBrowser(t *testing.T, origin string) *browser {
 
 // page opens a tab in a new browser context and records what it requests
 // and every error it logs.
-func (b *browser) page(name string) *page {
-	b.t.Helper()
+func (b *browser) page(t *testing.T, name string) *page {
+	t.Helper()
 	ctx, cancel := chromedp.NewContext(b.ctx, chromedp.WithNewBrowserContext(), chromedp.WithListener(func(ev any) {
 		b.mu.Lock()
 		defer b.mu.Unlock()
@@ -112,11 +113,11 @@ func (b *browser) page(name string) *page {
 			}
 		}
 	}))
-	b.t.Cleanup(cancel)
+	t.Cleanup(cancel)
 	if _, err := chromedp.Call(ctx, cdplog.Enable, cdp.Empty{}); err != nil {
-		b.t.Fatalf("%s: Log.enable: %v", name, err)
+		t.Fatalf("%s: Log.enable: %v", name, err)
 	}
-	return &page{t: b.t, b: b, ctx: ctx, name: name}
+	return &page{t: t, b: b, ctx: ctx, name: name}
 }
 
 func describe(o *runtime.RemoteObject) string {
@@ -276,6 +277,16 @@ func (p *page) offline(off bool) {
 	}
 }
 
+// chinese makes the page's browser language zh-CN (navigator.language and
+// Accept-Language), as for a visitor with a Chinese browser.
+func (p *page) chinese() {
+	p.t.Helper()
+	ua := evalJS[string](p, `navigator.userAgent`)
+	if _, err := chromedp.Call(p.ctx, emulation.SetUserAgentOverride, emulation.SetUserAgentOverrideParams{UserAgent: ua, AcceptLanguage: "zh-CN,zh"}); err != nil {
+		p.fail("language override: %v", err)
+	}
+}
+
 func (p *page) consoleLogin(token string) {
 	p.t.Helper()
 	p.do("open the console", chromedp.Navigate(p.b.origin+"/console/"))
@@ -292,24 +303,72 @@ func (p *page) consoleLogin(token string) {
 	p.wait("presence online", `document.body.dataset.presence === 'online'`)
 }
 
-// TestWebConversation: a visitor on /demo and two agents on /console/, in
-// separate browser contexts of one headless Chromium, hold a whole
-// conversation: queue position, bot answer and hand-off notice, agent
-// reply, typing, read receipts both ways, a reload and a dropped network on
-// the visitor's side (nothing lost, nothing shown twice), transfer to the
-// second agent with the history, close with a disposition. No page asks
-// anything of another origin.
-func TestWebConversation(t *testing.T) {
+// TestWeb runs the widget and the console in one headless Chromium (each
+// page in its own browser context) against a real gateway. No page may
+// ask anything of another origin, log an error or break the CSP.
+func TestWeb(t *testing.T) {
 	const apiKey = "web-test-key-0000000000001"
 	g := startGateway(t, func(c *config.Config) {
 		c.API.Keys = config.APIKeys{{Key: apiKey, Tenant: "default", Scopes: []string{"read", "write"}}}
 	})
 	origin := "http://" + g.srv.Addr()
 	b := newBrowser(t, origin)
+	t.Run("KeyboardChinese", func(t *testing.T) { webKeyboardChinese(t, b) })
+	t.Run("Conversation", func(t *testing.T) { webConversation(t, g, b, apiKey) })
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, u := range b.requests {
+		if !strings.HasPrefix(u, origin+"/") && !strings.HasPrefix(u, "ws://"+g.srv.Addr()+"/") {
+			t.Errorf("a page requested %s, outside %s", u, origin)
+		}
+	}
+	if len(b.requests) == 0 {
+		t.Error("no requests recorded")
+	}
+	for _, pr := range b.problems {
+		t.Errorf("browser: %s", pr)
+	}
+	t.Logf("%d requests, all to %s", len(b.requests), origin)
+}
+
+// webKeyboardChinese: in a zh-CN browser the widget and the console speak
+// Chinese; the widget opens and closes from the keyboard, focus goes to
+// the input and back to the launcher, and the labels screen readers need
+// are there.
+func webKeyboardChinese(t *testing.T, b *browser) {
+	p := b.page(t, "zh-visitor")
+	p.chinese()
+	p.do("open /demo", chromedp.Navigate(b.origin+"/demo"))
+	p.wait("widget connected", wBox+`.dataset.conn === 'online'`)
+	launcher := chromedp.JSPath(wRoot + `.querySelector('.launcher')`)
+	p.wait("Chinese labels", wRoot+`.querySelector('.launcher').getAttribute('aria-label') === '打开聊天' && `+wBox+`.lang === 'zh-CN'`)
+	p.do("open with Enter", chromedp.Focus(launcher), chromedp.KeyEvent(kb.Enter))
+	p.wait("open, input focused", wBox+`.dataset.open === 'true' && `+wRoot+`.activeElement === `+wRoot+`.querySelector('textarea') && `+
+		wRoot+`.querySelector('.launcher').getAttribute('aria-expanded') === 'true'`)
+	p.wait("accessible names", wRoot+`.querySelector('textarea').getAttribute('aria-label') === '输入消息' && `+
+		wRoot+`.querySelector('.log').getAttribute('role') === 'log' && `+wRoot+`.querySelector('.log').getAttribute('aria-live') === 'polite' && `+
+		wRoot+`.querySelector('.panel').getAttribute('role') === 'dialog' && `+wRoot+`.querySelector('.note').textContent.includes('您好')`)
+	p.do("close with Escape", chromedp.KeyEvent(kb.Escape))
+	p.wait("closed, focus on the launcher", wBox+`.dataset.open === 'false' && `+wRoot+`.activeElement === `+wRoot+`.querySelector('.launcher')`)
+
+	c := b.page(t, "zh-console")
+	c.chinese()
+	c.do("open the console", chromedp.Navigate(b.origin+"/console/"))
+	c.wait("Chinese console", `document.documentElement.lang === 'zh-CN' && document.getElementById('signin').textContent === '登录' && document.activeElement === document.getElementById('token')`)
+}
+
+// webConversation: a visitor on /demo and two agents on /console/ hold a
+// whole conversation: queue position, bot answer and hand-off notice,
+// agent reply, typing, read receipts both ways, a reload and a dropped
+// network on the visitor's side (nothing lost, nothing shown twice),
+// transfer to the second agent with the history, close with a disposition.
+func webConversation(t *testing.T, g *gateway, b *browser, apiKey string) {
+	origin := b.origin
 	shots := t.TempDir()
 
 	// The visitor opens the demo page and the widget, and writes.
-	v := b.page("visitor")
+	v := b.page(t, "visitor")
 	v.do("open /demo", chromedp.Navigate(origin+"/demo"))
 	v.wait("widget connected", wBox+`.dataset.conn === 'online'`)
 	v.do("open the widget", chromedp.Click(chromedp.JSPath(wRoot+`.querySelector('.launcher')`)))
@@ -329,7 +388,7 @@ func TestWebConversation(t *testing.T) {
 
 	// Agent a1 signs in, goes online and gets the conversation with its
 	// history.
-	a1 := b.page("agent-a1")
+	a1 := b.page(t, "agent-a1")
 	a1.consoleLogin(agentToken(t, g, "a1"))
 	a1.wait("assignment", fmt.Sprintf(`document.querySelector('li[data-conv=%q][data-mine=true]') && document.body.dataset.selected === %q`, conv, conv))
 	a1.wait("history", cHas(first)+` && `+cHas(bot)+` && `+cHas(handoff))
@@ -385,7 +444,7 @@ func TestWebConversation(t *testing.T) {
 	}
 
 	// Transfer to a2, who gets the whole history.
-	a2 := b.page("agent-a2")
+	a2 := b.page(t, "agent-a2")
 	a2.consoleLogin(agentToken(t, g, "a2"))
 	a1.do("transfer", chromedp.SendKeys(chromedp.ID("target"), "a2"), chromedp.SendKeys(chromedp.ID("tnote"), "VIP, order 1024"), chromedp.Click(chromedp.ID("do-transfer")))
 	a2.wait("transferred conversation", fmt.Sprintf(`document.querySelector('li[data-conv=%q][data-mine=true]') && document.body.dataset.selected === %q`, conv, conv))
@@ -405,19 +464,5 @@ func TestWebConversation(t *testing.T) {
 	a2.wait("closed at a2", fmt.Sprintf(`document.querySelector('#done li[data-conv=%q][data-state=STATE_CLOSED]')`, conv))
 	want = append(want, takeOver)
 	checkOnce(t, "visitor at the end", widgetTranscript(v), want)
-
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, u := range b.requests {
-		if !strings.HasPrefix(u, origin+"/") && !strings.HasPrefix(u, "ws://"+g.srv.Addr()+"/") {
-			t.Errorf("a page requested %s, outside %s", u, origin)
-		}
-	}
-	if len(b.requests) == 0 {
-		t.Error("no requests recorded")
-	}
-	for _, pr := range b.problems {
-		t.Errorf("browser: %s", pr)
-	}
-	t.Logf("%d requests, all to %s; screenshots in %s", len(b.requests), origin, shots)
+	t.Logf("screenshots in %s", shots)
 }
