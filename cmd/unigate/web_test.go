@@ -307,6 +307,7 @@ func (p *page) consoleLogin(token string) {
 // page in its own browser context) against a real gateway. No page may
 // ask anything of another origin, log an error or break the CSP.
 func TestWeb(t *testing.T) {
+	chromiumPath(t) // skip (or fail under CI) before starting anything
 	const apiKey = "web-test-key-0000000000001"
 	g := startGateway(t, func(c *config.Config) {
 		c.API.Keys = config.APIKeys{{Key: apiKey, Tenant: "default", Scopes: []string{"read", "write"}}}
@@ -356,6 +357,10 @@ func webKeyboardChinese(t *testing.T, b *browser) {
 	c.chinese()
 	c.do("open the console", chromedp.Navigate(b.origin+"/console/"))
 	c.wait("Chinese console", `document.documentElement.lang === 'zh-CN' && document.getElementById('signin').textContent === '登录' && document.activeElement === document.getElementById('token')`)
+	// A bad token: refused for good (no retry loop), said in a sentence,
+	// back to the sign-in form.
+	c.do("sign in with a bad token", chromedp.SendKeys(chromedp.ID("token"), "not-a-token"), chromedp.Click(chromedp.ID("signin")))
+	c.wait("refusal shown", `document.body.dataset.view === 'login' && document.getElementById('alert').textContent === '登录凭证无效。'`)
 }
 
 // webConversation: a visitor on /demo and two agents on /console/ hold a
