@@ -30,6 +30,7 @@ import (
 	"github.com/unigate/unigate/limiter"
 	"github.com/unigate/unigate/netpoll"
 	"github.com/unigate/unigate/protocol"
+	"github.com/unigate/unigate/web"
 )
 
 // loadConfig parses the common flags (-config and the config's own flags)
@@ -312,8 +313,9 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		netpoll.WithSubprotocols(protocol.Subprotocols()...),
 		netpoll.WithOriginCheck(func(origin string) bool { return origins.Load().ws.OriginAllowed(origin) }),
 		netpoll.WithLogger(log.With("component", "netpoll")),
-		// The integrator REST API (/api/v1) on every other path.
-		netpoll.WithHTTPHandler(api.New(b, api.Options{Keys: apiKeys, Logger: log.With("component", "api")})),
+		// The widget, console and demo pages (/widget/, /console/, /demo);
+		// the integrator REST API (/api/v1) on every other path.
+		netpoll.WithHTTPHandler(web.Handler(api.New(b, api.Options{Keys: apiKeys, Logger: log.With("component", "api")}))),
 	)
 	if err != nil {
 		stopBroker()

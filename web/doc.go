@@ -1,0 +1,24 @@
+// Package web serves Unigate's browser side from the binary: the visitor
+// chat widget (/widget/unigate-widget.js), the agent console (/console/)
+// and a demo page embedding the widget (/demo).
+//
+// The files are embedded with embed; nothing is fetched from the network at
+// run time and there is no build step: the widget and the console are plain
+// JavaScript, each served as the shared protocol client (src/core.js) and
+// its page script (src/widget.js, src/console.js) wrapped in one function
+// scope. Both speak the JSON subprotocol (unigate.v1.json) of
+// docs/protocol.md to the gateway they were loaded from, and follow its
+// reconnect and resume rules (section 7) the way protocol/client does.
+//
+// Handler wraps the public HTTP handler: it answers the paths above and
+// passes every other request on. HTML pages carry a strict
+// Content-Security-Policy (this origin only, the WebSocket to this host)
+// and Cache-Control: no-cache with an ETag; the scripts and stylesheets
+// they reference carry ?v=<content hash> and are cached as immutable. The
+// widget script itself, which other sites embed by a fixed URL, is
+// revalidated (no-cache, ETag). Every asset is also served gzip-encoded to
+// clients that accept it (compressed once, at the first request).
+//
+// The handler holds no per-request state and is safe for concurrent use.
+// See docs/web.md for embedding, attributes and sizes.
+package web

@@ -1,0 +1,237 @@
+package web
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+//go:embed src console demo
+var files embed.FS
+
+// Public paths.
+const (
+	WidgetPath  = "/widget/unigate-widget.js"
+	ConsolePath = "/console/"
+	DemoPath    = "/demo"
+)
+
+// Asset is one file as it is served.
+type Asset struct {
+	Path        string // URL path, e.g. /console/console.js
+	ContentType string
+	Body        []byte // as served, identity encoding
+	Gzip        []byte // the gzip encoding of Body
+	Version     string // first 12 hex digits of SHA-256(Body); also the ETag
+	HTML        bool
+}
+
+var (
+	buildOnce sync.Once
+	assets    map[string]*Asset
+)
+
+// Assets returns the served files by URL path. The result is shared: do
+// not modify it.
+func Assets() map[string]*Asset {
+	buildOnce.Do(func() { assets = mustBuild() })
+	return assets
+}
+
+func read(name string) []byte {
+	b, err := files.ReadFile(name)
+	if err != nil {
+		panic(fmt.Sprintf("web: embedded %s: %v", name, err)) // a build bug
+	}
+	return b
+}
+
+// bundle wraps the shared core and a page script in one function scope.
+func bundle(name, page string) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "/*! Unigate %s. Apache-2.0. Built from web/src/core.js and web/src/%s */\n(function () {\n'use strict';\n", name, page)
+	b.Write(read("src/core.js"))
+	b.WriteString("\n")
+	b.Write(read("src/" + page))
+	b.WriteString("})();\n")
+	return b.Bytes()
+}
+
+func mustBuild() map[string]*Asset {
+	m := map[string]*Asset{}
+	add := func(p, ctype string, body []byte) *Asset {
+		sum := sha256.Sum256(body)
+		a := &Asset{Path: p, ContentType: ctype, Body: body, Version: hex.EncodeToString(sum[:6]), HTML: strings.HasPrefix(ctype, "text/html")}
+		m[p] = a
+		return a
+	}
+	const js, css, html = "text/javascript; charset=utf-8", "text/css; charset=utf-8", "text/html; charset=utf-8"
+	add(WidgetPath, js, bundle("widget", "widget.js"))
+	add("/console/console.js", js, bundle("console", "console.js"))
+	add("/console/console.css", css, read("console/console.css"))
+	add("/demo/demo.css", css, read("demo/demo.css"))
+	// HTML pages reference the other assets with ?v=<version>, so those
+	// can be cached for good while the pages are revalidated.
+	for _, p := range [][2]string{{ConsolePath, "console/index.html"}, {DemoPath, "demo/index.html"}} {
+		page := string(read(p[1]))
+		for ap, a := range m {
+			if !a.HTML {
+				page = strings.ReplaceAll(page, `"`+ap+`"`, `"`+ap+"?v="+a.Version+`"`)
+			}
+		}
+		add(p[0], html, []byte(page))
+	}
+	for _, a := range m {
+		var z bytes.Buffer
+		w, _ := gzip.NewWriterLevel(&z, gzip.BestCompression)
+		_, _ = w.Write(a.Body)
+		_ = w.Close()
+		a.Gzip = z.Bytes()
+	}
+	return m
+}
+
+// Handler serves the widget (/widget/), the agent console (/console/) and
+// the demo page (/demo) from the embedded files, and passes every other
+// request to next (nil: 404). It is safe for concurrent use.
+func Handler(next http.Handler) http.Handler {
+	as := Assets()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Path
+		if !Owns(p) {
+			if next == nil {
+				http.NotFound(w, r)
+				return
+			}
+			next.ServeHTTP(w, r)
+			return
+		}
+		h := w.Header()
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		switch p {
+		case "/console":
+			redirect(w, ConsolePath)
+			return
+		case "/demo/":
+			redirect(w, DemoPath)
+			return
+		}
+		a := as[p]
+		if p == "/console/index.html" {
+			a = as[ConsolePath]
+		}
+		if a == nil {
+			http.Error(w, "not found", http.StatusNotFound)
+			return
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			h.Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		if a.HTML {
+			h.Set("Content-Security-Policy", csp(r.Host))
+			h.Set("X-Frame-Options", "DENY")
+		} else {
+			// The widget is loaded by other sites' pages.
+			h.Set("Cross-Origin-Resource-Policy", "cross-origin")
+		}
+		if v := r.URL.Query().Get("v"); v != "" && v == a.Version && !a.HTML {
+			h.Set("Cache-Control", "public, max-age=31536000, immutable")
+		} else {
+			h.Set("Cache-Control", "no-cache")
+		}
+		h.Set("Vary", "Accept-Encoding")
+		body, etag := a.Body, `"`+a.Version+`"`
+		if acceptsGzip(r.Header.Get("Accept-Encoding")) {
+			body, etag = a.Gzip, `"`+a.Version+`.gz"`
+			h.Set("Content-Encoding", "gzip")
+		}
+		h.Set("ETag", etag)
+		if etagMatch(r.Header.Get("If-None-Match"), etag) {
+			h.Del("Content-Encoding")
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		h.Set("Content-Type", a.ContentType)
+		w.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			_, _ = w.Write(body)
+		}
+	})
+}
+
+// Owns reports whether the web handler serves path p.
+func Owns(p string) bool {
+	return p == DemoPath || p == "/console" || strings.HasPrefix(p, "/widget/") || strings.HasPrefix(p, "/console/") || strings.HasPrefix(p, "/demo/")
+}
+
+var hostRE = regexp.MustCompile(`^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$`)
+
+// csp is the policy of the HTML pages: everything from this origin only;
+// the WebSocket to this host (ws: and wss:) besides 'self', for browsers
+// that do not count ws: as 'self'.
+func csp(host string) string {
+	connect := "'self'"
+	if hostRE.MatchString(host) {
+		connect += " ws://" + host + " wss://" + host
+	}
+	return "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; connect-src " + connect +
+		"; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'"
+}
+
+func redirect(w http.ResponseWriter, to string) {
+	w.Header().Set("Location", to)
+	w.WriteHeader(http.StatusMovedPermanently)
+}
+
+// acceptsGzip reports whether an Accept-Encoding value allows gzip (listed
+// with a q-value above 0).
+func acceptsGzip(ae string) bool {
+	for part := range strings.SplitSeq(ae, ",") {
+		name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if !strings.EqualFold(strings.TrimSpace(name), "gzip") {
+			continue
+		}
+		q := 1.0
+		if v, ok := strings.CutPrefix(strings.ReplaceAll(params, " ", ""), "q="); ok {
+			if f, err := strconv.ParseFloat(v, 64); err == nil {
+				q = f
+			}
+		}
+		return q > 0
+	}
+	return false
+}
+
+func etagMatch(inm, etag string) bool {
+	if inm == "" {
+		return false
+	}
+	if strings.TrimSpace(inm) == "*" {
+		return true
+	}
+	return slices.ContainsFunc(strings.Split(inm, ","), func(s string) bool {
+		return strings.TrimPrefix(strings.TrimSpace(s), "W/") == etag
+	})
+}
+
+// Paths lists the served URL paths, sorted.
+func Paths() []string {
+	var ps []string
+	for p := range Assets() {
+		ps = append(ps, p)
+	}
+	slices.Sort(ps)
+	return ps
+}
