@@ -375,18 +375,7 @@ func (s *shard) originAllowed(cl *client, id uint64, sess *session, claims token
 	if o == nil || o.Origin() == "" {
 		return true
 	}
-	var tenant string
-	switch {
-	case sess != nil:
-		tenant = sess.u.tenant
-	case h.Token != "":
-		tenant = claims.Tenant
-	default:
-		tenant = h.Tenant
-	}
-	if tenant == "" {
-		tenant = token.DefaultTenant
-	}
+	tenant := helloTenant(sess, claims, h)
 	if check(tenant, o.Origin()) {
 		return true
 	}

@@ -40,14 +40,20 @@ type helloOutcome struct {
 // tryHello dials, says hello with tok ("" = anonymous) and waits for the
 // welcome, or for the error and the close.
 func tryHello(addr, tok string) helloOutcome {
-	d := websocket.Dialer{Subprotocols: []string{"unigate.v1.json"}, HandshakeTimeout: 10 * time.Second}
-	c, _, err := d.Dial("ws://"+addr+"/ws", nil)
-	if err != nil {
-		return helloOutcome{err: err}
-	}
 	hello := map[string]any{}
 	if tok != "" {
 		hello["token"] = tok
+	}
+	return helloWith(addr, hello, nil)
+}
+
+// helloWith dials with header, sends hello and waits for the welcome (the
+// connection stays open, returned), or for the error and the close.
+func helloWith(addr string, hello map[string]any, header http.Header) helloOutcome {
+	d := websocket.Dialer{Subprotocols: []string{"unigate.v1.json"}, HandshakeTimeout: 10 * time.Second}
+	c, _, err := d.Dial("ws://"+addr+"/ws", header)
+	if err != nil {
+		return helloOutcome{err: err}
 	}
 	if err := c.WriteJSON(map[string]any{"id": "1", "hello": hello}); err != nil {
 		c.Close()
@@ -351,40 +357,18 @@ func TestTenantOrigins(t *testing.T) {
 	}
 	try := func(origin string, hello map[string]any) helloOutcome {
 		t.Helper()
-		d := websocket.Dialer{Subprotocols: []string{"unigate.v1.json"}, HandshakeTimeout: 5 * time.Second}
 		h := http.Header{}
 		if origin != "" {
 			h.Set("Origin", origin)
 		}
-		c, _, err := d.Dial("ws://"+g.srv.Addr()+"/ws", h)
-		if err != nil {
-			t.Fatal(err)
+		o := helloWith(g.srv.Addr(), hello, h)
+		if o.err != nil {
+			t.Fatal(o.err)
 		}
-		t.Cleanup(func() { c.Close() })
-		if err := c.WriteJSON(map[string]any{"id": "1", "hello": hello}); err != nil {
-			t.Fatal(err)
+		if o.c != nil {
+			t.Cleanup(func() { o.c.Close() })
 		}
-		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		var out helloOutcome
-		for {
-			var env map[string]any
-			if err := c.ReadJSON(&env); err != nil {
-				var ce *websocket.CloseError
-				if errors.As(err, &ce) {
-					out.closeCode = ce.Code
-				} else {
-					out.err = err
-				}
-				return out
-			}
-			if _, ok := env["welcome"]; ok {
-				out.welcomed = true
-				return out
-			}
-			if e, ok := env["error"].(map[string]any); ok {
-				out.errCode, _ = e["code"].(float64)
-			}
-		}
+		return o
 	}
 	refused := func(o helloOutcome) bool {
 		return !o.welcomed && o.errCode == float64(protocol.CodeForbidden) && o.closeCode == websocket.ClosePolicyViolation
