@@ -211,7 +211,15 @@ func (cc *chatClient) send(body map[string]any) error {
 
 func (cc *chatClient) waitUntil(what string, cond func() bool) {
 	cc.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	cc.waitUntilWithin(15*time.Second, what, cond)
+}
+
+// waitUntilWithin is waitUntil with its own deadline, for a step that
+// waits on a cluster still settling (JetStream replicas electing leaders
+// on a loaded machine can take tens of seconds).
+func (cc *chatClient) waitUntilWithin(d time.Duration, what string, cond func() bool) {
+	cc.t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		cc.mu.Lock()
 		ok := cond()
