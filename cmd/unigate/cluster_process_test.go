@@ -147,7 +147,12 @@ func TestClusterKillNode(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		exchange(v, a, 0, 200, stop)
+		// 25 messages/s from each side into one conversation, from two
+		// nodes: every message is a compare-and-set race between them.
+		// (At 250/s each, on a loaded 2-core machine, the agent's node
+		// starved: it lost almost every race. Fairness under that
+		// contention is an open item of issue 4.)
+		exchangeEvery(40*time.Millisecond, v, a, 0, 200, stop)
 	}()
 	v.waitUntilWithin(60*time.Second, "some traffic", func() bool { return len(v.acked) >= 15 })
 	a.waitUntilWithin(60*time.Second, "some traffic", func() bool { return len(a.acked) >= 15 })

@@ -319,6 +319,11 @@ func chatPair(t *testing.T, bin, dir string, n *node) (v, a *chatClient) {
 // errors (a dead node) are ignored. It returns when stop is closed or all
 // are sent.
 func exchange(v, a *chatClient, from, count int, stop <-chan struct{}) {
+	exchangeEvery(4*time.Millisecond, v, a, from, count, stop)
+}
+
+// exchangeEvery is exchange with a pause of pace between rounds.
+func exchangeEvery(pace time.Duration, v, a *chatClient, from, count int, stop <-chan struct{}) {
 	for i := from; i < from+count; i++ {
 		select {
 		case <-stop:
@@ -333,7 +338,7 @@ func exchange(v, a *chatClient, from, count int, stop <-chan struct{}) {
 				"conversationId": conv, "clientMsgId": fmt.Sprintf("%s-%d", c.name, i), "text": fmt.Sprintf("%s says %d", c.name, i),
 			}})
 		}
-		time.Sleep(4 * time.Millisecond)
+		time.Sleep(pace)
 	}
 }
 
