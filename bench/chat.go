@@ -297,46 +297,16 @@ func RunChat(ctx context.Context, c ChatConfig) (*ChatReport, error) {
 		return rep, fmt.Errorf("%w: %v", ErrSetup, err)
 	}
 
-	smp := &sampler{c: &c.Common, start: start}
-	pids := make([]int, len(pool.procs))
-	for i, p := range pool.procs {
-		pids[i] = p.cmd.Process.Pid
-	}
-	cpu := func() (server, clients time.Duration) {
-		if c.ServerPID > 0 {
-			server, _ = ProcessCPU(c.ServerPID)
-		}
-		for _, pid := range pids {
-			d, _ := ProcessCPU(pid)
-			clients += d
-		}
-		return server, clients
-	}
-	t0 := time.Now().Add(500 * time.Millisecond)
-	if err := pool.broadcast(wire{Cmd: cmdStart, T0: t0.UnixNano()}); err != nil {
+	ws, err := runWindow(ctx, &c.Common, start, pool, co, c.Warmup, c.Duration)
+	if err != nil {
 		return rep, err
 	}
-	if err := co.wait(ctx, time.Until(t0.Add(c.Warmup))); err != nil {
-		return rep, err
+	rep.ServerRSSStart, rep.ServerRSSEnd = ws.ServerRSSStart, ws.ServerRSSEnd
+	rep.ServerCPUCores, rep.ClientCPUCores = ws.ServerCPUCores, ws.ClientCPUCores
+	rep.ServerMetrics = ws.ServerMetrics
+	if ws.Note != "" {
+		rep.Notes = append(rep.Notes, ws.Note)
 	}
-	s0, _ := smp.take(ctx, 0)
-	m0 := smp.metrics
-	srv0, cl0 := cpu()
-	w0 := time.Now()
-	if err := co.wait(ctx, time.Until(t0.Add(c.Warmup+c.Duration))); err != nil {
-		return rep, err
-	}
-	srv1, cl1 := cpu()
-	window := time.Since(w0).Seconds()
-	s1, _ := smp.take(ctx, 0)
-	rep.ServerRSSStart, rep.ServerRSSEnd = s0.ServerRSSBytes, s1.ServerRSSBytes
-	if c.ServerPID > 0 {
-		rep.ServerCPUCores = (srv1 - srv0).Seconds() / window
-	} else {
-		rep.Notes = append(rep.Notes, "no -server-pid: server CPU and RSS not measured")
-	}
-	rep.ClientCPUCores = (cl1 - cl0).Seconds() / window
-	rep.ServerMetrics = metricsDelta(m0, smp.metrics)
 
 	var v2a, a2v, ack, lag, v2aSvc, a2vSvc []histSnapshot
 	results := 0
