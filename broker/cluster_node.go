@@ -74,9 +74,6 @@ func (s *shard) notice(msg *nats.Msg) {
 	}
 	m := message{seq: n.Seq, senderID: n.Sender, senderRole: n.Role, cmid: n.CMID, text: n.Text, ts: n.TS}
 	c.hist.push(m, c.dedupe)
-	if m.cmid != "" {
-		c.dedupe[dedupeKey{m.senderID, m.cmid}] = m.seq
-	}
 	c.lastSeq, c.streamSeq = n.Seq, n.Stream
 	e := &s.out
 	e.Kind = protocol.KindDeliver

@@ -336,9 +336,6 @@ func (s *shard) store(c *conversation, u *user, cmid, text string, ts int64) *me
 	m := message{seq: c.lastSeq, senderID: u.id, senderRole: u.role, ts: ts}
 	m.cmid, m.text = cloneTwo(cmid, text)
 	c.hist.push(m, c.dedupe)
-	if m.cmid != "" {
-		c.dedupe[dedupeKey{m.senderID, m.cmid}] = m.seq
-	}
 	mm, _ := c.hist.get(m.seq)
 	return mm
 }

@@ -366,10 +366,10 @@ func (s *shard) appended(r *appendResult) {
 		c.streamSeq = r.streamSeq
 		m := message{seq: c.lastSeq, senderID: p.u.id, senderRole: p.u.role, ts: p.ts, cmid: p.cmid, text: p.text}
 		c.hist.push(m, c.dedupe)
-		if m.cmid != "" {
-			c.dedupe[dedupeKey{m.senderID, m.cmid}] = m.seq
+		mm, ok := c.hist.get(m.seq)
+		if !ok { // cannot happen: push keeps the newest message
+			mm = &m
 		}
-		mm, _ := c.hist.get(m.seq)
 		e := &s.out
 		if p.reply != nil {
 			p.reply(mm.seq, mm.ts, false, nil)
@@ -463,15 +463,20 @@ func (s *shard) resync(c *conversation) error {
 		e := &s.out
 		e.Kind = protocol.KindDeliver
 		e.ID = 0
+		// c.lastSeq moves with every message delivered, so a replay cut
+		// short (a timeout under load) leaves c consistent: the messages
+		// it did deliver are never delivered twice, the rest come with
+		// the next resync.
 		_, err = h.Replay(ctx, c.tenant, c.id, c.lastSeq, 0, func(hm *histstore.Message) bool {
 			if hm.Seq > last.Seq {
 				return false
 			}
+			if hm.Seq <= c.lastSeq {
+				return true
+			}
 			m := messageOf(hm)
 			c.hist.push(m, c.dedupe)
-			if m.cmid != "" {
-				c.dedupe[dedupeKey{m.senderID, m.cmid}] = m.seq
-			}
+			c.lastSeq = m.seq
 			e.Deliver = deliverOf(c, &m)
 			s.b.fanout(c.attached, nil, e)
 			return true
@@ -480,7 +485,9 @@ func (s *shard) resync(c *conversation) error {
 		if err != nil {
 			return err
 		}
-		c.lastSeq = last.Seq
+		if c.lastSeq < last.Seq {
+			return fmt.Errorf("broker: resync of %s stopped at seq %d of %d", c.id, c.lastSeq, last.Seq)
+		}
 	}
 	c.streamSeq = ss
 	return nil
@@ -583,9 +590,6 @@ func (s *shard) load(id string) *conversation {
 			}
 			m := messageOf(hm)
 			c.hist.push(m, c.dedupe)
-			if m.cmid != "" {
-				c.dedupe[dedupeKey{m.senderID, m.cmid}] = m.seq
-			}
 			return true
 		})
 		if err != nil {

@@ -37,11 +37,23 @@ func newHistory(max, maxBytes int) history {
 // len returns the number of stored messages.
 func (h *history) len() int { return h.n }
 
-// push appends m, whose seq must be one more than the last one's, first
+// push appends m and records its client message id in dedupe, first
 // dropping the oldest messages while the ring is full or m would not fit
 // in the byte budget. The client message ids of dropped messages are
-// deleted from dedupe (so it holds exactly the ids of stored messages).
+// deleted from dedupe (so it holds exactly the ids of stored messages). The ring holds one run of consecutive seqs, which
+// get relies on: m at or before the newest is ignored (already stored),
+// and m after a gap (messages this ring never saw, such as ones
+// retention discarded before a resync read them) starts the ring again
+// at m.
 func (h *history) push(m message, dedupe map[dedupeKey]uint64) {
+	if h.n > 0 {
+		switch newest := h.at(h.n - 1).seq; {
+		case m.seq <= newest:
+			return
+		case m.seq > newest+1:
+			h.clear(dedupe)
+		}
+	}
 	size := m.size()
 	for h.n > 0 && (h.n == h.max || h.bytes+size > h.maxBytes) {
 		old := &h.buf[h.start]
@@ -61,6 +73,9 @@ func (h *history) push(m message, dedupe map[dedupeKey]uint64) {
 	h.buf[h.index(h.n)] = m
 	h.n++
 	h.bytes += size
+	if m.cmid != "" {
+		dedupe[dedupeKey{m.senderID, m.cmid}] = m.seq
+	}
 }
 
 // grow doubles the ring (up to max), putting the messages in order at the
@@ -117,6 +132,19 @@ func (h *history) after(after uint64, fn func(*message)) {
 	for ; i < h.n; i++ {
 		fn(h.at(i))
 	}
+}
+
+// clear drops every message, and their client message ids from dedupe,
+// keeping the buffer.
+func (h *history) clear(dedupe map[dedupeKey]uint64) {
+	for i := range h.n {
+		old := h.at(i)
+		if old.cmid != "" {
+			delete(dedupe, dedupeKey{old.senderID, old.cmid})
+		}
+		*old = message{}
+	}
+	h.start, h.n, h.bytes = 0, 0, 0
 }
 
 // reset drops every message and the buffer.

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -103,5 +104,38 @@ func TestCloneTwoNeverAliases(t *testing.T) {
 				t.Fatalf("cloneTwo result %q aliases the input buffer", s)
 			}
 		}
+	}
+}
+
+// TestHistoryRunOfSeqs: the ring holds one run of consecutive seqs, which
+// get relies on. A message at or before the newest is ignored; one after a
+// gap starts the ring again (and its dropped ids leave dedupe).
+func TestHistoryRunOfSeqs(t *testing.T) {
+	h := newHistory(10, 1<<20)
+	dedupe := map[dedupeKey]uint64{}
+	push := func(seq uint64) {
+		h.push(message{seq: seq, senderID: "u", cmid: fmt.Sprint("m", seq)}, dedupe)
+	}
+	for _, seq := range []uint64{1, 2, 3, 2, 3} {
+		push(seq)
+	}
+	if got := seqs(&h); !slices.Equal(got, []uint64{1, 2, 3}) || len(dedupe) != 3 {
+		t.Fatalf("after repeats: %v, dedupe %v; want [1 2 3] and 3 ids", got, dedupe)
+	}
+	push(7)
+	if got := seqs(&h); !slices.Equal(got, []uint64{7}) {
+		t.Fatalf("after a gap: %v, want [7]", got)
+	}
+	if len(dedupe) != 1 || dedupe[dedupeKey{"u", "m7"}] != 7 {
+		t.Fatalf("dedupe after a gap: %v, want only m7", dedupe)
+	}
+	push(8)
+	for _, seq := range []uint64{7, 8} {
+		if m, ok := h.get(seq); !ok || m.seq != seq {
+			t.Fatalf("get(%d) = %v, %v", seq, m, ok)
+		}
+	}
+	if _, ok := h.get(3); ok {
+		t.Fatal("get(3) found a message dropped by the gap")
 	}
 }

@@ -317,9 +317,6 @@ func (b *Broker) PostMessage(ctx context.Context, tenant, id string, role protoc
 		c.lastSeq++
 		m := message{seq: c.lastSeq, senderID: u.id, senderRole: role, ts: ts, cmid: cmid, text: txt}
 		c.hist.push(m, c.dedupe)
-		if cmid != "" {
-			c.dedupe[dedupeKey{u.id, cmid}] = m.seq
-		}
 		e := &s.out
 		e.Kind = protocol.KindDeliver
 		e.ID = 0

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -442,20 +443,34 @@ func openStores(cfg config.Config, log *slog.Logger) (*natsnode.Node, *histstore
 		cluster *broker.Cluster
 	)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err = nil
+		// Short attempts, repeated: in a freshly formed cluster a new
+		// replicated stream's creation is often answered only once it
+		// is asked for again (a create waited out its whole timeout,
+		// 10 s or 20 s alike, and the stream's leader came right after
+		// the retry), and creating the same stream again is harmless.
+		// History and the conversation bucket are created
+		// concurrently, like the cluster's two buckets.
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		var histErr, convErr error
+		var wg sync.WaitGroup
 		if hist == nil {
-			hist, err = histstore.Open(ctx, js, histstore.Options{
-				MaxAge:            cfg.History.MaxAge,
-				MaxBytes:          cfg.History.MaxBytes,
-				MaxMsgsPerSubject: cfg.History.MaxMsgsPerConversation,
-				DuplicateWindow:   cfg.History.DuplicateWindow,
-				Replicas:          cfg.NATS.Replicas,
+			wg.Go(func() {
+				hist, histErr = histstore.Open(ctx, js, histstore.Options{
+					MaxAge:            cfg.History.MaxAge,
+					MaxBytes:          cfg.History.MaxBytes,
+					MaxMsgsPerSubject: cfg.History.MaxMsgsPerConversation,
+					DuplicateWindow:   cfg.History.DuplicateWindow,
+					Replicas:          cfg.NATS.Replicas,
+				})
 			})
 		}
-		if err == nil && convs == nil {
-			convs, err = broker.OpenKVConvStore(ctx, js, broker.KVConvOptions{TTL: cfg.History.MaxAge, Replicas: cfg.NATS.Replicas})
+		if convs == nil {
+			wg.Go(func() {
+				convs, convErr = broker.OpenKVConvStore(ctx, js, broker.KVConvOptions{TTL: cfg.History.MaxAge, Replicas: cfg.NATS.Replicas})
+			})
 		}
+		wg.Wait()
+		err = errors.Join(histErr, convErr)
 		if err == nil && cfg.Clustered() {
 			cluster, err = broker.OpenCluster(ctx, node.Conn(), js, broker.ClusterOptions{
 				Node:          cfg.Cluster.NodeName,
