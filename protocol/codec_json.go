@@ -148,6 +148,7 @@ func toPB(env *Envelope) *pb.Envelope {
 			Status:   pb.Status(b.Status),
 			Capacity: b.Capacity,
 			Skills:   b.Skills,
+			Region:   b.Region,
 		}}
 	case KindTransfer:
 		b := &env.Transfer
@@ -294,6 +295,7 @@ func fromPB(m *pb.Envelope, env *Envelope) error {
 		b.Status = Status(status)
 		b.Capacity = p.GetCapacity()
 		b.Skills = append(b.Skills, p.GetSkills()...)
+		b.Region = p.GetRegion()
 	case *pb.Envelope_Transfer:
 		env.Kind = KindTransfer
 		t := body.Transfer

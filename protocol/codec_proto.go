@@ -615,6 +615,8 @@ func decodePresence(b []byte, m *Presence) (protowire.Number, int) {
 			n = consumeUint32(b, num, typ, &m.Capacity)
 		case 4:
 			n = consumeRepeatedString(b, num, typ, &m.Skills)
+		case 5:
+			n = consumeString(b, num, typ, &m.Region)
 		default:
 			n = protowire.ConsumeFieldValue(num, typ, b)
 		}
@@ -930,6 +932,7 @@ func measureBody(env *Envelope) (int, error) {
 		m.varint(uint64(b.Status))
 		m.varint(uint64(b.Capacity))
 		m.strs(b.Skills)
+		m.str(b.Region)
 	case KindTransfer:
 		b := &env.Transfer
 		m.str(b.ConversationID)
@@ -1091,6 +1094,7 @@ func appendBody(dst []byte, env *Envelope) []byte {
 		dst = appendVarintField(dst, 2, uint64(b.Status))
 		dst = appendVarintField(dst, 3, uint64(b.Capacity))
 		dst = appendRepeatedString(dst, 4, b.Skills)
+		dst = appendStringField(dst, 5, b.Region)
 	case KindTransfer:
 		b := &env.Transfer
 		dst = appendStringField(dst, 1, b.ConversationID)

@@ -164,6 +164,7 @@ type Presence struct {
 	Status   Status
 	Capacity uint32 // concurrent conversations the agent takes; 0 keeps the current value
 	Skills   []string
+	Region   string // for the router's geography; empty keeps the current one
 }
 
 // Transfer moves a conversation to another agent or skill group.

@@ -156,8 +156,8 @@ func samples() []sample {
 		},
 		{
 			name: "presence",
-			env:  Envelope{Kind: KindPresence, ID: 3, Presence: Presence{AgentID: "a-7", Status: StatusOnline, Capacity: 5, Skills: []string{"billing", "售后"}}},
-			pb:   &pb.Envelope{Id: 3, Body: &pb.Envelope_Presence{Presence: &pb.Presence{AgentId: "a-7", Status: pb.Status_STATUS_ONLINE, Capacity: 5, Skills: []string{"billing", "售后"}}}},
+			env:  Envelope{Kind: KindPresence, ID: 3, Presence: Presence{AgentID: "a-7", Status: StatusOnline, Capacity: 5, Skills: []string{"billing", "售后"}, Region: "cn-east"}},
+			pb:   &pb.Envelope{Id: 3, Body: &pb.Envelope_Presence{Presence: &pb.Presence{AgentId: "a-7", Status: pb.Status_STATUS_ONLINE, Capacity: 5, Skills: []string{"billing", "售后"}, Region: "cn-east"}}},
 		},
 		{
 			name: "transfer",

@@ -1467,7 +1467,10 @@ type Presence struct {
 	// Concurrent conversations the agent takes; 0 keeps the current value.
 	Capacity uint32 `protobuf:"varint,3,opt,name=capacity,proto3" json:"capacity,omitempty"`
 	// Skill groups the agent serves; empty keeps the current ones. At most 256.
-	Skills        []string `protobuf:"bytes,4,rep,name=skills,proto3" json:"skills,omitempty"`
+	Skills []string `protobuf:"bytes,4,rep,name=skills,proto3" json:"skills,omitempty"`
+	// The agent's region (e.g. "cn-east"), for the router's geography;
+	// empty keeps the current one.
+	Region        string `protobuf:"bytes,5,opt,name=region,proto3" json:"region,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1528,6 +1531,13 @@ func (x *Presence) GetSkills() []string {
 		return x.Skills
 	}
 	return nil
+}
+
+func (x *Presence) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
 }
 
 // Transfer (agent → server) moves a conversation to another agent or skill
@@ -1943,12 +1953,13 @@ const file_unigate_proto_rawDesc = "" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1b\n" +
 	"\tsender_id\x18\x03 \x01(\tR\bsenderId\x121\n" +
 	"\vsender_role\x18\x04 \x01(\x0e2\x10.unigate.v1.RoleR\n" +
-	"senderRole\"\x85\x01\n" +
+	"senderRole\"\x9d\x01\n" +
 	"\bPresence\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12*\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x12.unigate.v1.StatusR\x06status\x12\x1a\n" +
 	"\bcapacity\x18\x03 \x01(\rR\bcapacity\x12\x16\n" +
-	"\x06skills\x18\x04 \x03(\tR\x06skills\"\x82\x01\n" +
+	"\x06skills\x18\x04 \x03(\tR\x06skills\x12\x16\n" +
+	"\x06region\x18\x05 \x01(\tR\x06region\"\x82\x01\n" +
 	"\bTransfer\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1e\n" +
 	"\vto_agent_id\x18\x02 \x01(\tR\ttoAgentId\x12\x19\n" +
