@@ -519,7 +519,14 @@ func (s *shard) authed(r *ctrl) {
 		s.fail(cl, id, protocol.CodeUnavailable, "authentication unavailable, retry later")
 		cl.peer.Close(netpoll.StatusTryAgainLater, "authentication unavailable; retry in 5 s")
 		return
-	case !res.id.OK || res.id.ID == "":
+	case res.id.OK && res.id.ID == "":
+		// A fail-open hook that is down: the hello goes on as an
+		// anonymous one (refused unless AllowAnonymous).
+		bk.authFailed.Inc()
+		it.env.Hello.Username, it.env.Hello.Password = "", ""
+		s.hello(it)
+		return
+	case !res.id.OK:
 		bk.authRefused.Inc()
 		msg := "authentication failed"
 		if res.id.Reason != "" {

@@ -125,6 +125,7 @@ type gateway struct {
 	limiter    *limiter.Limiter
 	limiterSet *metrics.Set
 	origins    *atomic.Pointer[originPolicy] // swapped by reload
+	backends   *backendSet
 }
 
 // originPolicy is the reloadable part of the origin checks: the upgrade's
@@ -246,6 +247,14 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		closeStores()
 		return nil, err
 	}
+	bks, err := buildBackends(cfg.Backends, log.With("component", "backends"))
+	if err != nil {
+		closeStores()
+		return nil, err
+	}
+	closeStores = func(close func()) func() {
+		return func() { close(); bks.Close() }
+	}(closeStores)
 	b, err := broker.New(broker.Options{
 		Logger:               log.With("component", "broker"),
 		Signer:               signer,
@@ -275,6 +284,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		PresenceBurst: cfg.Limits.PresenceBurst,
 		Cluster:       cluster,
 		Secure:        sec,
+		Backends:      bks.opts,
 	})
 	if err != nil {
 		closeStores()
@@ -322,7 +332,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		stopBroker()
 		return nil, err
 	}
-	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, sess: sess, limiter: lim, limiterSet: limSet, origins: origins}, nil
+	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, sess: sess, limiter: lim, limiterSet: limSet, origins: origins, backends: bks}, nil
 }
 
 func (g *gateway) start() error {
@@ -333,6 +343,7 @@ func (g *gateway) start() error {
 	metrics.RegisterSet(g.srv.Metrics())
 	metrics.RegisterSet(g.broker.Metrics())
 	metrics.RegisterSet(g.limiterSet)
+	metrics.RegisterSet(g.backends.metrics)
 	if g.cfg.Admin.Listen != "" {
 		admin, err := startAdmin(g.cfg.Admin, g.log)
 		if err != nil {
@@ -353,6 +364,7 @@ func (g *gateway) stop(ctx context.Context) error {
 	metrics.UnregisterSet(g.srv.Metrics(), false)
 	metrics.UnregisterSet(g.broker.Metrics(), false)
 	metrics.UnregisterSet(g.limiterSet, false)
+	metrics.UnregisterSet(g.backends.metrics, false)
 	if g.admin != nil {
 		_ = g.admin.Close()
 	}
@@ -376,6 +388,7 @@ func (g *gateway) closeBroker() {
 	g.sess.Close()
 	_ = g.hist.Close()
 	g.node.Shutdown()
+	g.backends.Close()
 }
 
 // Files in the data directory.
