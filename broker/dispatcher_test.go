@@ -2,11 +2,14 @@ package broker
 
 import (
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/unigate/unigate/backends"
+	"github.com/unigate/unigate/backends/builtin"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -425,4 +428,38 @@ func TestDispatcherForgetsEmptyTenants(t *testing.T) {
 // pickFirst is the dispatcher's choice without a router.
 func pickFirst(p *tenantPool, w *waiting) (*agentSlot, string) {
 	return pickAgent(p.agents, w.skill), ""
+}
+
+// BenchmarkAssignOverAgents: one conversation queued and assigned among
+// 1,000 online agents of one tenant (then released), with the built-in
+// scoring router and with the default least-loaded choice: the whole
+// dispatcher decision, under its lock.
+func BenchmarkAssignOverAgents(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		router backends.Router
+	}{{"least-loaded", nil}, {"scoring-router", &builtin.ScoringRouter{}}} {
+		b.Run(tc.name, func(b *testing.B) {
+			var last ctrl
+			d := newDispatcher(1<<20, func(_ int, c ctrl) { last = c })
+			d.router = tc.router
+			regions := []string{"cn-east", "cn-north", "cn-south", "us-west"}
+			for i := range 1000 {
+				u := newAgentUser(fmt.Sprintf("a%04d", i), "t", "billing", "sales")
+				d.presence(u, protocol.StatusOnline, 5, 5, nil, regions[i%len(regions)])
+			}
+			ri := routeInfo{skill: "billing/refund", region: "cn-east", sentiment: -0.5}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if err := d.enqueue("t", "c", 0, ri); err != nil {
+					b.Fatal(err)
+				}
+				if last.kind != ctrlAssign {
+					b.Fatal("not assigned")
+				}
+				d.release(last.u.id, "c")
+			}
+		})
+	}
 }
