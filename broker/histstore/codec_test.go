@@ -34,25 +34,32 @@ func TestDecodeErrors(t *testing.T) {
 		return protowire.AppendBytes(b, make([]byte, n))
 	}
 	cases := map[string][]byte{
-		"empty":          {},
-		"no seq":         {0x2a, 0x01, 'x'},
-		"bad tag":        {0xff},
-		"truncated len":  {0x08, 0x01, 0x2a, 0x05, 'x'},
-		"huge len":       {0x08, 0x01, 0x2a, 0xff, 0xff, 0xff, 0xff, 0x0f},
-		"bad varint":     {0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01},
-		"role too big":   {0x08, 0x01, 0x18, 0x80, 0x02},
-		"field zero":     {0x00, 0x01},
-		"long sender":    long(fieldSenderID, MaxIDBytes+1),
-		"long cmid":      long(fieldClientMsgID, MaxIDBytes+1),
-		"long text":      long(fieldText, MaxTextBytes+1),
-		"bad group":      {0x08, 0x01, 0x7b},
-		"unknown broken": {0x08, 0x01, 0x3a, 0x09},
+		"empty":                 {},
+		"no seq":                {0x2a, 0x01, 'x'},
+		"bad tag":               {0xff},
+		"truncated len":         {0x08, 0x01, 0x2a, 0x05, 'x'},
+		"huge len":              {0x08, 0x01, 0x2a, 0xff, 0xff, 0xff, 0xff, 0x0f},
+		"bad varint":            {0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01},
+		"role too big":          {0x08, 0x01, 0x18, 0x80, 0x02},
+		"field zero":            {0x00, 0x01},
+		"long sender":           long(fieldSenderID, MaxIDBytes+1),
+		"long cmid":             long(fieldClientMsgID, MaxIDBytes+1),
+		"long text":             long(fieldText, MaxTextBytes+1),
+		"bad group":             {0x08, 0x01, 0x7b},
+		"unknown broken":        {0x08, 0x01, 0x3a, 0x09},
+		"plain and sealed text": {0x08, 0x01, 0x2a, 0x01, 'x', 0x3a, 0x01, 'y'},
+		"sealed, no keyring":    {0x08, 0x01, 0x3a, 0x01, 'y'},
+		"long sealed":           long(fieldSealedText, MaxTextBytes+maxSealOverhead+1),
 	}
 	for name, b := range cases {
 		var m Message
 		if err := decodeMessage(b, &m); !errors.Is(err, ErrCorrupt) {
 			t.Errorf("%s: err = %v, want ErrCorrupt", name, err)
 		}
+	}
+	var m0 Message
+	if err := decodeMessage([]byte{0x08, 0x01, 0x3a, 0x01, 'y'}, &m0); !errors.Is(err, ErrEncrypted) {
+		t.Errorf("sealed text without a keyring: %v", err)
 	}
 	// Unknown well-formed fields are skipped.
 	b := appendMessage(nil, &Message{Seq: 3, Text: "t"})
@@ -91,6 +98,7 @@ func FuzzDecodeMessage(f *testing.F) {
 	f.Add(appendMessage(nil, &Message{Seq: 1, SenderID: "v", SenderRole: 1, ClientMsgID: "c", Text: "hi", TimeMilli: 1}))
 	f.Add([]byte{0x08, 0x01, 0x2a, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Add([]byte{0x08, 0x01, 0x18, 0x80, 0x02})
+	f.Add([]byte{0x08, 0x01, 0x3a, 0x21, 0x01, 0xde, 0xad, 0xbe, 0xef}) // sealed text, truncated
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m Message
 		if err := decodeMessage(b, &m); err != nil {

@@ -15,13 +15,34 @@
 //
 // The body is a protobuf-wire record hand-coded with protowire: 1 seq
 // (varint), 2 sender_id (bytes), 3 sender_role (varint), 4 client_msg_id
-// (bytes), 5 text (bytes), 6 time_milli (varint); tenant and conversation
-// are in the subject. Unknown fields are skipped, so fields can be added.
+// (bytes), 5 text (bytes), 6 time_milli (varint), 7 sealed_text (bytes,
+// in place of 5 when the text is encrypted at rest); tenant and
+// conversation are in the subject. Unknown fields are skipped, so fields
+// can be added.
 // The decoder bounds every field (MaxIDBytes, MaxTextBytes), copies the
 // strings out of the NATS buffer in one allocation, never panics (see
 // FuzzDecodeMessage) and reports bad input as ErrCorrupt. Headers carry only
 // what JetStream itself needs: Nats-Msg-Id and
 // Nats-Expected-Last-Subject-Sequence.
+//
+// # Encryption at rest
+//
+// With Options.Sealer and SealText (a crypto/atrest.Keyring), the text of
+// every new message is stored as field 7: the keyring's sealed value
+// (version, data key id, nonce, SM4-GCM ciphertext and tag, 33 bytes more
+// than the text), with additional data binding it to the tenant,
+// conversation, sequence, sender id and role, client message id and time
+// (appendTextAAD), so a text moved to another message does not open.
+// Everything else stays in clear: the sequence, sender, role, client
+// message id (Nats-Msg-Id needs it) and time, and the subject. Messages
+// written in clear before stay readable (field 5); a Store with a Sealer
+// but without SealText (encryption turned off again, read-only keyring)
+// still opens sealed texts, and one without a Sealer reports them as
+// ErrEncrypted. A text that does not open stops Range and Replay with an
+// error wrapping ErrCorrupt and the keyring's reason (atrest.ErrAuth,
+// ErrUnknownKey, ErrWrongMasterKey). Lookups that need only sequences
+// (the binary search, the conversation's first and last message) do not
+// open texts; Last does.
 //
 // # Writers
 //

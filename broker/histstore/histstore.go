@@ -104,6 +104,13 @@ type Options struct {
 	MaxPending int
 	// AckTimeout bounds the wait for a publish ack (default 5s).
 	AckTimeout time.Duration
+	// Sealer, when set, opens message texts stored encrypted at rest
+	// (crypto/atrest.Keyring). Without one, reading a sealed text fails
+	// with ErrEncrypted.
+	Sealer Sealer
+	// SealText seals the text of every new message with Sealer (which
+	// it requires). Plain messages written before stay readable.
+	SealText bool
 }
 
 // Store is the history of all conversations in one JetStream stream. It
@@ -117,6 +124,8 @@ type Store struct {
 	directSubj string // $JS.API.DIRECT.GET.<name>
 	maxPending int
 	ackTimeout time.Duration
+	sealer     Sealer // opens sealed texts; nil: none
+	sealText   bool   // seal new texts with sealer
 
 	inbox string // "<inbox>." ; replies go to inbox + token
 	sub   *nats.Subscription
@@ -164,6 +173,9 @@ func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Store, error
 	}
 	if o.AckTimeout <= 0 {
 		o.AckTimeout = DefaultAckTimeout
+	}
+	if o.SealText && o.Sealer == nil {
+		return nil, fmt.Errorf("%w: SealText without a Sealer", ErrInvalid)
 	}
 	if strings.ContainsAny(o.SubjectPrefix, " \t\r\n*>") {
 		return nil, fmt.Errorf("%w: subject prefix %q", ErrInvalid, o.SubjectPrefix)
@@ -214,6 +226,8 @@ func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Store, error
 		directSubj: api + "DIRECT.GET." + o.Stream,
 		maxPending: o.MaxPending,
 		ackTimeout: o.AckTimeout,
+		sealer:     o.Sealer,
+		sealText:   o.SealText,
 		inbox:      nats.NewInbox() + ".",
 		pending:    make(map[uint64]*pending),
 		stop:       make(chan struct{}),
@@ -338,10 +352,21 @@ func (s *Store) Append(ctx context.Context, m *Message, expectLastStreamSeq uint
 // from the Store's timeout goroutine with ErrTimeout, or from Close with
 // ErrClosed. done must not block; it may call AppendAsync. An error
 // returned by AppendAsync itself (ErrInvalid, ErrBackpressure, ErrClosed,
-// a connection error) means nothing was sent and done will not be called.
+// a connection error, a failed seal) means nothing was sent and done
+// will not be called.
+//
+// With Options.SealText the text is sealed (encryption at rest) before
+// anything is sent; the client message id, which JetStream needs in
+// clear for deduplication, is not (docs/crypto.md, "Encryption at rest").
 func (s *Store) AppendAsync(m *Message, expectLastStreamSeq uint64, done func(streamSeq uint64, dup bool, err error)) error {
 	if err := check(m); err != nil {
 		return err
+	}
+	bp := bufPool.Get().(*[]byte)
+	body, err := s.encode((*bp)[:0], m)
+	if err != nil {
+		putBuf(bp, body)
+		return fmt.Errorf("histstore: seal: %w", err)
 	}
 	p := &pending{
 		subj:     s.Subject(m.Tenant, m.Conversation),
@@ -353,10 +378,12 @@ func (s *Store) AppendAsync(m *Message, expectLastStreamSeq uint64, done func(st
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		putBuf(bp, body)
 		return ErrClosed
 	}
 	if len(s.pending) >= s.maxPending {
 		s.mu.Unlock()
+		putBuf(bp, body)
 		return ErrBackpressure
 	}
 	s.nextID++
@@ -364,25 +391,20 @@ func (s *Store) AppendAsync(m *Message, expectLastStreamSeq uint64, done func(st
 	s.pending[id] = p
 	s.mu.Unlock()
 
-	bp := bufPool.Get().(*[]byte)
-	body := appendMessage((*bp)[:0], m)
 	hdr := nats.Header{
 		jetstream.ExpectedLastSubjSeqHeader: {strconv.FormatUint(expectLastStreamSeq, 10)},
 	}
 	if p.msgID != "" {
 		hdr[jetstream.MsgIDHeader] = []string{p.msgID}
 	}
-	err := s.nc.PublishMsg(&nats.Msg{
+	err = s.nc.PublishMsg(&nats.Msg{
 		Subject: p.subj,
 		Reply:   s.inbox + strconv.FormatUint(id, 10),
 		Header:  hdr,
 		Data:    body,
 	})
 	// PublishMsg copied the body into the connection's buffer.
-	if cap(body) <= 64<<10 {
-		*bp = body
-		bufPool.Put(bp)
-	}
+	putBuf(bp, body)
 	if err != nil {
 		s.mu.Lock()
 		_, mine := s.pending[id]
@@ -395,6 +417,21 @@ func (s *Store) AppendAsync(m *Message, expectLastStreamSeq uint64, done func(st
 		return fmt.Errorf("histstore: publish: %w", err)
 	}
 	return nil
+}
+
+// encode appends m's body to b, its text sealed when the Store seals.
+func (s *Store) encode(b []byte, m *Message) ([]byte, error) {
+	if s.sealText {
+		return appendSealedMessage(b, m, s.sealer)
+	}
+	return appendMessage(b, m), nil
+}
+
+func putBuf(bp *[]byte, body []byte) {
+	if cap(body) <= 64<<10 {
+		*bp = body[:0]
+		bufPool.Put(bp)
+	}
 }
 
 // pubAck is a JetStream publish response.
@@ -527,7 +564,7 @@ func (s *Store) Last(ctx context.Context, tenant, conv string) (m *Message, stre
 		return nil, 0, false, fmt.Errorf("histstore: last: %w", err)
 	}
 	m = &Message{Tenant: tenant, Conversation: conv}
-	if err := decodeMessage(raw.Data, m); err != nil {
+	if err := decode(raw.Data, m, s.sealer, true); err != nil {
 		return nil, 0, false, fmt.Errorf("stream sequence %d: %w", raw.Sequence, err)
 	}
 	return m, raw.Sequence, true, nil

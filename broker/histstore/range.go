@@ -79,7 +79,7 @@ func (s *Store) Replay(ctx context.Context, tenant, conv string, after uint64, l
 	if err != nil {
 		return info, fmt.Errorf("histstore: range: %w", err)
 	}
-	if err := decodeMessage(last.Data, m); err != nil {
+	if err := decode(last.Data, m, s.sealer, false); err != nil {
 		return info, fmt.Errorf("stream sequence %d: %w", last.Sequence, err)
 	}
 	info.Last = m.Seq
@@ -126,7 +126,7 @@ func (s *Store) Replay(ctx context.Context, tenant, conv string, after uint64, l
 
 // nextFor returns the stream and conversation sequences of the first
 // message of subj at or after stream sequence from (0, 0 when none),
-// decoding it into m.
+// decoding it into m without its text (a sealed text is not opened).
 func (s *Store) nextFor(ctx context.Context, subj string, from uint64, m *Message) (uint64, uint64, error) {
 	raw, err := s.stream.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subj))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -135,7 +135,7 @@ func (s *Store) nextFor(ctx context.Context, subj string, from uint64, m *Messag
 	if err != nil {
 		return 0, 0, fmt.Errorf("histstore: range: %w", err)
 	}
-	if err := decodeMessage(raw.Data, m); err != nil {
+	if err := decode(raw.Data, m, s.sealer, false); err != nil {
 		return 0, 0, fmt.Errorf("stream sequence %d: %w", raw.Sequence, err)
 	}
 	return raw.Sequence, m.Seq, nil
@@ -158,6 +158,7 @@ func (s *Store) batches(ctx context.Context, subj string, start, after uint64, l
 		return fmt.Errorf("histstore: range: %w", err)
 	}
 	defer sub.Unsubscribe() //nolint:errcheck
+	var raw rawMessage
 	for {
 		n := maxBatch
 		if limit > 0 {
@@ -191,11 +192,14 @@ func (s *Store) batches(ctx context.Context, subj string, start, after uint64, l
 				}
 				break
 			}
-			if err := decodeMessage(msg.Data, m); err != nil {
+			if err := raw.parse(msg.Data); err != nil {
 				return err
 			}
-			if m.Seq <= after {
-				continue
+			if raw.seq <= after {
+				continue // skipped: a sealed text is not opened
+			}
+			if err := raw.fill(m, s.sealer, true); err != nil {
+				return err
 			}
 			info.N++
 			if !fn(m) || (limit > 0 && info.N >= limit) {

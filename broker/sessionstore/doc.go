@@ -122,4 +122,16 @@
 // Whoever can read the key file can read everything: keep it 0600 on the
 // same host, outside backups of the snapshot (LoadOrCreateKey enforces the
 // permissions).
+//
+// # Encryption at rest
+//
+// With encryption at rest (crypto/atrest), the seal key is not kept in
+// clear: LoadOrCreateWrappedKey keeps it wrapped by the master key (whose
+// file lives outside the data directory, or in a hardware module later),
+// migrating an existing clear key file so the last snapshot stays
+// readable, and rewrapping it after a master key rotation. A file the
+// master key does not unwrap is ErrBadKey (and atrest.ErrWrongMasterKey):
+// the gateway logs the refusal, writes a new key (NewWrappedKey) and
+// starts with no sessions, as for a damaged snapshot. The values and the
+// manifest are sealed as described above either way.
 package sessionstore

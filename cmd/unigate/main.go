@@ -6,6 +6,7 @@
 //	unigate config check [-config unigate.yaml]      validate the configuration
 //	unigate config example                            print a commented example configuration
 //	unigate keygen -alg sm2 -out id.key               secure-channel identity key; prints the pin
+//	unigate keys status|rotate|rotate-master|rewrap  encryption-at-rest keys (through the admin listener)
 //	unigate bot eval FILE [-kb KB] [-threshold 0.8]  evaluate the FAQ bot on a labelled set
 //	unigate version                                   print version and build information
 //	unigate verify bundle.tar.gz                      check a bundle's SHA256SUMS and SM3SUMS
@@ -52,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = configCmd(args, stdout, stderr)
 	case "keygen":
 		err = keygenCmd(args, stdout, stderr)
+	case "keys":
+		err = keysCmd(args, stdout, stderr)
 	case "bot":
 		err = botCmd(args, stdout, stderr)
 	case "version":
@@ -88,6 +91,7 @@ func usage(w io.Writer) {
   unigate config check [-config FILE]       validate the configuration
   unigate config example                    print a commented example configuration
   unigate keygen [-alg sm2|ed25519] [-cert F] secure-channel identity key (and certificate)
+  unigate keys status|rotate|rotate-master|rewrap  encryption-at-rest keys of the running gateway
   unigate bot eval FILE [-kb KB]            evaluate the built-in FAQ bot on a labelled set
   unigate version                           print version and build information
   unigate verify BUNDLE.tar.gz              check a bundle against its SHA256SUMS and SM3SUMS

@@ -120,6 +120,7 @@ type gateway struct {
 	node   *natsnode.Node
 	hist   *histstore.Store
 	sess   *sessionstore.Store
+	atRest *atRest
 	admin  *http.Server
 
 	limiter    *limiter.Limiter
@@ -214,19 +215,25 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	node, hist, convs, cluster, err := openStores(cfg, log)
+	ar, err := openAtRest(cfg, log)
 	if err != nil {
 		return nil, err
 	}
-	sess, err := openSessions(cfg, log)
+	node, hist, convs, cluster, err := openStores(cfg, log, ar)
+	if err != nil {
+		return nil, err
+	}
+	sess, err := openSessions(cfg, log, ar)
 	if err != nil {
 		_ = hist.Close()
+		ar.close()
 		node.Shutdown()
 		return nil, err
 	}
 	closeStores := func() {
 		sess.Close()
 		_ = hist.Close()
+		ar.close()
 		node.Shutdown()
 	}
 	settings, err := limitSettings(cfg)
@@ -332,7 +339,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		stopBroker()
 		return nil, err
 	}
-	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, sess: sess, limiter: lim, limiterSet: limSet, origins: origins, backends: bks}, nil
+	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, sess: sess, atRest: ar, limiter: lim, limiterSet: limSet, origins: origins, backends: bks}, nil
 }
 
 func (g *gateway) start() error {
@@ -345,7 +352,7 @@ func (g *gateway) start() error {
 	metrics.RegisterSet(g.limiterSet)
 	metrics.RegisterSet(g.backends.metrics)
 	if g.cfg.Admin.Listen != "" {
-		admin, err := startAdmin(g.cfg.Admin, g.log)
+		admin, err := startAdmin(g.cfg.Admin, g.log, adminRoute{"/keys", g.atRest.adminHandler()})
 		if err != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
@@ -387,6 +394,7 @@ func (g *gateway) closeBroker() {
 	}
 	g.sess.Close()
 	_ = g.hist.Close()
+	g.atRest.close()
 	g.node.Shutdown()
 	g.backends.Close()
 }
@@ -399,13 +407,13 @@ const (
 
 // openSessions creates the session cache, restored from the encrypted
 // snapshot of the last graceful stop when there is a usable one.
-func openSessions(cfg config.Config, log *slog.Logger) (*sessionstore.Store, error) {
-	key, err := sessionstore.LoadOrCreateKey(filepath.Join(cfg.DataDir, sessionKeyFile))
+func openSessions(cfg config.Config, log *slog.Logger, ar *atRest) (*sessionstore.Store, error) {
+	key, fresh, err := ar.sessionKey()
 	if err != nil {
 		return nil, err
 	}
 	o := sessionstore.Options{MaxBytes: cfg.Sessions.MaxBytes}
-	if cfg.Sessions.Snapshot {
+	if cfg.Sessions.Snapshot && !fresh {
 		path := filepath.Join(cfg.DataDir, sessionSnapshotFile)
 		s, err := sessionstore.LoadSnapshot(path, o, key)
 		switch {
@@ -422,8 +430,8 @@ func openSessions(cfg config.Config, log *slog.Logger) (*sessionstore.Store, err
 
 // openStores starts NATS (embedded in <data_dir>/nats, or nats.url) and
 // opens the history stream and the conversation bucket, and in cluster
-// mode the cluster's buckets.
-func openStores(cfg config.Config, log *slog.Logger) (*natsnode.Node, *histstore.Store, *broker.KVConvStore, *broker.Cluster, error) {
+// mode the cluster's buckets; with encryption at rest, first the keyring.
+func openStores(cfg config.Config, log *slog.Logger, ar *atRest) (*natsnode.Node, *histstore.Store, *broker.KVConvStore, *broker.Cluster, error) {
 	no := natsnode.Options{
 		ExternalURL: cfg.NATS.URL,
 		SyncAlways:  cfg.NATS.SyncAlways,
@@ -466,15 +474,16 @@ func openStores(cfg config.Config, log *slog.Logger) (*natsnode.Node, *histstore
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		var histErr, convErr error
 		var wg sync.WaitGroup
-		if hist == nil {
+		keysErr := ar.openKeyring(ctx, js) // the history needs it
+		if hist == nil && keysErr == nil {
 			wg.Go(func() {
-				hist, histErr = histstore.Open(ctx, js, histstore.Options{
+				hist, histErr = histstore.Open(ctx, js, ar.histOptions(histstore.Options{
 					MaxAge:            cfg.History.MaxAge,
 					MaxBytes:          cfg.History.MaxBytes,
 					MaxMsgsPerSubject: cfg.History.MaxMsgsPerConversation,
 					DuplicateWindow:   cfg.History.DuplicateWindow,
 					Replicas:          cfg.NATS.Replicas,
-				})
+				}))
 			})
 		}
 		if convs == nil {
@@ -483,7 +492,7 @@ func openStores(cfg config.Config, log *slog.Logger) (*natsnode.Node, *histstore
 			})
 		}
 		wg.Wait()
-		err = errors.Join(histErr, convErr)
+		err = errors.Join(keysErr, histErr, convErr)
 		if err == nil && cfg.Clustered() {
 			cluster, err = broker.OpenCluster(ctx, node.Conn(), js, broker.ClusterOptions{
 				Node:          cfg.Cluster.NodeName,
@@ -495,10 +504,11 @@ func openStores(cfg config.Config, log *slog.Logger) (*natsnode.Node, *histstore
 		if err == nil {
 			break
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) || ar.fatal(err) {
 			if hist != nil {
 				_ = hist.Close()
 			}
+			ar.close()
 			node.Shutdown()
 			return nil, nil, nil, nil, err
 		}
@@ -511,9 +521,20 @@ func openStores(cfg config.Config, log *slog.Logger) (*natsnode.Node, *histstore
 	return node, hist, convs, cluster, nil
 }
 
-// startAdmin serves Prometheus metrics and, when enabled, pprof.
-func startAdmin(c config.AdminConfig, log *slog.Logger) (*http.Server, error) {
+// adminRoute is one more handler on the admin listener.
+type adminRoute struct {
+	pattern string // subtree: pattern and pattern + "/"
+	h       http.Handler
+}
+
+// startAdmin serves Prometheus metrics and, when enabled, pprof, and the
+// extra routes (the keys commands).
+func startAdmin(c config.AdminConfig, log *slog.Logger, extra ...adminRoute) (*http.Server, error) {
 	mux := http.NewServeMux()
+	for _, r := range extra {
+		mux.Handle(r.pattern, r.h)
+		mux.Handle(r.pattern+"/", r.h)
+	}
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		metrics.WritePrometheus(w, true)

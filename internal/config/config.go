@@ -178,6 +178,34 @@ type CryptoConfig struct {
 	Tickets bool `yaml:"tickets"`
 	// TicketTTL is the lifetime of a ticket.
 	TicketTTL time.Duration `yaml:"ticket_ttl"`
+	// AtRest is encryption at rest of the history and the session
+	// snapshot (crypto/atrest); independent of Enabled.
+	AtRest AtRestConfig `yaml:"at_rest"`
+}
+
+// AtRestConfig is encryption at rest (crypto/atrest, docs/crypto.md
+// "Encryption at rest"): message texts in the history and the session
+// snapshot's key are sealed with SM4-GCM data keys wrapped by a master key.
+type AtRestConfig struct {
+	// Enabled seals the text of every new history message and keeps the
+	// session snapshot's key wrapped by the master key. Messages stored
+	// before stay readable; turned off again, sealed messages stay
+	// readable as long as the master key file is there.
+	Enabled bool `yaml:"enabled"`
+	// MasterKeyFile holds the master key (hex, one key per line, the
+	// current one first), created with mode 0600 on the first start with
+	// Enabled; refused when group or others can access it. Every node of
+	// a cluster needs the same file. Empty: <data_dir>/master.key.
+	MasterKeyFile string `yaml:"master_key_file"`
+}
+
+// MasterKeyPath returns Crypto.AtRest.MasterKeyFile, or master.key in
+// DataDir when it is empty.
+func (c Config) MasterKeyPath() string {
+	if c.Crypto.AtRest.MasterKeyFile != "" {
+		return c.Crypto.AtRest.MasterKeyFile
+	}
+	return filepath.Join(c.DataDir, "master.key")
 }
 
 // APIConfig is the integrator REST API (/api/v1 on the public listener).

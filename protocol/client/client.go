@@ -7,7 +7,8 @@
 //     N s" on a close 1013 or a rate-limited hello, a short random delay on
 //     a drain (1001) so a node's clients do not come back at once, and no
 //     retry at all for what retrying cannot fix (a bad or expired token, a
-//     forbidden origin, a 4xx other than 429);
+//     forbidden origin, a 4xx other than 429, a close 1002 protocol error
+//     such as a secure-channel failure);
 //   - resumes: the hello after a reconnect carries the resume token and the
 //     last sequence seen per conversation, so the server replays exactly
 //     what was missed; a replayed message already seen is dropped, so the
@@ -761,6 +762,11 @@ func (c *Client) closed(err error) outcome {
 		return outcome{drain: true}
 	case 1013: // try again later
 		return outcome{wait: max(retryIn(ce.Text), time.Second)}
+	case websocket.CloseProtocolError:
+		// The server found this client's bytes wrong (a secure-channel
+		// failure such as a bad binder or record, a malformed frame): the
+		// same client would send the same bytes again.
+		return outcome{permanent: &PermanentError{Close: ce.Code, Reason: ce.Text}}
 	case websocket.ClosePolicyViolation:
 		if w := retryIn(ce.Text); w > 0 {
 			return outcome{wait: w} // a cap: come back when told

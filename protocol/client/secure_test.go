@@ -297,3 +297,57 @@ func asPermanent(err error, pe **client.PermanentError) bool {
 	}
 	return ok
 }
+
+// TestSecureProtocolErrorIsPermanent: a server that closes with 1002 (here
+// the real gateway refusing a resumption whose binder does not match the
+// ticket's PSK) is not retried: Dial returns a PermanentError after one
+// connection. (Retrying would have hidden the failure behind a full
+// handshake on the next connection.)
+func TestSecureProtocolErrorIsPermanent(t *testing.T) {
+	ss := newSecureServer(t)
+	n := startNode(t, broker.Options{Secure: ss.opts})
+
+	// A genuine ticket of this server, with a PSK the client does not have.
+	cfg := ss.client(crypto.GM)
+	ch, err := crypto.NewClientHandshake(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg := *ss.opts.Server // issuing a ticket needs no SeenSet
+	sh := crypto.NewServerHandshake(&scfg)
+	hello, err := sh.HandleClientHello(ch.Hello())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fin, _, err := ch.HandleServerHello(hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, nst, err := sh.HandleClientFinished(fin)
+	if err != nil || nst == nil {
+		t.Fatalf("no ticket: %v", err)
+	}
+	sess, err := ch.HandleNewSessionTicket(nst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess.PSK[0] ^= 1
+	cfg.Session = sess
+
+	var tp tap
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = client.Dial(ctx, client.Options{URL: n.url(), Tenant: "default", Secure: cfg, Dialer: tp.dialer(), MinBackoff: time.Millisecond})
+	var pe *client.PermanentError
+	if !asPermanent(err, &pe) || pe.Close != websocket.CloseProtocolError {
+		t.Fatalf("Dial: %v, want a PermanentError with close 1002", err)
+	}
+	if !strings.Contains(pe.Reason, "binder") {
+		t.Errorf("close reason %q does not name the failure", pe.Reason)
+	}
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	if dials := len(tp.conns); dials != 1 {
+		t.Fatalf("%d connections, want 1 (no retry after 1002)", dials)
+	}
+}
