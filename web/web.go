@@ -147,12 +147,12 @@ func pageConfigJSON(o Options, cryptoVersion string, console bool) []byte {
 		}
 		pc.Crypto = ps
 	}
+	// json.Marshal escapes <, >, & and U+2028/U+2029, so the value is safe
+	// inlined in a script.
 	b, err := json.Marshal(pc)
 	if err != nil {
 		panic(err) // strings and slices only
 	}
-	// Inlined in a script: no "</script>" or line separators can end it.
-	b = bytes.ReplaceAll(b, []byte("<"), []byte(`\u003c`))
 	return b
 }
 

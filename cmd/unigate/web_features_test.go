@@ -177,7 +177,9 @@ func webBotFirst(t *testing.T, g *gateway, b *browser) {
 	evalJS[bool](c, `(() => { window.unigateConsole.onEvent({conversation: {conversationId: 'c-ctx', state: 'STATE_ASSIGNED', visitorId: 'v-ctx', agentId: 'a-ctx',
 		intent: 'billing/refund', summary: 'Wants a refund for order 77.\nPaid twice.', routing: 'a-ctx: skill billing 1.0, load 0.2, region cn-east',
 		region: 'cn-east', language: 'zh-CN', page: 'https://shop.example.com/checkout'}}); return true; })()`)
-	field := func(name string) string { return `document.querySelector('#ctx dd[data-field=` + name + `]').textContent` }
+	field := func(name string) string {
+		return `document.querySelector('#ctx dd[data-field=` + name + `]').textContent`
+	}
 	c.wait("visitor context and routing", `document.body.dataset.selected === 'c-ctx' && `+field("intent")+` === 'billing/refund' && `+
 		field("summary")+` === 'Wants a refund for order 77.\nPaid twice.' && `+field("routing")+`.startsWith('a-ctx: skill billing') && `+
 		field("region")+` === 'cn-east' && `+field("language")+` === 'zh-CN' && `+field("page")+` === 'https://shop.example.com/checkout' && `+
@@ -291,6 +293,15 @@ func webSecureGM(t *testing.T, b *browser, hosts *hostPages) {
 				t.Fatalf("%s: chat text in clear: %.200s", name, f.Data)
 			}
 		}
+	}
+
+	// The gateway's own demo page sets nothing: the widget learns from its
+	// script that the gateway requires the channel, and with which key.
+	d := b.pageAt(t, "gm-demo", origin)
+	d.do("open /demo", chromedp.Navigate(origin+"/demo"))
+	d.wait("encrypted because the gateway requires it", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.secure === 'GM'`)
+	if n := evalJS[int](d, `window.UnigateWidget.widget.client.stats.dials`); n != 1 {
+		t.Errorf("demo page dialled %d times, want 1 (encrypted from the start)", n)
 	}
 
 	// Pinning another key: the gateway's signature does not match, the

@@ -270,7 +270,10 @@ Client.prototype._secureIn = function (ws, link, data, gotEnv) {
     var inner;
     try { inner = JSON.parse(new TextDecoder().decode(pt)); } catch (e) { return; }
     if (self.ws === ws) { gotEnv(inner); }
-  }).catch(function (e) { if (self.ws === ws) { self._secureFailed(e); } });
+  }).catch(function (e) {
+    // A close record (33) ends the connection normally: the close follows.
+    if (self.ws === ws && !(e && e.code === 33)) { self._secureFailed(e); }
+  });
 };
 
 // _secureFailed: the channel could not be set up or a record did not open.
