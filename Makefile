@@ -18,7 +18,7 @@ ARCHES  ?= amd64 arm64 loong64
 DIST    ?= dist
 DISTFLAGS := -trimpath -buildvcs=false -tags= -ldflags '$(LDFLAGS)'
 
-.PHONY: build run test test-race test-short bench fuzz fuzz-ci fuzz-long lint fmt vet generate generate-check clean \
+.PHONY: build run test test-race test-short bench fuzz fuzz-ci fuzz-long lint fmt vet generate generate-check generate-web generate-web-check clean \
 	dist bundle verify-bundle reproducible image
 
 build: ## static binaries in bin/
@@ -67,10 +67,22 @@ generate: ## regenerate protocol/pb and backends/proto from their .proto files (
 	sh protocol/gen.sh -w
 	sh backends/proto/gen.sh -w
 
-generate-check: ## the committed generated code matches the .proto
+generate-check: ## the committed generated code matches the .proto (and the browser crypto client its sources)
 	@if command -v protoc >/dev/null 2>&1; then sh protocol/gen.sh && sh backends/proto/gen.sh; \
 	elif [ -n "$$CI" ]; then echo "generate-check: protoc is missing under CI" >&2; exit 1; \
 	else echo "generate-check: SKIPPED, protoc not installed (apt-get install protobuf-compiler)" >&2; fi
+	@$(MAKE) --no-print-directory generate-web-check
+
+# The widget's crypto client (web/crypto/dist) is bundled from web/crypto and
+# its npm packages (npm ci in web/crypto) by web/bundle (esbuild's Go API, a
+# module of its own). The output is committed: a clone runs without Node.
+generate-web: ## rebuild web/crypto/dist/unigate-crypto-gm.js (needs npm ci in web/crypto)
+	$(GO) -C web/bundle run .
+
+generate-web-check: ## the committed crypto client is what web/bundle builds
+	@if [ -d web/crypto/node_modules/sm-crypto ]; then $(GO) -C web/bundle run . -check; \
+	elif [ -n "$$CI" ]; then echo "generate-web-check: web/crypto/node_modules is missing under CI (npm ci)" >&2; exit 1; \
+	else echo "generate-web-check: SKIPPED, run npm ci in web/crypto" >&2; fi
 
 dist: ## static release binaries for $(ARCHES) in dist/linux-<arch>/
 	@set -e; for a in $(ARCHES); do \

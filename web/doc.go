@@ -3,15 +3,20 @@
 // and a demo page embedding the widget (/demo).
 //
 // The files are embedded with embed; nothing is fetched from the network at
-// run time and there is no build step: the widget and the console are plain
+// run time. The widget and the console have no build step: they are plain
 // JavaScript, each served as the shared protocol client (src/core.js) and
 // its page script (src/widget.js, src/console.js) wrapped in one function
-// scope. Both speak the JSON subprotocol (unigate.v1.json) of
+// scope. The one generated file is the secure-channel client
+// (/widget/unigate-crypto-gm.js, from crypto/dist, built by the web/bundle
+// module and committed), which the pages import only when they run the
+// channel. Both speak the JSON subprotocol (unigate.v1.json) of
 // docs/protocol.md to the gateway they were loaded from, and follow its
 // reconnect and resume rules (section 7) the way protocol/client does.
 //
-// Handler wraps the public HTTP handler: it answers the paths above and
-// passes every other request on. HTML pages carry a strict
+// Handler (or NewHandler, with the gateway's Options: canned replies for
+// the console, the public side of the secure channel for both pages) wraps
+// the public HTTP handler: it answers the paths above and passes every
+// other request on. HTML pages carry a strict
 // Content-Security-Policy (this origin only, the WebSocket to this host)
 // and Cache-Control: no-cache with an ETag; the scripts and stylesheets
 // they reference carry ?v=<content hash> and are cached as immutable. The

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -15,7 +16,7 @@ import (
 	"sync"
 )
 
-//go:embed src console demo
+//go:embed src console demo crypto/dist/unigate-crypto-gm.js
 var files embed.FS
 
 // Public paths.
@@ -23,7 +24,56 @@ const (
 	WidgetPath  = "/widget/unigate-widget.js"
 	ConsolePath = "/console/"
 	DemoPath    = "/demo"
+	// CryptoPath is the secure-channel client (GM suite), an ES module the
+	// widget and the console import only when they run the channel; built
+	// from web/crypto by web/bundle.
+	CryptoPath = "/widget/unigate-crypto-gm.js"
+	// ConsoleConfigPath is the console's configuration from the gateway
+	// (canned replies, secure channel), JSON.
+	ConsoleConfigPath = "/console/config.json"
 )
+
+// Options is what the gateway tells its pages about itself. The zero
+// value is a gateway without canned replies and without the channel.
+type Options struct {
+	// CannedReplies are offered to every agent in the console, before the
+	// ones an agent saved in its browser (config web.canned_replies).
+	CannedReplies []string
+	// Secure describes the application-layer secure channel
+	// (docs/crypto.md); nil when the gateway does not run it.
+	Secure *Secure
+}
+
+// Secure is the public side of the gateway's secure channel: what a page
+// needs to start it. Nothing in it is secret.
+type Secure struct {
+	// Required: the gateway refuses plaintext connections (crypto.required).
+	Required bool
+	// Suites the gateway accepts, by name (GM, GM-PQ, INTL-PQ).
+	Suites []string
+	// Keys are the gateway's identity public keys, which clients pin.
+	Keys []ServerKey
+}
+
+// ServerKey is one identity public key.
+type ServerKey struct {
+	Alg       string `json:"alg"`       // "SM2" or "Ed25519"
+	PublicKey string `json:"publicKey"` // hex; SM2: the uncompressed point (65 bytes)
+}
+
+// pageConfig is what the widget (inlined in its script) and the console
+// (ConsoleConfigPath) receive.
+type pageConfig struct {
+	CannedReplies []string      `json:"cannedReplies,omitempty"`
+	Crypto        *pageSecurity `json:"crypto,omitempty"`
+}
+
+type pageSecurity struct {
+	Required bool        `json:"required,omitempty"`
+	Suites   []string    `json:"suites"`           // suites the browser client may offer (GM only: the bundled client has no ML-KEM)
+	Keys     []ServerKey `json:"keys"`             // SM2 keys, for GM
+	Module   string      `json:"module,omitempty"` // versioned URL path of the client; empty when no suite fits
+}
 
 // Asset is one file as it is served.
 type Asset struct {
@@ -40,10 +90,10 @@ var (
 	assets    map[string]*Asset
 )
 
-// Assets returns the served files by URL path. The result is shared: do
-// not modify it.
+// Assets returns the served files by URL path for the zero Options. The
+// result is shared: do not modify it.
 func Assets() map[string]*Asset {
-	buildOnce.Do(func() { assets = mustBuild() })
+	buildOnce.Do(func() { assets = mustBuild(Options{}) })
 	return assets
 }
 
@@ -55,10 +105,15 @@ func read(name string) []byte {
 	return b
 }
 
-// bundle wraps the shared core and a page script in one function scope.
-func bundle(name, page string) []byte {
+// bundle wraps the shared core and a page script in one function scope;
+// server, when set, is the gateway's configuration as a JSON value, bound
+// to SERVER in that scope.
+func bundle(name, page string, server []byte) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "/*! Unigate %s. Apache-2.0. Built from web/src/core.js and web/src/%s */\n(function () {\n'use strict';\n", name, page)
+	if server != nil {
+		fmt.Fprintf(&b, "var SERVER = %s;\n", server)
+	}
 	b.Write(read("src/core.js"))
 	b.WriteString("\n")
 	b.Write(read("src/" + page))
@@ -66,17 +121,53 @@ func bundle(name, page string) []byte {
 	return b.Bytes()
 }
 
-func mustBuild() map[string]*Asset {
+func version(body []byte) string {
+	sum := sha256.Sum256(body)
+	return hex.EncodeToString(sum[:6])
+}
+
+// pageConfigJSON is the configuration a page gets, given the crypto
+// client's version: the console's has the canned replies, the widget's
+// (public: any site loads it) has not.
+func pageConfigJSON(o Options, cryptoVersion string, console bool) []byte {
+	pc := pageConfig{}
+	if console {
+		pc.CannedReplies = o.CannedReplies
+	}
+	if s := o.Secure; s != nil {
+		ps := &pageSecurity{Required: s.Required, Suites: []string{}, Keys: []ServerKey{}}
+		for _, k := range s.Keys {
+			if k.Alg == "SM2" {
+				ps.Keys = append(ps.Keys, k)
+			}
+		}
+		if slices.Contains(s.Suites, "GM") && len(ps.Keys) > 0 {
+			ps.Suites = append(ps.Suites, "GM")
+			ps.Module = CryptoPath + "?v=" + cryptoVersion
+		}
+		pc.Crypto = ps
+	}
+	// json.Marshal escapes <, >, & and U+2028/U+2029, so the value is safe
+	// inlined in a script.
+	b, err := json.Marshal(pc)
+	if err != nil {
+		panic(err) // strings and slices only
+	}
+	return b
+}
+
+func mustBuild(o Options) map[string]*Asset {
 	m := map[string]*Asset{}
 	add := func(p, ctype string, body []byte) *Asset {
-		sum := sha256.Sum256(body)
-		a := &Asset{Path: p, ContentType: ctype, Body: body, Version: hex.EncodeToString(sum[:6]), HTML: strings.HasPrefix(ctype, "text/html")}
+		a := &Asset{Path: p, ContentType: ctype, Body: body, Version: version(body), HTML: strings.HasPrefix(ctype, "text/html")}
 		m[p] = a
 		return a
 	}
 	const js, css, html = "text/javascript; charset=utf-8", "text/css; charset=utf-8", "text/html; charset=utf-8"
-	add(WidgetPath, js, bundle("widget", "widget.js"))
-	add("/console/console.js", js, bundle("console", "console.js"))
+	cryptoJS := add(CryptoPath, js, read("crypto/dist/unigate-crypto-gm.js"))
+	add(WidgetPath, js, bundle("widget", "widget.js", pageConfigJSON(o, cryptoJS.Version, false)))
+	add("/console/console.js", js, bundle("console", "console.js", nil))
+	add(ConsoleConfigPath, "application/json", pageConfigJSON(o, cryptoJS.Version, true))
 	add("/console/console.css", css, read("console/console.css"))
 	add("/demo/demo.css", css, read("demo/demo.css"))
 	// HTML pages reference the other assets with ?v=<version>, so those
@@ -101,10 +192,21 @@ func mustBuild() map[string]*Asset {
 }
 
 // Handler serves the widget (/widget/), the agent console (/console/) and
-// the demo page (/demo) from the embedded files, and passes every other
-// request to next (nil: 404). It is safe for concurrent use.
+// the demo page (/demo) from the embedded files for the zero Options, and
+// passes every other request to next (nil: 404). It is safe for
+// concurrent use.
 func Handler(next http.Handler) http.Handler {
-	as := Assets()
+	return serve(Assets(), next)
+}
+
+// NewHandler is Handler for a gateway described by o: its canned replies
+// and secure channel reach the pages (the widget's script and the
+// console's config.json carry them).
+func NewHandler(o Options, next http.Handler) http.Handler {
+	return serve(mustBuild(o), next)
+}
+
+func serve(as map[string]*Asset, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := r.URL.Path
 		if !Owns(p) {
@@ -145,6 +247,11 @@ func Handler(next http.Handler) http.Handler {
 		} else {
 			// The widget is loaded by other sites' pages.
 			h.Set("Cross-Origin-Resource-Policy", "cross-origin")
+		}
+		if strings.HasPrefix(p, "/widget/") {
+			// The widget imports the crypto client as a module, which a
+			// browser fetches with CORS from another site's page.
+			h.Set("Access-Control-Allow-Origin", "*")
 		}
 		if v := r.URL.Query().Get("v"); v != "" && v == a.Version && !a.HTML {
 			h.Set("Cache-Control", "public, max-age=31536000, immutable")

@@ -3,6 +3,7 @@ package web
 import (
 	"bytes"
 	"compress/gzip"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -131,7 +132,8 @@ func TestWebNoExternalHost(t *testing.T) {
 }
 
 // TestWidgetSize reports the widget's size and keeps it within the 30 KB
-// (gzip) budget of issue 10.
+// (gzip) budget of issue 10; the crypto client (a separate asset, loaded
+// only for the secure channel) is reported beside it.
 func TestWidgetSize(t *testing.T) {
 	for _, p := range Paths() {
 		a := Assets()[p]
@@ -139,5 +141,61 @@ func TestWidgetSize(t *testing.T) {
 	}
 	if a := Assets()[WidgetPath]; len(a.Gzip) > 30*1024 {
 		t.Errorf("widget is %d bytes gzipped, over 30 KB", len(a.Gzip))
+	}
+}
+
+// TestWebOptions: the gateway's canned replies reach the console's
+// config.json and not the public widget; the secure channel's public side
+// (required, GM, the SM2 key, the versioned client URL) reaches both; the
+// widget's scripts may be imported cross-origin (CORS).
+func TestWebOptions(t *testing.T) {
+	const key = "04aabbcc"
+	h := NewHandler(Options{
+		CannedReplies: []string{"Team macro </script><script>alert(1)</script>", "您好，我是{me}"},
+		Secure:        &Secure{Required: true, Suites: []string{"GM-PQ", "GM", "INTL-PQ"}, Keys: []ServerKey{{Alg: "SM2", PublicKey: key}, {Alg: "Ed25519", PublicKey: "eded"}}},
+	}, nil)
+	cryptoJS := Assets()[CryptoPath]
+	wantCrypto := `"crypto":{"required":true,"suites":["GM"],"keys":[{"alg":"SM2","publicKey":"` + key + `"}],"module":"` + CryptoPath + `?v=` + cryptoJS.Version + `"}`
+
+	w := get(t, h, ConsoleConfigPath)
+	if w.Code != 200 || w.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("config.json: %d %v", w.Code, w.Header())
+	}
+	var cfg struct {
+		CannedReplies []string `json:"cannedReplies"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &cfg); err != nil || len(cfg.CannedReplies) != 2 || cfg.CannedReplies[1] != "您好，我是{me}" {
+		t.Fatalf("config.json %s: %v", w.Body, err)
+	}
+	if !strings.Contains(w.Body.String(), wantCrypto) || strings.Contains(w.Body.String(), "</script>") {
+		t.Errorf("config.json %s, want %s and no </script>", w.Body, wantCrypto)
+	}
+
+	widget := get(t, h, WidgetPath).Body.String()
+	if !strings.Contains(widget, "var SERVER = {"+wantCrypto+"};") || strings.Contains(widget, "Team macro") || strings.Contains(widget, "您好，我是") {
+		t.Errorf("widget's SERVER: %.300s", widget[strings.Index(widget, "var SERVER"):])
+	}
+	for _, p := range []string{WidgetPath, CryptoPath} {
+		if w := get(t, h, p); w.Header().Get("Access-Control-Allow-Origin") != "*" || !strings.HasPrefix(w.Header().Get("Content-Type"), "text/javascript") {
+			t.Errorf("%s: %v", p, w.Header())
+		}
+	}
+	if w := get(t, h, ConsolePath); w.Header().Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("the console page allows CORS")
+	}
+
+	// No SM2 key or no GM suite: the browser client cannot run, but the
+	// pages still learn that the gateway requires the channel.
+	for _, s := range []*Secure{
+		{Required: true, Suites: []string{"INTL-PQ"}, Keys: []ServerKey{{Alg: "Ed25519", PublicKey: "eded"}}},
+		{Required: true, Suites: []string{"GM"}},
+	} {
+		body := get(t, NewHandler(Options{Secure: s}, nil), ConsoleConfigPath).Body.String()
+		if body != `{"crypto":{"required":true,"suites":[],"keys":[]}}` {
+			t.Errorf("%+v: config.json %s", s, body)
+		}
+	}
+	if body := get(t, Handler(nil), ConsoleConfigPath).Body.String(); body != "{}" {
+		t.Errorf("zero options: config.json %s", body)
 	}
 }

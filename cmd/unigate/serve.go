@@ -333,7 +333,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		netpoll.WithLogger(log.With("component", "netpoll")),
 		// The widget, console and demo pages (/widget/, /console/, /demo);
 		// the integrator REST API (/api/v1) on every other path.
-		netpoll.WithHTTPHandler(web.Handler(api.New(b, api.Options{Keys: apiKeys, Logger: log.With("component", "api")}))),
+		netpoll.WithHTTPHandler(web.NewHandler(webOptions(cfg, sec), api.New(b, api.Options{Keys: apiKeys, Logger: log.With("component", "api")}))),
 	)
 	if err != nil {
 		stopBroker()

@@ -55,8 +55,17 @@ type browser struct {
 	origin string // http://127.0.0.1:port of the gateway
 
 	mu       sync.Mutex
-	requests []string // every URL any page asked for, WebSockets included
-	problems []string // console errors, exceptions, CSP violations
+	requests []string             // every URL any page asked for, WebSockets included
+	problems []string             // console errors, exceptions, CSP violations
+	frames   map[string][]wsFrame // WebSocket messages by page name
+	expected []string             // console errors a test causes on purpose (substrings)
+	allowed  []string             // URL prefixes pages may request: the gateways and host pages
+}
+
+// wsFrame is one WebSocket message a page sent or received.
+type wsFrame struct {
+	Sent bool
+	Data string
 }
 
 func newBrowser(t *testing.T, origin string) *browser {
@@ -85,12 +94,48 @@ func newBrowser(t *testing.T, origin string) *browser {
 		cancel()
 		cancelAlloc()
 	})
-	return &browser{t: t, ctx: ctx, origin: origin}
+	return &browser{t: t, ctx: ctx, origin: origin, frames: map[string][]wsFrame{}}
+}
+
+// allow adds URL prefixes (an origin and its WebSocket) pages may request.
+func (b *browser) allow(prefixes ...string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.allowed = append(b.allowed, prefixes...)
+}
+
+// allowGateway allows a gateway's origin and WebSocket.
+func (b *browser) allowGateway(g *gateway) string {
+	origin := "http://" + g.srv.Addr()
+	b.allow(origin+"/", "ws://"+g.srv.Addr()+"/")
+	return origin
+}
+
+// expect lets console errors containing s pass (a refusal the test
+// provokes is logged by the browser).
+func (b *browser) expect(s string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.expected = append(b.expected, s)
+}
+
+// framesOf returns the WebSocket messages of a page so far.
+func (b *browser) framesOf(name string) []wsFrame {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.frames[name])
 }
 
 // page opens a tab in a new browser context and records what it requests
 // and every error it logs.
 func (b *browser) page(t *testing.T, name string) *page {
+	t.Helper()
+	return b.pageAt(t, name, b.origin)
+}
+
+// pageAt is page for a gateway at origin (several gateways share the
+// browser).
+func (b *browser) pageAt(t *testing.T, name, origin string) *page {
 	t.Helper()
 	ctx, cancel := chromedp.NewContext(b.ctx, chromedp.WithNewBrowserContext(), chromedp.WithListener(func(ev any) {
 		b.mu.Lock()
@@ -100,6 +145,10 @@ func (b *browser) page(t *testing.T, name string) *page {
 			b.requests = append(b.requests, ev.Request.URL)
 		case *network.EventWebSocketCreated:
 			b.requests = append(b.requests, ev.URL)
+		case *network.EventWebSocketFrameSent:
+			b.frames[name] = append(b.frames[name], wsFrame{Sent: true, Data: string(ev.Response.PayloadData)})
+		case *network.EventWebSocketFrameReceived:
+			b.frames[name] = append(b.frames[name], wsFrame{Data: string(ev.Response.PayloadData)})
 		case *runtime.EventExceptionThrown:
 			b.problems = append(b.problems, name+": exception: "+ev.ExceptionDetails.Text+" "+describe(ev.ExceptionDetails.Exception))
 		case *runtime.EventConsoleAPICalled:
@@ -108,7 +157,7 @@ func (b *browser) page(t *testing.T, name string) *page {
 			}
 		case *cdplog.EventEntryAdded:
 			// The test takes the visitor offline on purpose.
-			if ev.Entry.Level == "error" && !strings.Contains(ev.Entry.Text, "ERR_INTERNET_DISCONNECTED") {
+			if ev.Entry.Level == "error" && !strings.Contains(ev.Entry.Text, "ERR_INTERNET_DISCONNECTED") && !slices.ContainsFunc(b.expected, func(s string) bool { return strings.Contains(ev.Entry.Text, s) }) {
 				b.problems = append(b.problems, name+": "+string(ev.Entry.Source)+": "+ev.Entry.Text+" "+ev.Entry.URL)
 			}
 		}
@@ -117,7 +166,7 @@ func (b *browser) page(t *testing.T, name string) *page {
 	if _, err := chromedp.Call(ctx, cdplog.Enable, cdp.Empty{}); err != nil {
 		t.Fatalf("%s: Log.enable: %v", name, err)
 	}
-	return &page{t: t, b: b, ctx: ctx, name: name}
+	return &page{t: t, b: b, ctx: ctx, name: name, origin: origin, close: cancel}
 }
 
 func describe(o *runtime.RemoteObject) string {
@@ -128,10 +177,12 @@ func describe(o *runtime.RemoteObject) string {
 }
 
 type page struct {
-	t    *testing.T
-	b    *browser
-	ctx  context.Context
-	name string
+	t      *testing.T
+	b      *browser
+	ctx    context.Context
+	name   string
+	origin string // the gateway this page talks to
+	close  func() // closes the tab (a visitor who leaves)
 }
 
 func (p *page) do(what string, steps ...chromedp.Action[chromedp.Void]) {
@@ -289,7 +340,7 @@ func (p *page) chinese() {
 
 func (p *page) consoleLogin(token string) {
 	p.t.Helper()
-	p.do("open the console", chromedp.Navigate(p.b.origin+"/console/"))
+	p.do("open the console", chromedp.Navigate(p.origin+"/console/"))
 	p.do("sign in",
 		chromedp.SendKeys(chromedp.ID("token"), token),
 		chromedp.Click(chromedp.ID("signin")),
@@ -311,17 +362,26 @@ func TestWeb(t *testing.T) {
 	const apiKey = "web-test-key-0000000000001"
 	g := startGateway(t, func(c *config.Config) {
 		c.API.Keys = config.APIKeys{{Key: apiKey, Tenant: "default", Scopes: []string{"read", "write"}}}
+		c.Web.CannedReplies = []string{cannedFromConfig, "您好，我是客服{me}，很高兴为您服务。"}
 	})
-	origin := "http://" + g.srv.Addr()
-	b := newBrowser(t, origin)
+	b := newBrowser(t, "http://"+g.srv.Addr())
+	b.allowGateway(g)
+	// Pages of other sites that embed the widget (cross-origin, strict CSP).
+	hosts := newHostPages(t)
+	b.allow(hosts.URL + "/")
 	t.Run("KeyboardChinese", func(t *testing.T) { webKeyboardChinese(t, b) })
+	t.Run("HumanButtonContext", func(t *testing.T) { webHumanButton(t, b, hosts) })
+	t.Run("BotFirstRendering", func(t *testing.T) { webBotFirst(t, g, b) })
 	t.Run("Conversation", func(t *testing.T) { webConversation(t, g, b, apiKey) })
+	t.Run("Refusals", func(t *testing.T) { webRefusals(t, b, hosts) })
+	t.Run("SecureGM", func(t *testing.T) { webSecureGM(t, b, hosts) })
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	allowed := b.allowed
 	for _, u := range b.requests {
-		if !strings.HasPrefix(u, origin+"/") && !strings.HasPrefix(u, "ws://"+g.srv.Addr()+"/") {
-			t.Errorf("a page requested %s, outside %s", u, origin)
+		if !slices.ContainsFunc(allowed, func(a string) bool { return strings.HasPrefix(u, a) }) {
+			t.Errorf("a page requested %s, outside %v", u, allowed)
 		}
 	}
 	if len(b.requests) == 0 {
@@ -330,7 +390,7 @@ func TestWeb(t *testing.T) {
 	for _, pr := range b.problems {
 		t.Errorf("browser: %s", pr)
 	}
-	t.Logf("%d requests, all to %s", len(b.requests), origin)
+	t.Logf("%d requests, all to %v", len(b.requests), allowed)
 }
 
 // webKeyboardChinese: in a zh-CN browser the widget and the console speak
@@ -390,6 +450,7 @@ func webConversation(t *testing.T, g *gateway, b *browser, apiKey string) {
 	postAPI(t, origin, apiKey, conv, "bot", bot)
 	postAPI(t, origin, apiKey, conv, "system", handoff)
 	v.wait("bot and system messages", wHas(bot)+` && `+wHas(handoff)+` && `+wRoot+`.querySelector('.msg.bot') && `+wRoot+`.querySelector('.msg.system')`)
+	v.wait("the bot's answer is labelled", wRoot+`.querySelector('.msg.bot .who').textContent === 'AssistantBot' && `+wRoot+`.querySelector('.msg.bot .tag').textContent === 'Bot' && `+wRoot+`.querySelector('.msg.bot').dataset.role === 'bot'`)
 
 	// Agent a1 signs in, goes online and gets the conversation with its
 	// history.
@@ -407,6 +468,14 @@ func webConversation(t *testing.T, g *gateway, b *browser, apiKey string) {
 	a1.do("agent sends", chromedp.SendKeys(chromedp.ID("input"), strings.TrimPrefix(reply, "Let me check")+kb.Enter))
 	v.wait("agent reply", wHas(reply))
 	a1.wait("read receipt at the agent", `document.querySelector('#log .msg.mine').dataset.status === 'read'`)
+
+	// A canned reply from the configuration (web.canned_replies), offered
+	// next to the built-in ones.
+	a1.wait("canned replies from the config", fmt.Sprintf(`[...document.querySelectorAll('#canned optgroup[data-source=server] option')].some(o => o.value === %q) && document.querySelector('#canned optgroup[data-source=builtin] option')`, cannedFromConfig))
+	evalJS[bool](a1, fmt.Sprintf(`(() => { const s = document.getElementById('canned'); s.value = %q; s.dispatchEvent(new Event('change')); return true; })()`, cannedFromConfig))
+	a1.wait("canned reply in the input", fmt.Sprintf(`document.getElementById('input').value === %q`, cannedFromConfig))
+	a1.do("send the canned reply", chromedp.Click(chromedp.ID("send")))
+	v.wait("canned reply at the visitor", wHas(cannedFromConfig))
 	thanks := "Thank you!"
 	v.do("visitor answers", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), thanks+kb.Enter))
 	a1.wait("visitor message", cHas(thanks))
@@ -414,7 +483,7 @@ func webConversation(t *testing.T, g *gateway, b *browser, apiKey string) {
 	v.screenshot(shots, "widget.png")
 
 	// A reload in the middle: the same conversation, each message once.
-	want := []string{first, bot, handoff, reply, thanks}
+	want := []string{first, bot, handoff, reply, cannedFromConfig, thanks}
 	v.do("reload", chromedp.Reload())
 	v.wait("resumed after reload", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.state === 'assigned' && `+wBox+`.dataset.open === 'true'`)
 	afterReload := "Are you still there after my reload?"

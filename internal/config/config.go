@@ -84,6 +84,9 @@ type Config struct {
 	// API configures the integrator REST API under /api/v1 on the public
 	// listener; see docs/api.md.
 	API APIConfig `yaml:"api"`
+	// Web configures the agent console and the visitor widget served under
+	// /console/ and /widget/; see docs/web.md.
+	Web WebConfig `yaml:"web"`
 	// Crypto configures the application-layer secure channel inside the
 	// WebSocket (SM2/SM3/SM4 and post-quantum suites); see docs/crypto.md.
 	Crypto CryptoConfig `yaml:"crypto"`
@@ -207,6 +210,23 @@ func (c Config) MasterKeyPath() string {
 	}
 	return filepath.Join(c.DataDir, "master.key")
 }
+
+// WebConfig is what the gateway's own pages (docs/web.md) get from the
+// configuration.
+type WebConfig struct {
+	// CannedReplies are offered to every agent in the console (before the
+	// ones an agent saves in its browser); "{me}" is replaced by the
+	// agent's id. The console fetches them from /console/config.json, which
+	// anyone can read: no secrets. In the environment the list is
+	// comma-separated, so a reply with a comma needs the file.
+	CannedReplies []string `yaml:"canned_replies"`
+}
+
+// Bounds of web.canned_replies.
+const (
+	MaxCannedReplies    = 200
+	MaxCannedReplyBytes = 2000
+)
 
 // APIConfig is the integrator REST API (/api/v1 on the public listener).
 // With no keys every /api/v1 request gets 401.

@@ -49,6 +49,9 @@ func Load(path string, environ []string) (Config, error) {
 	if len(c.API.Keys) == 0 {
 		c.API.Keys = nil
 	}
+	if len(c.Web.CannedReplies) == 0 {
+		c.Web.CannedReplies = nil
+	}
 	if len(c.Cluster.Routes) == 0 {
 		c.Cluster.Routes = nil
 	}

@@ -219,6 +219,15 @@ func (c Config) Validate() error {
 		}
 	}
 
+	if n := len(c.Web.CannedReplies); n > MaxCannedReplies {
+		bad("web.canned_replies", "at most %d replies, got %d", MaxCannedReplies, n)
+	}
+	for i, r := range c.Web.CannedReplies {
+		if strings.TrimSpace(r) == "" || len(r) > MaxCannedReplyBytes {
+			bad(fmt.Sprintf("web.canned_replies[%d]", i), "must be 1 to %d bytes of text, got %d", MaxCannedReplyBytes, len(r))
+		}
+	}
+
 	cr := c.Crypto
 	knownSuite := map[string]bool{"GM": true, "GM-PQ": true, "INTL-PQ": true}
 	if cr.Enabled && len(cr.IdentityKeys) == 0 {

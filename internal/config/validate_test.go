@@ -180,3 +180,26 @@ func TestValidateCluster(t *testing.T) {
 		}
 	}
 }
+
+// TestValidateCannedReplies: web.canned_replies are bounded in number and
+// size, and none is blank.
+func TestValidateCannedReplies(t *testing.T) {
+	c := Default()
+	c.Web.CannedReplies = []string{"您好，我是客服{me}。", "Your order ships within 2 working days."}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("valid replies refused: %v", err)
+	}
+	for _, tc := range []struct {
+		name    string
+		replies []string
+		path    string
+	}{
+		{"blank", []string{"ok", "  "}, "web.canned_replies[1]"},
+		{"too long", []string{strings.Repeat("x", MaxCannedReplyBytes+1)}, "web.canned_replies[0]"},
+		{"too many", make([]string, MaxCannedReplies+1), "web.canned_replies:"},
+	} {
+		c := Default()
+		c.Web.CannedReplies = tc.replies
+		wantErr(t, c.Validate(), ErrInvalid, tc.path)
+	}
+}

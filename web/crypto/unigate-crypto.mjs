@@ -240,7 +240,10 @@ const SM2ECDH = {
   publicKeySize: 65,
   ciphertextSize: 65,
   async generate () {
-    const kp = sm2.generateKeyPairHex()
+    // The private key comes from crypto.getRandomValues (320 bits reduced
+    // mod n-1, bias below 2^-64), not from sm-crypto's default generator,
+    // an ARC4 stream seeded once per page.
+    const kp = sm2.generateKeyPairHex(toHex(random(40)), 16)
     return {
       publicKey: fromHex(kp.publicKey),
       async decapsulate (ct) {

@@ -1,11 +1,17 @@
 // console.js: the agent console (web/console/index.html). Sign in with an
-// agent token, set presence and capacity, take the conversations the
-// router assigns, chat with typing and read receipts, transfer to an agent
-// or a skill group, answer with canned replies, close with a disposition.
+// agent token or a user name and password (checked by the gateway's
+// authentication hook), set presence and capacity, take the conversations
+// the router assigns (with the bot's intent and summary, the router's
+// explanation and the visitor's context), chat with typing and read
+// receipts, transfer to an agent or a skill group, answer with canned
+// replies (built in, from the gateway's configuration, saved in this
+// browser), close with a disposition. /console/config.json says what the
+// gateway adds: canned replies, and the secure channel when it runs one.
 
 var TEXT = {
   en: {
     title: 'Unigate agent console', signin: 'Sign in', token_label: 'Agent token', token_help: 'Paste the agent token your administrator issued (unigate token agent …).',
+    or_password: 'Or sign in with your account', username: 'User name', password: 'Password', need_login: 'Enter a token, or a user name and password.',
     signout: 'Sign out', status: 'Status', capacity: 'Capacity', skills: 'Skills', apply: 'Apply',
     s_online: 'Online', s_away: 'Away', s_busy: 'Busy', s_offline: 'Offline',
     conn_connecting: 'Connecting…', conn_reconnecting: 'Reconnecting…', conn_online: 'Connected', conn_failed: 'Disconnected',
@@ -15,7 +21,9 @@ var TEXT = {
     visitor: 'Visitor', agent: 'Agent', bot: 'Bot', system: 'System', you: 'You',
     typing: 'Visitor is typing…', st_pending: 'Sending…', st_sent: 'Sent', st_read: 'Read', st_failed: 'Not sent',
     context: 'Visitor context', c_visitor: 'Visitor id', c_conv: 'Conversation', c_skill: 'Skill group', c_state: 'State', c_reason: 'Last change',
-    c_msgs: 'Messages', c_since: 'First message', c_pending: 'Region, page and earlier conversations appear here once the gateway passes them on.',
+    c_msgs: 'Messages', c_since: 'First message', c_pending: 'Earlier conversations of the visitor appear here once the gateway passes them on.',
+    c_intent: 'Intent (bot)', c_summary: 'Summary (bot)', c_routing: 'Why you (router)', c_region: 'Region', c_language: 'Language', c_page: 'Page',
+    canned_server: 'From your team', canned_builtin: 'Built in', canned_own: 'Saved in this browser', secure_on: 'Encrypted ({suite})',
     transfer: 'Transfer', to_agent: 'To agent', to_skill: 'To skill group', target: 'Agent id or skill', note: 'Note for the next agent', do_transfer: 'Transfer',
     close: 'Close conversation', disposition: 'Disposition', d_resolved: 'Resolved', d_follow: 'Needs follow-up', d_noresp: 'No response', d_spam: 'Spam or abuse', d_dup: 'Duplicate',
     close_note: 'Note (optional)', do_close: 'Close',
@@ -24,6 +32,7 @@ var TEXT = {
   },
   zh: {
     title: 'Unigate 客服工作台', signin: '登录', token_label: '客服令牌', token_help: '粘贴管理员签发的客服令牌（unigate token agent …）。',
+    or_password: '或使用账号密码登录', username: '用户名', password: '密码', need_login: '请输入令牌，或用户名和密码。',
     signout: '退出', status: '状态', capacity: '接待上限', skills: '技能组', apply: '应用',
     s_online: '在线', s_away: '离开', s_busy: '忙碌', s_offline: '离线',
     conn_connecting: '正在连接…', conn_reconnecting: '正在重连…', conn_online: '已连接', conn_failed: '已断开',
@@ -33,7 +42,9 @@ var TEXT = {
     visitor: '访客', agent: '客服', bot: '机器人', system: '系统', you: '我',
     typing: '访客正在输入…', st_pending: '发送中…', st_sent: '已发送', st_read: '已读', st_failed: '发送失败',
     context: '访客信息', c_visitor: '访客 ID', c_conv: '会话', c_skill: '技能组', c_state: '状态', c_reason: '最近变更',
-    c_msgs: '消息数', c_since: '首条消息', c_pending: '地区、来源页面和历史会话将在网关提供后显示在这里。',
+    c_msgs: '消息数', c_since: '首条消息', c_pending: '访客的历史会话将在网关提供后显示在这里。',
+    c_intent: '意图（机器人）', c_summary: '摘要（机器人）', c_routing: '分配原因（路由）', c_region: '地区', c_language: '语言', c_page: '来源页面',
+    canned_server: '团队快捷回复', canned_builtin: '内置', canned_own: '本浏览器保存', secure_on: '已加密（{suite}）',
     transfer: '转接', to_agent: '转给客服', to_skill: '转到技能组', target: '客服 ID 或技能组', note: '给接手客服的备注', do_transfer: '转接',
     close: '结束会话', disposition: '处理结果', d_resolved: '已解决', d_follow: '需要跟进', d_noresp: '访客无回应', d_spam: '垃圾或骚扰', d_dup: '重复咨询',
     close_note: '备注（可选）', do_close: '结束',
@@ -62,10 +73,20 @@ function Console() {
   this.convs = st.convs || {};
   this.sel = st.sel || '';
   this.presence = st.presence || null;
+  this.server = {};
   this.bind();
   this.applyLang();
-  var token = this.storage.getItem('unigate.console.token');
-  if (token) { this.login(token); } else { this.showLogin(); }
+  var self = this;
+  // The gateway's configuration first: the channel must be known before
+  // the first connection. Without it the console still works (plaintext,
+  // built-in replies).
+  var cfg = window.fetch ? fetch('config.json', { cache: 'no-cache' }).then(function (r) { return r.ok ? r.json() : {}; }) : Promise.resolve({});
+  cfg.then(null, function () { return {}; }).then(function (c) {
+    self.server = c || {};
+    self.fillCanned();
+    var token = self.storage.getItem('unigate.console.token');
+    if (token) { self.login(token); } else { self.showLogin(); }
+  });
 }
 
 Console.prototype.save = function () {
@@ -82,7 +103,14 @@ Console.prototype.bind = function () {
   $('login').addEventListener('submit', function (e) {
     e.preventDefault();
     var tok = $('token').value.replace(/\s+/g, '');
-    if (tok) { self.login(tok); }
+    var user = $('username').value.replace(/^\s+|\s+$/g, ''), pass = $('password').value;
+    if (tok) {
+      self.login(tok);
+    } else if (user && pass) {
+      self.login('', { username: user, password: pass });
+    } else {
+      self.flash(self.t.need_login);
+    }
   });
   $('signout').addEventListener('click', function () { self.logout(); });
   $('lang').addEventListener('change', function () {
@@ -107,7 +135,8 @@ Console.prototype.bind = function () {
   $('canned').addEventListener('change', function () {
     if (this.value) {
       var inp = $('input');
-      inp.value = (inp.value ? inp.value + ' ' : '') + this.value.replace('{me}', self.me);
+      var cur = inp.value.replace(/\s+$/, '');
+      inp.value = (cur ? cur + ' ' : '') + this.value.replace(/\{me\}/g, self.me);
       this.value = '';
       inp.focus();
       self.typed();
@@ -140,22 +169,47 @@ Console.prototype.fillCanned = function () {
   var sel = $('canned'), t = this.t;
   sel.textContent = '';
   sel.appendChild(el('option', { value: '', text: t.canned_pick }));
-  var list = CANNED[t.lang === 'zh-CN' ? 'zh' : 'en'].concat(loadJSON(window.localStorage, 'unigate.console.canned') || []);
-  list.forEach(function (c) { sel.appendChild(el('option', { value: c, text: c.length > 60 ? c.slice(0, 57) + '…' : c })); });
+  // The team's replies (web.canned_replies), the built-in ones, this
+  // browser's own, each group labelled.
+  [[t.canned_server, (this.server && this.server.cannedReplies) || [], 'server'],
+    [t.canned_builtin, CANNED[t.lang === 'zh-CN' ? 'zh' : 'en'], 'builtin'],
+    [t.canned_own, loadJSON(window.localStorage, 'unigate.console.canned') || [], 'own']].forEach(function (g) {
+    if (!g[1].length) { return; }
+    var group = el('optgroup', { label: g[0], 'data-source': g[2] });
+    g[1].forEach(function (c) { group.appendChild(el('option', { value: c, text: c.length > 60 ? c.slice(0, 57) + '…' : c })); });
+    sel.appendChild(group);
+  });
 };
 
 Console.prototype.showLogin = function () {
   document.body.setAttribute('data-view', 'login');
+  $('username').value = this.storage.getItem('unigate.console.user') || '';
   $('token').focus();
 };
 
-Console.prototype.login = function (token) {
-  var self = this;
+// secure returns the client's secure options from the gateway's
+// configuration: the channel from the start when the gateway requires it,
+// and as the fallback when it refuses a plaintext hello for our tenant.
+Console.prototype.secure = function () {
+  var sc = this.server.crypto;
+  if (!sc || !sc.module) { return { on: null, fallback: null }; }
+  var o = { module: sc.module, suites: sc.suites, keys: sc.keys };
+  return { on: sc.required ? o : null, fallback: o };
+};
+
+// login signs in with a token, or with credentials for the gateway's
+// authentication hook. A token is kept for the tab (sessionStorage); a
+// password never is: after a reload the session resumes with its resume
+// token or the form asks again.
+Console.prototype.login = function (token, cred) {
+  var self = this, sec = this.secure();
   this.token = token;
-  this.storage.setItem('unigate.console.token', token);
+  if (token) { this.storage.setItem('unigate.console.token', token); }
+  if (cred) { this.storage.setItem('unigate.console.user', cred.username); $('password').value = ''; }
   document.body.setAttribute('data-view', 'main');
   this.client = new Client({
-    url: wsURL(location.origin), token: token, clientName: 'console/1.0.0',
+    url: wsURL(location.origin), token: token, credentials: cred, clientName: 'console/1.1.0',
+    secure: sec.on, secureFallback: sec.fallback,
     storage: this.storage, storageKey: 'unigate.console.session',
     onStatus: function (s, d) { self.onStatus(s, d); },
     onWelcome: function (w) { self.onWelcome(w); },
@@ -185,8 +239,10 @@ Console.prototype.logout = function () {
 
 Console.prototype.onStatus = function (s, d) {
   this.conn = s;
-  $('conn').textContent = this.t['conn_' + s] || s;
+  var info = this.client && this.client.secureInfo;
+  $('conn').textContent = (this.t['conn_' + s] || s) + (s === 'online' && info ? ' · ' + fmt(this.t.secure_on, { suite: info.suite }) : '');
   document.body.setAttribute('data-conn', s);
+  document.body.setAttribute('data-secure', s === 'online' && info ? info.suite : '');
   if (s === 'failed') {
     this.flash(errorText(this.t, d));
     if (d && d.code >= 2000 && d.code < 3000) { this.logout(); this.flash(errorText(this.t, d)); }
@@ -200,7 +256,15 @@ Console.prototype.flash = function (text) {
 Console.prototype.onWelcome = function (w) {
   this.me = w.userId;
   $('me').textContent = w.userId;
-  if (w.role !== 'ROLE_AGENT') { this.flash(errorText(this.t, { code: 2003 })); this.client.stop(true); return; }
+  if (w.role !== 'ROLE_AGENT') {
+    // Not an agent (e.g. credentials on a gateway without an
+    // authentication hook made this an anonymous visitor): back to the form.
+    this.client.stop(true);
+    this.storage.removeItem('unigate.console.token');
+    this.showLogin();
+    this.flash(errorText(this.t, { code: 2003 }));
+    return;
+  }
   this.flash('');
   if (this.presence) { this.client.notify({ presence: this.presence }); }
   this.render();
@@ -250,6 +314,9 @@ Console.prototype.onEvent = function (env) {
     c.agentId = e.agentId || '';
     c.skill = e.skill || '';
     c.reason = e.reason || '';
+    // What the bot, the router and the visitor's open said; kept when a
+    // later event leaves a field out.
+    ['intent', 'summary', 'routing', 'region', 'language', 'page'].forEach(function (k) { if (e[k]) { c[k] = e[k]; } });
     c.lastSeq = Math.max(num(e.lastSeq), c.lastSeq || 0);
     if (!this.sel && this.mine(c)) { this.sel = c.id; }
     if (st === 'STATE_CLOSED' || !this.mine(c)) { c.typing = false; }
@@ -464,9 +531,12 @@ Console.prototype.render = function () {
   var ctx = $('ctx');
   ctx.textContent = '';
   [[t.c_visitor, c.visitorId], [t.c_conv, c.id], [t.c_skill, c.skill || '—'], [t.c_state, t['state_' + c.state] || c.state], [t.c_reason, c.reason || '—'],
+    [t.c_intent, c.intent, 'intent'], [t.c_summary, c.summary, 'summary'], [t.c_routing, c.routing, 'routing'],
+    [t.c_region, c.region, 'region'], [t.c_language, c.language, 'language'], [t.c_page, c.page, 'page'],
     [t.c_msgs, String(c.msgs.filter(function (m) { return m.k === 'm'; }).length)], [t.c_since, first ? new Date(first.ts).toLocaleString(t.lang) : '—']].forEach(function (r) {
+    if (r[2] && !r[1]) { return; } // the bot and router fields only when there
     ctx.appendChild(el('dt', { text: r[0] }));
-    ctx.appendChild(el('dd', { text: r[1] || '' }));
+    ctx.appendChild(el('dd', { text: r[1] || '', 'data-field': r[2] || null, class: r[2] === 'summary' || r[2] === 'routing' ? 'long' : null }));
   });
 };
 

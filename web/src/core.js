@@ -17,8 +17,17 @@
 //     cursor is dropped, so the page sees each message once.
 // Resume token, cursors and pending sends live in the storage given
 // (sessionStorage by default), so a page reload continues the session.
+//
+// With o.secure ({module, suites, keys}) the connection runs the
+// application-layer secure channel of docs/protocol.md ("Encrypted
+// connections"): the client module (web/crypto, GM suite) is imported on
+// first use, the handshake runs right after the upgrade, and from then on
+// every envelope travels sealed in a record. A server that refuses a
+// plaintext hello because it wants encryption (2003, "encrypt…") makes the
+// client switch to o.secureFallback (the gateway's own keys) at once.
 
 var SUBPROTOCOL = 'unigate.v1.json';
+var SECURE_SWITCH = '\u0000secure'; // a refusal that moves us to the secure channel
 var MIN_BACKOFF = 250, MAX_BACKOFF = 30000, DRAIN_SPREAD = 1000, HELLO_TIMEOUT = 10000;
 
 function num(v) { return v === undefined || v === null || v === '' ? 0 : Number(v); }
@@ -60,6 +69,35 @@ function retryIn(s) {
   return m ? Number(m[1]) * 1000 : 0;
 }
 
+// b64 and unb64: the secure envelope's data (standard base64).
+function b64(u8) {
+  var s = '';
+  for (var i = 0; i < u8.length; i += 0x8000) { s += String.fromCharCode.apply(null, u8.subarray(i, i + 0x8000)); }
+  return btoa(s);
+}
+
+function unb64(s) {
+  var bin = atob(s || ''), u8 = new Uint8Array(bin.length);
+  for (var i = 0; i < bin.length; i++) { u8[i] = bin.charCodeAt(i); }
+  return u8;
+}
+
+// Crypto client modules by URL, imported once per page.
+var cryptoModules = {};
+
+function loadCrypto(url) {
+  if (!cryptoModules[url]) {
+    cryptoModules[url] = import(url);
+    cryptoModules[url].catch(function () { delete cryptoModules[url]; }); // try again on the next dial
+  }
+  return cryptoModules[url];
+}
+
+// wantsEncryption: a hello refused because the server wants the channel.
+function wantsEncryption(e) {
+  return e && e.code === 2003 && /encrypt/i.test(e.message || '');
+}
+
 function Client(o) {
   this.o = o;
   this.storage = o.storage || storageOf();
@@ -71,6 +109,9 @@ function Client(o) {
   this.prefix = st.pfx || randomId();
   this.counter = st.n || 0;
   this.userId = st.uid || '';
+  // A page that was switched to the channel once starts with it.
+  this.secure = o.secure || (st.sec && o.secureFallback) || null;
+  this.ticket = null; // resumption session of the channel, in memory only
   this.ws = null;
   this.ready = false;
   this.nextId = 0;
@@ -96,7 +137,7 @@ function Client(o) {
 }
 
 Client.prototype._save = function () {
-  saveJSON(this.storage, this.key, { rt: this.resume, cur: this.cursors, pend: this.pending, pfx: this.prefix, n: this.counter, uid: this.userId });
+  saveJSON(this.storage, this.key, { rt: this.resume, cur: this.cursors, pend: this.pending, pfx: this.prefix, n: this.counter, uid: this.userId, sec: !!this.secure && !this.o.secure });
 };
 
 Client.prototype._emit = function (name) {
@@ -142,30 +183,105 @@ Client.prototype._connect = function () {
   this.timer = 0;
   this.serverWait = false;
   this.stats.dials++;
-  this._status('connecting');
-  var ws;
+  this._status('connecting', { secure: !!this.secure });
+  var ws, link = { opened: false, sec: null };
   try {
     ws = new WebSocket(this.o.url, [SUBPROTOCOL]);
   } catch (e) {
-    this._closed({ code: 1006, reason: String(e) });
+    this._closed({ code: 1006, reason: String(e) }, link);
     return;
   }
   this.ws = ws;
+  this.link = link;
   var helloTimer = 0;
   ws.onopen = function () {
+    link.opened = true;
     helloTimer = setTimeout(function () { if (self.ws === ws) { self._abandon(); } }, HELLO_TIMEOUT);
-    self._hello(ws);
+    if (self.secure) { self._handshake(ws, link); } else { self._hello(ws); }
   };
-  ws.onmessage = function (ev) {
-    var env;
-    try { env = JSON.parse(ev.data); } catch (e) { return; }
+  var gotEnv = function (env) {
     if (env.welcome || (env.error && env.id === self.helloId)) { clearTimeout(helloTimer); }
     self._handle(ws, env);
   };
+  ws.onmessage = function (ev) {
+    if (self.ws !== ws) { return; }
+    if (link.sec) {
+      // Records carry implicit sequence numbers: one at a time, in order.
+      link.sec.rx = link.sec.rx.then(function () { return self._secureIn(ws, link, ev.data, gotEnv); });
+      return;
+    }
+    var env;
+    try { env = JSON.parse(ev.data); } catch (e) { return; }
+    gotEnv(env);
+  };
   ws.onclose = function (ev) {
     clearTimeout(helloTimer);
-    if (self.ws === ws) { self._closed(ev); }
+    if (self.ws === ws) { self._closed(ev, link); }
   };
+};
+
+// _handshake starts the secure channel on a fresh connection: ClientHello
+// now, ServerHello and Finished in _secureIn, then the hello.
+Client.prototype._handshake = function (ws, link) {
+  var self = this, sec = this.secure;
+  link.sec = { rx: Promise.resolve(), tx: Promise.resolve(), hs: null, conn: null, mod: null };
+  link.sec.rx = loadCrypto(sec.module).then(function (mod) {
+    link.sec.mod = mod;
+    var keys = (sec.keys || []).map(function (k) { return { alg: k.alg, publicKey: mod.fromHex(k.publicKey) }; });
+    var session = self.ticket && self.ticket.expiry > Date.now() ? self.ticket : null;
+    self.ticket = null; // tickets are single use
+    return mod.ClientHandshake.create({ suites: sec.suites || ['GM'], serverKeys: keys, session: session });
+  }).then(function (hs) {
+    link.sec.hs = hs;
+    if (self.ws === ws) { ws.send(JSON.stringify({ secure: { data: b64(hs.hello) } })); }
+  }, function (e) {
+    if (self.ws !== ws) { return; }
+    if (e && e.code) { self._secureFailed(e); return; }
+    self._abandon(); // the module did not load: like a network failure
+  });
+};
+
+// _secureIn handles one message of an encrypted connection.
+Client.prototype._secureIn = function (ws, link, data, gotEnv) {
+  var self = this, s = link.sec, env;
+  if (this.ws !== ws || !s.hs) { return null; }
+  try { env = JSON.parse(data); } catch (e) { env = null; }
+  if (!env || !env.secure) {
+    // A plaintext envelope: the server does not run the channel (1001), or
+    // it refused us before the handshake (a limit: 4000 and a close).
+    if (env && env.error && env.error.code === 4000) { this.refusal = env.error.message; return null; }
+    this._secureFailed({ code: 0, plaintext: true, message: env && env.error ? env.error.message : 'plaintext' });
+    return null;
+  }
+  var msg = unb64(env.secure.data);
+  if (!s.conn) {
+    return s.hs.handleServerHello(msg).then(function (r) {
+      if (self.ws !== ws) { return; }
+      s.conn = r.conn;
+      self.secureInfo = { suite: r.conn.suite.name, resumed: !!r.conn.resumed };
+      ws.send(JSON.stringify({ secure: { data: b64(r.finished) } }));
+      self._hello(ws);
+    }).catch(function (e) { if (self.ws === ws) { self._secureFailed(e); } });
+  }
+  if (s.mod.isNewSessionTicket(msg)) {
+    return s.hs.handleNewSessionTicket(msg).then(function (t) { self.ticket = t; }, function () { /* no resumption, nothing else lost */ });
+  }
+  return s.conn.open(msg).then(function (pt) {
+    var inner;
+    try { inner = JSON.parse(new TextDecoder().decode(pt)); } catch (e) { return; }
+    if (self.ws === ws) { gotEnv(inner); }
+  }).catch(function (e) {
+    // A close record (33) ends the connection normally: the close follows.
+    if (self.ws === ws && !(e && e.code === 33)) { self._secureFailed(e); }
+  });
+};
+
+// _secureFailed: the channel could not be set up or a record did not open.
+// A server key that does not match the pin, a bad signature or Finished,
+// a record that does not open: someone may sit in between, so no retry
+// (docs/protocol.md, "Encrypted connections").
+Client.prototype._secureFailed = function (e) {
+  this._fail({ secure: true, code: 0, cryptoCode: e && e.code, plaintext: !!(e && e.plaintext), message: String((e && e.message) || e) });
 };
 
 // _abandon gives up the current socket at once, as if the network had
@@ -175,7 +291,7 @@ Client.prototype._abandon = function () {
   if (!ws) { return; }
   ws.onclose = ws.onmessage = null;
   try { ws.close(); } catch (e) { /* gone */ }
-  this._closed({ code: 1006, reason: '' });
+  this._closed({ code: 1006, reason: '' }, this.link);
 };
 
 Client.prototype._hello = function (ws) {
@@ -184,7 +300,16 @@ Client.prototype._hello = function (ws) {
     if (cursors.length < 256) { cursors.push({ conversationId: conv, lastSeq: String(this.cursors[conv]) }); }
   }
   var h = { clientName: this.o.clientName || 'web' };
-  if (this.o.token) { h.token = this.o.token; } else if (this.o.tenant) { h.tenant = this.o.tenant; }
+  var cred = this.o.credentials;
+  if (this.o.token) {
+    h.token = this.o.token;
+  } else if (cred && cred.username) {
+    // Checked by the gateway's authentication hook (docs/backends.md).
+    h.username = cred.username;
+    h.password = cred.password;
+  } else if (this.o.tenant) {
+    h.tenant = this.o.tenant;
+  }
   if (this.resume) { h.resumeToken = this.resume; }
   if (cursors.length) { h.cursors = cursors; }
   this.helloId = String(++this.nextId);
@@ -193,36 +318,61 @@ Client.prototype._hello = function (ws) {
 
 Client.prototype._write = function (ws, env) {
   if (!ws || ws.readyState !== 1) { return false; }
+  var s = this.link && this.ws === ws ? this.link.sec : null;
+  if (s) {
+    // Sealed in write order (implicit sequence numbers); a record lost to
+    // a close is sent again after the reconnect like any pending send.
+    if (!s.conn) { return false; }
+    var self = this, pt = new TextEncoder().encode(JSON.stringify(env));
+    s.tx = s.tx.then(function () { return s.conn.seal(pt); }).then(function (rec) {
+      if (ws.readyState === 1) { ws.send(JSON.stringify({ secure: { data: b64(rec) } })); }
+    }).catch(function (e) { if (self.ws === ws) { self._secureFailed(e); } });
+    return true;
+  }
   try { ws.send(JSON.stringify(env)); return true; } catch (e) { return false; }
 };
 
-// _closed decides when to come back (docs/protocol.md section 7).
-Client.prototype._closed = function (ev) {
+// _closed decides when to come back (docs/protocol.md section 7). The
+// status detail says why, for the page: kind "busy" (the server asked us
+// to wait: close 1013, or 1008 with "retry in N s"), "unreachable" (the
+// socket never opened: the server is down or refused the upgrade, e.g.
+// 429/503, which a browser cannot see), "network" (a drop), "drain" (1001)
+// or "secure" (switching to the secure channel).
+Client.prototype._closed = function (ev, link) {
   var wasReady = this.ready;
   this.ws = null;
+  this.link = null;
   this.ready = false;
   this._failWaiters();
   if (wasReady) { this.attempt = 0; }
   if (this.stopped || this.failed) { return; }
   var code = ev.code, reason = ev.reason || this.refusal || '';
+  var toSecure = this.refusal === SECURE_SWITCH;
   this.refusal = '';
-  var wait = retryIn(reason), d;
-  if ((code === 1013 || code === 1008) && wait > 0) {
+  var wait = retryIn(reason), d, kind;
+  if (toSecure) {
+    d = Math.random() * MIN_BACKOFF;
+    kind = 'secure';
+  } else if ((code === 1013 || code === 1008) && wait > 0) {
     d = wait + Math.random() * wait / 4;
     this.serverWait = true;
+    kind = 'busy';
   } else if (code === 1013) {
     d = 1000 + Math.random() * 250;
     this.serverWait = true;
+    kind = 'busy';
   } else if (code === 1008 || code === 1002 || code === 1007 || code === 1009 || code === 1003) {
-    this._fail({ close: code, message: reason });
+    this._fail({ close: code, message: reason, policy: code === 1008 });
     return;
   } else if (code === 1001) {
     d = Math.random() * DRAIN_SPREAD;
+    kind = 'drain';
   } else {
     d = Math.random() * Math.min(MAX_BACKOFF, MIN_BACKOFF * Math.pow(2, Math.min(this.attempt, 30)));
     this.attempt++;
+    kind = link && !link.opened ? 'unreachable' : 'network';
   }
-  this._status('reconnecting', { inMillis: Math.round(d), close: code });
+  this._status('reconnecting', { inMillis: Math.round(d), at: Date.now() + Math.round(d), close: code, kind: kind, attempt: this.attempt });
   this._schedule(d);
 };
 
@@ -257,6 +407,15 @@ Client.prototype._handle = function (ws, env) {
       return;
     }
     if (e.code === 4000) { this.refusal = e.message; return; } // the close follows
+    if (wantsEncryption(e) && !this.secure && this.o.secureFallback && this.o.secureFallback.module) {
+      // The server wants the channel and told us its keys: the close
+      // follows, then we dial again encrypted.
+      this.secure = this.o.secureFallback;
+      this.refusal = SECURE_SWITCH;
+      this._save();
+      return;
+    }
+    if (wantsEncryption(e)) { e = { code: 2003, message: e.message, needsSecure: true }; }
     if (!e.temporary) { this._fail(e); }
     return;
   }
@@ -399,6 +558,9 @@ Client.prototype.lastSeq = function (conv) { return num(this.cursors[conv]); };
 function errorText(t, e) {
   if (!e) { return ''; }
   if (e.disconnected) { return t.err_disconnected; }
+  if (e.secure) { return e.plaintext ? t.err_secure_unsupported : t.err_secure; }
+  if (e.needsSecure) { return t.err_needs_secure; }
+  if (e.policy) { return t.err_policy; }
   if (e.close) { return t['err_close'] || t.err_2000; }
   var code = e.code || 0;
   return t['err_' + code] || t['err_' + Math.floor(code / 1000) * 1000] || t.err_5000;
@@ -441,6 +603,10 @@ var ERRORS = {
   en: {
     err_disconnected: 'Not connected. Your message will be sent when the connection is back.',
     err_close: 'The server ended the connection. Reload the page to try again.',
+    err_policy: 'The service does not allow this connection (not allowed from this page, or the sign-in was refused).',
+    err_secure: 'The encrypted connection could not be verified, so it was not used. Please contact the site owner.',
+    err_secure_unsupported: 'The server did not accept an encrypted connection.',
+    err_needs_secure: 'This service accepts encrypted connections only, and this page does not set one up.',
     err_1000: 'The request was not understood.', err_1003: 'That message is too long.',
     err_2000: 'Please sign in again.', err_2001: 'Your sign-in is not valid.', err_2002: 'Your sign-in has expired. Please sign in again.',
     err_2003: 'You are not allowed to do that.', err_2004: 'Your previous session has expired.',
@@ -452,6 +618,10 @@ var ERRORS = {
   zh: {
     err_disconnected: '连接已断开，恢复后将自动发送消息。',
     err_close: '服务器已断开连接，请刷新页面重试。',
+    err_policy: '服务不允许此连接（不允许从此页面访问，或登录被拒绝）。',
+    err_secure: '加密连接未能通过验证，已停止使用。请联系网站管理员。',
+    err_secure_unsupported: '服务器不接受加密连接。',
+    err_needs_secure: '此服务只接受加密连接，但本页面未配置加密。',
     err_1000: '请求无法识别。', err_1003: '消息太长。',
     err_2000: '请重新登录。', err_2001: '登录凭证无效。', err_2002: '登录已过期，请重新登录。',
     err_2003: '您无权执行此操作。', err_2004: '之前的会话已过期。',

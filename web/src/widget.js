@@ -4,7 +4,12 @@
 // Attributes: data-server (gateway origin; default: where the script came
 // from), data-tenant, data-lang (zh-CN or en; default: the browser's),
 // data-token (a signed visitor token; default: anonymous), data-skill,
-// data-title, data-color, data-open ("true": start opened).
+// data-region (sent in open, for routing), data-title, data-color,
+// data-open ("true": start opened), data-crypto ("gm": run the GM secure
+// channel) with data-crypto-key (the gateway's SM2 public key, hex, from
+// unigate keygen; several separated by commas).
+// SERVER (bound by web.go) is what the gateway says of itself: whether it
+// requires the secure channel, its keys, the crypto client's URL.
 // Everything lives in an open shadow root, so the host page's CSS cannot
 // reach it; styles are a constructed stylesheet (no inline style, so a
 // strict style-src works).
@@ -26,7 +31,16 @@ var TEXT = {
     n_assigned: 'Agent {a} joined the conversation.', n_transferred: 'You are being transferred to another agent.',
     n_closed: 'The conversation has ended.', n_reason: 'Reason: {r}', n_lost: 'Your previous conversation has expired.',
     new_chat: 'Start a new conversation', unread: '{n} new messages',
-    leave_msg: 'No agent is available right now. Leave a message and we will answer as soon as possible.'
+    leave_msg: 'No agent is available right now. Leave a message and we will answer as soon as possible.',
+    bot_tag: 'Bot', human: 'Talk to a human', human_msg: 'Talk to a human',
+    n_handoff_low: 'The assistant could not answer that. Connecting you to a human agent…',
+    leave_title: 'No agent is online right now.', leave_help: 'Leave your message here; it is kept, and an agent will answer as soon as one is online.',
+    contact_label: 'Email or phone (optional)', contact_prefix: 'Contact: ', n_left: 'Message left. An agent will reply when one is online.',
+    eta_soon: 'Estimated wait: under a minute.',
+    conn_busy: 'The service is busy. Retrying in {s} s…', conn_unreachable: 'Cannot reach the service (it may be busy). Retrying in {s} s…',
+    conn_network: 'Connection lost. Reconnecting in {s} s…', conn_drain: 'The service is restarting. Reconnecting…', conn_secure: 'Setting up an encrypted connection…',
+    conn_online_secure: 'Online · encrypted ({suite})', conn_refused: 'Not allowed',
+    err_2003: 'This chat is not available here (not allowed).'
   },
   zh: {
     title: '在线客服', open_chat: '打开聊天', close_chat: '收起聊天', end_chat: '结束会话',
@@ -42,7 +56,16 @@ var TEXT = {
     n_assigned: '客服 {a} 已接入会话。', n_transferred: '正在为您转接其他客服。',
     n_closed: '会话已结束。', n_reason: '原因：{r}', n_lost: '之前的会话已过期。',
     new_chat: '开始新的会话', unread: '{n} 条新消息',
-    leave_msg: '暂时没有客服在线。请留言，我们会尽快回复您。'
+    leave_msg: '暂时没有客服在线。请留言，我们会尽快回复您。',
+    bot_tag: '机器人', human: '转人工', human_msg: '转人工',
+    n_handoff_low: '智能助手暂时无法回答这个问题，正在为您转接人工客服…',
+    leave_title: '暂时没有客服在线。', leave_help: '请在此留言，留言会被保存，客服上线后会尽快回复您。',
+    contact_label: '邮箱或电话（选填）', contact_prefix: '联系方式：', n_left: '留言成功，客服上线后会回复您。',
+    eta_soon: '预计等待不到 1 分钟。',
+    conn_busy: '服务繁忙，{s} 秒后重试…', conn_unreachable: '无法连接服务（可能繁忙），{s} 秒后重试…',
+    conn_network: '连接已断开，{s} 秒后重连…', conn_drain: '服务正在重启，正在重新连接…', conn_secure: '正在建立加密连接…',
+    conn_online_secure: '在线 · 已加密（{suite}）', conn_refused: '不允许访问',
+    err_2003: '此页面无法使用在线客服（不允许访问）。'
   }
 };
 
@@ -75,6 +98,15 @@ var CSS = [
   '.msg.mine{align-self:flex-end;align-items:flex-end}',
   '.msg.mine .bubble{background:var(--ug);color:#fff;border-color:transparent}',
   '.msg.bot .bubble{background:#f3efff;border-color:#dcd2fb}',
+  '.tag{display:inline-block;margin-left:4px;padding:0 5px;border-radius:6px;background:#6639ba;color:#fff;font-size:10px;line-height:15px;vertical-align:1px}',
+  '.quick{display:flex;justify-content:flex-end;padding:6px 10px 0;background:#fff;border-top:1px solid #e1e4e8}',
+  '.quick[hidden]{display:none}',
+  '.human{background:#fff;border:1px solid var(--ug);color:var(--ug);border-radius:14px;padding:3px 12px;cursor:pointer;font:inherit;font-size:13px}',
+  '.leave{background:#fff8e6;color:#5c3c00;padding:8px 12px;font-size:13px;border-top:1px solid #f0d58a;display:flex;flex-direction:column;gap:4px}',
+  '.leave[hidden]{display:none}',
+  '.leave strong{font-weight:600}',
+  '.leave input{font:inherit;border:1px solid #d0d7de;border-radius:6px;padding:5px 8px}',
+  'input:focus-visible{outline:3px solid #f0b400;outline-offset:2px}',
   '.msg .meta{font-size:11px;color:#6e7781;margin:2px 4px 0}',
   '.msg.failed .meta{color:#a1141d}',
   '.note{align-self:center;text-align:center;font-size:12px;color:#57606a;background:#eaeef2;border-radius:10px;padding:4px 10px;max-width:90%}',
@@ -100,6 +132,19 @@ function svgIcon() {
   return svg;
 }
 
+// secureConfig returns the client's secure options: the page's choice
+// (data-crypto, pinned keys) and the gateway's (SERVER.crypto).
+function secureConfig(cfg) {
+  var sc = (typeof SERVER === 'object' && SERVER && SERVER.crypto) || null;
+  var server = sc && sc.module ? { module: cfg.server + sc.module, suites: sc.suites, keys: sc.keys } : null;
+  var page = null;
+  if (/^gm$/i.test(cfg.crypto)) {
+    var pinned = (cfg.cryptoKey || '').split(/[\s,]+/).filter(Boolean).map(function (k) { return { alg: 'SM2', publicKey: k.toLowerCase() }; });
+    page = { module: server ? server.module : cfg.server + '/widget/unigate-crypto-gm.js', suites: ['GM'], keys: pinned.length ? pinned : server ? server.keys : [] };
+  }
+  return { secure: page || (sc && sc.required ? server : null), fallback: page || server };
+}
+
 function Widget(cfg) {
   this.cfg = cfg;
   this.t = strings(cfg.lang, TEXT);
@@ -115,12 +160,14 @@ function Widget(cfg) {
   this.waiting = st.waiting || []; // texts written before a conversation exists
   this.noteN = st.noteN || 0;
   this.done = st.done || []; // closed conversations the visitor put away
+  this.contactSent = st.contactSent || '';
+  this.leftNote = st.leftNote || '';
   this.nodes = new Map();
   this.opening = false;
-  var self = this;
+  var self = this, sec = secureConfig(cfg);
   this.client = new Client({
     url: wsURL(cfg.server), token: cfg.token, tenant: cfg.tenant, clientName: 'widget/' + VERSION,
-    storage: this.storage, storageKey: this.key + '.session',
+    storage: this.storage, storageKey: this.key + '.session', secure: sec.secure, secureFallback: sec.fallback,
     onStatus: function (s, d) { self.onStatus(s, d); },
     onWelcome: function (w, resumed) { self.onWelcome(w, resumed); },
     onEvent: function (env) { self.onEvent(env); },
@@ -135,7 +182,8 @@ function Widget(cfg) {
 
 Widget.prototype.save = function () {
   var items = this.items.length > 300 ? this.items.slice(-300) : this.items;
-  saveJSON(this.storage, this.key, { conv: this.conv, items: items, open: this.isOpen, readSent: this.readSent, peerRead: this.peerRead, unread: this.unread, waiting: this.waiting, noteN: this.noteN, done: this.done.slice(-20) });
+  saveJSON(this.storage, this.key, { conv: this.conv, items: items, open: this.isOpen, readSent: this.readSent, peerRead: this.peerRead, unread: this.unread, waiting: this.waiting, noteN: this.noteN, done: this.done.slice(-20),
+    contactSent: this.contactSent, leftNote: this.leftNote });
 };
 
 Widget.prototype.build = function () {
@@ -157,7 +205,10 @@ Widget.prototype.build = function () {
   this.badge = el('span', { class: 'badge', hidden: true, 'aria-hidden': 'true' });
   this.launcher = el('button', { class: 'launcher', type: 'button', 'aria-controls': 'ug-panel', 'aria-expanded': 'false', 'aria-label': t.open_chat,
     onclick: function () { self.toggle(); } }, [svgIcon(), this.badge]);
-  this.sub = el('div', { class: 'sub', role: 'status' });
+  // The status line ticks while waiting to reconnect; screen readers get
+  // each change once, from the hidden live region.
+  this.sub = el('div', { class: 'sub', 'aria-hidden': 'true' });
+  this.live = el('div', { class: 'sr', role: 'status' });
   this.endBtn = el('button', { class: 'icon end', type: 'button', text: t.end_chat, onclick: function () { self.end(); } });
   var minBtn = el('button', { class: 'icon min', type: 'button', 'aria-label': t.close_chat, text: '—', onclick: function () { self.toggle(false); } });
   var title = el('h2', { id: 'ug-title', text: this.cfg.title || t.title });
@@ -168,13 +219,22 @@ Widget.prototype.build = function () {
   this.input = el('textarea', { id: 'ug-input', rows: '1', 'aria-label': t.input_label, placeholder: t.placeholder, maxlength: '4000' });
   this.sendBtn = el('button', { class: 'send', type: 'submit', text: t.send });
   var form = el('form', { class: 'compose', onsubmit: function (e) { e.preventDefault(); self.submit(); } }, [this.input, this.sendBtn]);
+  this.humanBtn = el('button', { class: 'human', type: 'button', text: t.human, onclick: function () { self.submit(t.human_msg); } });
+  this.quick = el('div', { class: 'quick' }, [this.humanBtn]);
+  this.contact = el('input', { id: 'ug-contact', type: 'text', autocomplete: 'email', maxlength: '200' });
+  this.leave = el('div', { class: 'leave', role: 'region', 'aria-labelledby': 'ug-leave-title', hidden: true }, [
+    el('strong', { id: 'ug-leave-title', text: t.leave_title }),
+    el('span', { text: t.leave_help }),
+    el('label', { for: 'ug-contact', text: t.contact_label }),
+    this.contact
+  ]);
   this.input.addEventListener('keydown', function (e) {
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); self.submit(); }
   });
   this.input.addEventListener('input', function () { self.typed(); });
   this.panel = el('div', { class: 'panel', id: 'ug-panel', role: 'dialog', 'aria-modal': 'false', 'aria-labelledby': 'ug-title', hidden: true }, [
-    el('div', { class: 'head' }, [el('div', { class: 'grow' }, [title, el('div', { class: 'subline' }, [el('span', { class: 'dot', 'aria-hidden': 'true' }), this.sub])]), this.endBtn, minBtn]),
-    this.banner, this.alert, this.log, this.typingEl, form
+    el('div', { class: 'head' }, [el('div', { class: 'grow' }, [title, el('div', { class: 'subline' }, [el('span', { class: 'dot', 'aria-hidden': 'true' }), this.sub, this.live])]), this.endBtn, minBtn]),
+    this.banner, this.alert, this.log, this.typingEl, this.leave, this.quick, form
   ]);
   this.panel.addEventListener('keydown', function (e) {
     if (e.key === 'Escape') { e.stopPropagation(); self.toggle(false); self.launcher.focus(); }
@@ -199,10 +259,37 @@ Widget.prototype.toggle = function (open) {
 };
 
 Widget.prototype.onStatus = function (s, d) {
+  var self = this;
   this.conn = s;
+  this.connDetail = d || {};
+  clearInterval(this.tick);
+  if (s === 'reconnecting' && this.connDetail.at) {
+    // A visible countdown; render() leaves the live region alone.
+    this.tick = setInterval(function () { self.renderConn(); }, 1000);
+  }
   if (s === 'failed') { this.showError(d); }
   if (s === 'online') { this.showError(null); }
   this.render();
+};
+
+// connText is the status line: connection state, and why and how long
+// when waiting to reconnect.
+Widget.prototype.connText = function (live) {
+  var t = this.t, d = this.connDetail || {}, conn = this.conn || 'connecting';
+  if (conn === 'online' && this.client.secureInfo) { return fmt(t.conn_online_secure, { suite: this.client.secureInfo.suite }); }
+  if (conn === 'failed') { return d.policy || d.code === 2003 ? t.conn_refused : t.conn_failed; }
+  if (conn === 'reconnecting') {
+    var left = Math.max(0, Math.ceil(((live ? d.inMillis : d.at - Date.now()) || 0) / 1000));
+    var k = { busy: 'conn_busy', unreachable: 'conn_unreachable', network: 'conn_network', drain: 'conn_drain', secure: 'conn_secure' }[d.kind] || 'conn_network';
+    return fmt(t[k], { s: left });
+  }
+  if (conn === 'connecting' && d.secure) { return t.conn_secure; }
+  return t['conn_' + conn] || '';
+};
+
+Widget.prototype.renderConn = function () {
+  var v = this.connText(false);
+  if (this.sub.textContent !== v) { this.sub.textContent = v; }
 };
 
 Widget.prototype.showError = function (e) {
@@ -253,7 +340,15 @@ Widget.prototype.onEvent = function (env) {
     var st = c.state || '', changed = prev.state !== st, agentNew = c.agentId && c.agentId !== prev.agentId;
     if (changed || agentNew) {
       if (st === 'STATE_BOT' && changed) { this.note(t.n_bot); }
-      if (st === 'STATE_QUEUED' && changed) { this.note(prev.state === 'STATE_BOT' ? t.n_handoff : t.n_queued); }
+      if (st === 'STATE_QUEUED' && changed) {
+        if (c.reason === 'no_agent_online') {
+          this.note(t.leave_title + ' ' + t.leave_help);
+        } else if (prev.state === 'STATE_BOT') {
+          this.note(c.reason === 'low_confidence' ? t.n_handoff_low : t.n_handoff);
+        } else {
+          this.note(t.n_queued);
+        }
+      }
       if (st === 'STATE_TRANSFERRED' && changed) { this.note(t.n_transferred); }
       if ((st === 'STATE_ASSIGNED' || st === 'STATE_TRANSFERRED') && agentNew) { this.note(fmt(t.n_assigned, { a: c.agentId })); }
       if (st === 'STATE_CLOSED' && changed) {
@@ -357,15 +452,29 @@ Widget.prototype.stopTyping = function () {
   }
 };
 
-Widget.prototype.submit = function () {
-  var text = this.input.value.replace(/^\s+|\s+$/g, '');
+// submit sends what the visitor wrote (or text, e.g. the "talk to a
+// human" button's message) through the normal send path.
+Widget.prototype.submit = function (text) {
+  var fromInput = text === undefined;
+  text = (fromInput ? this.input.value : text).replace(/^\s+|\s+$/g, '');
   if (!text) { return; }
-  this.input.value = '';
+  if (fromInput) { this.input.value = ''; }
   this.stopTyping();
   if (this.conv && this.conv.state === 'STATE_CLOSED') { this.restart(); }
   if (this.conv) {
-    var cmid = this.client.send(this.conv.id, text);
-    this.items.push({ k: 'm', cmid: cmid, role: 'visitor', mine: true, text: text, ts: Date.now(), st: 'pending' });
+    if (this.leaving()) {
+      // Leave a message: the contact goes first, once per value.
+      var contact = this.contact.value.replace(/^\s+|\s+$/g, '');
+      if (contact && contact !== this.contactSent) {
+        this.contactSent = contact;
+        this.post(this.t.contact_prefix + contact);
+      }
+    }
+    this.post(text);
+    if (this.leaving() && this.leftNote !== this.conv.id) {
+      this.leftNote = this.conv.id;
+      this.note(this.t.n_left);
+    }
   } else {
     var w = { k: 'm', cmid: 'w' + Date.now().toString(36) + Math.random().toString(36).slice(2, 6), role: 'visitor', mine: true, text: text, ts: Date.now(), st: 'pending', wait: true };
     this.items.push(w);
@@ -376,13 +485,31 @@ Widget.prototype.submit = function () {
   this.render();
 };
 
+// leaving: no agent is online; what the visitor writes is kept for the
+// first agent who comes online (reason no_agent_online).
+Widget.prototype.leaving = function () {
+  return !!this.conv && this.conv.state === 'STATE_QUEUED' && this.conv.reason === 'no_agent_online';
+};
+
+// visitorContext is what open tells the agent and the router about the
+// visitor: region (data-region), language (data-lang, else the
+// browser's), page (origin and path: the query and fragment may carry
+// personal data).
+Widget.prototype.visitorContext = function () {
+  var c = {}, cfg = this.cfg;
+  if (cfg.region) { c.region = cfg.region.slice(0, 64); }
+  if (cfg.lang) { c.language = cfg.lang.slice(0, 35); }
+  try { c.page = (location.origin + location.pathname).slice(0, 1024); } catch (e) { /* opaque origin */ }
+  return c;
+};
+
 // openConversation opens a conversation for the messages written before
 // one existed, then sends them.
 Widget.prototype.openConversation = function () {
   var self = this;
   if (this.opening || this.conv || !this.client.ready) { return; }
   this.opening = true;
-  var open = {};
+  var open = this.visitorContext();
   if (this.cfg.skill) { open.skill = this.cfg.skill; }
   this.client.request({ open: open }).then(function () {
     // The answer went through onEvent already (it is a conversation event).
@@ -403,6 +530,11 @@ Widget.prototype.openConversation = function () {
     self.save();
     self.render();
   });
+};
+
+Widget.prototype.post = function (text) {
+  var cmid = this.client.send(this.conv.id, text);
+  this.items.push({ k: 'm', cmid: cmid, role: 'visitor', mine: true, text: text, ts: Date.now(), st: 'pending' });
 };
 
 Widget.prototype.flushWaiting = function () {
@@ -441,8 +573,10 @@ Widget.prototype.nodeFor = function (m) {
       n = el('div', { class: 'note', text: m.text });
     } else {
       var label = m.mine ? t.you : t[m.role] || t.agent;
-      n = el('div', { class: 'msg ' + m.role + (m.mine ? ' mine' : '') }, [
-        el('span', { class: 'who', text: label }),
+      // A bot's answer says so, in words a screen reader reads too.
+      var who = m.role === 'bot' ? el('span', { class: 'who' }, [label, el('span', { class: 'tag', text: t.bot_tag })]) : el('span', { class: 'who', text: label });
+      n = el('div', { class: 'msg ' + m.role + (m.mine ? ' mine' : ''), 'data-role': m.role }, [
+        who,
         el('div', { class: 'bubble', text: m.text }),
         el('span', { class: 'meta' })
       ]);
@@ -474,12 +608,20 @@ Widget.prototype.render = function () {
   this.badge.hidden = !this.unread || this.isOpen;
   this.badge.textContent = this.unread > 9 ? '9+' : String(this.unread);
   this.launcher.title = this.unread ? fmt(t.unread, { n: this.unread }) : '';
-  this.sub.textContent = t['conn_' + conn] || '';
+  this.box.setAttribute('data-wait', conn === 'reconnecting' ? (this.connDetail || {}).kind || '' : conn === 'failed' ? 'failed' : '');
+  this.box.setAttribute('data-secure', this.client.secureInfo && conn === 'online' ? this.client.secureInfo.suite : '');
+  this.renderConn();
+  var live = this.connText(true);
+  if (this.live.textContent !== live) { this.live.textContent = live; }
   this.endBtn.hidden = !this.conv || this.conv.state === 'STATE_CLOSED';
+  var leaving = this.leaving();
+  this.box.setAttribute('data-leave', leaving ? 'true' : 'false');
+  this.leave.hidden = !leaving;
+  this.quick.hidden = !(!this.conv || this.conv.state === 'STATE_BOT' || this.conv.state === 'STATE_CLOSED');
   var banner = '';
-  if (this.conv && this.conv.state === 'STATE_QUEUED' && this.conv.pos) {
+  if (this.conv && this.conv.state === 'STATE_QUEUED' && this.conv.pos && !leaving) {
     banner = this.conv.pos === 1 ? t.queue_next : fmt(t.queue, { n: this.conv.pos });
-    if (this.conv.eta) { banner += ' ' + fmt(t.eta, { m: Math.max(1, Math.round(this.conv.eta / 60)) }); }
+    if (this.conv.eta) { banner += ' ' + (this.conv.eta < 60 ? t.eta_soon : fmt(t.eta, { m: Math.round(this.conv.eta / 60) })); }
   }
   if (this.banner.textContent !== banner) { this.banner.textContent = banner; }
   // Messages: reuse nodes, move only what is out of place.
@@ -510,8 +652,9 @@ Widget.prototype.render = function () {
   var ds = (script && script.dataset) || {};
   var server = ds.server || (script && script.src ? new URL(script.src, location.href).origin : location.origin);
   var cfg = {
-    server: server.replace(/\/+$/, ''), tenant: ds.tenant || '', token: ds.token || '', skill: ds.skill || '',
-    lang: ds.lang || navigator.language || 'en', title: ds.title || '', color: ds.color || '', open: ds.open === 'true'
+    server: server.replace(/\/+$/, ''), tenant: ds.tenant || '', token: ds.token || '', skill: ds.skill || '', region: ds.region || '',
+    lang: ds.lang || navigator.language || 'en', title: ds.title || '', color: ds.color || '', open: ds.open === 'true',
+    crypto: ds.crypto || '', cryptoKey: ds.cryptoKey || ''
   };
   var api = window.UnigateWidget = { version: VERSION };
   function boot() {

@@ -1,0 +1,317 @@
+package main
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"html"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
+
+	"github.com/unigate/unigate/crypto"
+	"github.com/unigate/unigate/internal/config"
+)
+
+// cannedFromConfig is a canned reply the test gateway has in
+// web.canned_replies.
+const cannedFromConfig = "Your order ships within 2 working days."
+
+// hostPages serves pages of "another site" that embed the widget from a
+// gateway, the way integrators do: another origin, and a strict CSP that
+// lets in only the gateway's script and WebSocket.
+type hostPages struct {
+	*httptest.Server
+	mu    sync.Mutex
+	pages map[string]hostPage
+}
+
+type hostPage struct{ gateway, attrs string }
+
+func newHostPages(t *testing.T) *hostPages {
+	h := &hostPages{pages: map[string]hostPage{}}
+	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.mu.Lock()
+		p, ok := h.pages[strings.TrimPrefix(r.URL.Path, "/page/")]
+		h.mu.Unlock()
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		gwHost := strings.TrimPrefix(p.gateway, "http://")
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; script-src "+p.gateway+"; connect-src ws://"+gwHost+
+			"; img-src data:; style-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprintf(w, `<!doctype html><html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>Another site</title></head>
+<body><h1>Another site</h1><p>It embeds the Unigate widget from %s.</p>
+<script src="%s/widget/unigate-widget.js" %s async></script></body></html>`, html.EscapeString(p.gateway), p.gateway, p.attrs)
+	}))
+	t.Cleanup(h.Close)
+	return h
+}
+
+// add registers a page embedding the widget of gateway (an origin) with
+// extra script attributes, and returns its URL.
+func (h *hostPages) add(name, gateway, attrs string) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pages[name] = hostPage{gateway: gateway, attrs: attrs}
+	return h.URL + "/page/" + name
+}
+
+// sentEnvelopes decodes the plaintext JSON envelopes a page sent.
+func sentEnvelopes(t *testing.T, b *browser, name string) []map[string]json.RawMessage {
+	t.Helper()
+	var out []map[string]json.RawMessage
+	for _, f := range b.framesOf(name) {
+		var env map[string]json.RawMessage
+		if f.Sent && json.Unmarshal([]byte(f.Data), &env) == nil {
+			out = append(out, env)
+		}
+	}
+	return out
+}
+
+// webHumanButton: on another site's page (cross-origin, strict CSP), a
+// Chinese visitor presses 转人工 ("talk to a human"): it goes through the
+// normal path (open, then the message), the open carries the visitor
+// context (region from data-region, language, page), and the queue shows in
+// Chinese. With bot-first routing the FAQ bot hands off on this message.
+func webHumanButton(t *testing.T, b *browser, hosts *hostPages) {
+	p := b.page(t, "zh-host")
+	p.chinese()
+	page := hosts.add("zh", b.origin, `data-region="cn-east"`)
+	p.do("open the host page", chromedp.Navigate(page))
+	p.wait("widget connected", wBox+`.dataset.conn === 'online'`)
+	p.do("open the widget", chromedp.Click(chromedp.JSPath(wRoot+`.querySelector('.launcher')`)))
+	p.wait("talk-to-a-human button", wRoot+`.querySelector('.human').textContent === '转人工' && !`+wRoot+`.querySelector('.quick').hidden`)
+	p.do("press it", chromedp.Click(chromedp.JSPath(wRoot+`.querySelector('.human')`)))
+	p.wait("queued (or leave-a-message when nobody is online)", wBox+`.dataset.state === 'queued' && (`+wRoot+`.querySelector('.banner').textContent === '下一位就是您。' || `+wBox+`.dataset.leave === 'true') && `+
+		wHas("转人工")+` && `+wMsgs+`[0].dataset.seq !== ''`)
+	p.wait("no button while waiting for a human", wRoot+`.querySelector('.quick').hidden`)
+
+	var open struct{ Region, Language, Page string }
+	found := false
+	for _, env := range sentEnvelopes(t, b, "zh-host") {
+		if raw, ok := env["open"]; ok {
+			found = json.Unmarshal(raw, &open) == nil
+		}
+	}
+	if !found || open.Region != "cn-east" || open.Language != "zh-CN" || open.Page != hosts.URL+"/page/zh" {
+		t.Fatalf("open sent %+v (found %v), want region cn-east, language zh-CN, page %s", open, found, hosts.URL+"/page/zh")
+	}
+	// End it: the other subtests want an empty queue.
+	p.do("end the conversation", chromedp.Click(chromedp.JSPath(wRoot+`.querySelector('.end')`)))
+	p.wait("closed", wBox+`.dataset.state === 'closed'`)
+}
+
+// webBotFirst renders the bot-first flow of docs/protocol.md from the
+// envelopes the gateway sends (STATE_BOT, a ROLE_BOT answer, the hand-off to
+// STATE_QUEUED with its reason, queue position and ETA, no_agent_online and
+// leave-a-message), fed into the widget's protocol client, and the
+// console's rendering of the bot's intent and summary, the router's
+// explanation and the visitor context. The gateway's broker does not
+// produce these events yet (bot-first routing is being wired): when it
+// does, this test drives a real bot instead of feeding envelopes.
+func webBotFirst(t *testing.T, g *gateway, b *browser) {
+	v := b.page(t, "bot-visitor")
+	v.do("open /demo", chromedp.Navigate(b.origin+"/demo"))
+	v.wait("widget connected", wBox+`.dataset.conn === 'online'`)
+	v.do("open the widget", chromedp.Click(chromedp.JSPath(wRoot+`.querySelector('.launcher')`)))
+	feed := func(env string) {
+		t.Helper()
+		evalJS[bool](v, `(() => { const c = window.UnigateWidget.widget.client; c._handle(c.ws, `+env+`); return true; })()`)
+	}
+	notes := `[...` + wRoot + `.querySelectorAll('.note')].map(n => n.textContent)`
+
+	// A: the bot answers, cannot help, hands off; queue with ETA; an agent.
+	feed(`{conversation: {conversationId: 'c-bot-a', state: 'STATE_BOT', visitorId: 'v', agentId: 'bot'}}`)
+	feed(`{deliver: {conversationId: 'c-bot-a', seq: '1', senderId: 'bot', senderRole: 'ROLE_BOT', text: 'Orders ship within 2 days.', timestampMilli: '1718100000123'}}`)
+	v.wait("bot state and answer", wBox+`.dataset.state === 'bot' && `+notes+`.includes('You are chatting with our virtual assistant.') && `+
+		wRoot+`.querySelector('.msg.bot .tag').textContent === 'Bot' && !`+wRoot+`.querySelector('.quick').hidden && `+
+		wRoot+`.querySelector('.human').textContent === 'Talk to a human'`)
+	feed(`{conversation: {conversationId: 'c-bot-a', state: 'STATE_QUEUED', visitorId: 'v', reason: 'low_confidence'}}`)
+	feed(`{queue: {conversationId: 'c-bot-a', position: 3, etaSeconds: 120}}`)
+	v.wait("hand-off notice, position and ETA", notes+`.includes('The assistant could not answer that. Connecting you to a human agent…') && `+
+		wRoot+`.querySelector('.banner').textContent === 'You are number 3 in the queue. Estimated wait: about 2 min.' && `+wRoot+`.querySelector('.quick').hidden`)
+	feed(`{queue: {conversationId: 'c-bot-a', position: 1, etaSeconds: 20}}`)
+	v.wait("next, under a minute", wRoot+`.querySelector('.banner').textContent === 'You are next in the queue. Estimated wait: under a minute.'`)
+	feed(`{conversation: {conversationId: 'c-bot-a', state: 'STATE_ASSIGNED', visitorId: 'v', agentId: 'a9'}}`)
+	feed(`{conversation: {conversationId: 'c-bot-a', state: 'STATE_CLOSED', visitorId: 'v', agentId: 'a9', reason: 'resolved'}}`)
+	v.wait("assigned, closed", notes+`.includes('Agent a9 joined the conversation.') && `+wBox+`.dataset.state === 'closed' && `+wRoot+`.querySelector('.restart')`)
+
+	// B: the bot hands off while no agent is online: leave a message, sent
+	// through the normal path (the contact first).
+	v.do("start a new conversation", chromedp.Click(chromedp.JSPath(wRoot+`.querySelector('.restart')`)))
+	feed(`{conversation: {conversationId: 'c-bot-b', state: 'STATE_BOT', visitorId: 'v', agentId: 'bot'}}`)
+	feed(`{conversation: {conversationId: 'c-bot-b', state: 'STATE_QUEUED', visitorId: 'v', reason: 'no_agent_online'}}`)
+	feed(`{queue: {conversationId: 'c-bot-b', position: 1}}`)
+	v.wait("leave-a-message form", wBox+`.dataset.leave === 'true' && !`+wRoot+`.querySelector('.leave').hidden && `+wRoot+`.querySelector('.banner').textContent === '' && `+
+		notes+`.some(n => n.startsWith('No agent is online right now.')) && `+wRoot+`.querySelector('label[for=ug-contact]').textContent === 'Email or phone (optional)'`)
+	v.do("contact", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('#ug-contact')`), "me@example.com"))
+	left := "Please call me back about order 77."
+	v.do("message", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), left+kb.Enter))
+	v.wait("message left", notes+`.includes('Message left. An agent will reply when one is online.')`)
+	var texts []string
+	for _, env := range sentEnvelopes(t, b, "bot-visitor") {
+		var s struct{ ConversationID, Text string }
+		if raw, ok := env["send"]; ok && json.Unmarshal(raw, &s) == nil && s.ConversationID == "c-bot-b" {
+			texts = append(texts, s.Text)
+		}
+	}
+	if len(texts) != 2 || texts[0] != "Contact: me@example.com" || texts[1] != left {
+		t.Fatalf("left a message with sends %q, want the contact, then the message", texts)
+	}
+
+	// The console shows what the bot, the router and the visitor's open say.
+	c := b.page(t, "ctx-agent")
+	c.do("open the console", chromedp.Navigate(b.origin+"/console/"))
+	c.do("sign in", chromedp.SendKeys(chromedp.ID("token"), agentToken(t, g, "a-ctx")), chromedp.Click(chromedp.ID("signin")))
+	c.wait("console connected", `document.body.dataset.conn === 'online'`)
+	evalJS[bool](c, `(() => { window.unigateConsole.onEvent({conversation: {conversationId: 'c-ctx', state: 'STATE_ASSIGNED', visitorId: 'v-ctx', agentId: 'a-ctx',
+		intent: 'billing/refund', summary: 'Wants a refund for order 77.\nPaid twice.', routing: 'a-ctx: skill billing 1.0, load 0.2, region cn-east',
+		region: 'cn-east', language: 'zh-CN', page: 'https://shop.example.com/checkout'}}); return true; })()`)
+	field := func(name string) string {
+		return `document.querySelector('#ctx dd[data-field=` + name + `]').textContent`
+	}
+	c.wait("visitor context and routing", `document.body.dataset.selected === 'c-ctx' && `+field("intent")+` === 'billing/refund' && `+
+		field("summary")+` === 'Wants a refund for order 77.\nPaid twice.' && `+field("routing")+`.startsWith('a-ctx: skill billing') && `+
+		field("region")+` === 'cn-east' && `+field("language")+` === 'zh-CN' && `+field("page")+` === 'https://shop.example.com/checkout' && `+
+		`[...document.querySelectorAll('#ctx dt')].some(d => d.textContent === 'Why you (router)')`)
+}
+
+// webRefusals: a gateway with tiny limits. A second anonymous visitor from
+// one address is refused at its hello (close 1008, "retry in 10 s"): the
+// widget says the service is busy and waits at least what the server said,
+// then gets in once the first leaves. A page of a site the tenant does not
+// allow is refused for good (2003, close 1008): "not allowed", no retry. A
+// full gateway (max_connections) refuses the upgrade itself with 503, which
+// a browser cannot read: the widget says it cannot reach the service and
+// backs off until there is room.
+func webRefusals(t *testing.T, b *browser, hosts *hostPages) {
+	g := startGateway(t, func(c *config.Config) {
+		c.Limits.AnonymousPerIPConnections = 1
+		c.WebSocket.TenantOrigins = []string{"locked=https://only.example.test"}
+	})
+	origin := b.allowGateway(g)
+	first := b.pageAt(t, "refusal-first", origin)
+	first.do("open /demo", chromedp.Navigate(origin+"/demo"))
+	first.wait("first visitor connected", wBox+`.dataset.conn === 'online'`)
+	second := b.pageAt(t, "refusal-second", origin)
+	second.do("open /demo", chromedp.Navigate(origin+"/demo"))
+	second.wait("busy, with the server's wait", wBox+`.dataset.wait === 'busy' && /^The service is busy\. Retrying in \d+ s…$/.test(`+wRoot+`.querySelector('.sub').textContent) && `+
+		wRoot+`.querySelector('[role=status].sr').textContent.startsWith('The service is busy.')`)
+	if wait := evalJS[int](second, `window.UnigateWidget.widget.connDetail.inMillis`); wait < 10000 || wait > 12500 {
+		t.Errorf("the second visitor waits %d ms, want the server's 10 s plus at most a quarter", wait)
+	}
+	first.close() // the first visitor leaves
+	second.wait("the second gets in after its wait", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.wait === ''`)
+	if n := evalJS[int](second, `window.UnigateWidget.widget.client.stats.dials`); n != 2 {
+		t.Errorf("the second visitor dialled %d times, want 2 (refused, then after the server's wait)", n)
+	}
+
+	second.close() // its slot, for the next page
+	for deadline := time.Now().Add(10 * time.Second); g.limiter.Connections() > 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the gateway still holds %d connections after both visitors left", g.limiter.Connections())
+		}
+	}
+
+	locked := b.pageAt(t, "refusal-locked", origin)
+	locked.do("open a page the tenant does not allow", chromedp.Navigate(hosts.add("locked", origin, `data-tenant="locked" data-open="true"`)))
+	locked.wait("not allowed", wBox+`.dataset.wait === 'failed' && `+wRoot+`.querySelector('.sub').textContent === 'Not allowed' && `+
+		wRoot+`.querySelector('.alert').textContent === 'This chat is not available here (not allowed).'`)
+	if s := evalJS[map[string]any](locked, `(() => { const c = window.UnigateWidget.widget.client; return {dials: c.stats.dials, timer: c.timer, failed: !!c.failed}; })()`); s["dials"] != 1.0 || s["timer"] != 0.0 || s["failed"] != true {
+		t.Errorf("refused page: %v, want one dial, no retry scheduled", s)
+	}
+
+	full := startGateway(t, func(c *config.Config) { c.MaxConnections = 1 })
+	fullOrigin := b.allowGateway(full)
+	b.expect("Unexpected response code: 503")
+	one := b.pageAt(t, "full-first", fullOrigin)
+	one.do("open /demo", chromedp.Navigate(fullOrigin+"/demo"))
+	one.wait("connected", wBox+`.dataset.conn === 'online'`)
+	two := b.pageAt(t, "full-second", fullOrigin)
+	two.do("open /demo", chromedp.Navigate(fullOrigin+"/demo"))
+	two.wait("cannot reach (503 on the upgrade)", wBox+`.dataset.wait === 'unreachable' && /^Cannot reach the service \(it may be busy\)\. Retrying in \d+ s…$/.test(`+wRoot+`.querySelector('.sub').textContent)`)
+	one.close() // the first leaves
+	two.wait("room again", wBox+`.dataset.conn === 'online'`)
+}
+
+// webSecureGM: a gateway that requires the secure channel (crypto.required,
+// GM suites, an SM2 identity). The widget on another site's page pins the
+// gateway's key (data-crypto="gm", data-crypto-key), imports the GM client
+// (a separate asset, cross-origin with CORS), completes the handshake and
+// chats with an agent whose console learnt the key from
+// /console/config.json. Every WebSocket message of both pages is a secure
+// envelope and none carries the chat in clear. A page pinning another key
+// refuses the gateway and does not retry.
+func webSecureGM(t *testing.T, b *browser, hosts *hostPages) {
+	keyPath, sm2 := writeIdentity(t, crypto.SigSM2)
+	g := startGateway(t, func(c *config.Config) {
+		c.Crypto.Enabled = true
+		c.Crypto.IdentityKeys = []string{keyPath}
+		c.Crypto.Suites = []string{"GM-PQ", "GM"}
+		c.Crypto.Required = true
+	})
+	origin := b.allowGateway(g)
+	key := hex.EncodeToString(sm2.Public().Bytes())
+
+	v := b.pageAt(t, "gm-visitor", origin)
+	v.do("open the host page", chromedp.Navigate(hosts.add("gm", origin, fmt.Sprintf(`data-crypto="gm" data-crypto-key=%q data-open="true"`, key))))
+	v.wait("encrypted and online", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.secure === 'GM' && `+wRoot+`.querySelector('.sub').textContent === 'Online · encrypted (GM)'`)
+	secret := "GM 加密测试: my card ends in 4242"
+	v.do("visitor writes", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), secret+kb.Enter))
+	v.wait("stored", wMsgs+`.length === 1 && `+wMsgs+`[0].dataset.seq === '1'`)
+
+	a := b.pageAt(t, "gm-agent", origin)
+	a.consoleLogin(agentToken(t, g, "a-gm"))
+	a.wait("console encrypted", `document.body.dataset.secure === 'GM' && document.getElementById('conn').textContent.includes('Encrypted (GM)')`)
+	a.wait("the visitor's message", cHas(secret))
+	reply := "Received over SM4-GCM."
+	a.do("agent replies", chromedp.SendKeys(chromedp.ID("input"), reply+kb.Enter))
+	v.wait("reply", wHas(reply))
+	checkOnce(t, "GM visitor", widgetTranscript(v), []string{secret, reply})
+
+	for _, name := range []string{"gm-visitor", "gm-agent"} {
+		frames := b.framesOf(name)
+		if len(frames) < 6 {
+			t.Fatalf("%s: %d WebSocket messages", name, len(frames))
+		}
+		for _, f := range frames {
+			var env map[string]json.RawMessage
+			if err := json.Unmarshal([]byte(f.Data), &env); err != nil || len(env) != 1 || env["secure"] == nil {
+				t.Fatalf("%s: a WebSocket message that is not a secure envelope (sent %v): %.200s", name, f.Sent, f.Data)
+			}
+			if strings.Contains(f.Data, "4242") || strings.Contains(f.Data, "SM4-GCM") {
+				t.Fatalf("%s: chat text in clear: %.200s", name, f.Data)
+			}
+		}
+	}
+
+	// The gateway's own demo page sets nothing: the widget learns from its
+	// script that the gateway requires the channel, and with which key.
+	d := b.pageAt(t, "gm-demo", origin)
+	d.do("open /demo", chromedp.Navigate(origin+"/demo"))
+	d.wait("encrypted because the gateway requires it", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.secure === 'GM'`)
+	if n := evalJS[int](d, `window.UnigateWidget.widget.client.stats.dials`); n != 1 {
+		t.Errorf("demo page dialled %d times, want 1 (encrypted from the start)", n)
+	}
+
+	// Pinning another key: the gateway's signature does not match, the
+	// widget stops (a man in the middle, or a wrong pin) and says so.
+	_, other := writeIdentity(t, crypto.SigSM2)
+	w := b.pageAt(t, "gm-wrong-pin", origin)
+	w.do("open a page pinning another key", chromedp.Navigate(hosts.add("gm-wrong", origin,
+		fmt.Sprintf(`data-crypto="gm" data-crypto-key=%q data-open="true"`, hex.EncodeToString(other.Public().Bytes())))))
+	w.wait("refused", wBox+`.dataset.wait === 'failed' && `+wRoot+`.querySelector('.alert').textContent.startsWith('The encrypted connection could not be verified')`)
+	if s := evalJS[map[string]any](w, `(() => { const c = window.UnigateWidget.widget.client; return {dials: c.stats.dials, timer: c.timer, code: c.failed && c.failed.message}; })()`); s["dials"] != 1.0 || s["timer"] != 0.0 {
+		t.Errorf("wrong pin: %v, want one dial and no retry", s)
+	}
+}
