@@ -440,7 +440,9 @@ func webConversation(t *testing.T, g *gateway, b *browser, apiKey string) {
 	v.wait("panel open", wBox+`.dataset.open === 'true' && `+wRoot+`.activeElement === `+wRoot+`.querySelector('textarea')`)
 	first := "Hello, my order #1024 has not arrived"
 	v.do("type", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), first+kb.Enter))
-	v.wait("queued at position 1", wBox+`.dataset.state === 'queued' && `+wBox+`.dataset.position === '1' && `+wRoot+`.querySelector('.banner').textContent.includes('next')`)
+	// No agent is online yet: the broker says so (no_agent_online) and the
+	// widget offers leave-a-message instead of the "you are next" banner.
+	v.wait("queued at position 1, leave a message", wBox+`.dataset.state === 'queued' && `+wBox+`.dataset.position === '1' && `+wBox+`.dataset.leave === 'true'`)
 	v.wait("first message stored", wMsgs+`.length === 1 && `+wMsgs+`[0].dataset.seq === '1'`)
 	conv := evalJS[string](v, `window.UnigateWidget.widget.conv.id`)
 
