@@ -36,6 +36,9 @@ func TestMain(m *testing.M) {
 	if gatewayBuild.dir != "" {
 		_ = os.RemoveAll(gatewayBuild.dir)
 	}
+	if builds.dir != "" {
+		_ = os.RemoveAll(builds.dir)
+	}
 	os.Exit(code)
 }
 

@@ -52,18 +52,27 @@ type Common struct {
 }
 
 func (c *Common) setDefaults() error {
-	if c.URL == "" {
-		return fmt.Errorf("%w: the WebSocket URL is required", ErrConfig)
-	}
-	u, err := url.Parse(c.URL)
-	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
-		return fmt.Errorf("%w: URL %q: want ws://host:port/path", ErrConfig, c.URL)
+	if err := c.setTransportDefaults(); err != nil {
+		return err
 	}
 	if c.Subprotocol == "" {
 		c.Subprotocol = protocol.SubprotocolProto
 	}
 	if protocol.ForSubprotocol(c.Subprotocol) == nil {
 		return fmt.Errorf("%w: unknown subprotocol %q", ErrConfig, c.Subprotocol)
+	}
+	return nil
+}
+
+// setTransportDefaults is setDefaults without the check that Subprotocol
+// is one of Unigate's: the echo scenario offers any subprotocol (or none).
+func (c *Common) setTransportDefaults() error {
+	if c.URL == "" {
+		return fmt.Errorf("%w: the WebSocket URL is required", ErrConfig)
+	}
+	u, err := url.Parse(c.URL)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+		return fmt.Errorf("%w: URL %q: want ws://host:port/path", ErrConfig, c.URL)
 	}
 	if c.Procs <= 0 {
 		c.Procs = 1
