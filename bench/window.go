@@ -32,8 +32,9 @@ func runWindowCmd(ctx context.Context, c *Common, start time.Time, pool *workerP
 		pids[i] = p.cmd.Process.Pid
 	}
 	cpu := func() (server, clients time.Duration) {
-		if c.ServerPID > 0 {
-			server, _ = ProcessCPU(c.ServerPID)
+		for _, pid := range c.serverPIDs() {
+			d, _ := ProcessCPU(pid)
+			server += d
 		}
 		for _, pid := range pids {
 			d, _ := ProcessCPU(pid)

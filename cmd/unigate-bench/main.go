@@ -58,6 +58,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = fanout(ctx, args[1:], stdout, stderr)
 	case "echo":
 		err = echo(ctx, args[1:], stdout, stderr)
+	case "open":
+		err = open(ctx, args[1:], stdout, stderr)
 	case "compare", "-compare":
 		err = compare(args[1:], stdout, stderr)
 	case "worker":
@@ -97,6 +99,7 @@ func usage(w io.Writer) {
                                                                one event to many: queue position updates
   unigate-bench echo -url ws://HOST:PORT/ws -rates R,R… [flags]
                                                                any WebSocket echo server (netpoll, baselines): latency, msgs/s
+  unigate-bench open -url ws://HOST:PORT/ws -tenant T -n N     open N conversations, print their ids (for bench/wrk)
   unigate-bench compare A.json B.json                          ratios B/A of the main figures
 Run "unigate-bench <command> -h" for the flags; see docs/benchmarks.md.
 `)
@@ -109,7 +112,10 @@ func common(fs *flag.FlagSet, c *bench.Common, src, sub *string, out *outputs, q
 	fs.IntVar(&c.Procs, "procs", 1, "worker `processes` to spread the connections over")
 	fs.StringVar(src, "src", "", "local source `addresses`, e.g. 127.0.0.2-127.0.0.9 (default: the kernel's choice)")
 	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "timeout of one connection attempt (dial, upgrade, hello, welcome)")
-	fs.IntVar(&c.ServerPID, "server-pid", 0, "gateway process `id`, for its RSS and CPU time from /proc")
+	fs.Func("server-pid", "gateway process `id`, for its RSS and CPU time from /proc; several gateways sharing the port: comma-separated ids (summed, and RSS per process)", func(s string) (err error) {
+		c.ServerPID, c.ServerPIDs, err = bench.ParsePIDs(s)
+		return err
+	})
 	fs.StringVar(&c.MetricsURL, "metrics", "", "gateway Prometheus `url`, e.g. http://127.0.0.1:9090/metrics")
 	fs.StringVar(&out.json, "json", "", "write the report as JSON to `file` (- for stdout)")
 	fs.StringVar(&out.html, "html", "", "write the report as a self-contained HTML page with plots to `file`")
@@ -455,7 +461,10 @@ servers in one command.
 	fs.IntVar(&c.Procs, "procs", 1, "worker `processes` to spread the connections over")
 	fs.StringVar(&src, "src", "", "local source `addresses`, e.g. 127.0.0.2-127.0.0.9 (default: the kernel's choice)")
 	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "timeout of one connection attempt (dial and upgrade)")
-	fs.IntVar(&c.ServerPID, "server-pid", 0, "server process `id`, for its CPU time and RSS from /proc")
+	fs.Func("server-pid", "server process `id`, for its CPU time and RSS from /proc (comma-separated ids: summed)", func(s string) (err error) {
+		c.ServerPID, c.ServerPIDs, err = bench.ParsePIDs(s)
+		return err
+	})
 	fs.StringVar(&out.json, "json", "", "write the report as JSON to `file` (- for stdout)")
 	fs.StringVar(&out.html, "html", "", "write the report as a self-contained HTML page with plots to `file`")
 	fs.BoolVar(&quiet, "quiet", false, "no progress lines on stderr")
@@ -506,6 +515,41 @@ servers in one command.
 	rep, err := bench.RunEcho(ctx, c)
 	if rep != nil {
 		err = out.write(rep, stdout, err)
+	}
+	return err
+}
+
+func open(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c bench.OpenConfig
+	var sub string
+	fs := flag.NewFlagSet("unigate-bench open", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `usage: unigate-bench open -url ws://HOST:PORT/ws -tenant T [-n N]
+
+Opens N conversations, each by an anonymous visitor of tenant T that says
+hello, opens one, waits for its id and leaves; prints the ids, one per line.
+The conversations stay open (queued): the REST API scripts in bench/wrk post
+to them and read their history with an API key of the same tenant.
+
+`)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&c.URL, "url", "ws://127.0.0.1:8080/ws", "gateway WebSocket `url`")
+	fs.StringVar(&sub, "subprotocol", "proto", "`codec`: proto or json")
+	fs.StringVar(&c.Tenant, "tenant", "", "`tenant` of the visitors: the API key's (required)")
+	fs.IntVar(&c.Conversations, "n", 1, "conversations to open")
+	fs.StringVar(&c.Skill, "skill", "", "skill `group` the conversations ask for")
+	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "bound on each visitor's connect, hello and open")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := finish(&c.Common, "", sub, true, stderr); err != nil {
+		return err
+	}
+	ids, err := bench.OpenConversations(ctx, c)
+	for _, id := range ids {
+		fmt.Fprintln(stdout, id)
 	}
 	return err
 }
