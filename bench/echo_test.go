@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -322,6 +323,37 @@ func TestEndToEndEcho(t *testing.T) {
 		}
 		if want := 2 + len(rates)*8 + 8; len(rs) != want {
 			t.Errorf("compare %s: %d figures, want %d:\n%s", other, len(rs), want, sb.String())
+		}
+	}
+}
+
+// BenchmarkEchoMessage is the echo client's own work per message besides
+// the socket: build and mask a frame, parse and check the echoed payload,
+// record the latency. It must not allocate (the load generator shares the
+// CPUs with the server it measures).
+func BenchmarkEchoMessage(b *testing.B) {
+	for _, size := range []int{64, 256, 4096} {
+		for _, text := range []bool{false, true} {
+			b.Run(strconv.Itoa(size)+map[bool]string{false: "/binary", true: "/text"}[text], func(b *testing.B) {
+				h := newLatencyHist()
+				var buf []byte
+				b.ReportAllocs()
+				b.SetBytes(int64(size))
+				for i := range b.N {
+					var at int
+					buf, at = appendClientFrame(buf[:0], ws.OpBinary, size)
+					m := echoMsg{seq: uint64(i), due: time.Duration(i), sent: time.Duration(i) + 1}
+					putEchoPayload(buf[at:at+size], m, text)
+					p := buf[at : at+size] // what the server echoes, unmasked
+					maskFrame(buf, at, uint32(i)|1)
+					ws.Cipher(p, [4]byte(buf[at-4:at]), 0)
+					got, ok := parseEchoPayload(p, size, text)
+					if !ok || got != m {
+						b.Fatal("parse failed")
+					}
+					h.record(got.sent - got.due)
+				}
+			})
 		}
 	}
 }

@@ -46,15 +46,18 @@ out=${OUT:-$work/out}
 mkdir -p "$out"
 node_pids=()
 idle_pid=
+chat_pid=
 old_range=
 log() { echo "host100k: $*" >&2; }
 
 cleanup() {
 	local code=$?
-	if [ -n "$idle_pid" ] && kill -0 "$idle_pid" 2>/dev/null; then
-		kill -TERM "$idle_pid" 2>/dev/null || true
-		wait "$idle_pid" 2>/dev/null || true
-	fi
+	for p in $chat_pid $idle_pid; do
+		if kill -0 "$p" 2>/dev/null; then
+			kill -TERM "$p" 2>/dev/null || true
+			wait "$p" 2>/dev/null || true
+		fi
+	done
 	for p in "${node_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 	for p in "${node_pids[@]}"; do
 		for _ in $(seq 100); do
@@ -193,7 +196,10 @@ chat_ok=1
 "$work/unigate-bench" chat -url "ws://127.0.0.1:$port/ws" -conversations "$CHAT_CONVS" -agents "$CHAT_AGENTS" \
 	-agent-capacity "$CHAT_CAPACITY" -rate "$CHAT_RATE" -duration "$CHAT_DURATION" -warmup 5s -size 256 -procs 1 \
 	-connect-rate 500 -setup-timeout 120s -token-cmd "$work/unigate token agent -data-dir $work/key" \
-	-server-pid "$pid_list" -json "$out/host100k-chat.json" >"$work/chat.out" 2>"$work/chat.err" || chat_ok=0
+	-server-pid "$pid_list" -json "$out/host100k-chat.json" >"$work/chat.out" 2>"$work/chat.err" &
+chat_pid=$! # in the background, so that a signal reaches the trap at once
+wait "$chat_pid" || chat_ok=0
+chat_pid=
 cat "$work/chat.out" >&2
 if [ "$chat_ok" = 0 ]; then
 	tail -n 20 "$work/chat.err" >&2
