@@ -36,6 +36,9 @@ func TestMain(m *testing.M) {
 	if gatewayBuild.dir != "" {
 		_ = os.RemoveAll(gatewayBuild.dir)
 	}
+	if builds.dir != "" {
+		_ = os.RemoveAll(builds.dir)
+	}
 	os.Exit(code)
 }
 
@@ -271,9 +274,9 @@ type gateway struct {
 }
 
 // startGateway runs ./cmd/unigate (built once, see gatewayBinary) on a
-// free loopback port (admin server disabled), parsing the port from its
-// log.
-func startGateway(t *testing.T) *gateway {
+// free loopback port (admin server disabled), with env added to its
+// environment, parsing the port from its log.
+func startGateway(t *testing.T, env ...string) *gateway {
 	t.Helper()
 	dir := t.TempDir()
 	g := &gateway{bin: gatewayBinary(t), dataDir: filepath.Join(dir, "data")}
@@ -281,7 +284,7 @@ func startGateway(t *testing.T) *gateway {
 	// client comes from 127.0.0.1, faster than a single visitor would.
 	g.cmd = exec.Command(g.bin, "-config", "testdata/unigate-bench.yaml",
 		"-listen", "127.0.0.1:0", "-admin-listen", "", "-data-dir", g.dataDir, "-log-level", "info")
-	g.cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	g.cmd.Env = append(append(os.Environ(), "GOMAXPROCS=2"), env...)
 	// A test binary killed by -timeout runs no cleanup: take the gateway
 	// with it.
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -470,5 +473,27 @@ func BenchmarkPayload(b *testing.B) {
 				h.record(p.sent - p.due)
 			}
 		})
+	}
+}
+
+func TestParsePIDs(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		first int
+		all   []int
+	}{{"", 0, nil}, {"42", 42, nil}, {"1, 2,3", 1, []int{1, 2, 3}}} {
+		first, all, err := ParsePIDs(tc.in)
+		if err != nil || first != tc.first || fmt.Sprint(all) != fmt.Sprint(tc.all) {
+			t.Errorf("ParsePIDs(%q) = %d, %v, %v", tc.in, first, all, err)
+		}
+	}
+	for _, bad := range []string{"x", "1,-2", "0"} {
+		if _, _, err := ParsePIDs(bad); !errors.Is(err, ErrConfig) {
+			t.Errorf("ParsePIDs(%q): %v", bad, err)
+		}
+	}
+	c := Common{ServerPID: 7}
+	if got := c.serverPIDs(); len(got) != 1 || got[0] != 7 {
+		t.Errorf("serverPIDs = %v", got)
 	}
 }

@@ -17,15 +17,59 @@ type figure struct {
 	path  string
 	// lowerBetter: a ratio below 1 is an improvement (latencies, memory).
 	lowerBetter bool
+	// pathB, when set, is the figure's path in report B (the echo steps
+	// are matched by rate, not by position).
+	pathB string
 }
 
 // latencyFigures are the percentiles of a Latency at prefix.
 func latencyFigures(label, prefix string) []figure {
 	var out []figure
 	for _, p := range []struct{ l, k string }{{"p50", "p50_ms"}, {"p90", "p90_ms"}, {"p99", "p99_ms"}, {"p99.9", "p99_9_ms"}, {"max", "max_ms"}} {
-		out = append(out, figure{label + " " + p.l + " (ms)", prefix + "." + p.k, true})
+		out = append(out, figure{label: label + " " + p.l + " (ms)", path: prefix + "." + p.k, lowerBetter: true})
 	}
 	return out
+}
+
+// echoFigures lists the main figures of two echo reports: per open-loop
+// step of A, the step of B at the same rate (missing when B has none),
+// then the closed loop.
+func echoFigures(ma, mb map[string]any) []figure {
+	fs := []figure{
+		{label: "connections", path: "connected"},
+		{label: "highest sustained rate (msg/s)", path: "max_sustained_msgs_per_s"},
+	}
+	stepsB, _ := mb["steps"].([]any)
+	stepsA, _ := ma["steps"].([]any)
+	for i, s := range stepsA {
+		rate, _ := lookup(map[string]any{"s": s}, "s.rate")
+		j := -1
+		for k, t := range stepsB {
+			if r, ok := lookup(map[string]any{"s": t}, "s.rate"); ok && r == rate {
+				j = k
+				break
+			}
+		}
+		pa := "steps." + strconv.Itoa(i)
+		pb := "steps." + strconv.Itoa(j) // "steps.-1" is missing
+		at := "at " + strconv.FormatFloat(rate, 'f', 0, 64) + "/s: "
+		fs = append(fs, figure{label: at + "echoed (msg/s)", path: pa + ".echoed_msgs_per_s", pathB: pb + ".echoed_msgs_per_s"})
+		for _, f := range latencyFigures(at+"latency", "latency") {
+			f.path, f.pathB = pa+"."+f.path, pb+"."+f.path
+			fs = append(fs, f)
+		}
+		fs = append(fs,
+			figure{label: at + "server CPU (µs/msg)", path: pa + ".server_cpu_us_per_msg", pathB: pb + ".server_cpu_us_per_msg", lowerBetter: true},
+			figure{label: at + "server CPU (cores)", path: pa + ".server_cpu_cores", pathB: pb + ".server_cpu_cores", lowerBetter: true})
+	}
+	fs = append(fs, figure{label: "closed loop: echoed (msg/s)", path: "closed_loop.echoed_msgs_per_s"})
+	for _, f := range latencyFigures("closed loop: latency", "closed_loop.latency") {
+		fs = append(fs, f)
+	}
+	fs = append(fs,
+		figure{label: "closed loop: server CPU (µs/msg)", path: "closed_loop.server_cpu_us_per_msg", lowerBetter: true},
+		figure{label: "closed loop: server RSS (bytes)", path: "closed_loop.server_rss_end_bytes", lowerBetter: true})
+	return fs
 }
 
 // figures lists the main figures of each scenario.
@@ -34,54 +78,54 @@ func figures(scenario string) []figure {
 	switch scenario {
 	case "idle":
 		fs = []figure{
-			{"server RSS slope (bytes/conn)", "rss_slope.slope", true},
-			{"kernel slab slope (bytes/conn)", "slab_slope.slope", true},
-			{"connect rate (/s)", "connect_rate", false},
-			{"connections reached", "reached", false},
+			{label: "server RSS slope (bytes/conn)", path: "rss_slope.slope", lowerBetter: true},
+			{label: "kernel slab slope (bytes/conn)", path: "slab_slope.slope", lowerBetter: true},
+			{label: "connect rate (/s)", path: "connect_rate", lowerBetter: false},
+			{label: "connections reached", path: "reached", lowerBetter: false},
 		}
 		fs = append(fs, latencyFigures("connect+hello", "connect_latency")...)
 	case "chat":
 		fs = []figure{
-			{"offered (msg/s)", "offered_msgs_per_s", false},
-			{"delivered (msg/s)", "delivered_msgs_per_s", false},
-			{"delivered v→a (msg/s)", "v2a_delivered_per_s", false},
-			{"delivered a→v (msg/s)", "a2v_delivered_per_s", false},
+			{label: "offered (msg/s)", path: "offered_msgs_per_s", lowerBetter: false},
+			{label: "delivered (msg/s)", path: "delivered_msgs_per_s", lowerBetter: false},
+			{label: "delivered v→a (msg/s)", path: "v2a_delivered_per_s", lowerBetter: false},
+			{label: "delivered a→v (msg/s)", path: "a2v_delivered_per_s", lowerBetter: false},
 		}
 		fs = append(fs, latencyFigures("v→a", "v2a_latency")...)
 		fs = append(fs, latencyFigures("a→v", "a2v_latency")...)
 		fs = append(fs, latencyFigures("ack", "ack_latency")...)
 		fs = append(fs,
-			figure{"server CPU (cores)", "server_cpu_cores", true},
-			figure{"server RSS at end (bytes)", "server_rss_end_bytes", true})
+			figure{label: "server CPU (cores)", path: "server_cpu_cores", lowerBetter: true},
+			figure{label: "server RSS at end (bytes)", path: "server_rss_end_bytes", lowerBetter: true})
 	case "storm":
 		fs = []figure{
-			{"clients resumed", "resumed", false},
-			{"time to all welcomed (s)", "recover_welcome_s", true},
-			{"time to all replayed (s)", "recover_replay_s", true},
-			{"resume rate (/s)", "resume_rate", false},
-			{"replayed messages", "replayed", false},
-			{"duplicates", "duplicates", true},
-			{"gaps", "gaps", true},
+			{label: "clients resumed", path: "resumed", lowerBetter: false},
+			{label: "time to all welcomed (s)", path: "recover_welcome_s", lowerBetter: true},
+			{label: "time to all replayed (s)", path: "recover_replay_s", lowerBetter: true},
+			{label: "resume rate (/s)", path: "resume_rate", lowerBetter: false},
+			{label: "replayed messages", path: "replayed", lowerBetter: false},
+			{label: "duplicates", path: "duplicates", lowerBetter: true},
+			{label: "gaps", path: "gaps", lowerBetter: true},
 		}
 		fs = append(fs, latencyFigures("reconnect→welcome", "welcome_latency")...)
 		fs = append(fs, latencyFigures("reconnect→replayed", "replay_latency")...)
 	case "fanout":
 		fs = []figure{
-			{"offered updates (/s)", "offered_deliveries_per_s", false},
-			{"delivered updates (/s)", "delivered_per_s", false},
-			{"recipients per trigger", "recipients_per_trigger", false},
-			{"gaps", "gaps", true},
+			{label: "offered updates (/s)", path: "offered_deliveries_per_s", lowerBetter: false},
+			{label: "delivered updates (/s)", path: "delivered_per_s", lowerBetter: false},
+			{label: "recipients per trigger", path: "recipients_per_trigger", lowerBetter: false},
+			{label: "gaps", path: "gaps", lowerBetter: true},
 		}
 		fs = append(fs, latencyFigures("trigger→update", "latency")...)
 		fs = append(fs, latencyFigures("trigger→last update", "complete_latency")...)
 		fs = append(fs,
-			figure{"server CPU (cores)", "server_cpu_cores", true},
-			figure{"server RSS at end (bytes)", "server_rss_end_bytes", true})
+			figure{label: "server CPU (cores)", path: "server_cpu_cores", lowerBetter: true},
+			figure{label: "server RSS at end (bytes)", path: "server_rss_end_bytes", lowerBetter: true})
 	case "sweep":
 		fs = []figure{
-			{"saturation rate (msg/s)", "saturation_rate", false},
-			{"highest rate under the p99 bound (msg/s)", "best_rate", false},
-			{"highest delivered rate (msg/s)", "max_delivered_rate", false},
+			{label: "saturation rate (msg/s)", path: "saturation_rate", lowerBetter: false},
+			{label: "highest rate under the p99 bound (msg/s)", path: "best_rate", lowerBetter: false},
+			{label: "highest delivered rate (msg/s)", path: "max_delivered_rate", lowerBetter: false},
 		}
 	}
 	return fs
@@ -115,12 +159,19 @@ func Compare(a, b []byte) (scenario string, out []Ratio, err error) {
 		return "", nil, fmt.Errorf("%w: reports of different scenarios (%q, %q)", ErrConfig, sa, sb)
 	}
 	fs := figures(sa)
+	if sa == "echo" {
+		fs = echoFigures(ma, mb)
+	}
 	if len(fs) == 0 {
 		return "", nil, fmt.Errorf("%w: unknown scenario %q", ErrConfig, sa)
 	}
 	for _, f := range fs {
 		va, oka := lookup(ma, f.path)
-		vb, okb := lookup(mb, f.path)
+		pb := f.path
+		if f.pathB != "" {
+			pb = f.pathB
+		}
+		vb, okb := lookup(mb, pb)
 		r := Ratio{Figure: f.label, A: va, B: vb, Missing: !oka || !okb, LowerBetter: f.lowerBetter}
 		switch {
 		case r.Missing:
@@ -142,11 +193,19 @@ func Compare(a, b []byte) (scenario string, out []Ratio, err error) {
 func lookup(m map[string]any, path string) (float64, bool) {
 	var cur any = m
 	for key := range strings.SplitSeq(path, ".") {
-		obj, ok := cur.(map[string]any)
-		if !ok {
-			return 0, false
-		}
-		if cur, ok = obj[key]; !ok {
+		switch obj := cur.(type) {
+		case map[string]any:
+			var ok bool
+			if cur, ok = obj[key]; !ok {
+				return 0, false
+			}
+		case []any: // a numeric key indexes an array
+			i, err := strconv.Atoi(key)
+			if err != nil || i < 0 || i >= len(obj) {
+				return 0, false
+			}
+			cur = obj[i]
+		default:
 			return 0, false
 		}
 	}

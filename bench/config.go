@@ -36,6 +36,11 @@ type Common struct {
 	// ServerPID is the gateway's process id, for its RSS and CPU time from
 	// /proc. 0 skips those samples.
 	ServerPID int `json:"server_pid,omitempty"`
+	// ServerPIDs, when it has more than one process, lists every process
+	// of the server under test (several gateways sharing a port with
+	// SO_REUSEPORT): RSS and CPU time are their sums, and each sample
+	// also keeps the RSS of each. ServerPID is then the first of them.
+	ServerPIDs []int `json:"server_pids,omitempty"`
 	// MetricsURL is the gateway's Prometheus endpoint
 	// (http://127.0.0.1:9090/metrics). Empty skips the server metrics.
 	MetricsURL string `json:"metrics_url,omitempty"`
@@ -52,18 +57,27 @@ type Common struct {
 }
 
 func (c *Common) setDefaults() error {
-	if c.URL == "" {
-		return fmt.Errorf("%w: the WebSocket URL is required", ErrConfig)
-	}
-	u, err := url.Parse(c.URL)
-	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
-		return fmt.Errorf("%w: URL %q: want ws://host:port/path", ErrConfig, c.URL)
+	if err := c.setTransportDefaults(); err != nil {
+		return err
 	}
 	if c.Subprotocol == "" {
 		c.Subprotocol = protocol.SubprotocolProto
 	}
 	if protocol.ForSubprotocol(c.Subprotocol) == nil {
 		return fmt.Errorf("%w: unknown subprotocol %q", ErrConfig, c.Subprotocol)
+	}
+	return nil
+}
+
+// setTransportDefaults is setDefaults without the check that Subprotocol
+// is one of Unigate's: the echo scenario offers any subprotocol (or none).
+func (c *Common) setTransportDefaults() error {
+	if c.URL == "" {
+		return fmt.Errorf("%w: the WebSocket URL is required", ErrConfig)
+	}
+	u, err := url.Parse(c.URL)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+		return fmt.Errorf("%w: URL %q: want ws://host:port/path", ErrConfig, c.URL)
 	}
 	if c.Procs <= 0 {
 		c.Procs = 1
@@ -82,6 +96,40 @@ func (c *Common) setDefaults() error {
 		c.Worker = []string{exe, "worker"}
 	}
 	return nil
+}
+
+// serverPIDs returns the processes of the server under test.
+func (c *Common) serverPIDs() []int {
+	if len(c.ServerPIDs) > 0 {
+		return c.ServerPIDs
+	}
+	if c.ServerPID > 0 {
+		return []int{c.ServerPID}
+	}
+	return nil
+}
+
+// ParsePIDs parses "123" or "123,456,789" (the -server-pid flag) into
+// the first process id and, when there are several, all of them.
+func ParsePIDs(s string) (first int, all []int, err error) {
+	for part := range strings.SplitSeq(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		pid, err := strconv.Atoi(part)
+		if err != nil || pid <= 0 {
+			return 0, nil, fmt.Errorf("%w: process id %q", ErrConfig, part)
+		}
+		all = append(all, pid)
+	}
+	if len(all) == 0 {
+		return 0, nil, nil
+	}
+	if len(all) == 1 {
+		return all[0], nil, nil
+	}
+	return all[0], all, nil
 }
 
 // IdleConfig configures RunIdle.

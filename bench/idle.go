@@ -287,8 +287,12 @@ type Sample struct {
 	// endpoint; -1 when not scraped.
 	ServerConns float64 `json:"server_conns"`
 	// ServerRSSBytes is VmRSS of the server process; 0 when unknown.
-	ServerRSSBytes int64    `json:"server_rss_bytes"`
-	SockStat       SockStat `json:"sockstat_tcp"`
+	ServerRSSBytes int64 `json:"server_rss_bytes"`
+	// ServerRSSPerProc is the RSS of each server process when the server
+	// is several (Common.ServerPIDs), in that order; ServerRSSBytes is
+	// their sum.
+	ServerRSSPerProc []int64  `json:"server_rss_per_proc_bytes,omitempty"`
+	SockStat         SockStat `json:"sockstat_tcp"`
 	// SlabBytes is the kernel's slab memory (/proc/meminfo Slab), all of
 	// it: its change over a run is dominated by the sockets, files and
 	// epoll entries of both ends of every connection.

@@ -22,6 +22,7 @@ import (
 //	chat:  → chat{job}   ← ready       → start{t0}            ← result
 //	storm: → storm{job}  ← ready  → drop  ← dropped  → start{t0}  ← result
 //	fanout: → fanout{job} ← ready{positions} → start{t0} ← result → close{t0} ← closed
+//	echo:  → echo{job}   ← ready  (→ start{t0, step} ← step)…  → close ← result
 //
 // Workers send "progress" every second and "fatal" before giving up.
 type wire struct {
@@ -44,6 +45,11 @@ type wire struct {
 	FanoutProgress *fanoutProgress `json:"fanout_progress,omitempty"`
 	FanoutResult   *fanoutResult   `json:"fanout_result,omitempty"`
 	FanoutClosed   int64           `json:"fanout_closed,omitempty"`
+	Echo           *echoJob        `json:"echo,omitempty"`
+	Step           int             `json:"step,omitempty"` // echo: the step a start command begins
+	EchoProgress   *echoProgress   `json:"echo_progress,omitempty"`
+	EchoStep       *echoStepResult `json:"echo_step,omitempty"`
+	EchoResult     *echoResult     `json:"echo_result,omitempty"`
 	Err            string          `json:"err,omitempty"`
 }
 
@@ -54,6 +60,7 @@ const (
 	cmdTarget = "target"
 	cmdStart  = "start"
 	cmdClose  = "close"
+	cmdEcho   = "echo"
 
 	evProgress = "progress"
 	evReached  = "reached"
@@ -61,6 +68,7 @@ const (
 	evResult   = "result"
 	evFatal    = "fatal"
 	evClosed   = "closed"
+	evStep     = "step" // echo: one step done
 	evExit     = "exit" // synthesized by the coordinator when stdout closes
 )
 
@@ -259,6 +267,10 @@ func RunWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 		ctx, stop := context.WithDeadline(ctx, time.Unix(0, job.Fanout.Deadline))
 		defer stop()
 		err = runFanoutWorker(ctx, job.Fanout, cmds, link)
+	case job.Cmd == cmdEcho && job.Echo != nil:
+		ctx, stop := context.WithDeadline(ctx, time.Unix(0, job.Echo.Deadline))
+		defer stop()
+		err = runEchoWorker(ctx, job.Echo, cmds, link)
 	case job.Cmd == cmdStorm && job.Storm != nil:
 		ctx, stop := context.WithDeadline(ctx, time.Unix(0, job.Storm.Deadline))
 		defer stop()

@@ -26,9 +26,13 @@ type sampler struct {
 func (s *sampler) take(ctx context.Context, clientConns int64) (Sample, error) {
 	smp := Sample{At: time.Since(s.start).Seconds(), ClientConns: clientConns, ServerConns: -1}
 	var errs []error
-	if s.c.ServerPID > 0 {
-		rss, err := ProcessRSS(s.c.ServerPID)
-		smp.ServerRSSBytes = rss
+	pids := s.c.serverPIDs()
+	for _, pid := range pids {
+		rss, err := ProcessRSS(pid)
+		smp.ServerRSSBytes += rss
+		if len(pids) > 1 {
+			smp.ServerRSSPerProc = append(smp.ServerRSSPerProc, rss)
+		}
 		errs = append(errs, err)
 	}
 	ss, err := ReadSockStat()
@@ -205,6 +209,13 @@ func (r *IdleReport) WriteSummary(w io.Writer) {
 			s.Target, s.Sample.ClientConns, fmtServerConns(s.Sample.ServerConns), s.ConnectRate,
 			fmtBytes(float64(s.Sample.ServerRSSBytes)), fmtBytes(s.RSSPerConn),
 			fmtBytes(float64(s.Sample.SockStat.MemBytes)), fmtBytes(s.KernelPerConn), fmtBytes(s.SlabPerConn))
+	}
+	if n := len(r.Steps); n > 0 && len(r.Steps[n-1].Sample.ServerRSSPerProc) > 0 {
+		fmt.Fprintf(w, "server RSS per process at the last step:")
+		for _, v := range r.Steps[n-1].Sample.ServerRSSPerProc {
+			fmt.Fprintf(w, " %s", fmtBytes(float64(v)))
+		}
+		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, "server RSS slope: %s per connection (least squares over %d steps, R²=%.4f)\n",
 		fmtBytes(r.RSSSlope.Slope), r.RSSSlope.Points, r.RSSSlope.R2)

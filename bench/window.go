@@ -19,6 +19,12 @@ type windowStats struct {
 // server's metrics over the window [t0+warmup, t0+warmup+duration). Events
 // arriving meanwhile stay with co for the steps that follow.
 func runWindow(ctx context.Context, c *Common, start time.Time, pool *workerPool, co *coordinator, warmup, duration time.Duration) (windowStats, error) {
+	return runWindowCmd(ctx, c, start, pool, co, warmup, duration, wire{Cmd: cmdStart})
+}
+
+// runWindowCmd is runWindow with the start command given: its T0 is set
+// here (the echo scenario names the step it starts).
+func runWindowCmd(ctx context.Context, c *Common, start time.Time, pool *workerPool, co *coordinator, warmup, duration time.Duration, cmd wire) (windowStats, error) {
 	var ws windowStats
 	smp := &sampler{c: c, start: start}
 	pids := make([]int, len(pool.procs))
@@ -26,8 +32,9 @@ func runWindow(ctx context.Context, c *Common, start time.Time, pool *workerPool
 		pids[i] = p.cmd.Process.Pid
 	}
 	cpu := func() (server, clients time.Duration) {
-		if c.ServerPID > 0 {
-			server, _ = ProcessCPU(c.ServerPID)
+		for _, pid := range c.serverPIDs() {
+			d, _ := ProcessCPU(pid)
+			server += d
 		}
 		for _, pid := range pids {
 			d, _ := ProcessCPU(pid)
@@ -36,7 +43,8 @@ func runWindow(ctx context.Context, c *Common, start time.Time, pool *workerPool
 		return server, clients
 	}
 	t0 := time.Now().Add(500 * time.Millisecond)
-	if err := pool.broadcast(wire{Cmd: cmdStart, T0: t0.UnixNano()}); err != nil {
+	cmd.T0 = t0.UnixNano()
+	if err := pool.broadcast(cmd); err != nil {
 		return ws, err
 	}
 	if err := co.wait(ctx, time.Until(t0.Add(warmup))); err != nil {

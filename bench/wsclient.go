@@ -87,21 +87,7 @@ func newDialer(c *Common, readBuf int, pool websocket.BufferPool) *dialer {
 		d.msgType = websocket.BinaryMessage
 	}
 	mk := func(src netip.Addr) *websocket.Dialer {
-		nd := &net.Dialer{Timeout: c.Timeout}
-		if src.IsValid() {
-			nd.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
-			// Pick the ephemeral port at connect time, per destination,
-			// instead of at bind time, per source address only: without
-			// this each source address is limited to one port range in
-			// total.
-			nd.Control = func(_, _ string, rc syscall.RawConn) error {
-				var serr error
-				err := rc.Control(func(fd uintptr) {
-					serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
-				})
-				return errors.Join(err, serr)
-			}
-		}
+		nd := netDialer(c.Timeout, src)
 		return &websocket.Dialer{
 			NetDialContext:   nd.DialContext,
 			HandshakeTimeout: c.Timeout,
@@ -118,6 +104,27 @@ func newDialer(c *Common, readBuf int, pool websocket.BufferPool) *dialer {
 		d.ws = append(d.ws, mk(a))
 	}
 	return d
+}
+
+// netDialer returns a TCP dialer bound to src (any address when src is
+// not valid).
+func netDialer(timeout time.Duration, src netip.Addr) *net.Dialer {
+	nd := &net.Dialer{Timeout: timeout}
+	if src.IsValid() {
+		nd.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+		// Pick the ephemeral port at connect time, per destination,
+		// instead of at bind time, per source address only: without
+		// this each source address is limited to one port range in
+		// total.
+		nd.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+			})
+			return errors.Join(err, serr)
+		}
+	}
+	return nd
 }
 
 // dial opens connection number i (which picks the source address),

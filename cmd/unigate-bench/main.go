@@ -8,6 +8,8 @@
 //	    -agent-capacity 10 -rate 20000 -duration 30s -token-cmd "unigate token agent -data-dir data"
 //	unigate-bench fanout -url ws://127.0.0.1:8080/ws -visitors 10000 -rate 100 -duration 10s \
 //	    -procs 2 -src 127.0.0.2-127.0.0.9 -server-pid PID -json fanout.json
+//	unigate-bench echo -url ws://127.0.0.1:8090/ws -conns 1000 -rates 10000,20000 -closed 5s \
+//	    -server-pid PID -label netpoll -json echo-netpoll.json
 //
 // main only parses flags into the bench package's configuration, runs the
 // scenario and writes its report; all logic lives in package bench. The
@@ -54,6 +56,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = sweep(ctx, args[1:], stdout, stderr)
 	case "fanout":
 		err = fanout(ctx, args[1:], stdout, stderr)
+	case "echo":
+		err = echo(ctx, args[1:], stdout, stderr)
+	case "open":
+		err = open(ctx, args[1:], stdout, stderr)
 	case "compare", "-compare":
 		err = compare(args[1:], stdout, stderr)
 	case "worker":
@@ -91,6 +97,9 @@ func usage(w io.Writer) {
                                                                chat at rising rates: saturation point
   unigate-bench fanout -url ws://HOST:PORT/ws -visitors N [flags]
                                                                one event to many: queue position updates
+  unigate-bench echo -url ws://HOST:PORT/ws -rates R,R… [flags]
+                                                               any WebSocket echo server (netpoll, baselines): latency, msgs/s
+  unigate-bench open -url ws://HOST:PORT/ws -tenant T -n N     open N conversations, print their ids (for bench/wrk)
   unigate-bench compare A.json B.json                          ratios B/A of the main figures
 Run "unigate-bench <command> -h" for the flags; see docs/benchmarks.md.
 `)
@@ -103,7 +112,10 @@ func common(fs *flag.FlagSet, c *bench.Common, src, sub *string, out *outputs, q
 	fs.IntVar(&c.Procs, "procs", 1, "worker `processes` to spread the connections over")
 	fs.StringVar(src, "src", "", "local source `addresses`, e.g. 127.0.0.2-127.0.0.9 (default: the kernel's choice)")
 	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "timeout of one connection attempt (dial, upgrade, hello, welcome)")
-	fs.IntVar(&c.ServerPID, "server-pid", 0, "gateway process `id`, for its RSS and CPU time from /proc")
+	fs.Func("server-pid", "gateway process `id`, for its RSS and CPU time from /proc; several gateways sharing the port: comma-separated ids (summed, and RSS per process)", func(s string) (err error) {
+		c.ServerPID, c.ServerPIDs, err = bench.ParsePIDs(s)
+		return err
+	})
 	fs.StringVar(&c.MetricsURL, "metrics", "", "gateway Prometheus `url`, e.g. http://127.0.0.1:9090/metrics")
 	fs.StringVar(&out.json, "json", "", "write the report as JSON to `file` (- for stdout)")
 	fs.StringVar(&out.html, "html", "", "write the report as a self-contained HTML page with plots to `file`")
@@ -410,6 +422,134 @@ the triggers explain, once, in order.
 	rep, err := bench.RunFanout(ctx, c)
 	if rep != nil {
 		err = out.write(rep, stdout, err)
+	}
+	return err
+}
+
+func echo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c bench.EchoConfig
+	var src, rates string
+	var rate float64
+	var out outputs
+	var quiet bool
+	fs := flag.NewFlagSet("unigate-bench echo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `usage: unigate-bench echo -url ws://HOST:PORT/PATH [flags]
+
+Drives any WebSocket echo server the same way: Unigate's transport
+(go run ./netpoll/examples/echo) and the baselines (bench/baselines/gorilla,
+bench/baselines/nbio). -conns connections send messages on an open-loop
+schedule at each rate of -rates in turn (connection g of C sends its k-th
+message at T0 + g/rate + k*C/rate, whatever happened before); every echo is
+checked byte for byte and timed from its due time (HDR histogram, so a slow
+server cannot hide behind a slow client). A step is saturated when it
+echoes less than -saturation of the offered rate inside its window; the
+steps stop there unless -continue. With -closed D, a closed-loop step
+follows: every connection keeps -window messages in flight for D, which
+measures the server's maximum throughput. With -server-pid the server's CPU
+per message is reported too. Compare two reports with
+"unigate-bench compare A.json B.json"; bench/baselines/run.sh runs all three
+servers in one command.
+
+`)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&c.URL, "url", "ws://127.0.0.1:8090/ws", "echo server WebSocket `url`")
+	fs.StringVar(&c.Label, "label", "", "`name` of the server under test, for the report (netpoll, gorilla, nbio ...)")
+	fs.StringVar(&c.Subprotocol, "subprotocol", "echo", "WebSocket `subprotocol` to offer (\"\": none; netpoll's echo requires one)")
+	fs.IntVar(&c.Procs, "procs", 1, "worker `processes` to spread the connections over")
+	fs.StringVar(&src, "src", "", "local source `addresses`, e.g. 127.0.0.2-127.0.0.9 (default: the kernel's choice)")
+	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "timeout of one connection attempt (dial and upgrade)")
+	fs.Func("server-pid", "server process `id`, for its CPU time and RSS from /proc (comma-separated ids: summed)", func(s string) (err error) {
+		c.ServerPID, c.ServerPIDs, err = bench.ParsePIDs(s)
+		return err
+	})
+	fs.StringVar(&out.json, "json", "", "write the report as JSON to `file` (- for stdout)")
+	fs.StringVar(&out.html, "html", "", "write the report as a self-contained HTML page with plots to `file`")
+	fs.BoolVar(&quiet, "quiet", false, "no progress lines on stderr")
+	fs.IntVar(&c.Conns, "conns", 100, "connections")
+	fs.IntVar(&c.Size, "size", 256, "message `bytes` (at least 24, 48 with -text)")
+	fs.BoolVar(&c.Text, "text", false, "send text messages (the server validates UTF-8) instead of binary")
+	fs.Float64Var(&rate, "rate", 0, "one offered `rate`, messages per second over all connections (open loop); or -rates")
+	fs.StringVar(&rates, "rates", "", "comma-separated offered `rates` (msg/s), increasing: one step each (default 10000 unless only -closed)")
+	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "unmeasured start of each step (0: none)")
+	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "measured part of each step")
+	fs.Float64Var(&c.Saturation, "saturation", 0.98, "a step is saturated when it echoes less than this fraction of its offered rate (or loses messages)")
+	fs.BoolVar(&c.Continue, "continue", false, "run the remaining rates after a saturated step")
+	fs.DurationVar(&c.ClosedDuration, "closed", 0, "`duration` of a closed-loop step after the open-loop ones (0: none): maximum throughput")
+	fs.DurationVar(&c.ClosedWarmup, "closed-warmup", time.Second, "unmeasured start of the closed-loop step")
+	fs.IntVar(&c.Window, "window", 4, "messages in flight per connection in the closed loop")
+	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "wait after each step for the outstanding echoes")
+	fs.DurationVar(&c.Pause, "pause", time.Second, "pause between steps")
+	fs.Float64Var(&c.ConnectRate, "connect-rate", 1000, "connections per second")
+	fs.IntVar(&c.MaxInflight, "max-inflight", 256, "connection attempts in progress per worker")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if c.Warmup == 0 {
+		c.Warmup = -1 // the flag's 0 means none; the config's 0 means the default
+	}
+	switch {
+	case rate != 0 && rates != "":
+		fmt.Fprintln(stderr, "use either -rate or -rates")
+		return errUsage
+	case rate != 0:
+		c.Rates = []float64{rate}
+	case rates != "":
+		var err error
+		if c.Rates, err = bench.ParseRates(rates); err != nil {
+			return err
+		}
+	}
+	if src != "" {
+		addrs, err := bench.ParseAddrRange(src)
+		if err != nil {
+			return err
+		}
+		c.Src = addrs
+	}
+	if !quiet {
+		c.Progress = stderr
+	}
+	rep, err := bench.RunEcho(ctx, c)
+	if rep != nil {
+		err = out.write(rep, stdout, err)
+	}
+	return err
+}
+
+func open(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c bench.OpenConfig
+	var sub string
+	fs := flag.NewFlagSet("unigate-bench open", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `usage: unigate-bench open -url ws://HOST:PORT/ws -tenant T [-n N]
+
+Opens N conversations, each by an anonymous visitor of tenant T that says
+hello, opens one, waits for its id and leaves; prints the ids, one per line.
+The conversations stay open (queued): the REST API scripts in bench/wrk post
+to them and read their history with an API key of the same tenant.
+
+`)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&c.URL, "url", "ws://127.0.0.1:8080/ws", "gateway WebSocket `url`")
+	fs.StringVar(&sub, "subprotocol", "proto", "`codec`: proto or json")
+	fs.StringVar(&c.Tenant, "tenant", "", "`tenant` of the visitors: the API key's (required)")
+	fs.IntVar(&c.Conversations, "n", 1, "conversations to open")
+	fs.StringVar(&c.Skill, "skill", "", "skill `group` the conversations ask for")
+	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "bound on each visitor's connect, hello and open")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := finish(&c.Common, "", sub, true, stderr); err != nil {
+		return err
+	}
+	ids, err := bench.OpenConversations(ctx, c)
+	for _, id := range ids {
+		fmt.Fprintln(stdout, id)
 	}
 	return err
 }
