@@ -189,7 +189,8 @@ func webBotFirst(t *testing.T, g *gateway, b *browser) {
 // webRefusals: a gateway with tiny limits. A second anonymous visitor from
 // one address is refused at its hello (close 1008, "retry in 10 s"): the
 // widget says the service is busy and waits at least what the server said,
-// then gets in once the first leaves. A page of a site the tenant does not
+// then gets in once the first goes to another page (the widget closes its
+// connection when the page enters the back/forward cache). A page of a site the tenant does not
 // allow is refused for good (2003, close 1008): "not allowed", no retry. A
 // full gateway (max_connections) refuses the upgrade itself with 503, which
 // a browser cannot read: the widget says it cannot reach the service and
@@ -210,7 +211,10 @@ func webRefusals(t *testing.T, b *browser, hosts *hostPages) {
 	if wait := evalJS[int](second, `window.UnigateWidget.widget.connDetail.inMillis`); wait < 10000 || wait > 12500 {
 		t.Errorf("the second visitor waits %d ms, want the server's 10 s plus at most a quarter", wait)
 	}
-	first.close() // the first visitor leaves
+	// The first visitor goes to another page. Chromium keeps the page in
+	// its back/forward cache; the widget closes its connection on pagehide,
+	// so the gateway gets the slot back.
+	first.do("the first visitor leaves", chromedp.Navigate("about:blank"))
 	second.wait("the second gets in after its wait", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.wait === ''`)
 	if n := evalJS[int](second, `window.UnigateWidget.widget.client.stats.dials`); n != 2 {
 		t.Errorf("the second visitor dialled %d times, want 2 (refused, then after the server's wait)", n)
