@@ -116,7 +116,10 @@ func webHumanButton(t *testing.T, b *browser, hosts *hostPages) {
 // STATE_QUEUED with its reason, queue position and ETA, no_agent_online and
 // leave-a-message), fed into the widget's protocol client, and the
 // console's rendering of the bot's intent and summary, the router's
-// explanation and the visitor context. The gateway's broker does not
+// explanation and the visitor context. The gateway knows nothing of the
+// fed conversations, so it refuses the widget's read receipts and sends for
+// them (the widget says so; the test checks what the widget sent, not what
+// was stored). The gateway's broker does not
 // produce these events yet (bot-first routing is being wired): when it
 // does, this test drives a real bot instead of feeding envelopes.
 func webBotFirst(t *testing.T, g *gateway, b *browser) {
@@ -136,6 +139,8 @@ func webBotFirst(t *testing.T, g *gateway, b *browser) {
 	v.wait("bot state and answer", wBox+`.dataset.state === 'bot' && `+notes+`.includes('You are chatting with our virtual assistant.') && `+
 		wRoot+`.querySelector('.msg.bot .tag').textContent === 'Bot' && !`+wRoot+`.querySelector('.quick').hidden && `+
 		wRoot+`.querySelector('.human').textContent === 'Talk to a human'`)
+	shots := t.TempDir()
+	v.screenshot(shots, "widget-bot.png")
 	feed(`{conversation: {conversationId: 'c-bot-a', state: 'STATE_QUEUED', visitorId: 'v', reason: 'low_confidence'}}`)
 	feed(`{queue: {conversationId: 'c-bot-a', position: 3, etaSeconds: 120}}`)
 	v.wait("hand-off notice, position and ETA", notes+`.includes('The assistant could not answer that. Connecting you to a human agent…') && `+
@@ -158,6 +163,7 @@ func webBotFirst(t *testing.T, g *gateway, b *browser) {
 	left := "Please call me back about order 77."
 	v.do("message", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), left+kb.Enter))
 	v.wait("message left", notes+`.includes('Message left. An agent will reply when one is online.')`)
+	v.screenshot(shots, "widget-leave-message.png")
 	var texts []string
 	for _, env := range sentEnvelopes(t, b, "bot-visitor") {
 		var s struct{ ConversationID, Text string }
@@ -189,7 +195,8 @@ func webBotFirst(t *testing.T, g *gateway, b *browser) {
 // webRefusals: a gateway with tiny limits. A second anonymous visitor from
 // one address is refused at its hello (close 1008, "retry in 10 s"): the
 // widget says the service is busy and waits at least what the server said,
-// then gets in once the first leaves. A page of a site the tenant does not
+// then gets in once the first goes to another page (the widget closes its
+// connection when the page enters the back/forward cache). A page of a site the tenant does not
 // allow is refused for good (2003, close 1008): "not allowed", no retry. A
 // full gateway (max_connections) refuses the upgrade itself with 503, which
 // a browser cannot read: the widget says it cannot reach the service and
@@ -210,7 +217,10 @@ func webRefusals(t *testing.T, b *browser, hosts *hostPages) {
 	if wait := evalJS[int](second, `window.UnigateWidget.widget.connDetail.inMillis`); wait < 10000 || wait > 12500 {
 		t.Errorf("the second visitor waits %d ms, want the server's 10 s plus at most a quarter", wait)
 	}
-	first.close() // the first visitor leaves
+	// The first visitor goes to another page. Chromium keeps the page in
+	// its back/forward cache; the widget closes its connection on pagehide,
+	// so the gateway gets the slot back.
+	first.do("the first visitor leaves", chromedp.Navigate("about:blank"))
 	second.wait("the second gets in after its wait", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.wait === ''`)
 	if n := evalJS[int](second, `window.UnigateWidget.widget.client.stats.dials`); n != 2 {
 		t.Errorf("the second visitor dialled %d times, want 2 (refused, then after the server's wait)", n)

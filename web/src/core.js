@@ -134,6 +134,17 @@ function Client(o) {
     // Pings stop arriving long before TCP notices: give the socket up now.
     self._abandon();
   };
+  // A page kept in the back/forward cache must not hold a connection (and
+  // the server's per-address slot) while nobody sees it: close it on
+  // pagehide, come back with the same session on pageshow.
+  this._pagehide = function (ev) {
+    if (ev.persisted && !self.stopped) { self.stop(); self.suspended = true; }
+  };
+  this._pageshow = function (ev) {
+    if (ev.persisted && self.suspended) { self.suspended = false; self.start(); }
+  };
+  window.addEventListener('pagehide', this._pagehide);
+  window.addEventListener('pageshow', this._pageshow);
 }
 
 Client.prototype._save = function () {
