@@ -83,6 +83,7 @@ type Broker struct {
 
 	rates atomic.Pointer[updateRates] // Options.TypingRate…, compiled; SetUpdateRates
 	sec   *secureBroker               // Options.Secure; nil: plaintext only (secure.go)
+	bk    *backendRun                 // Options.Backends; nil: none (backends.go)
 }
 
 // updateRates are the compiled typing and presence rates.
@@ -136,6 +137,10 @@ func newBroker(o Options) (*Broker, error) {
 	b.disp.mirror = o.Cluster != nil
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.m = newMetrics(b)
+	b.bk = newBackendRun(o.Backends, b.m.set)
+	if b.bk != nil {
+		b.disp.router = b.bk.o.Router
+	}
 	if b.sec, err = newSecure(b, o.Secure); err != nil {
 		return nil, err
 	}
@@ -155,6 +160,7 @@ func (b *Broker) start() {
 		go b.heartbeat()
 	}
 	b.sec.start()
+	b.bk.start(b)
 }
 
 // Close stops the shards and the janitor and waits for them. Requests
@@ -278,6 +284,7 @@ type item struct {
 	viaHome bool // counted in cl.viaHome
 	buf     []byte
 	env     protocol.Envelope
+	ident   *token.Claims // a hello's identity from the authentication hook
 }
 
 var itemPool = sync.Pool{New: func() any { return new(item) }}
@@ -292,6 +299,7 @@ func putItem(it *item) {
 	it.env.Reset() // drop references into buf and decoded strings
 	it.cl = nil
 	it.viaHome = false
+	it.ident = nil
 	if cap(it.buf) > maxPooledBuf {
 		it.buf = nil
 	}

@@ -129,6 +129,7 @@ func (s *shard) applyMeta(c *conversation, m *ConvMeta, rev uint64) {
 	if ev == protocol.StateUnspecified {
 		ev = m.State
 	}
+	c.intent, c.summary = m.Intent, m.Summary
 	switch m.State {
 	case protocol.StateClosed:
 		s.setState(c, protocol.StateClosed)

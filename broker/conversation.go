@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/unigate/unigate/backends"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -41,6 +42,15 @@ type conversation struct {
 	reason   string // why it closed
 	closedAt time.Time
 	reads    [2]uint64 // highest read receipt of the visitor (0) and the agent side (1)
+
+	// Bot-first routing and what the agent is shown (backends.go).
+	intent, summary string // the bot's, at hand-off
+	routing         string // the router's explanation of the assignment
+	region          string // visitor context: declared (or mapped) region,
+	language        string // language and the page the chat started on
+	page            string
+	botBusy         bool // a question to the bot is in flight
+	botAgain        bool // the visitor wrote again meanwhile
 
 	// Durable mode (Options.History set).
 	streamSeq    uint64        // stream sequence of the last stored message
@@ -80,11 +90,50 @@ func (s *shard) setState(c *conversation, st protocol.State) {
 
 // announce sends a Conversation event with state st to every attached
 // connection; requester (if not nil) gets it with the envelope id reqID.
+// Agents' connections get what only agents see (the bot's intent and
+// summary, the routing explanation, the visitor's context).
 func (s *shard) announce(c *conversation, st protocol.State, reason string, requester *client, reqID uint64) {
 	e := &s.out
 	e.Kind = protocol.KindConversation
 	e.ID = 0
-	e.Conversation = protocol.Conversation{
+	e.Conversation = convEventOf(c, st, reason, false)
+	if !c.hasAgentView() {
+		s.b.fanout(c.attached, requester, e)
+	} else {
+		// Rare (a state change): two lists, one encoding each.
+		var vis, ag []*client
+		for _, cl := range c.attached {
+			if u := cl.user.Load(); u != nil && u.role == protocol.RoleAgent {
+				ag = append(ag, cl)
+			} else {
+				vis = append(vis, cl)
+			}
+		}
+		s.b.fanout(vis, requester, e)
+		e.Conversation = convEventOf(c, st, reason, true)
+		s.b.fanout(ag, requester, e)
+		if requester != nil {
+			if u := requester.user.Load(); u == nil || u.role != protocol.RoleAgent {
+				e.Conversation = convEventOf(c, st, reason, false)
+			}
+		}
+	}
+	if requester != nil && !requester.closed.Load() {
+		e.ID = reqID
+		s.b.sendTo(requester, e)
+	}
+	e.Conversation = protocol.Conversation{}
+}
+
+// hasAgentView reports whether c has anything only agents see.
+func (c *conversation) hasAgentView() bool {
+	return c.intent != "" || c.summary != "" || c.routing != "" || c.region != "" || c.language != "" || c.page != ""
+}
+
+// convEventOf is c's Conversation event in state st; forAgent adds what
+// only agents see.
+func convEventOf(c *conversation, st protocol.State, reason string, forAgent bool) protocol.Conversation {
+	ev := protocol.Conversation{
 		ConversationID: c.id,
 		State:          st,
 		VisitorID:      c.visitor.id,
@@ -93,12 +142,11 @@ func (s *shard) announce(c *conversation, st protocol.State, reason string, requ
 		Reason:         reason,
 		LastSeq:        c.lastSeq,
 	}
-	s.b.fanout(c.attached, requester, e)
-	if requester != nil && !requester.closed.Load() {
-		e.ID = reqID
-		s.b.sendTo(requester, e)
+	if forAgent {
+		ev.Intent, ev.Summary, ev.Routing = c.intent, c.summary, c.routing
+		ev.Region, ev.Language, ev.Page = c.region, c.language, c.page
 	}
-	e.Conversation = protocol.Conversation{}
+	return ev
 }
 
 // adopt makes u a participant's user on the delivery side: c joins u's
@@ -169,7 +217,16 @@ func (s *shard) create(r *ctrl) {
 		hist:    newHistory(b.o.HistoryPerConversation, b.o.HistoryBytesPerConversation),
 		dedupe:  make(map[dedupeKey]uint64),
 
+		region:   o.region,
+		language: o.language,
+		page:     o.page,
+
 		createdMilli: b.now().UnixMilli(),
+	}
+	// Bot-first: the bot answers before anybody is queued.
+	st := protocol.StateQueued
+	if b.bk != nil && b.bk.o.Bot != nil {
+		st = protocol.StateBot
 	}
 	u.mu.Lock()
 	deleted := u.deleted
@@ -182,13 +239,10 @@ func (s *shard) create(r *ctrl) {
 	}
 	s.adopt(c, u)
 	durable := b.o.History != nil
-	if o.text != "" && !durable {
-		s.store(c, u, "", o.text, b.now().UnixMilli())
-	}
 	if cs := b.o.Conversations; cs != nil {
 		// The record exists before anybody hears of the conversation.
 		m := c.meta()
-		m.State = protocol.StateQueued
+		m.State = st
 		ctx, cancel := s.ioCtx()
 		rev, err := cs.Create(ctx, m)
 		cancel()
@@ -203,7 +257,24 @@ func (s *shard) create(r *ctrl) {
 		}
 		c.rev = rev
 	}
-	if err := b.disp.enqueue(c.tenant, c.id, s.idx, c.skill, c.prio); err != nil {
+	if o.text != "" && !durable {
+		s.store(c, u, "", o.text, b.now().UnixMilli())
+	}
+	reason := ""
+	if st == protocol.StateQueued {
+		if err := b.disp.enqueue(c.tenant, c.id, s.idx, s.routeInfo(c)); err != nil {
+			s.drop(c, u)
+			u.mu.Lock()
+			u.open--
+			u.mu.Unlock()
+			s.fail(r.cl, r.id, protocol.CodeQueueFull, "the waiting queue is full")
+			return
+		}
+		if b.o.Cluster == nil && !b.disp.anyOnline(c.tenant) {
+			reason = ReasonNoAgentOnline // the visitor may leave a message
+		}
+	} else if b.disp.full() {
+		// A hand-off would exceed MaxQueue later: refuse now.
 		s.drop(c, u)
 		u.mu.Lock()
 		u.open--
@@ -214,8 +285,12 @@ func (s *shard) create(r *ctrl) {
 	s.convs[c.id] = c
 	s.follow(c)
 	s.recheckLater(c)
-	s.setState(c, protocol.StateQueued)
-	s.announce(c, protocol.StateQueued, "", r.cl, r.id)
+	s.setState(c, st)
+	s.announce(c, st, reason, r.cl, r.id)
+	s.emitConv(c, backends.EventConversationOpened, "")
+	if o.text != "" && !durable && st == protocol.StateBot {
+		s.askBot(c)
+	}
 	if o.text != "" && durable {
 		// Stored as seq 1 once durable; the agent sees it on assignment
 		// (or live, if assigned before the append completes).
@@ -246,6 +321,7 @@ func (s *shard) assign(r *ctrl) {
 		}
 	}
 	c.agent = r.u
+	c.routing = r.note
 	s.setState(c, protocol.StateAssigned)
 	if s.b.o.Cluster == nil {
 		s.persist(c)
@@ -253,6 +329,7 @@ func (s *shard) assign(r *ctrl) {
 	fresh := s.adopt(c, r.u)
 	s.announce(c, protocol.StateAssigned, "", nil, 0)
 	s.replay(c, fresh, 0)
+	s.emitConv(c, backends.EventConversationAssigned, "")
 }
 
 // position tells a waiting visitor its place in the queue.
@@ -299,15 +376,8 @@ func (s *shard) attach(r *ctrl) {
 	e := &s.out
 	e.Kind = protocol.KindConversation
 	e.ID = 0
-	e.Conversation = protocol.Conversation{
-		ConversationID: c.id,
-		State:          c.state,
-		VisitorID:      c.visitor.id,
-		AgentID:        c.agentID(),
-		Skill:          c.skill,
-		Reason:         c.reason,
-		LastSeq:        c.lastSeq,
-	}
+	u := cl.user.Load()
+	e.Conversation = convEventOf(c, c.state, c.reason, u != nil && u.role == protocol.RoleAgent)
 	s.b.sendTo(cl, e)
 	e.Conversation = protocol.Conversation{}
 	if c.state == protocol.StateQueued && c.position > 0 {
@@ -394,6 +464,7 @@ func (s *shard) send(c *conversation, it *item) {
 	e.Deliver = deliverOf(c, m)
 	s.b.fanout(c.attached, cl, e)
 	s.b.m.relayed.Inc()
+	s.stored(c, m)
 }
 
 // typing relays a typing indicator, with the sender filled in by the
@@ -476,10 +547,12 @@ func (s *shard) transfer(c *conversation, it *item) {
 		if !clustered {
 			s.persist(c)
 		}
+		c.routing = "transferred by " + u.id
 		fresh := s.adopt(c, to)
 		s.announce(c, protocol.StateTransferred, t.Note, cl, id)
 		s.replay(c, fresh, 0) // before drop: fresh is a view of c.attached
 		s.drop(c, u)
+		s.emitConv(c, backends.EventConversationTransferred, u.id)
 		return
 	}
 	if clustered && !s.clusterQueue(c, t.ToSkill, protocol.StateTransferred, t.Note) {
@@ -495,7 +568,8 @@ func (s *shard) transfer(c *conversation, it *item) {
 	}
 	s.announce(c, protocol.StateTransferred, t.Note, cl, id)
 	s.drop(c, u)
-	s.b.disp.requeue(c.tenant, c.id, s.idx, c.skill, c.prio, u.id)
+	s.b.disp.requeue(c.tenant, c.id, s.idx, s.routeInfo(c), u.id)
+	s.emitConv(c, backends.EventConversationTransferred, u.id)
 }
 
 // closeRequest closes a conversation at a participant's request.
@@ -545,6 +619,7 @@ func (s *shard) closeConversation(c *conversation, reason string, requester *cli
 	c.visitor.mu.Unlock()
 	s.announce(c, protocol.StateClosed, c.reason, requester, reqID)
 	s.closed = append(s.closed, c)
+	s.emitConv(c, backends.EventConversationClosed, "")
 	return true
 }
 
@@ -576,7 +651,7 @@ func (s *shard) agentGone(r *ctrl) {
 	}
 	s.drop(c, r.u)
 	s.announce(c, protocol.StateQueued, reasonAgentLeft, nil, 0)
-	s.b.disp.requeue(c.tenant, c.id, s.idx, c.skill, c.prio, r.u.id)
+	s.b.disp.requeue(c.tenant, c.id, s.idx, s.routeInfo(c), r.u.id)
 }
 
 // sweep forgets conversations closed more than ResumeTTL ago.

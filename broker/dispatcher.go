@@ -1,12 +1,15 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/unigate/unigate/backends"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -35,6 +38,7 @@ type agentSlot struct {
 	capacity   int
 	load       int      // conversations held now
 	skills     []string // owned copies
+	region     string   // declared in presence, for the router
 	lastAssign uint64   // dispatcher clock of the last assignment: smaller = idle longer
 	convs      map[string]struct{}
 }
@@ -44,10 +48,19 @@ func (a *agentSlot) available() bool {
 	return a.status == protocol.StatusOnline && a.load < a.capacity
 }
 
-// hasSkill reports whether a serves skill; the empty skill is served by
+// hasSkill reports whether a serves skill, itself or a parent of it
+// ("billing" serves "billing/refund"); the empty skill is served by
 // everyone.
 func (a *agentSlot) hasSkill(skill string) bool {
-	return skill == "" || slices.Contains(a.skills, skill)
+	if skill == "" {
+		return true
+	}
+	for _, s := range a.skills {
+		if s == skill || (len(skill) > len(s) && skill[len(s)] == '/' && strings.HasPrefix(skill, s)) {
+			return true
+		}
+	}
+	return false
 }
 
 // betterAgent reports whether a should get the next conversation rather
@@ -77,12 +90,21 @@ func pickAgent(agents []*agentSlot, skill string) *agentSlot {
 	return best
 }
 
+// routeInfo is what the queue and the router know of a waiting
+// conversation.
+type routeInfo struct {
+	skill     string
+	prio      uint32
+	region    string
+	language  string
+	sentiment float64 // -1 angry .. 1 happy
+}
+
 // waiting is a queued conversation.
 type waiting struct {
-	conv     string
-	shard    int
-	skill    string
-	prio     uint32
+	conv  string
+	shard int
+	routeInfo
 	boosted  bool   // queued again (transfer, departed agent): ahead of new ones
 	seq      uint64 // enqueue order
 	notified uint32 // last position sent, 0 if none
@@ -129,7 +151,7 @@ func (p *tenantPool) remove(conv string) bool {
 // available agent serving their skill, and calls assign for each. A
 // conversation no agent can serve keeps its place without holding up the
 // ones behind it. It returns the number assigned.
-func (p *tenantPool) drain(clock *uint64, assign func(*waiting, *agentSlot)) int {
+func (p *tenantPool) drain(clock *uint64, pick func(*tenantPool, *waiting) (*agentSlot, string), assign func(*waiting, *agentSlot, string)) int {
 	n := 0
 	kept := p.queue[:0]
 	for i, w := range p.queue {
@@ -137,7 +159,7 @@ func (p *tenantPool) drain(clock *uint64, assign func(*waiting, *agentSlot)) int
 			kept = append(kept, p.queue[i:]...)
 			break
 		}
-		a := pickAgent(p.agents, w.skill)
+		a, why := pick(p, w)
 		if a == nil {
 			kept = append(kept, w)
 			continue
@@ -146,7 +168,7 @@ func (p *tenantPool) drain(clock *uint64, assign func(*waiting, *agentSlot)) int
 		a.load++
 		a.lastAssign = *clock
 		a.convs[w.conv] = struct{}{}
-		assign(w, a)
+		assign(w, a, why)
 		n++
 	}
 	clear(p.queue[len(kept):])
@@ -193,6 +215,12 @@ type dispatcher struct {
 	seq      uint64 // enqueue counter (waiting.seq)
 	post     func(shard int, c ctrl)
 
+	// router ranks the eligible agents (Backends.Router); nil: pickAgent.
+	// cands and slots are its scratch.
+	router backends.Router
+	cands  []backends.Agent
+	slots  []*agentSlot
+
 	// Cluster mode: the queue is fed by observe only.
 	mirror  bool
 	shardOf func(conv string) int
@@ -224,9 +252,9 @@ func (d *dispatcher) pool(tenant string) *tenantPool {
 // settle assigns what can be assigned in p and sends position updates.
 // d.mu is held.
 func (d *dispatcher) settle(p *tenantPool) {
-	n := p.drain(&d.clock, func(w *waiting, a *agentSlot) {
+	n := p.drain(&d.clock, d.pick, func(w *waiting, a *agentSlot, why string) {
 		delete(d.where, w.conv)
-		d.post(w.shard, ctrl{kind: ctrlAssign, conv: w.conv, u: a.u})
+		d.post(w.shard, ctrl{kind: ctrlAssign, conv: w.conv, u: a.u, note: why})
 	})
 	d.queued -= n
 	p.positions(func(w *waiting, pos uint32) {
@@ -239,9 +267,51 @@ func (d *dispatcher) settle(p *tenantPool) {
 	}
 }
 
+// pick chooses the agent for w among p's: with a router, the best ranked
+// of the available agents serving w's skill (and its explanation); else,
+// or when the router fails, pickAgent's choice. d.mu is held.
+func (d *dispatcher) pick(p *tenantPool, w *waiting) (*agentSlot, string) {
+	if d.router == nil {
+		return pickAgent(p.agents, w.skill), ""
+	}
+	d.cands, d.slots = d.cands[:0], d.slots[:0]
+	for _, a := range p.agents {
+		if a.available() && a.hasSkill(w.skill) {
+			d.cands = append(d.cands, backends.Agent{ID: a.id, Skills: a.skills, Load: a.load, Capacity: a.capacity, Region: a.region})
+			d.slots = append(d.slots, a)
+		}
+	}
+	if len(d.slots) == 0 {
+		return nil, ""
+	}
+	req := backends.RankRequest{
+		Conversation: backends.Conversation{
+			ID: w.conv, Tenant: p.tenant, Region: w.region, Language: w.language,
+			Sentiment: w.sentiment, Priority: int(w.prio),
+		},
+		Candidates: d.cands,
+	}
+	if w.skill != "" {
+		req.Conversation.Skills = []string{w.skill}
+	}
+	rk, err := d.router.Rank(context.Background(), req)
+	if err == nil {
+		for _, r := range rk.Agents {
+			for i, c := range d.cands {
+				if c.ID == r.AgentID {
+					clear(d.cands)
+					return d.slots[i], rk.Explanation
+				}
+			}
+		}
+	}
+	clear(d.cands)
+	return pickAgent(d.slots, w.skill), "router unavailable: least loaded agent"
+}
+
 // enqueue adds a new conversation to its tenant's queue, or fails with
 // errQueueFull.
-func (d *dispatcher) enqueue(tenant, conv string, shard int, skill string, prio uint32) error {
+func (d *dispatcher) enqueue(tenant, conv string, shard int, ri routeInfo) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.queued >= d.maxQueue {
@@ -250,14 +320,39 @@ func (d *dispatcher) enqueue(tenant, conv string, shard int, skill string, prio 
 	if d.mirror {
 		return nil // the watcher brings the record
 	}
-	d.add(tenant, conv, shard, skill, prio, false)
+	d.add(tenant, conv, shard, ri, false)
 	return nil
+}
+
+// handoff queues a conversation the bot hands to a human. Like requeue it
+// never fails (the conversation exists; MaxQueue is checked at Open).
+func (d *dispatcher) handoff(tenant, conv string, shard int, ri routeInfo) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.mirror {
+		return // the watcher brings the record
+	}
+	d.add(tenant, conv, shard, ri, false)
+}
+
+// anyOnline reports whether an agent of tenant is online on this node.
+func (d *dispatcher) anyOnline(tenant string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p := d.pools[tenant]; p != nil {
+		for _, a := range p.agents {
+			if a.status == protocol.StatusOnline {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // requeue puts a conversation back in the queue ahead of new ones of its
 // priority, first releasing it from fromAgent (if not empty). It never
 // fails: the conversation already exists.
-func (d *dispatcher) requeue(tenant, conv string, shard int, skill string, prio uint32, fromAgent string) {
+func (d *dispatcher) requeue(tenant, conv string, shard int, ri routeInfo, fromAgent string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if a := d.agents[fromAgent]; a != nil {
@@ -267,13 +362,13 @@ func (d *dispatcher) requeue(tenant, conv string, shard int, skill string, prio 
 		d.settle(d.pool(tenant)) // the watcher brings the record
 		return
 	}
-	d.add(tenant, conv, shard, skill, prio, true)
+	d.add(tenant, conv, shard, ri, true)
 }
 
-func (d *dispatcher) add(tenant, conv string, shard int, skill string, prio uint32, boosted bool) {
+func (d *dispatcher) add(tenant, conv string, shard int, ri routeInfo, boosted bool) {
 	d.seq++
 	p := d.pool(tenant)
-	p.insert(&waiting{conv: conv, shard: shard, skill: skill, prio: prio, boosted: boosted, seq: d.seq})
+	p.insert(&waiting{conv: conv, shard: shard, routeInfo: ri, boosted: boosted, seq: d.seq})
 	d.where[conv] = tenant
 	d.queued++
 	d.settle(p)
@@ -320,13 +415,14 @@ type presenceResult struct {
 	status   protocol.Status
 	capacity int
 	skills   []string
+	region   string
 }
 
 // presence sets an agent's status; capacity 0 and nil skills keep the
 // current values (the defaults for a new agent: defCapacity and the
 // token's skills). Going online assigns waiting conversations. Any status
 // other than online stops new assignments but keeps the current ones.
-func (d *dispatcher) presence(u *user, status protocol.Status, capacity, defCapacity int, skills []string) presenceResult {
+func (d *dispatcher) presence(u *user, status protocol.Status, capacity, defCapacity int, skills []string, region string) presenceResult {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	a := d.agents[u.id]
@@ -350,11 +446,14 @@ func (d *dispatcher) presence(u *user, status protocol.Status, capacity, defCapa
 	if skills != nil {
 		a.skills = skills
 	}
+	if region != "" {
+		a.region = region
+	}
 	d.setStatus(a, status)
 	if status == protocol.StatusOnline {
 		d.settle(d.pool(a.tenant))
 	}
-	return presenceResult{status: a.status, capacity: a.capacity, skills: a.skills}
+	return presenceResult{status: a.status, capacity: a.capacity, skills: a.skills, region: a.region}
 }
 
 func (d *dispatcher) setStatus(a *agentSlot, s protocol.Status) {
@@ -468,7 +567,8 @@ func (d *dispatcher) observeLocked(m *ConvMeta, rev uint64, again bool) {
 			}
 			seq = min(seq, rev)
 		}
-		p.insert(&waiting{conv: m.ID, shard: d.shardOf(m.ID), skill: m.Skill, prio: m.Prio, boosted: m.Boost, seq: seq})
+		ri := routeInfo{skill: m.Skill, prio: m.Prio, region: m.Region, language: m.Language}
+		p.insert(&waiting{conv: m.ID, shard: d.shardOf(m.ID), routeInfo: ri, boosted: m.Boost, seq: seq})
 		d.where[m.ID] = m.Tenant
 		d.queued++
 	}

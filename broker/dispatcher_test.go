@@ -2,11 +2,14 @@ package broker
 
 import (
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/unigate/unigate/backends"
+	"github.com/unigate/unigate/backends/builtin"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -23,11 +26,11 @@ func TestWaitsBefore(t *testing.T) {
 		a, b waiting
 		want bool
 	}{
-		{"higher priority first", waiting{prio: 2, seq: 9}, waiting{prio: 1, seq: 1}, true},
-		{"lower priority after", waiting{prio: 0, seq: 1}, waiting{prio: 1, seq: 9}, false},
+		{"higher priority first", waiting{routeInfo: routeInfo{prio: 2}, seq: 9}, waiting{routeInfo: routeInfo{prio: 1}, seq: 1}, true},
+		{"lower priority after", waiting{routeInfo: routeInfo{prio: 0}, seq: 1}, waiting{routeInfo: routeInfo{prio: 1}, seq: 9}, false},
 		{"boosted before new", waiting{boosted: true, seq: 9}, waiting{seq: 1}, true},
 		{"new after boosted", waiting{seq: 1}, waiting{boosted: true, seq: 9}, false},
-		{"priority beats boost", waiting{prio: 1, seq: 9}, waiting{boosted: true, seq: 1}, true},
+		{"priority beats boost", waiting{routeInfo: routeInfo{prio: 1}, seq: 9}, waiting{boosted: true, seq: 1}, true},
 		{"fifo", waiting{seq: 1}, waiting{seq: 2}, true},
 		{"fifo reversed", waiting{seq: 2}, waiting{seq: 1}, false},
 		{"fifo among boosted", waiting{boosted: true, seq: 3}, waiting{boosted: true, seq: 4}, true},
@@ -97,7 +100,7 @@ func TestTenantPoolInsertOrder(t *testing.T) {
 	for _, w := range []waiting{
 		{conv: "n1", seq: 1},
 		{conv: "n2", seq: 2},
-		{conv: "vip", prio: 5, seq: 3},
+		{conv: "vip", routeInfo: routeInfo{prio: 5}, seq: 3},
 		{conv: "b1", boosted: true, seq: 4},
 		{conv: "n3", seq: 5},
 		{conv: "b2", boosted: true, seq: 6},
@@ -146,7 +149,7 @@ func TestTenantPoolDrain(t *testing.T) {
 		{
 			name:      "unservable skill does not block",
 			agents:    []*agentSlot{agentFor("a", 0, 2, 0, "sales")},
-			queue:     []waiting{{conv: "1", skill: "billing", seq: 1}, {conv: "2", skill: "sales", seq: 2}},
+			queue:     []waiting{{conv: "1", routeInfo: routeInfo{skill: "billing"}, seq: 1}, {conv: "2", routeInfo: routeInfo{skill: "sales"}, seq: 2}},
 			assigned:  []string{"2>a"},
 			remaining: []string{"1"},
 		},
@@ -166,7 +169,7 @@ func TestTenantPoolDrain(t *testing.T) {
 			}
 			var clock uint64
 			var got []string
-			n := p.drain(&clock, func(w *waiting, a *agentSlot) { got = append(got, w.conv+">"+a.id) })
+			n := p.drain(&clock, pickFirst, func(w *waiting, a *agentSlot, _ string) { got = append(got, w.conv+">"+a.id) })
 			if n != len(got) || !slices.Equal(got, tt.assigned) {
 				t.Fatalf("assigned %v (n=%d), want %v", got, n, tt.assigned)
 			}
@@ -256,7 +259,7 @@ func TestDispatcherFlow(t *testing.T) {
 	var r recorder
 	d := newDispatcher(3, r.post)
 	for _, c := range []string{"c1", "c2", "c3"} {
-		if err := d.enqueue("t", c, 0, "", 0); err != nil {
+		if err := d.enqueue("t", c, 0, routeInfo{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -267,7 +270,7 @@ func TestDispatcherFlow(t *testing.T) {
 		t.Fatalf("c3 position %d, want 3", p)
 	}
 	a := newAgentUser("a", "t")
-	res := d.presence(a, protocol.StatusOnline, 2, 5, nil)
+	res := d.presence(a, protocol.StatusOnline, 2, 5, nil, "")
 	if res.capacity != 2 || res.status != protocol.StatusOnline {
 		t.Fatalf("presence result %+v", res)
 	}
@@ -293,14 +296,14 @@ func TestDispatcherFlow(t *testing.T) {
 func TestDispatcherTenantsAreSeparate(t *testing.T) {
 	var r recorder
 	d := newDispatcher(10, r.post)
-	d.presence(newAgentUser("a", "t1"), protocol.StatusOnline, 2, 5, nil)
-	if err := d.enqueue("t2", "c", 0, "", 0); err != nil {
+	d.presence(newAgentUser("a", "t1"), protocol.StatusOnline, 2, 5, nil, "")
+	if err := d.enqueue("t2", "c", 0, routeInfo{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := r.assigned(); len(got) != 0 {
 		t.Fatalf("cross-tenant assignment %v", got)
 	}
-	d.presence(newAgentUser("b", "t2"), protocol.StatusOnline, 2, 5, nil)
+	d.presence(newAgentUser("b", "t2"), protocol.StatusOnline, 2, 5, nil, "")
 	if got, want := r.assigned(), []string{"c>b"}; !slices.Equal(got, want) {
 		t.Fatalf("assigned %v, want %v", got, want)
 	}
@@ -310,16 +313,16 @@ func TestDispatcherRequeueAhead(t *testing.T) {
 	var r recorder
 	d := newDispatcher(10, r.post)
 	a := newAgentUser("a", "t")
-	d.presence(a, protocol.StatusOnline, 1, 5, nil)
-	_ = d.enqueue("t", "old", 0, "", 0) // assigned to a
-	_ = d.enqueue("t", "new1", 0, "", 0)
-	_ = d.enqueue("t", "new2", 0, "", 0)
-	d.presence(a, protocol.StatusAway, 0, 5, nil) // keep "old", take no more
-	d.requeue("t", "old", 0, "", 0, "a")          // a transfers it back to the queue
+	d.presence(a, protocol.StatusOnline, 1, 5, nil, "")
+	_ = d.enqueue("t", "old", 0, routeInfo{}) // assigned to a
+	_ = d.enqueue("t", "new1", 0, routeInfo{})
+	_ = d.enqueue("t", "new2", 0, routeInfo{})
+	d.presence(a, protocol.StatusAway, 0, 5, nil, "") // keep "old", take no more
+	d.requeue("t", "old", 0, routeInfo{}, "a")        // a transfers it back to the queue
 	if p := r.lastPosition("old"); p != 1 {
 		t.Fatalf("requeued conversation at %d, want 1", p)
 	}
-	d.presence(a, protocol.StatusOnline, 0, 5, nil)
+	d.presence(a, protocol.StatusOnline, 0, 5, nil, "")
 	if got, want := r.assigned(), []string{"old>a", "old>a"}; !slices.Equal(got, want) {
 		t.Fatalf("assigned %v, want %v", got, want)
 	}
@@ -329,9 +332,9 @@ func TestDispatcherSuccess(t *testing.T) {
 	var r recorder
 	d := newDispatcher(10, r.post)
 	a, b := newAgentUser("a", "t"), newAgentUser("b", "t")
-	d.presence(a, protocol.StatusOnline, 1, 5, nil)
-	d.presence(b, protocol.StatusOnline, 1, 5, nil)
-	_ = d.enqueue("t", "c", 0, "", 0)
+	d.presence(a, protocol.StatusOnline, 1, 5, nil, "")
+	d.presence(b, protocol.StatusOnline, 1, 5, nil, "")
+	_ = d.enqueue("t", "c", 0, routeInfo{})
 	from := r.assigned()[0][2:]
 	to := "b"
 	if from == "b" {
@@ -353,12 +356,12 @@ func TestDispatcherFailure(t *testing.T) {
 	setup := func() (*dispatcher, *recorder) {
 		var r recorder
 		d := newDispatcher(1, r.post)
-		d.presence(newAgentUser("a", "t"), protocol.StatusOnline, 1, 5, nil)
-		d.presence(newAgentUser("full", "t"), protocol.StatusOnline, 1, 5, nil)
-		d.presence(newAgentUser("away", "t"), protocol.StatusAway, 1, 5, nil)
-		d.presence(newAgentUser("other", "t2"), protocol.StatusOnline, 1, 5, nil)
-		_ = d.enqueue("t", "c1", 0, "", 0) // → a (smaller id)
-		_ = d.enqueue("t", "c2", 0, "", 0) // → full
+		d.presence(newAgentUser("a", "t"), protocol.StatusOnline, 1, 5, nil, "")
+		d.presence(newAgentUser("full", "t"), protocol.StatusOnline, 1, 5, nil, "")
+		d.presence(newAgentUser("away", "t"), protocol.StatusAway, 1, 5, nil, "")
+		d.presence(newAgentUser("other", "t2"), protocol.StatusOnline, 1, 5, nil, "")
+		_ = d.enqueue("t", "c1", 0, routeInfo{}) // → a (smaller id)
+		_ = d.enqueue("t", "c2", 0, routeInfo{}) // → full
 		return d, &r
 	}
 	tests := []struct {
@@ -367,10 +370,10 @@ func TestDispatcherFailure(t *testing.T) {
 		want error
 	}{
 		{"queue full", func(d *dispatcher) error {
-			if err := d.enqueue("t", "q1", 0, "", 0); err != nil {
+			if err := d.enqueue("t", "q1", 0, routeInfo{}); err != nil {
 				return err
 			}
-			return d.enqueue("t", "q2", 0, "", 0)
+			return d.enqueue("t", "q2", 0, routeInfo{})
 		}, errQueueFull},
 		{"transfer to a full agent", func(d *dispatcher) error { _, err := d.transfer("a", "full", "c1"); return err }, errNoAgent},
 		{"transfer to an away agent", func(d *dispatcher) error { _, err := d.transfer("a", "away", "c1"); return err }, errNoAgent},
@@ -411,13 +414,52 @@ func TestDispatcherForgetsEmptyTenants(t *testing.T) {
 	for i := range 100 {
 		tenant := string(rune('a' + i%26))
 		conv := tenant + "-conv"
-		if err := d.enqueue(tenant, conv, 0, "", 0); err != nil {
+		if err := d.enqueue(tenant, conv, 0, routeInfo{}); err != nil {
 			t.Fatal(err)
 		}
 		d.cancel(tenant, conv)
 	}
-	d.presence(newAgentUser("a", "kept"), protocol.StatusOnline, 1, 5, nil)
+	d.presence(newAgentUser("a", "kept"), protocol.StatusOnline, 1, 5, nil, "")
 	if len(d.pools) != 1 || d.pools["kept"] == nil {
 		t.Fatalf("pools %v, want only the agent's tenant", slices.Collect(maps.Keys(d.pools)))
+	}
+}
+
+// pickFirst is the dispatcher's choice without a router.
+func pickFirst(p *tenantPool, w *waiting) (*agentSlot, string) {
+	return pickAgent(p.agents, w.skill), ""
+}
+
+// BenchmarkAssignOverAgents: one conversation queued and assigned among
+// 1,000 online agents of one tenant (then released), with the built-in
+// scoring router and with the default least-loaded choice: the whole
+// dispatcher decision, under its lock.
+func BenchmarkAssignOverAgents(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		router backends.Router
+	}{{"least-loaded", nil}, {"scoring-router", &builtin.ScoringRouter{}}} {
+		b.Run(tc.name, func(b *testing.B) {
+			var last ctrl
+			d := newDispatcher(1<<20, func(_ int, c ctrl) { last = c })
+			d.router = tc.router
+			regions := []string{"cn-east", "cn-north", "cn-south", "us-west"}
+			for i := range 1000 {
+				u := newAgentUser(fmt.Sprintf("a%04d", i), "t", "billing", "sales")
+				d.presence(u, protocol.StatusOnline, 5, 5, nil, regions[i%len(regions)])
+			}
+			ri := routeInfo{skill: "billing/refund", region: "cn-east", sentiment: -0.5}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if err := d.enqueue("t", "c", 0, ri); err != nil {
+					b.Fatal(err)
+				}
+				if last.kind != ctrlAssign {
+					b.Fatal("not assigned")
+				}
+				d.release(last.u.id, "c")
+			}
+		})
 	}
 }

@@ -52,6 +52,12 @@ type ConvMeta struct {
 	// Boost: queued again (transfer to a skill, departed agent), ahead of
 	// new conversations of its priority.
 	Boost bool `json:"boost,omitempty"`
+	// What the bot understood at hand-off, and the visitor's context.
+	Intent   string `json:"intent,omitempty"`
+	Summary  string `json:"summary,omitempty"`
+	Region   string `json:"region,omitempty"`
+	Language string `json:"lang,omitempty"`
+	Page     string `json:"page,omitempty"`
 }
 
 // ErrConvNotFound is returned by ConvStore.Get for an unknown conversation.
@@ -190,6 +196,8 @@ func (c *conversation) meta() *ConvMeta {
 		CreatedMilli: c.createdMilli,
 	}
 	m.ClosedMilli = c.closedMilli
+	m.Intent, m.Summary = c.intent, c.summary
+	m.Region, m.Language, m.Page = c.region, c.language, c.page
 	return m
 }
 
@@ -394,6 +402,7 @@ func (s *shard) appended(r *appendResult) {
 		}
 		s.b.m.relayed.Inc()
 		s.popSend(c)
+		s.stored(c, mm)
 	case r.err == nil && r.dup:
 		// Stored before (a retry after a restart, within the duplicate
 		// window): the original Ack if the message is still in memory.
@@ -575,6 +584,11 @@ func (s *shard) load(id string) *conversation {
 		skill:        meta.Skill,
 		prio:         meta.Prio,
 		reason:       meta.Reason,
+		intent:       meta.Intent,
+		summary:      meta.Summary,
+		region:       meta.Region,
+		language:     meta.Language,
+		page:         meta.Page,
 		createdMilli: meta.CreatedMilli,
 		rev:          rev,
 		hist:         newHistory(b.o.HistoryPerConversation, b.o.HistoryBytesPerConversation),
@@ -622,7 +636,7 @@ func (s *shard) load(id string) *conversation {
 	switch meta.State {
 	case protocol.StateQueued:
 		if b.o.Cluster == nil { // in a cluster the watcher queues it
-			b.disp.requeue(c.tenant, c.id, s.idx, c.skill, c.prio, "")
+			b.disp.requeue(c.tenant, c.id, s.idx, s.routeInfo(c), "")
 		}
 	case protocol.StateClosed:
 		// Remembered for ResumeTTL from now, like a fresh close.

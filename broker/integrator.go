@@ -448,7 +448,7 @@ func (s *shard) apiTransfer(c *conversation, toAgent, toSkill, note string) *pro
 		s.drop(c, from)
 		fromID = from.id
 	}
-	b.disp.requeue(c.tenant, c.id, s.idx, c.skill, c.prio, fromID)
+	b.disp.requeue(c.tenant, c.id, s.idx, s.routeInfo(c), fromID)
 	return nil
 }
 

@@ -151,6 +151,10 @@ type Options struct {
 	// docs/protocol.md, "Encrypted connections". Nil: a secure envelope is
 	// refused like any kind the server does not accept.
 	Secure *SecureOptions
+
+	// Backends, when set, connects a bot (bot-first routing), a router
+	// and a hook (events, password authentication); see Backends.
+	Backends *Backends
 }
 
 // Limits is the admission the broker asks for on a hello; see

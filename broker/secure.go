@@ -535,7 +535,7 @@ func helloTenant(sess *session, claims token.Claims, h *protocol.Hello) string {
 	switch {
 	case sess != nil:
 		tenant = sess.u.tenant
-	case h.Token != "":
+	case claims.Subject != "": // verified: a token or the authentication hook
 		tenant = claims.Tenant
 	default:
 		tenant = h.Tenant

@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/gobwas/ws"
 
+	"github.com/unigate/unigate/backends"
 	"github.com/unigate/unigate/internal/token"
 	"github.com/unigate/unigate/netpoll"
 	"github.com/unigate/unigate/protocol"
@@ -121,12 +123,22 @@ func (b *Broker) gone(cl *client) {
 		if u.disconnect(cl, b.now()) {
 			b.cacheSession(cl.sess, false)
 		}
+		if u.role == protocol.RoleVisitor && b.hooked() {
+			b.emit(backends.Event{
+				ID: "v:" + u.id + ":disconnected:" + strconv.FormatUint(cl.peer.ID(), 10), Type: backends.EventVisitorDisconnected,
+				Tenant: u.tenant, VisitorID: u.id,
+			})
+		}
 	}
 }
 
 // maxTenantLen bounds the tenant an anonymous visitor names (tokens bound
 // theirs the same way).
 const maxTenantLen = 128
+
+// maxContext bounds each field of a visitor's context (region, language,
+// page) and an agent's region, in bytes.
+const maxContext = 512
 
 // roleOf maps a token role to a protocol role.
 func roleOf(s string) protocol.Role {
@@ -140,16 +152,30 @@ func roleOf(s string) protocol.Role {
 }
 
 // hello authenticates a connection (home shard).
-func (s *shard) hello(it *item) {
+func (s *shard) hello(it *item) bool {
 	b, cl, h, id := s.b, it.cl, &it.env.Hello, it.env.ID
 	if cl.ready.Load() {
 		s.fail(cl, id, protocol.CodeBadTransition, "hello already done")
-		return
+		return true
 	}
 	now := b.now()
 	var claims token.Claims
 	var role protocol.Role
 	switch {
+	case it.ident != nil:
+		claims, role = *it.ident, roleOf(it.ident.Role)
+	case h.Token == "" && h.Username != "":
+		if b.bk == nil || b.bk.o.Hook == nil {
+			s.fail(cl, id, protocol.CodeUnauthenticated, "password sign-in is not enabled on this server")
+			cl.peer.Close(ws.StatusPolicyViolation, "authentication failed")
+			return true
+		}
+		if !s.authenticate(it) {
+			s.fail(cl, id, protocol.CodeOverloaded, "authentication busy, retry later")
+			cl.peer.Close(netpoll.StatusTryAgainLater, "authentication busy; retry in 1 s")
+			return true
+		}
+		return false
 	case h.Token != "":
 		var err error
 		claims, err = b.signer.Verify(h.Token, now)
@@ -165,22 +191,23 @@ func (s *shard) hello(it *item) {
 			}
 			s.fail(cl, id, code, msg)
 			cl.peer.Close(ws.StatusPolicyViolation, "authentication failed")
-			return
+			return true
 		}
 	case b.o.AllowAnonymous:
 		if len(h.Tenant) > maxTenantLen {
 			s.fail(cl, id, protocol.CodeTooLarge, "tenant too long")
-			return
+			return true
 		}
 		role = protocol.RoleVisitor
 	default:
 		s.fail(cl, id, protocol.CodeUnauthenticated, "a token is required")
 		cl.peer.Close(ws.StatusPolicyViolation, "authentication required")
-		return
+		return true
 	}
 
-	if !s.admit(cl, id, claims, h.Token != "") {
-		return
+	verified := h.Token != "" || it.ident != nil
+	if !s.admit(cl, id, claims, verified) {
+		return true
 	}
 
 	var sess *session
@@ -195,23 +222,23 @@ func (s *shard) hello(it *item) {
 				sess, stored = b.restoreSession(sid, fromToken, now)
 			}
 		}
-		if sess == nil || sess.u.role != role || (h.Token != "" && sess.u.id != claims.Subject) {
+		if sess == nil || sess.u.role != role || (verified && sess.u.id != claims.Subject) {
 			s.fail(cl, id, protocol.CodeBadResumeToken, "unknown or expired resume token")
-			return
+			return true
 		}
 		resumed = true
 	}
 	if !s.originAllowed(cl, id, sess, claims, h) || !s.secureHelloAllowed(cl, id, sess, claims, h) {
-		return
+		return true
 	}
 	if sess == nil {
 		var u *user
-		if h.Token != "" {
+		if verified {
 			var ok bool
 			if u, ok = b.reg.userFor(claims, role, now); !ok {
 				s.fail(cl, id, protocol.CodeForbidden, "user id is taken by another role")
 				cl.peer.Close(ws.StatusPolicyViolation, "authentication failed")
-				return
+				return true
 			}
 		} else {
 			tenant := strings.Clone(h.Tenant)
@@ -229,7 +256,7 @@ func (s *shard) hello(it *item) {
 		if !cl.closed.Load() {
 			s.fail(cl, id, protocol.CodeBadResumeToken, "session expired")
 		}
-		return
+		return true
 	}
 	if c := b.o.Cluster; c != nil {
 		c.markSeen(u, now)
@@ -278,6 +305,12 @@ func (s *shard) hello(it *item) {
 	b.sendTo(cl, e)
 	e.Welcome = protocol.Welcome{}
 	cl.ready.Store(true)
+	if u.role == protocol.RoleVisitor && b.hooked() {
+		b.emit(backends.Event{
+			ID: "v:" + u.id + ":connected:" + strconv.FormatUint(cl.peer.ID(), 10), Type: backends.EventVisitorConnected,
+			Tenant: u.tenant, VisitorID: u.id, Attributes: map[string]string{"resumed": strconv.FormatBool(resumed)},
+		})
+	}
 	if est, ok := cl.peer.(establisher); ok {
 		est.MarkEstablished() // stops netpoll's hello deadline
 	}
@@ -312,6 +345,7 @@ func (s *shard) hello(it *item) {
 			b.shardFor(conv).mbox.post(ctrl{kind: ctrlAttach, conv: conv, cl: cl, seq: cur.LastSeq, id: id, load: true})
 		}
 	}
+	return true
 }
 
 // admit asks Options.Limits for the hello of cl: the verified identity
@@ -507,6 +541,9 @@ func (s *shard) open(it *item) {
 		return
 	}
 	o := &it.env.Open
+	if o.Region == "" {
+		o.Region = b.regionOf(cl)
+	}
 	conv := newID(prefixConversation)
 	b.shardFor(conv).mbox.post(ctrl{
 		kind: ctrlCreate,
@@ -514,7 +551,10 @@ func (s *shard) open(it *item) {
 		cl:   cl,
 		u:    u,
 		id:   id,
-		open: &openReq{skill: strings.Clone(o.Skill), prio: o.Priority, text: strings.Clone(o.Text)},
+		open: &openReq{
+			skill: strings.Clone(o.Skill), prio: o.Priority, text: strings.Clone(o.Text),
+			region: clip(o.Region, maxContext), language: clip(o.Language, maxContext), page: clip(o.Page, maxContext),
+		},
 	})
 }
 
@@ -546,7 +586,7 @@ func (s *shard) presence(it *item) {
 			skills[i] = strings.Clone(sk)
 		}
 	}
-	r := b.disp.presence(u, p.Status, capacity, b.o.DefaultAgentCapacity, skills)
+	r := b.disp.presence(u, p.Status, capacity, b.o.DefaultAgentCapacity, skills, clip(p.Region, maxContext))
 	if c := b.o.Cluster; c != nil {
 		// Cluster-wide: the presence other nodes see (refreshed by the
 		// heartbeat) and the load the agent has on every node.
@@ -562,7 +602,7 @@ func (s *shard) presence(it *item) {
 	e := &s.out
 	e.Kind = protocol.KindPresence
 	e.ID = id
-	e.Presence = protocol.Presence{AgentID: u.id, Status: r.status, Capacity: uint32(r.capacity), Skills: r.skills}
+	e.Presence = protocol.Presence{AgentID: u.id, Status: r.status, Capacity: uint32(r.capacity), Skills: r.skills, Region: r.region}
 	b.sendTo(cl, e)
 	e.Presence = protocol.Presence{}
 }

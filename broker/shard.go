@@ -23,6 +23,8 @@ const (
 	ctrlAppended                        // a durable append finished (res)
 	ctrlCall                            // run call on the shard (integrator API)
 	ctrlMeta                            // cluster: another node changed conv's record (meta, seq = revision)
+	ctrlBot                             // the bot answered in conv (bot)
+	ctrlAuthed                          // the authentication hook answered the hello it (auth)
 )
 
 // ctrl is a control message; which fields are set depends on kind.
@@ -39,14 +41,20 @@ type ctrl struct {
 	load bool         // attach: rebuild conv from the durable stores if unknown
 	call func(*shard) // ctrlCall: runs on the shard, must not block
 	meta *ConvMeta    // ctrlMeta
+	bot  *botResult   // ctrlBot
+	auth *authResult  // ctrlAuthed
+	note string       // ctrlAssign: the router's explanation
 }
 
 // openReq is an Open on its way from the home shard to the conversation's
 // shard. Its strings are owned copies.
 type openReq struct {
-	skill string
-	prio  uint32
-	text  string
+	skill    string
+	prio     uint32
+	text     string
+	region   string // declared, else from the client address
+	language string
+	page     string
 }
 
 // mailbox is a shard's control inbox. Posting appends under a leaf mutex
@@ -201,6 +209,10 @@ func (s *shard) control(c *ctrl) {
 		c.call(s)
 	case ctrlMeta:
 		s.remoteMeta(c)
+	case ctrlBot:
+		s.botAnswered(c)
+	case ctrlAuthed:
+		s.authed(c)
 	}
 }
 
@@ -208,7 +220,9 @@ func (s *shard) control(c *ctrl) {
 func (s *shard) handle(it *item) {
 	switch it.env.Kind {
 	case protocol.KindHello:
-		s.hello(it)
+		if !s.hello(it) {
+			return // kept for the authentication hook (ctrlAuthed)
+		}
 	case protocol.KindOpen:
 		s.open(it)
 	case protocol.KindPresence:

@@ -62,7 +62,7 @@ func toPB(env *Envelope) *pb.Envelope {
 	switch env.Kind {
 	case KindHello:
 		b := &env.Hello
-		h := &pb.Hello{Token: b.Token, ResumeToken: b.ResumeToken, ClientName: b.ClientName, Tenant: b.Tenant}
+		h := &pb.Hello{Token: b.Token, ResumeToken: b.ResumeToken, ClientName: b.ClientName, Tenant: b.Tenant, Username: b.Username, Password: b.Password}
 		if len(b.Cursors) > 0 {
 			h.Cursors = make([]*pb.Cursor, len(b.Cursors))
 			for i, c := range b.Cursors {
@@ -85,7 +85,7 @@ func toPB(env *Envelope) *pb.Envelope {
 		}}
 	case KindOpen:
 		b := &env.Open
-		m.Body = &pb.Envelope_Open{Open: &pb.Open{Skill: b.Skill, Priority: b.Priority, Text: b.Text}}
+		m.Body = &pb.Envelope_Open{Open: &pb.Open{Skill: b.Skill, Priority: b.Priority, Text: b.Text, Region: b.Region, Language: b.Language, Page: b.Page}}
 	case KindConversation:
 		b := &env.Conversation
 		m.Body = &pb.Envelope_Conversation{Conversation: &pb.Conversation{
@@ -96,6 +96,12 @@ func toPB(env *Envelope) *pb.Envelope {
 			Skill:          b.Skill,
 			Reason:         b.Reason,
 			LastSeq:        b.LastSeq,
+			Intent:         b.Intent,
+			Summary:        b.Summary,
+			Routing:        b.Routing,
+			Region:         b.Region,
+			Language:       b.Language,
+			Page:           b.Page,
 		}}
 	case KindSend:
 		b := &env.Send
@@ -142,6 +148,7 @@ func toPB(env *Envelope) *pb.Envelope {
 			Status:   pb.Status(b.Status),
 			Capacity: b.Capacity,
 			Skills:   b.Skills,
+			Region:   b.Region,
 		}}
 	case KindTransfer:
 		b := &env.Transfer
@@ -180,6 +187,7 @@ func fromPB(m *pb.Envelope, env *Envelope) error {
 			return tooMany(KindHello)
 		}
 		b.Token, b.ResumeToken, b.ClientName, b.Tenant = h.GetToken(), h.GetResumeToken(), h.GetClientName(), h.GetTenant()
+		b.Username, b.Password = h.GetUsername(), h.GetPassword()
 		for _, c := range h.GetCursors() {
 			b.Cursors = append(b.Cursors, Cursor{ConversationID: c.GetConversationId(), LastSeq: c.GetLastSeq()})
 		}
@@ -205,7 +213,7 @@ func fromPB(m *pb.Envelope, env *Envelope) error {
 	case *pb.Envelope_Open:
 		env.Kind = KindOpen
 		o := body.Open
-		env.Open = Open{Skill: o.GetSkill(), Priority: o.GetPriority(), Text: o.GetText()}
+		env.Open = Open{Skill: o.GetSkill(), Priority: o.GetPriority(), Text: o.GetText(), Region: o.GetRegion(), Language: o.GetLanguage(), Page: o.GetPage()}
 	case *pb.Envelope_Conversation:
 		env.Kind = KindConversation
 		c := body.Conversation
@@ -221,6 +229,12 @@ func fromPB(m *pb.Envelope, env *Envelope) error {
 			Skill:          c.GetSkill(),
 			Reason:         c.GetReason(),
 			LastSeq:        c.GetLastSeq(),
+			Intent:         c.GetIntent(),
+			Summary:        c.GetSummary(),
+			Routing:        c.GetRouting(),
+			Region:         c.GetRegion(),
+			Language:       c.GetLanguage(),
+			Page:           c.GetPage(),
 		}
 	case *pb.Envelope_Send:
 		env.Kind = KindSend
@@ -281,6 +295,7 @@ func fromPB(m *pb.Envelope, env *Envelope) error {
 		b.Status = Status(status)
 		b.Capacity = p.GetCapacity()
 		b.Skills = append(b.Skills, p.GetSkills()...)
+		b.Region = p.GetRegion()
 	case *pb.Envelope_Transfer:
 		env.Kind = KindTransfer
 		t := body.Transfer

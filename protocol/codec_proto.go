@@ -309,6 +309,10 @@ func decodeHello(b []byte, m *Hello) (protowire.Number, int) {
 			n = consumeString(b, num, typ, &m.ClientName)
 		case 5:
 			n = consumeString(b, num, typ, &m.Tenant)
+		case 6:
+			n = consumeString(b, num, typ, &m.Username)
+		case 7:
+			n = consumeString(b, num, typ, &m.Password)
 		default:
 			n = protowire.ConsumeFieldValue(num, typ, b)
 		}
@@ -394,6 +398,12 @@ func decodeOpen(b []byte, m *Open) (protowire.Number, int) {
 			n = consumeUint32(b, num, typ, &m.Priority)
 		case 3:
 			n = consumeString(b, num, typ, &m.Text)
+		case 4:
+			n = consumeString(b, num, typ, &m.Region)
+		case 5:
+			n = consumeString(b, num, typ, &m.Language)
+		case 6:
+			n = consumeString(b, num, typ, &m.Page)
 		default:
 			n = protowire.ConsumeFieldValue(num, typ, b)
 		}
@@ -427,6 +437,18 @@ func decodeConversation(b []byte, m *Conversation) (protowire.Number, int) {
 			n = consumeString(b, num, typ, &m.Reason)
 		case 7:
 			n = consumeUint64(b, num, typ, &m.LastSeq)
+		case 8:
+			n = consumeString(b, num, typ, &m.Intent)
+		case 9:
+			n = consumeString(b, num, typ, &m.Summary)
+		case 10:
+			n = consumeString(b, num, typ, &m.Routing)
+		case 11:
+			n = consumeString(b, num, typ, &m.Region)
+		case 12:
+			n = consumeString(b, num, typ, &m.Language)
+		case 13:
+			n = consumeString(b, num, typ, &m.Page)
 		default:
 			n = protowire.ConsumeFieldValue(num, typ, b)
 		}
@@ -593,6 +615,8 @@ func decodePresence(b []byte, m *Presence) (protowire.Number, int) {
 			n = consumeUint32(b, num, typ, &m.Capacity)
 		case 4:
 			n = consumeRepeatedString(b, num, typ, &m.Skills)
+		case 5:
+			n = consumeString(b, num, typ, &m.Region)
 		default:
 			n = protowire.ConsumeFieldValue(num, typ, b)
 		}
@@ -834,6 +858,8 @@ func measureBody(env *Envelope) (int, error) {
 		}
 		m.str(b.ClientName)
 		m.str(b.Tenant)
+		m.str(b.Username)
+		m.str(b.Password)
 	case KindWelcome:
 		b := &env.Welcome
 		m.str(b.SessionID)
@@ -850,6 +876,9 @@ func measureBody(env *Envelope) (int, error) {
 		m.str(b.Skill)
 		m.varint(uint64(b.Priority))
 		m.str(b.Text)
+		m.str(b.Region)
+		m.str(b.Language)
+		m.str(b.Page)
 	case KindConversation:
 		b := &env.Conversation
 		m.str(b.ConversationID)
@@ -859,6 +888,12 @@ func measureBody(env *Envelope) (int, error) {
 		m.str(b.Skill)
 		m.str(b.Reason)
 		m.varint(b.LastSeq)
+		m.str(b.Intent)
+		m.str(b.Summary)
+		m.str(b.Routing)
+		m.str(b.Region)
+		m.str(b.Language)
+		m.str(b.Page)
 	case KindSend:
 		b := &env.Send
 		m.str(b.ConversationID)
@@ -897,6 +932,7 @@ func measureBody(env *Envelope) (int, error) {
 		m.varint(uint64(b.Status))
 		m.varint(uint64(b.Capacity))
 		m.strs(b.Skills)
+		m.str(b.Region)
 	case KindTransfer:
 		b := &env.Transfer
 		m.str(b.ConversationID)
@@ -984,6 +1020,8 @@ func appendBody(dst []byte, env *Envelope) []byte {
 		}
 		dst = appendStringField(dst, 4, b.ClientName)
 		dst = appendStringField(dst, 5, b.Tenant)
+		dst = appendStringField(dst, 6, b.Username)
+		dst = appendStringField(dst, 7, b.Password)
 	case KindWelcome:
 		b := &env.Welcome
 		dst = appendStringField(dst, 1, b.SessionID)
@@ -1000,6 +1038,9 @@ func appendBody(dst []byte, env *Envelope) []byte {
 		dst = appendStringField(dst, 1, b.Skill)
 		dst = appendVarintField(dst, 2, uint64(b.Priority))
 		dst = appendStringField(dst, 3, b.Text)
+		dst = appendStringField(dst, 4, b.Region)
+		dst = appendStringField(dst, 5, b.Language)
+		dst = appendStringField(dst, 6, b.Page)
 	case KindConversation:
 		b := &env.Conversation
 		dst = appendStringField(dst, 1, b.ConversationID)
@@ -1009,6 +1050,12 @@ func appendBody(dst []byte, env *Envelope) []byte {
 		dst = appendStringField(dst, 5, b.Skill)
 		dst = appendStringField(dst, 6, b.Reason)
 		dst = appendVarintField(dst, 7, b.LastSeq)
+		dst = appendStringField(dst, 8, b.Intent)
+		dst = appendStringField(dst, 9, b.Summary)
+		dst = appendStringField(dst, 10, b.Routing)
+		dst = appendStringField(dst, 11, b.Region)
+		dst = appendStringField(dst, 12, b.Language)
+		dst = appendStringField(dst, 13, b.Page)
 	case KindSend:
 		b := &env.Send
 		dst = appendStringField(dst, 1, b.ConversationID)
@@ -1047,6 +1094,7 @@ func appendBody(dst []byte, env *Envelope) []byte {
 		dst = appendVarintField(dst, 2, uint64(b.Status))
 		dst = appendVarintField(dst, 3, uint64(b.Capacity))
 		dst = appendRepeatedString(dst, 4, b.Skills)
+		dst = appendStringField(dst, 5, b.Region)
 	case KindTransfer:
 		b := &env.Transfer
 		dst = appendStringField(dst, 1, b.ConversationID)

@@ -72,6 +72,8 @@ type Hello struct {
 	Cursors     []Cursor // last seen sequence per conversation, for replay on resume
 	ClientName  string   // free text, e.g. "widget/1.2.0"
 	Tenant      string   // tenant of an anonymous visitor; ignored when Token carries one
+	Username    string   // credentials for the authentication hook, instead of Token
+	Password    string
 }
 
 // Welcome answers Hello.
@@ -92,6 +94,9 @@ type Open struct {
 	Skill    string // wanted skill group, optional
 	Priority uint32 // 0 normal; higher is served first
 	Text     string // optional first message
+	Region   string // visitor context: declared region, language (BCP 47), page
+	Language string
+	Page     string
 }
 
 // Conversation reports a conversation's state to its participants.
@@ -103,6 +108,12 @@ type Conversation struct {
 	Skill          string
 	Reason         string
 	LastSeq        uint64
+	Intent         string // the bot's understanding at hand-off
+	Summary        string
+	Routing        string // the router's explanation (agents only)
+	Region         string // visitor context (agents only)
+	Language       string
+	Page           string
 }
 
 // Send is a chat message from a client.
@@ -153,6 +164,7 @@ type Presence struct {
 	Status   Status
 	Capacity uint32 // concurrent conversations the agent takes; 0 keeps the current value
 	Skills   []string
+	Region   string // for the router's geography; empty keeps the current one
 }
 
 // Transfer moves a conversation to another agent or skill group.

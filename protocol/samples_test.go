@@ -35,6 +35,8 @@ func samples() []sample {
 				},
 				ClientName: "widget/1.2.0",
 				Tenant:     "acme",
+				Username:   "zhang.wei",
+				Password:   "密码 p@ss",
 			}},
 			pb: &pb.Envelope{Id: 1, Body: &pb.Envelope_Hello{Hello: &pb.Hello{
 				Token:       "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ2LTQyIn0.c2ln",
@@ -47,6 +49,8 @@ func samples() []sample {
 				},
 				ClientName: "widget/1.2.0",
 				Tenant:     "acme",
+				Username:   "zhang.wei",
+				Password:   "密码 p@ss",
 			}}},
 		},
 		{
@@ -81,18 +85,22 @@ func samples() []sample {
 		},
 		{
 			name: "open",
-			env:  Envelope{Kind: KindOpen, ID: 2, Open: Open{Skill: "billing", Priority: math.MaxUint32, Text: "hi"}},
-			pb:   &pb.Envelope{Id: 2, Body: &pb.Envelope_Open{Open: &pb.Open{Skill: "billing", Priority: math.MaxUint32, Text: "hi"}}},
+			env:  Envelope{Kind: KindOpen, ID: 2, Open: Open{Skill: "billing", Priority: math.MaxUint32, Text: "hi", Region: "cn-east", Language: "zh-CN", Page: "https://example.gov.cn/服务"}},
+			pb:   &pb.Envelope{Id: 2, Body: &pb.Envelope_Open{Open: &pb.Open{Skill: "billing", Priority: math.MaxUint32, Text: "hi", Region: "cn-east", Language: "zh-CN", Page: "https://example.gov.cn/服务"}}},
 		},
 		{
 			name: "conversation",
 			env: Envelope{Kind: KindConversation, ID: 2, Conversation: Conversation{
 				ConversationID: "c1", State: StateAssigned, VisitorID: "v-1", AgentID: "a-7",
 				Skill: "billing", Reason: "assigned", LastSeq: 3,
+				Intent: "billing/refund", Summary: "退款 refund for order 42", Routing: "skills 1.00 geo 0.50",
+				Region: "cn-east", Language: "zh-CN", Page: "/help",
 			}},
 			pb: &pb.Envelope{Id: 2, Body: &pb.Envelope_Conversation{Conversation: &pb.Conversation{
 				ConversationId: "c1", State: pb.State_STATE_ASSIGNED, VisitorId: "v-1", AgentId: "a-7",
 				Skill: "billing", Reason: "assigned", LastSeq: 3,
+				Intent: "billing/refund", Summary: "退款 refund for order 42", Routing: "skills 1.00 geo 0.50",
+				Region: "cn-east", Language: "zh-CN", Page: "/help",
 			}}},
 		},
 		{
@@ -148,8 +156,8 @@ func samples() []sample {
 		},
 		{
 			name: "presence",
-			env:  Envelope{Kind: KindPresence, ID: 3, Presence: Presence{AgentID: "a-7", Status: StatusOnline, Capacity: 5, Skills: []string{"billing", "售后"}}},
-			pb:   &pb.Envelope{Id: 3, Body: &pb.Envelope_Presence{Presence: &pb.Presence{AgentId: "a-7", Status: pb.Status_STATUS_ONLINE, Capacity: 5, Skills: []string{"billing", "售后"}}}},
+			env:  Envelope{Kind: KindPresence, ID: 3, Presence: Presence{AgentID: "a-7", Status: StatusOnline, Capacity: 5, Skills: []string{"billing", "售后"}, Region: "cn-east"}},
+			pb:   &pb.Envelope{Id: 3, Body: &pb.Envelope_Presence{Presence: &pb.Presence{AgentId: "a-7", Status: pb.Status_STATUS_ONLINE, Capacity: 5, Skills: []string{"billing", "售后"}, Region: "cn-east"}}},
 		},
 		{
 			name: "transfer",

@@ -18,6 +18,7 @@ import (
 func clusterEnv(key string, i int, routes []string) []string {
 	return []string{
 		"UNIGATE_SHUTDOWN_DRAIN_TIMEOUT=2s",
+		"UNIGATE_BACKENDS_BOT=off",
 		"UNIGATE_AUTH_KEY_FILE=" + key,
 		"UNIGATE_NATS_REPLICAS=3",
 		fmt.Sprintf("UNIGATE_CLUSTER_NODE_NAME=n%d", i),

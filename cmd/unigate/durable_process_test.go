@@ -48,7 +48,7 @@ func startNode(t *testing.T, bin, dir string, extra ...string) *node {
 	t.Helper()
 	args := append([]string{"serve", "-listen", "127.0.0.1:0", "-admin-listen", "", "-data-dir", dir}, extra...)
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append(cmd.Environ(), "UNIGATE_SHUTDOWN_DRAIN_TIMEOUT=2s")
+	cmd.Env = append(cmd.Environ(), "UNIGATE_SHUTDOWN_DRAIN_TIMEOUT=2s", "UNIGATE_BACKENDS_BOT=off")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -27,6 +27,9 @@ func startGateway(t *testing.T, edit ...func(*config.Config)) *gateway {
 	cfg.Admin.Listen = ""
 	cfg.DataDir = t.TempDir()
 	cfg.EventLoops = 2
+	// Visitors go straight to the agents' queue unless a test turns the
+	// bot on (backends_process_test.go, the broker's bot tests).
+	cfg.Backends.Bot = "off"
 	for _, e := range edit {
 		e(&cfg)
 	}

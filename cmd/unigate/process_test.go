@@ -28,6 +28,10 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(stormClientEnv); spec != "" {
 		os.Exit(stormClient(spec)) // a client process of TestConnectionStormCap
 	}
+	if os.Getenv(testPluginEnv) != "" {
+		serveTestPlugin() // a bot plugin process of TestBotPluginFaults
+		os.Exit(0)
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)
@@ -66,7 +70,7 @@ func TestServeDrainsOnSIGTERM(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "serve", "-listen", "127.0.0.1:0", "-admin-listen", "", "-data-dir", dir)
-	cmd.Env = append(cmd.Environ(), "UNIGATE_SHUTDOWN_DRAIN_TIMEOUT=3s")
+	cmd.Env = append(cmd.Environ(), "UNIGATE_SHUTDOWN_DRAIN_TIMEOUT=3s", "UNIGATE_BACKENDS_BOT=off")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -126,6 +126,7 @@ type gateway struct {
 	limiter    *limiter.Limiter
 	limiterSet *metrics.Set
 	origins    *atomic.Pointer[originPolicy] // swapped by reload
+	backends   *backendSet
 }
 
 // originPolicy is the reloadable part of the origin checks: the upgrade's
@@ -253,6 +254,14 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		closeStores()
 		return nil, err
 	}
+	bks, err := buildBackends(cfg.Backends, log.With("component", "backends"))
+	if err != nil {
+		closeStores()
+		return nil, err
+	}
+	closeStores = func(close func()) func() {
+		return func() { close(); bks.Close() }
+	}(closeStores)
 	b, err := broker.New(broker.Options{
 		Logger:               log.With("component", "broker"),
 		Signer:               signer,
@@ -282,6 +291,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		PresenceBurst: cfg.Limits.PresenceBurst,
 		Cluster:       cluster,
 		Secure:        sec,
+		Backends:      bks.opts,
 	})
 	if err != nil {
 		closeStores()
@@ -329,7 +339,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		stopBroker()
 		return nil, err
 	}
-	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, sess: sess, atRest: ar, limiter: lim, limiterSet: limSet, origins: origins}, nil
+	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, sess: sess, atRest: ar, limiter: lim, limiterSet: limSet, origins: origins, backends: bks}, nil
 }
 
 func (g *gateway) start() error {
@@ -340,6 +350,7 @@ func (g *gateway) start() error {
 	metrics.RegisterSet(g.srv.Metrics())
 	metrics.RegisterSet(g.broker.Metrics())
 	metrics.RegisterSet(g.limiterSet)
+	metrics.RegisterSet(g.backends.metrics)
 	if g.cfg.Admin.Listen != "" {
 		admin, err := startAdmin(g.cfg.Admin, g.log, adminRoute{"/keys", g.atRest.adminHandler()})
 		if err != nil {
@@ -360,6 +371,7 @@ func (g *gateway) stop(ctx context.Context) error {
 	metrics.UnregisterSet(g.srv.Metrics(), false)
 	metrics.UnregisterSet(g.broker.Metrics(), false)
 	metrics.UnregisterSet(g.limiterSet, false)
+	metrics.UnregisterSet(g.backends.metrics, false)
 	if g.admin != nil {
 		_ = g.admin.Close()
 	}
@@ -384,6 +396,7 @@ func (g *gateway) closeBroker() {
 	_ = g.hist.Close()
 	g.atRest.close()
 	g.node.Shutdown()
+	g.backends.Close()
 }
 
 // Files in the data directory.

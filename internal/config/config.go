@@ -87,6 +87,61 @@ type Config struct {
 	// Crypto configures the application-layer secure channel inside the
 	// WebSocket (SM2/SM3/SM4 and post-quantum suites); see docs/crypto.md.
 	Crypto CryptoConfig `yaml:"crypto"`
+	// Backends connects the bot, the router and the hook; see
+	// docs/backends.md.
+	Backends BackendsConfig `yaml:"backends"`
+}
+
+// BackendsConfig chooses the bot, the router and the hook: built in
+// (in-process, the defaults) or plugin processes under supervision
+// (docs/backends.md).
+type BackendsConfig struct {
+	// Bot answers visitors before a human: "faq" (the built-in FAQ bot on
+	// BotKnowledgeBase), "plugin" (the executable BotPlugin), or "off"
+	// (conversations are queued for an agent at once).
+	Bot string `yaml:"bot"`
+	// BotKnowledgeBase is the FAQ bot's knowledge base (YAML); empty: the
+	// embedded sample.
+	BotKnowledgeBase string `yaml:"bot_knowledge_base"`
+	// BotPlugin is the bot plugin executable (bot: plugin).
+	BotPlugin string `yaml:"bot_plugin"`
+	// BotThreshold is the confidence (0..1) at which the bot answers;
+	// below it the conversation goes to an agent with the bot's intent
+	// and summary.
+	BotThreshold float64 `yaml:"bot_threshold"`
+	// Router ranks the agents for a waiting conversation: "builtin" (the
+	// weighted scorer below) or "off" (least loaded first).
+	Router string `yaml:"router"`
+	// RouterSkill, RouterGeo and RouterSentiment weigh the scorer's
+	// components (load breaks ties, capacity is a hard limit).
+	RouterSkill     float64 `yaml:"router_skill"`
+	RouterGeo       float64 `yaml:"router_geo"`
+	RouterSentiment float64 `yaml:"router_sentiment"`
+	// Regions maps client networks to regions for the router's geography
+	// when a visitor declares none: "CIDR=region" entries, the longest
+	// prefix wins.
+	Regions []string `yaml:"regions"`
+	// HookPlugin is the hook plugin executable (events and password
+	// authentication); empty: no hook.
+	HookPlugin string `yaml:"hook_plugin"`
+	// HookFailOpen: while the hook is down, events are dropped (and
+	// counted) and a password hello continues as an anonymous visitor
+	// (when auth.allow_anonymous). False (fail-closed): events are
+	// retried until the hook takes them and password hellos are refused.
+	HookFailOpen bool `yaml:"hook_fail_open"`
+	// HookMessages also sends every stored message to the hook.
+	HookMessages bool `yaml:"hook_messages"`
+	// CallTimeout bounds each plugin call.
+	CallTimeout time.Duration `yaml:"call_timeout"`
+	// MaxConcurrent bounds the calls in flight per plugin.
+	MaxConcurrent int `yaml:"max_concurrent"`
+	// FailureThreshold consecutive failures open a plugin's circuit
+	// breaker for CoolDown.
+	FailureThreshold int           `yaml:"failure_threshold"`
+	CoolDown         time.Duration `yaml:"cool_down"`
+	// RestartMax caps the delay before a crashed plugin is started again
+	// (the delay doubles from 100ms per quick crash).
+	RestartMax time.Duration `yaml:"restart_max"`
 }
 
 // CryptoConfig is the application-layer secure channel (package crypto,
@@ -524,6 +579,19 @@ func Default() Config {
 		Shutdown: ShutdownConfig{
 			DrainTimeout: 10 * time.Second,
 		},
+		Backends: BackendsConfig{
+			Bot:              "faq",
+			BotThreshold:     0.8,
+			Router:           "builtin",
+			RouterSkill:      0.5,
+			RouterGeo:        0.3,
+			RouterSentiment:  0.2,
+			CallTimeout:      2 * time.Second,
+			MaxConcurrent:    64,
+			FailureThreshold: 5,
+			CoolDown:         10 * time.Second,
+			RestartMax:       30 * time.Second,
+		},
 		Crypto: CryptoConfig{
 			Suites:     []string{"GM-PQ", "GM", "INTL-PQ"},
 			RekeyAfter: 1 << 24,
@@ -686,4 +754,17 @@ func validOrigin(s string) bool {
 		return false
 	}
 	return !strings.Contains(u.Host, "*") && strings.Count(s, "*") <= 1
+}
+
+// ParseRegion splits a backends.regions entry, "CIDR=region".
+func ParseRegion(e string) (netip.Prefix, string, error) {
+	cidr, region, ok := strings.Cut(e, "=")
+	if !ok || strings.TrimSpace(region) == "" {
+		return netip.Prefix{}, "", fmt.Errorf("want CIDR=region, got %q", e)
+	}
+	p, err := netip.ParsePrefix(strings.TrimSpace(cidr))
+	if err != nil {
+		return netip.Prefix{}, "", fmt.Errorf("bad CIDR in %q: %v", e, err)
+	}
+	return p.Masked(), strings.TrimSpace(region), nil
 }

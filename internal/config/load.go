@@ -58,6 +58,9 @@ func Load(path string, environ []string) (Config, error) {
 	if len(c.Crypto.RequiredTenants) == 0 {
 		c.Crypto.RequiredTenants = nil
 	}
+	if len(c.Backends.Regions) == 0 {
+		c.Backends.Regions = nil
+	}
 	return c, nil
 }
 

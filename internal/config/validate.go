@@ -242,6 +242,37 @@ func (c Config) Validate() error {
 		bad("crypto.ticket_ttl", "must be positive when crypto.tickets is set, got %v", cr.TicketTTL)
 	}
 
+	bk := c.Backends
+	switch bk.Bot {
+	case "faq", "off":
+	case "plugin":
+		if bk.BotPlugin == "" {
+			bad("backends.bot_plugin", "must name the bot plugin executable when backends.bot is plugin")
+		}
+	default:
+		bad("backends.bot", "must be faq, plugin or off, got %q", bk.Bot)
+	}
+	if bk.BotThreshold < 0 || bk.BotThreshold > 1 {
+		bad("backends.bot_threshold", "must be between 0 and 1, got %v", bk.BotThreshold)
+	}
+	if bk.Router != "builtin" && bk.Router != "off" {
+		bad("backends.router", "must be builtin or off, got %q", bk.Router)
+	}
+	if bk.RouterSkill < 0 || bk.RouterGeo < 0 || bk.RouterSentiment < 0 {
+		bad("backends.router_skill", "router weights must not be negative")
+	}
+	for i, r := range bk.Regions {
+		if _, _, err := ParseRegion(r); err != nil {
+			bad(fmt.Sprintf("backends.regions[%d]", i), "%v", err)
+		}
+	}
+	if bk.CallTimeout <= 0 || bk.CoolDown <= 0 || bk.RestartMax <= 0 {
+		bad("backends.call_timeout", "call_timeout, cool_down and restart_max must be positive")
+	}
+	if bk.MaxConcurrent < 1 || bk.FailureThreshold < 1 {
+		bad("backends.max_concurrent", "max_concurrent and failure_threshold must be at least 1")
+	}
+
 	if c.Shutdown.DrainTimeout < 0 {
 		bad("shutdown.drain_timeout", "must be 0 (no wait) or more, got %v", c.Shutdown.DrainTimeout)
 	}

@@ -616,7 +616,13 @@ type Hello struct {
 	// Free text naming the client, e.g. "widget/1.2.0"; for logs only.
 	ClientName string `protobuf:"bytes,4,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"`
 	// Tenant of an anonymous visitor; ignored when the token names one.
-	Tenant        string `protobuf:"bytes,5,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Tenant string `protobuf:"bytes,5,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// User name and password for the server's authentication hook (an
+	// enterprise directory, SSO or CRM; docs/backends.md), instead of a
+	// signed token. Only over an encrypted transport (TLS in front, or the
+	// secure channel).
+	Username      string `protobuf:"bytes,6,opt,name=username,proto3" json:"username,omitempty"`
+	Password      string `protobuf:"bytes,7,opt,name=password,proto3" json:"password,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -682,6 +688,20 @@ func (x *Hello) GetClientName() string {
 func (x *Hello) GetTenant() string {
 	if x != nil {
 		return x.Tenant
+	}
+	return ""
+}
+
+func (x *Hello) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *Hello) GetPassword() string {
+	if x != nil {
+		return x.Password
 	}
 	return ""
 }
@@ -813,7 +833,13 @@ type Open struct {
 	// 0 is normal; higher values are served first (the token may cap it).
 	Priority uint32 `protobuf:"varint,2,opt,name=priority,proto3" json:"priority,omitempty"`
 	// Optional first message, stored as if sent with Send.
-	Text          string `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`
+	Text string `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`
+	// Visitor context, shown to the agent and used by the router: the
+	// visitor's declared region (e.g. "cn-east"), preferred language (BCP
+	// 47) and the page the chat started on.
+	Region        string `protobuf:"bytes,4,opt,name=region,proto3" json:"region,omitempty"`
+	Language      string `protobuf:"bytes,5,opt,name=language,proto3" json:"language,omitempty"`
+	Page          string `protobuf:"bytes,6,opt,name=page,proto3" json:"page,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -869,6 +895,27 @@ func (x *Open) GetText() string {
 	return ""
 }
 
+func (x *Open) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *Open) GetLanguage() string {
+	if x != nil {
+		return x.Language
+	}
+	return ""
+}
+
+func (x *Open) GetPage() string {
+	if x != nil {
+		return x.Page
+	}
+	return ""
+}
+
 // Conversation (server → client) reports a conversation's state to its
 // participants: opened, queued, assigned, transferred, closed.
 type Conversation struct {
@@ -886,7 +933,18 @@ type Conversation struct {
 	// Why the state changed, free text (e.g. "agent offline").
 	Reason string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Highest sequence number stored in the conversation.
-	LastSeq       uint64 `protobuf:"varint,7,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	LastSeq uint64 `protobuf:"varint,7,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// What the bot understood before the hand-off to a human (its intent,
+	// e.g. "billing/refund", and a summary of the conversation so far).
+	Intent  string `protobuf:"bytes,8,opt,name=intent,proto3" json:"intent,omitempty"`
+	Summary string `protobuf:"bytes,9,opt,name=summary,proto3" json:"summary,omitempty"`
+	// Why the router chose this agent (scores); sent to agents only.
+	Routing string `protobuf:"bytes,10,opt,name=routing,proto3" json:"routing,omitempty"`
+	// The visitor's context from Open (region, language, page); sent to
+	// agents only.
+	Region        string `protobuf:"bytes,11,opt,name=region,proto3" json:"region,omitempty"`
+	Language      string `protobuf:"bytes,12,opt,name=language,proto3" json:"language,omitempty"`
+	Page          string `protobuf:"bytes,13,opt,name=page,proto3" json:"page,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -968,6 +1026,48 @@ func (x *Conversation) GetLastSeq() uint64 {
 		return x.LastSeq
 	}
 	return 0
+}
+
+func (x *Conversation) GetIntent() string {
+	if x != nil {
+		return x.Intent
+	}
+	return ""
+}
+
+func (x *Conversation) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+func (x *Conversation) GetRouting() string {
+	if x != nil {
+		return x.Routing
+	}
+	return ""
+}
+
+func (x *Conversation) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *Conversation) GetLanguage() string {
+	if x != nil {
+		return x.Language
+	}
+	return ""
+}
+
+func (x *Conversation) GetPage() string {
+	if x != nil {
+		return x.Page
+	}
+	return ""
 }
 
 // Send (client → server) is a chat message. The server answers the sender
@@ -1367,7 +1467,10 @@ type Presence struct {
 	// Concurrent conversations the agent takes; 0 keeps the current value.
 	Capacity uint32 `protobuf:"varint,3,opt,name=capacity,proto3" json:"capacity,omitempty"`
 	// Skill groups the agent serves; empty keeps the current ones. At most 256.
-	Skills        []string `protobuf:"bytes,4,rep,name=skills,proto3" json:"skills,omitempty"`
+	Skills []string `protobuf:"bytes,4,rep,name=skills,proto3" json:"skills,omitempty"`
+	// The agent's region (e.g. "cn-east"), for the router's geography;
+	// empty keeps the current one.
+	Region        string `protobuf:"bytes,5,opt,name=region,proto3" json:"region,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1428,6 +1531,13 @@ func (x *Presence) GetSkills() []string {
 		return x.Skills
 	}
 	return nil
+}
+
+func (x *Presence) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
 }
 
 // Transfer (agent → server) moves a conversation to another agent or skill
@@ -1770,14 +1880,16 @@ const file_unigate_proto_rawDesc = "" +
 	"\x04body\"L\n" +
 	"\x06Cursor\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x19\n" +
-	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\"\xa7\x01\n" +
+	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\"\xdf\x01\n" +
 	"\x05Hello\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
 	"\fresume_token\x18\x02 \x01(\tR\vresumeToken\x12,\n" +
 	"\acursors\x18\x03 \x03(\v2\x12.unigate.v1.CursorR\acursors\x12\x1f\n" +
 	"\vclient_name\x18\x04 \x01(\tR\n" +
 	"clientName\x12\x16\n" +
-	"\x06tenant\x18\x05 \x01(\tR\x06tenant\"\xc8\x02\n" +
+	"\x06tenant\x18\x05 \x01(\tR\x06tenant\x12\x1a\n" +
+	"\busername\x18\x06 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\a \x01(\tR\bpassword\"\xc8\x02\n" +
 	"\aWelcome\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12!\n" +
@@ -1788,11 +1900,14 @@ const file_unigate_proto_rawDesc = "" +
 	"\x11max_message_bytes\x18\x06 \x01(\rR\x0fmaxMessageBytes\x12%\n" +
 	"\x0eserver_version\x18\a \x01(\tR\rserverVersion\x12\x18\n" +
 	"\aresumed\x18\b \x01(\bR\aresumed\x12$\n" +
-	"\rconversations\x18\t \x03(\tR\rconversations\"L\n" +
+	"\rconversations\x18\t \x03(\tR\rconversations\"\x94\x01\n" +
 	"\x04Open\x12\x14\n" +
 	"\x05skill\x18\x01 \x01(\tR\x05skill\x12\x1a\n" +
 	"\bpriority\x18\x02 \x01(\rR\bpriority\x12\x12\n" +
-	"\x04text\x18\x03 \x01(\tR\x04text\"\xe3\x01\n" +
+	"\x04text\x18\x03 \x01(\tR\x04text\x12\x16\n" +
+	"\x06region\x18\x04 \x01(\tR\x06region\x12\x1a\n" +
+	"\blanguage\x18\x05 \x01(\tR\blanguage\x12\x12\n" +
+	"\x04page\x18\x06 \x01(\tR\x04page\"\xf7\x02\n" +
 	"\fConversation\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12'\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x11.unigate.v1.StateR\x05state\x12\x1d\n" +
@@ -1801,7 +1916,14 @@ const file_unigate_proto_rawDesc = "" +
 	"\bagent_id\x18\x04 \x01(\tR\aagentId\x12\x14\n" +
 	"\x05skill\x18\x05 \x01(\tR\x05skill\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x19\n" +
-	"\blast_seq\x18\a \x01(\x04R\alastSeq\"g\n" +
+	"\blast_seq\x18\a \x01(\x04R\alastSeq\x12\x16\n" +
+	"\x06intent\x18\b \x01(\tR\x06intent\x12\x18\n" +
+	"\asummary\x18\t \x01(\tR\asummary\x12\x18\n" +
+	"\arouting\x18\n" +
+	" \x01(\tR\arouting\x12\x16\n" +
+	"\x06region\x18\v \x01(\tR\x06region\x12\x1a\n" +
+	"\blanguage\x18\f \x01(\tR\blanguage\x12\x12\n" +
+	"\x04page\x18\r \x01(\tR\x04page\"g\n" +
 	"\x04Send\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\"\n" +
 	"\rclient_msg_id\x18\x02 \x01(\tR\vclientMsgId\x12\x12\n" +
@@ -1831,12 +1953,13 @@ const file_unigate_proto_rawDesc = "" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1b\n" +
 	"\tsender_id\x18\x03 \x01(\tR\bsenderId\x121\n" +
 	"\vsender_role\x18\x04 \x01(\x0e2\x10.unigate.v1.RoleR\n" +
-	"senderRole\"\x85\x01\n" +
+	"senderRole\"\x9d\x01\n" +
 	"\bPresence\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12*\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x12.unigate.v1.StatusR\x06status\x12\x1a\n" +
 	"\bcapacity\x18\x03 \x01(\rR\bcapacity\x12\x16\n" +
-	"\x06skills\x18\x04 \x03(\tR\x06skills\"\x82\x01\n" +
+	"\x06skills\x18\x04 \x03(\tR\x06skills\x12\x16\n" +
+	"\x06region\x18\x05 \x01(\tR\x06region\"\x82\x01\n" +
 	"\bTransfer\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1e\n" +
 	"\vto_agent_id\x18\x02 \x01(\tR\ttoAgentId\x12\x19\n" +

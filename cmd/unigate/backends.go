@@ -1,0 +1,126 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/unigate/unigate/backends/builtin"
+	"github.com/unigate/unigate/backends/builtin/faq"
+	"github.com/unigate/unigate/backends/supervisor"
+	"github.com/unigate/unigate/broker"
+	"github.com/unigate/unigate/internal/config"
+)
+
+// backendSet is what buildBackends made: the broker's Backends, the
+// metrics of the supervised plugins, and what to close on shutdown.
+type backendSet struct {
+	opts    *broker.Backends
+	metrics *metrics.Set
+	closers []io.Closer
+}
+
+func (s *backendSet) Close() {
+	for _, c := range s.closers {
+		_ = c.Close()
+	}
+}
+
+// buildBackends builds the bot, the router and the hook of cfg.Backends:
+// built in (in-process) or plugin processes under supervision. Nil
+// options when everything is off.
+func buildBackends(cfg config.BackendsConfig, log *slog.Logger) (*backendSet, error) {
+	set := &backendSet{metrics: metrics.NewSet()}
+	sup := func(name, path string) supervisor.Config {
+		return supervisor.Config{
+			Name:             name,
+			Path:             path,
+			CallTimeout:      cfg.CallTimeout,
+			MaxConcurrent:    cfg.MaxConcurrent,
+			FailureThreshold: cfg.FailureThreshold,
+			CoolDown:         cfg.CoolDown,
+			RestartMax:       cfg.RestartMax,
+			FailOpen:         cfg.HookFailOpen,
+			Logger:           log.With("backend", name),
+			Metrics:          set.metrics,
+		}
+	}
+	o := &broker.Backends{BotThreshold: cfg.BotThreshold, HookMessages: cfg.HookMessages}
+	switch cfg.Bot {
+	case "faq":
+		kb := faq.SampleKB()
+		if cfg.BotKnowledgeBase != "" {
+			var err error
+			if kb, err = faq.LoadKB(cfg.BotKnowledgeBase); err != nil {
+				return nil, fmt.Errorf("backends.bot_knowledge_base: %w", err)
+			}
+		}
+		bot, err := faq.New(kb)
+		if err != nil {
+			return nil, fmt.Errorf("backends.bot_knowledge_base: %w", err)
+		}
+		o.Bot = bot
+	case "plugin":
+		bot, err := supervisor.NewBot(sup("bot", cfg.BotPlugin))
+		if err != nil {
+			return nil, fmt.Errorf("backends.bot_plugin: %w", err)
+		}
+		set.closers = append(set.closers, bot)
+		o.Bot = bot
+	}
+	if cfg.Router == "builtin" {
+		o.Router = &builtin.ScoringRouter{Weights: builtin.Weights{Skill: cfg.RouterSkill, Geo: cfg.RouterGeo, Sentiment: cfg.RouterSentiment}}
+	}
+	if len(cfg.Regions) > 0 {
+		regions, err := regionTable(cfg.Regions)
+		if err != nil {
+			set.Close()
+			return nil, err
+		}
+		o.Regions = regions
+	}
+	if cfg.HookPlugin != "" {
+		hook, err := supervisor.NewHook(sup("hook", cfg.HookPlugin))
+		if err != nil {
+			set.Close()
+			return nil, fmt.Errorf("backends.hook_plugin: %w", err)
+		}
+		set.closers = append(set.closers, hook)
+		o.Hook = hook
+	}
+	if o.Bot != nil || o.Router != nil || o.Hook != nil || o.Regions != nil {
+		set.opts = o
+	}
+	return set, nil
+}
+
+// regionTable maps an address to the region of the longest matching
+// prefix of "CIDR=region" entries.
+func regionTable(entries []string) (func(netip.Addr) string, error) {
+	type entry struct {
+		p      netip.Prefix
+		region string
+	}
+	var table []entry
+	for i, e := range entries {
+		p, r, err := config.ParseRegion(e)
+		if err != nil {
+			return nil, fmt.Errorf("backends.regions[%d]: %w", i, err)
+		}
+		table = append(table, entry{p, r})
+	}
+	slices.SortStableFunc(table, func(a, b entry) int { return b.p.Bits() - a.p.Bits() })
+	return func(a netip.Addr) string {
+		a = a.Unmap()
+		for _, e := range table {
+			if e.p.Contains(a) {
+				return e.region
+			}
+		}
+		return ""
+	}, nil
+}
