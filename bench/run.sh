@@ -20,7 +20,7 @@
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
-	sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 fi
 scenario=$1
