@@ -35,6 +35,20 @@
 // time, in the receiving worker's clock, whichever worker sent it. The
 // queue is emptied from its tail at the end, so the teardown moves nobody.
 //
+// RunEcho drives any WebSocket echo server (Unigate's transport in
+// netpoll/examples/echo, the baselines in bench/baselines) the same way:
+// open-loop steps at rising rates, scheduled like chat (connection g of C
+// sends its k-th message of a step at T0 + g/rate + k·C/rate), then
+// optionally a closed loop that keeps a window of messages in flight per
+// connection. Every echo is checked byte for byte and in order, timed from
+// its due time, and the server's CPU time per message is measured from
+// /proc. Its client is not gorilla/websocket: it writes masked frames it
+// builds in a reused buffer (all messages already due go out in one
+// write) and parses the server's frames from a bufio.Reader, without
+// allocating per message, so that the load generator takes as little of
+// the shared CPUs as it can. OpenConversations opens conversations for the
+// REST API scripts of bench/wrk.
+//
 // # Processes
 //
 // One process holds at most ~19,900 sockets on the machines this was written
@@ -52,7 +66,7 @@
 // # Concurrency
 //
 // Each client connection has one reading goroutine; pings are answered by
-// gorilla/websocket from that loop. Data frames are written by exactly one
+// gorilla/websocket from that loop (by the echo client's reader itself). Data frames are written by exactly one
 // goroutine per connection (the visitor's schedule, or the agent's writer);
 // control frames (pong, close) may be written concurrently, as
 // gorilla/websocket allows. Counters are atomics; histograms and the

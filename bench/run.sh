@@ -14,11 +14,13 @@
 # sweep and storm, -token-cmd with the gateway's own key); wrk gets the URL
 # (inserted before "--", whose arguments go to the Lua script).
 # Environment: SERVER_GOMAXPROCS (default 2); KEEP=1 keeps the work
-# directory (gateway log in unigate.log).
+# directory (gateway log in unigate.log). The echo scenario runs against
+# echo servers, not the gateway: bench/baselines/run.sh; the REST API under
+# wrk: bench/wrk/rest.sh; 100,000 connections: bench/host100k.sh.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
-	sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 fi
 scenario=$1

@@ -93,7 +93,7 @@ func TestWrkREST(t *testing.T) {
 		t.Helper()
 		args := append([]string{"-t1", "-c4", "-d1s", "-s", filepath.Join("wrk", script), base, "--"}, convs...)
 		cmd := exec.CommandContext(ctx, "wrk", args...)
-		cmd.Env = append(append(os.Environ(), "UNIGATE_API_KEY="+key), env...)
+		cmd.Env = append(append(os.Environ(), "WRK_API_KEY="+key), env...)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("wrk %s: %v\n%s", script, err, out)
@@ -114,7 +114,7 @@ func TestWrkREST(t *testing.T) {
 	}
 	noErrors := regexp.MustCompile(`errors \(connect 0, read 0, write 0, status 0, timeout 0\)`)
 
-	out := run("post.lua", "UNIGATE_TEXT_BYTES=32")
+	out := run("post.lua", "WRK_TEXT_BYTES=32")
 	requests := number(out, `requests (\d+),`)
 	created := number(out, `created \(201\) (\d+)`)
 	if !noErrors.MatchString(out) || requests == 0 || created == 0 ||
@@ -123,14 +123,14 @@ func TestWrkREST(t *testing.T) {
 	}
 
 	// A page of 5 so that the walks page; the history has what was posted.
-	out = run("history.lua", "UNIGATE_PAGE=5")
+	out = run("history.lua", "WRK_PAGE=5")
 	pages, msgs := number(out, `pages \(200\) (\d+)`), number(out, `messages read (\d+)`)
 	if !noErrors.MatchString(out) || pages == 0 || msgs == 0 || msgs > 5*pages || number(out, `other (\d+)`) != 0 {
 		t.Errorf("history.lua:\n%s", out)
 	}
 	// A wrong key is refused: the scripts count it, not pass it.
 	cmd := exec.CommandContext(ctx, "wrk", append([]string{"-t1", "-c1", "-d1s", "-s", filepath.Join("wrk", "post.lua"), base, "--"}, convs...)...)
-	cmd.Env = append(os.Environ(), "UNIGATE_API_KEY=not-the-key-0123456789")
+	cmd.Env = append(os.Environ(), "WRK_API_KEY=not-the-key-0123456789")
 	bad, err := cmd.CombinedOutput()
 	if err != nil || number(string(bad), `created \(201\) (\d+)`) != 0 || number(string(bad), `other (\d+)`) == 0 ||
 		!strings.Contains(string(bad), "first other answer: 401") {

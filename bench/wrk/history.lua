@@ -3,19 +3,19 @@
 --
 -- route: GET /api/v1/conversations/{id}/messages
 --
---   UNIGATE_API_KEY=$(cat key) UNIGATE_PAGE=100 wrk -t2 -c16 -d10s \
+--   WRK_API_KEY=$(cat key) WRK_PAGE=100 wrk -t2 -c16 -d10s \
 --       -s bench/wrk/history.lua http://127.0.0.1:8080 -- $(cat conversations.txt)
 --
 -- Each thread walks the conversations given after "--" in turn: the first
--- page (after=0, limit=UNIGATE_PAGE, default 100), then, while the answer
+-- page (after=0, limit=WRK_PAGE, default 100), then, while the answer
 -- has a next_after, the page after it; a walk that ends starts the next
 -- conversation. (wrk does not say which connection a response came from,
 -- so the cursors of a thread's walks are kept in one queue: every request
 -- continues some walk, or starts one.) Counts pages, messages and non-200
 -- answers, and prints the percentiles. Post first (post.lua) so there is
 -- a history to read.
-local key = os.getenv("UNIGATE_API_KEY")
-local page = tonumber(os.getenv("UNIGATE_PAGE") or "100")
+local key = os.getenv("WRK_API_KEY")
+local page = tonumber(os.getenv("WRK_PAGE") or "100")
 local convs = {}
 local headers = {}
 local next_conv = 0
@@ -31,7 +31,7 @@ end
 
 init = function(args)
   if key == nil or key == "" then
-    error("set UNIGATE_API_KEY to an API key with the read scope")
+    error("set WRK_API_KEY to an API key with the read scope")
   end
   if #args == 0 then
     error("give conversation ids after --")

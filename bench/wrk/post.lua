@@ -2,19 +2,19 @@
 --
 -- route: POST /api/v1/conversations/{id}/messages
 --
---   UNIGATE_API_KEY=$(cat key) wrk -t2 -c16 -d10s -s bench/wrk/post.lua \
+--   WRK_API_KEY=$(cat key) wrk -t2 -c16 -d10s -s bench/wrk/post.lua \
 --       http://127.0.0.1:8080 -- $(cat conversations.txt)
 --
 -- The arguments after "--" are conversation ids (bench/wrk/rest.sh opens
 -- them with "unigate-bench open"); requests go round robin over them, so
 -- that no conversation has more than a few messages waiting for their
 -- durable write (history.max_pending_per_conversation, 64: more get 503).
--- Each message is {"text": <UNIGATE_TEXT_BYTES characters, default 64>,
+-- Each message is {"text": <WRK_TEXT_BYTES characters, default 64>,
 -- "sender": "bot", "client_msg_id": unique per run, thread and request}:
 -- a new message, never a duplicate. Counts 201 (stored), 200 (duplicate)
 -- and every other status, and prints the percentiles.
-local key = os.getenv("UNIGATE_API_KEY")
-local size = tonumber(os.getenv("UNIGATE_TEXT_BYTES") or "64")
+local key = os.getenv("WRK_API_KEY")
+local size = tonumber(os.getenv("WRK_TEXT_BYTES") or "64")
 local convs = {}
 local n = 0
 local headers = {}
@@ -32,7 +32,7 @@ end
 
 init = function(args)
   if key == nil or key == "" then
-    error("set UNIGATE_API_KEY to an API key with the write scope")
+    error("set WRK_API_KEY to an API key with the write scope")
   end
   if #args == 0 then
     error("give conversation ids after --")

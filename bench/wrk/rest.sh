@@ -11,8 +11,8 @@
 #   SCRIPTS=post CONVS=64 bench/wrk/rest.sh
 #
 # Arguments are wrk's flags (default -t2 -c16 -d10s --latency). Environment:
-# CONVS (16), SCRIPTS ("post history"), UNIGATE_TEXT_BYTES (64, post.lua),
-# UNIGATE_PAGE (100, history.lua), SERVER_GOMAXPROCS (2), KEEP=1 keeps the
+# CONVS (16), SCRIPTS ("post history"), WRK_TEXT_BYTES (64, post.lua),
+# WRK_PAGE (100, history.lua), SERVER_GOMAXPROCS (2), KEEP=1 keeps the
 # work directory (gateway log in unigate.log).
 set -euo pipefail
 
@@ -46,8 +46,8 @@ args=("$@")
 # An API key is any random secret of 16+ characters in a file the
 # configuration names (docs/api.md).
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/api.key"
-export UNIGATE_API_KEY
-UNIGATE_API_KEY=$(cat "$work/api.key")
+export WRK_API_KEY
+WRK_API_KEY=$(cat "$work/api.key")
 
 UNIGATE_API_KEYS="[{key_file: $work/api.key, tenant: bench, scopes: [read, write]}]" \
 	GOMAXPROCS=${SERVER_GOMAXPROCS:-2} "$work/unigate" -config "$root/bench/testdata/unigate-bench.yaml" \
