@@ -56,7 +56,13 @@ func (s *shard) notice(msg *nats.Msg) {
 		return
 	}
 	var n notice
-	if json.Unmarshal(msg.Data, &n) != nil || n.Node == cl.node || n.Seq <= c.lastSeq {
+	if json.Unmarshal(msg.Data, &n) != nil || n.Node == cl.node {
+		return
+	}
+	// The node that writes to c lately: where to forward c's sends if
+	// this node's appends keep losing to it (cluster_write.go).
+	c.cw.peer, c.cw.peerAt = n.Node, time.Now()
+	if n.Seq <= c.lastSeq {
 		return
 	}
 	if n.Seq > c.lastSeq+1 {
@@ -70,18 +76,13 @@ func (s *shard) notice(msg *nats.Msg) {
 		if err := s.resync(c); err != nil {
 			s.b.log.Warn("broker: resync after a gap failed", "conversation", c.id, "err", err)
 		}
+		s.pump(c)
 		return
 	}
-	m := message{seq: n.Seq, senderID: n.Sender, senderRole: n.Role, cmid: n.CMID, text: n.Text, ts: n.TS}
-	c.hist.push(m, c.dedupe)
-	c.lastSeq, c.streamSeq = n.Seq, n.Stream
-	e := &s.out
-	e.Kind = protocol.KindDeliver
-	e.ID = 0
-	e.Deliver = deliverOf(c, &m)
-	s.b.fanout(c.attached, nil, e)
-	e.Deliver = protocol.Deliver{}
+	s.learn(c, message{seq: n.Seq, senderID: n.Sender, senderRole: n.Role, cmid: n.CMID, text: n.Text, ts: n.TS}, n.Stream)
 	s.b.m.clusterNotices.Inc()
+	s.learnAnswered(c)
+	s.pump(c)
 }
 
 // commit writes m, the next metadata of c, with a revision check. Single
@@ -317,6 +318,7 @@ func (b *Broker) watchConversations() {
 func (b *Broker) observeEntry(e jetstream.KeyValueEntry, ready bool) {
 	if e.Operation() != jetstream.KeyValuePut {
 		b.disp.forget(e.Key())
+		b.o.Cluster.open.forget(e.Key())
 		return
 	}
 	var m ConvMeta
@@ -324,16 +326,42 @@ func (b *Broker) observeEntry(e jetstream.KeyValueEntry, ready bool) {
 		return
 	}
 	b.disp.observe(&m, e.Revision())
+	b.o.Cluster.open.observe(&m)
 	if ready {
 		b.shardFor(m.ID).mbox.post(ctrl{kind: ctrlMeta, meta: &m, seq: e.Revision()})
 	}
 }
 
-// heartbeat refreshes the presence of this node's agents that are not
-// offline, so that it expires PresenceTTL after this node died.
+// heartbeat is this node's cluster duty: it takes the sends other nodes
+// forward to it (cluster_write.go), refreshes its own record and the
+// presence of its agents that are not offline, so that both expire
+// PresenceTTL after this node died, and, on the reaper node, departs the
+// users of dead nodes (cluster_reap.go).
 func (b *Broker) heartbeat() {
 	defer b.wg.Done()
 	cl := b.o.Cluster
+	subs, err := b.subscribeForwards()
+	if err != nil {
+		b.log.Error("broker: cannot take forwarded sends", "err", err)
+	}
+	defer func() {
+		for _, sub := range subs {
+			_ = sub.Unsubscribe()
+		}
+		// A graceful stop: the others see this node gone at once.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		cl.dropBeat(ctx)
+		cancel()
+	}()
+	var r reaper
+	beat := func() {
+		ctx, cancel := b.ioCtx()
+		if err := cl.putBeat(ctx, time.Now()); err != nil {
+			b.log.Warn("broker: node heartbeat failed", "err", err)
+		}
+		cancel()
+	}
+	beat()
 	t := time.NewTicker(cl.ttl / 3)
 	defer t.Stop()
 	for {
@@ -341,6 +369,10 @@ func (b *Broker) heartbeat() {
 		case <-b.done:
 			return
 		case <-t.C:
+			beat()
+			if b.clusterReady.Load() {
+				b.reap(&r, b.now())
+			}
 			for id, p := range b.disp.localPresence() {
 				p.Node = cl.node
 				ctx, cancel := b.ioCtx()

@@ -68,8 +68,17 @@ func retry(t testing.TB, timeout time.Duration, fn func(ctx context.Context) err
 }
 
 // startCluster starts n routed nodes with brokers in cluster mode and
-// waits until each one's conversation watch is live.
+// waits until each one's conversation watch is live (streams and buckets
+// R1).
 func startCluster(t *testing.T, n int, o Options) []*clusterNode {
+	t.Helper()
+	return startClusterR(t, n, 1, o)
+}
+
+// startClusterR is startCluster with the history stream and every bucket
+// replicated replicas times (3: JetStream RAFT on three servers, as in
+// production).
+func startClusterR(t *testing.T, n, replicas int, o Options) []*clusterNode {
 	t.Helper()
 	routes := freeRoutePorts(t, n)
 	base := t.TempDir()
@@ -100,17 +109,17 @@ func startCluster(t *testing.T, n int, o Options) []*clusterNode {
 		js := cn.node.JetStream()
 		retry(t, 30*time.Second, func(ctx context.Context) (err error) {
 			if cn.hist == nil {
-				if cn.hist, err = histstore.Open(ctx, js, histstore.Options{}); err != nil {
+				if cn.hist, err = histstore.Open(ctx, js, histstore.Options{Replicas: replicas}); err != nil {
 					return err
 				}
 				t.Cleanup(func() { _ = cn.hist.Close() })
 			}
 			if cn.conv == nil {
-				if cn.conv, err = OpenKVConvStore(ctx, js, KVConvOptions{}); err != nil {
+				if cn.conv, err = OpenKVConvStore(ctx, js, KVConvOptions{Replicas: replicas}); err != nil {
 					return err
 				}
 			}
-			cn.cl, err = OpenCluster(ctx, cn.node.Conn(), js, ClusterOptions{Node: cn.name, Conversations: cn.conv, PresenceTTL: 3 * time.Second})
+			cn.cl, err = OpenCluster(ctx, cn.node.Conn(), js, ClusterOptions{Node: cn.name, Conversations: cn.conv, PresenceTTL: 3 * time.Second, Replicas: replicas})
 			return err
 		})
 	}

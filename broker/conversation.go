@@ -51,9 +51,11 @@ type conversation struct {
 	closedMilli  int64
 
 	// Cluster mode: the subscription to other nodes' message notices, and
-	// a resync due when the append in flight is answered.
+	// a resync due when the append in flight is answered; cw, who writes
+	// (cluster_write.go).
 	sub         *nats.Subscription
 	resyncAfter bool
+	cw          convWriter
 }
 
 func (c *conversation) participant(u *user) bool {
