@@ -522,11 +522,15 @@ func (s *shard) appended(r *appendResult) {
 		if s.b.o.Cluster != nil {
 			limit = maxClusterAppendAttempts // two writers conflict by design
 		}
-		if err := s.resync(c); err != nil || p.attempts >= limit {
+		// A resync cut short (a replica lagging behind the one that
+		// answered Last, a timeout) leaves c consistent: the next attempt
+		// conflicts again and resyncs the rest.
+		err := s.resync(c)
+		if p.attempts >= limit {
 			s.b.log.Warn("broker: append conflict", "conversation", c.id, "err", r.err, "resync", err)
 			s.failSend(c, p, protocol.CodeUnavailable, "history out of sync, retry later")
 			s.popSend(c)
-		} else if s.b.o.Cluster != nil {
+		} else if err == nil && s.b.o.Cluster != nil {
 			// Another node is writing: hand it this conversation's sends
 			// rather than racing it (cluster_write.go).
 			s.startForwarding(c)

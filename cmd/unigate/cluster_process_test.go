@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -145,8 +146,7 @@ func TestClusterKillNode(t *testing.T) {
 	}
 	// The first assignment waits on a freshly formed cluster: its KV
 	// watchers and R3 streams may still be electing leaders under load.
-	v.waitUntilWithin(90*time.Second, "assignment", func() bool { return containsState(v.states, "STATE_ASSIGNED") })
-	a.waitUntilWithin(90*time.Second, "assignment", func() bool { return containsState(a.states, "STATE_ASSIGNED") })
+	waitAssigned(t, v, a, nodes)
 	t.Logf("cluster up and assigned across nodes in %v", time.Since(start).Round(time.Millisecond))
 
 	// 250 messages/s from each side into one conversation, from two
@@ -164,16 +164,21 @@ func TestClusterKillNode(t *testing.T) {
 		defer wg.Done()
 		exchangeEvery(4*time.Millisecond, v, a, 0, rounds, stop)
 	}()
-	v.waitUntilWithin(2*time.Minute, "contended traffic acked", func() bool { return len(v.acked) >= contended || len(v.errors) > 0 })
-	a.waitUntilWithin(2*time.Minute, "contended traffic acked", func() bool { return len(a.acked) >= contended || len(a.errors) > 0 })
+	// Refusals other than a temporary overload (4002) fail at once: the
+	// starving side's were 5001.
+	badRefusal := func(c *chatClient) bool {
+		return slices.ContainsFunc(c.errors, func(code float64) bool { return code != 4002 })
+	}
+	v.waitUntilWithin(2*time.Minute, "contended traffic acked", func() bool { return len(v.acked) >= contended || badRefusal(v) })
+	a.waitUntilWithin(2*time.Minute, "contended traffic acked", func() bool { return len(a.acked) >= contended || badRefusal(a) })
 	took := time.Since(traffic)
 	for _, c := range []*chatClient{v, a} {
 		c.mu.Lock()
-		n, errs := len(c.acked), slices.Clone(c.errors)
+		n, errs, bad := len(c.acked), len(c.errors), badRefusal(c)
 		c.mu.Unlock()
-		t.Logf("%s: %d acks in %v (%.0f acks/s, offered 250/s), refused %v", c.name, n, took.Round(time.Millisecond), float64(n)/took.Seconds(), errs)
-		if len(errs) > 0 {
-			t.Fatalf("%s: messages refused under contention: codes %v", c.name, errs)
+		t.Logf("%s: %d acks in %v (%.0f acks/s; one send per side every 4 ms, open loop), %d refused as overloaded", c.name, n, took.Round(time.Millisecond), float64(n)/took.Seconds(), errs)
+		if bad {
+			t.Fatalf("%s: messages refused under contention: codes %v", c.name, c.errors)
 		}
 	}
 	nodes[0].kill9()
@@ -199,6 +204,39 @@ func TestClusterKillNode(t *testing.T) {
 	checkOnceInOrder(t, v, last)
 	checkOnceInOrder(t, a, last)
 	t.Logf("%d messages in history; visitor acked %d, agent acked %d", last, acks(v), acks(a))
+}
+
+// waitAssigned waits until both v and a saw their conversation assigned.
+// On a timeout the nodes get SIGQUIT first, so that their goroutine dumps
+// are in the logs printed with the failure (an assignment that never
+// happens was a rare CI failure).
+func waitAssigned(t *testing.T, v, a *chatClient, nodes []*node) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		done := true
+		for _, c := range []*chatClient{v, a} {
+			c.mu.Lock()
+			done = done && containsState(c.states, "STATE_ASSIGNED")
+			c.mu.Unlock()
+		}
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, c := range []*chatClient{v, a} {
+				c.mu.Lock()
+				t.Logf("%s: states %v errors %v", c.name, c.states, c.errors)
+				c.mu.Unlock()
+			}
+			for _, n := range nodes {
+				_ = n.cmd.Process.Signal(syscall.SIGQUIT) // an exited one: an error, ignored
+			}
+			time.Sleep(2 * time.Second) // the dumps reach the log readers
+			t.Fatal("no assignment within 90s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func containsState(states []string, s string) bool {
