@@ -35,10 +35,11 @@ func clusterEnv(key string, i int, routes []string) []string {
 }
 
 // launch starts the binary without waiting for it; ready returns its
-// address once it logs that it listens.
-func launch(t *testing.T, bin, dir string, env []string) (n *node, ready func() string) {
+// address once it logs that it listens. args are added to (and, for a
+// flag given twice, override) the defaults.
+func launch(t *testing.T, bin, dir string, env []string, args ...string) (n *node, ready func() string) {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "-listen", "127.0.0.1:0", "-admin-listen", "", "-data-dir", dir)
+	cmd := exec.Command(bin, append([]string{"serve", "-listen", "127.0.0.1:0", "-admin-listen", "", "-data-dir", dir}, args...)...)
 	cmd.Env = append(cmd.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
