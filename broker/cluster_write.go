@@ -47,8 +47,9 @@ const (
 	forwardTimeout = 2*ioTimeout - time.Second
 	// forwardTick: how often a conversation with forwards in flight checks
 	// them; an answered message that has not reached this node a tick
-	// later is read from History.
+	// later is read from History, and acked anyway after maxLate ticks.
 	forwardTick = 250 * time.Millisecond
+	maxLate     = 20
 )
 
 // convWriter is the cluster write state of a conversation (owned by its
@@ -233,8 +234,15 @@ func (s *shard) forwardTick(c *conversation) {
 		p := &c.queue[i]
 		switch {
 		case p.fwd == 0:
+		case p.fwdAns != nil && p.late >= maxLate:
+			// Stored, says the writer, but this node cannot read it (a
+			// replica far behind): ack it now, the message follows.
+			s.ackStored(c, p, p.fwdAns.Seq)
+			s.removeSend(c, i)
+			continue
 		case p.fwdAns != nil && now.After(p.fwdBy):
 			late = true
+			p.late++
 		case p.fwdAns == nil && now.After(p.fwdBy):
 			// No answer: the writer may be gone. Append here from now on.
 			c.cw.writer = ""
@@ -251,6 +259,7 @@ func (s *shard) forwardTick(c *conversation) {
 			s.b.log.Warn("broker: resync after a forward failed", "conversation", c.id, "err", err)
 		}
 	}
+	s.learnAnswered(c)
 	s.pump(c)
 	for i := range c.queue {
 		if c.queue[i].fwd != 0 {
@@ -364,36 +373,43 @@ func (s *shard) forwardAnswered(a *fwdAnswer) {
 	s.pump(c)
 }
 
-// learnAnswered takes in the answered forwards that are next in seq.
+// learnAnswered takes in the answered forwards that are next in seq, and
+// acks those whose seq this node learned meanwhile without them.
 func (s *shard) learnAnswered(c *conversation) {
 	for again := true; again; {
 		again = false
 		for i := range c.queue {
 			p := &c.queue[i]
-			if p.fwdAns != nil && p.fwdAns.Seq == c.lastSeq+1 {
+			switch {
+			case p.fwd == 0 || p.fwdAns == nil:
+				continue
+			case p.fwdAns.Seq == c.lastSeq+1:
 				s.learn(c, message{seq: p.fwdAns.Seq, senderID: p.u.id, senderRole: p.u.role, cmid: p.cmid, text: p.text, ts: p.fwdAns.TS}, p.fwdAns.Stream)
-				again = true
-				break
+			case p.fwdAns.Seq <= c.lastSeq:
+				s.ackStored(c, p, p.fwdAns.Seq)
+				s.removeSend(c, i)
+			default:
+				continue
 			}
+			again = true
+			break
 		}
 	}
 }
 
 // forwardedAs returns the index in c's queue of the forwarded send that
-// m is, or -1.
+// m is, or -1: the one the writer answered with m's seq, else the first
+// one with m's sender and client message id (a client may have re-sent
+// it while the first was in flight: the writer stores one, answers the
+// other as a duplicate).
 func forwardedAs(c *conversation, m *message) int {
 	for i := range c.queue {
-		p := &c.queue[i]
-		if p.fwd == 0 {
-			continue
+		if p := &c.queue[i]; p.fwd != 0 && p.fwdAns != nil && p.fwdAns.Seq == m.seq {
+			return i
 		}
-		if p.fwdAns != nil {
-			if p.fwdAns.Seq == m.seq {
-				return i
-			}
-			continue
-		}
-		if p.cmid == m.cmid && p.u.id == m.senderID {
+	}
+	for i := range c.queue {
+		if p := &c.queue[i]; p.fwd != 0 && p.fwdAns == nil && p.cmid == m.cmid && p.u.id == m.senderID {
 			return i
 		}
 	}

@@ -1,8 +1,10 @@
 package broker
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -188,5 +190,112 @@ func TestClusterWriteFairness(t *testing.T) {
 			t.Fatalf("%s never saw seq %d", c.name, last)
 		}
 		checkConsecutive(t, c.name, seqsOf(c, cid), 1, last)
+	}
+}
+
+// onConv runs fn on the shard of conversation cid of env's broker, with
+// the conversation (nil if that node does not hold it), and waits.
+func onConv(t *testing.T, env *testEnv, cid string, fn func(s *shard, c *conversation)) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := env.b.onShard(ctx, env.b.shardFor(cid), func(s *shard) { fn(s, s.convs[cid]) }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestClusterForwarding: the forwarding path on its own. Node B is made
+// to forward the conversation's sends to A (as after a lost race): the
+// agent's messages are acked through A's writer, each seen once by both
+// sides; a message re-sent with the same client id while the first is
+// still in flight is stored once and acked twice with its seq (the queue
+// goes on); once A's own clients are quiet for forwardHold, A says so and
+// B appends by itself again.
+func TestClusterForwarding(t *testing.T) {
+	nodes := startCluster(t, 2, Options{})
+	A, B := nodes[0].env, nodes[1].env
+	ag := B.dial("agent@B", pbProto)
+	ag.hello(protocol.Hello{Token: B.token("agent-fwd", token.RoleAgent)})
+	ag.online(1)
+	v := A.dial("visitor@A", jsonProto)
+	v.hello(protocol.Hello{Token: A.token("vis-fwd", token.RoleVisitor)})
+	cid := v.open(protocol.Open{}).ConversationID
+	ag.waitState(cid, protocol.StateAssigned)
+	ack := v.say(cid, "v-0", "from A")
+	ag.waitDeliver(cid, ack.Seq)
+
+	forwardToA := func() {
+		onConv(t, B, cid, func(s *shard, c *conversation) {
+			if c == nil {
+				t.Error("B does not hold the conversation")
+				return
+			}
+			c.cw.writer, c.cw.peer, c.cw.peerAt = "n0", "n0", time.Now()
+		})
+	}
+	forwardToA()
+	before := B.b.m.forwarded.Get()
+	var want []uint64
+	for i := range 10 {
+		v.send(protocol.Envelope{Kind: protocol.KindSend, Send: protocol.Send{ConversationID: cid, ClientMsgID: fmt.Sprintf("v-%d", i+1), Text: "visitor"}})
+		a := ag.say(cid, fmt.Sprintf("a-%d", i), "agent, through A")
+		want = append(want, a.Seq)
+	}
+	if n := B.b.m.forwarded.Get() - before; n < 10 {
+		t.Fatalf("B forwarded %d sends, want 10", n)
+	}
+	// The same client message id twice, back to back: one message.
+	forwardToA()
+	id1 := ag.send(protocol.Envelope{Kind: protocol.KindSend, Send: protocol.Send{ConversationID: cid, ClientMsgID: "a-dup", Text: "twice"}})
+	id2 := ag.send(protocol.Envelope{Kind: protocol.KindSend, Send: protocol.Send{ConversationID: cid, ClientMsgID: "a-dup", Text: "twice"}})
+	next := ag.say(cid, "a-next", "after the duplicate")
+	ack1 := ag.waitFor("first ack", func(e *protocol.Envelope) bool { return e.ID == id1 })
+	ack2 := ag.waitFor("second ack", func(e *protocol.Envelope) bool { return e.ID == id2 })
+	if ack1.Kind != protocol.KindAck || ack2.Kind != protocol.KindAck || ack1.Ack.Seq != ack2.Ack.Seq || next.Seq <= ack1.Ack.Seq {
+		t.Fatalf("re-sent message: %s %+v, %s %+v, next %d", ack1.Kind, ack1.Ack, ack2.Kind, ack2.Ack, next.Seq)
+	}
+	last := next.Seq
+	v.waitDeliver(cid, last)
+	msgs, lastSeq, err := A.b.History(context.Background(), token.DefaultTenant, cid, 0, MaxListLimit)
+	if err != nil || lastSeq != last || len(msgs) != int(last) {
+		t.Fatalf("history: %d messages, last %d, %v; want %d", len(msgs), lastSeq, err, last)
+	}
+	dups := 0
+	for _, m := range msgs {
+		if m.ClientMsgID == "a-dup" {
+			dups++
+		}
+	}
+	if dups != 1 {
+		t.Fatalf("the re-sent message is stored %d times", dups)
+	}
+	// Every seq once for the visitor; the agent saw them once each too,
+	// but for its duplicate's second ack.
+	checkConsecutive(t, "visitor", seqsOf(v, cid), 1, last)
+	agent := seqsOf(ag, cid)
+	i := slices.Index(agent, ack1.Ack.Seq)
+	j := -1
+	if i >= 0 {
+		j = slices.Index(agent[i+1:], ack1.Ack.Seq)
+	}
+	if j < 0 {
+		t.Fatalf("agent seqs %v: want the duplicate's seq %d twice", agent, ack1.Ack.Seq)
+	}
+	checkConsecutive(t, "agent", slices.Delete(agent, i+1+j, i+2+j), 1, last)
+
+	// A's visitor is quiet: after forwardHold, A's answer says so and B
+	// writes by itself again.
+	time.Sleep(forwardHold) // the condition under test is "quiet for forwardHold"
+	forwardToA()
+	ag.say(cid, "a-quiet", "A is quiet")
+	writer := "?"
+	onConv(t, B, cid, func(_ *shard, c *conversation) { writer = c.cw.writer })
+	if writer != "" {
+		t.Fatalf("B still forwards to %q after A went quiet", writer)
+	}
+	fwd := B.b.m.forwarded.Get()
+	ag.say(cid, "a-local", "appended by B")
+	if B.b.m.forwarded.Get() != fwd {
+		t.Fatal("B forwarded a send with nobody else writing")
 	}
 }

@@ -240,6 +240,7 @@ type pendingSend struct {
 	fwd    uint64
 	fwdAns *fwdAnswer
 	fwdBy  time.Time
+	late   int // ticks the answered message has not reached this node
 	remote *remoteSend
 	// batch: the sends the append in flight carries (on the head only);
 	// solo: refused in an atomic batch once, appended alone.

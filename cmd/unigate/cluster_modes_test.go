@@ -48,8 +48,9 @@ func clusterToken(t *testing.T, bin, key, role, id string) string {
 }
 
 // pairUp brings agent a online (capacity 1) and opens v's conversation,
-// which a gets: the only agent with a free slot.
-func pairUp(t *testing.T, v, a *chatClient) {
+// which a gets: the only agent with a free slot. nodes get SIGQUIT if it
+// never comes (see waitAssigned).
+func pairUp(t *testing.T, v, a *chatClient, nodes []*node) {
 	t.Helper()
 	a.hello(false)
 	if err := a.send(map[string]any{"presence": map[string]any{"status": "STATUS_ONLINE", "capacity": 1}}); err != nil {
@@ -59,9 +60,7 @@ func pairUp(t *testing.T, v, a *chatClient) {
 	if err := v.send(map[string]any{"open": map[string]any{}}); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []*chatClient{v, a} {
-		c.waitUntilWithin(90*time.Second, "assignment", func() bool { return containsState(c.states, "STATE_ASSIGNED") })
-	}
+	waitAssigned(t, v, a, nodes)
 	if v.conv != a.conv {
 		t.Fatalf("%s is in %s, %s in %s", v.name, v.conv, a.name, a.conv)
 	}
@@ -147,7 +146,7 @@ func TestClusterExternalNATS(t *testing.T) {
 	v, a := newChat(t, "visitor", vTok), newChat(t, "agent", aTok)
 	v.dial(addrs[0])
 	a.dial(addrs[1])
-	pairUp(t, v, a)
+	pairUp(t, v, a, nodes)
 	sendBoth(v, a, 100)
 	checkBoth(t, v, a, 100)
 	for _, addr := range addrs {
@@ -255,7 +254,7 @@ func TestClusterReusePort(t *testing.T) {
 			}
 			pr.a.c.Close()
 		}
-		pairUp(t, pr.v, pr.a)
+		pairUp(t, pr.v, pr.a, nil)
 		t.Logf("pair %d: visitor on node %d, agent on node %d", p, pr.vn, pr.an)
 		pairs = append(pairs, pr)
 	}

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 // clusterEnv is the environment of one node of a 3-node cluster on this
@@ -240,6 +242,51 @@ func waitAssigned(t *testing.T, v, a *chatClient, nodes []*node) {
 	}
 }
 
+// resendMissing re-sends c's messages 0..count-1 that are not acked (same
+// client message ids), a window of 32 at a time (under the conversation's
+// queue bound), until every one is.
+func resendMissing(t *testing.T, c *chatClient, count int) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	unacked := func() []string {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		var out []string
+		for i := range count {
+			if cmid := fmt.Sprintf("%s-%d", c.name, i); c.acked[cmid] == 0 {
+				out = append(out, cmid)
+			}
+		}
+		return out
+	}
+	for {
+		missing := unacked()
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d messages never acked; errors %v", c.name, len(missing), c.errors)
+		}
+		window := missing[:min(32, len(missing))]
+		c.mu.Lock()
+		conv := c.conv
+		c.mu.Unlock()
+		for _, cmid := range window {
+			_ = c.send(map[string]any{"send": map[string]any{"conversationId": conv, "clientMsgId": cmid, "text": "again: " + cmid}})
+		}
+		wait := time.Now().Add(3 * time.Second)
+		for time.Now().Before(wait) {
+			c.mu.Lock()
+			done := !slices.ContainsFunc(window, func(cmid string) bool { return c.acked[cmid] == 0 })
+			c.mu.Unlock()
+			if done {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
 func containsState(states []string, s string) bool {
 	for _, x := range states {
 		if x == s {
@@ -290,4 +337,94 @@ func acks(c *chatClient) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.acked)
+}
+
+// TestClusterDrainNode: three processes (R3). Pair A: visitor on node 0,
+// agent on node 1; pair B: visitor on node 2, agent on node 0. Both pairs
+// chat steadily; node 0 gets SIGTERM: its two clients (and only they)
+// get close 1001, the code that says "reconnect, resume elsewhere"; they
+// resume on the surviving nodes with their resume tokens and cursors,
+// re-send what was not acked (same client message ids), and nothing is
+// lost: every message of all four clients is acked, in the history once,
+// and each client saw every seq once, in order.
+func TestClusterDrainNode(t *testing.T) {
+	bin := buildBinary(t)
+	base := t.TempDir()
+	key := filepath.Join(base, "hmac.key")
+	routes := freeAddrs(t, 3)
+	nodes := make([]*node, 3)
+	readies := make([]func() string, 3)
+	for i := range nodes {
+		nodes[i], readies[i] = launch(t, bin, filepath.Join(base, fmt.Sprint(i)), clusterEnv(key, i, routes))
+	}
+	for _, ready := range readies {
+		ready()
+	}
+	tok := func(role, id string) string { return clusterToken(t, bin, key, role, id) }
+	vA, aA := newChat(t, "visitorA", tok("visitor", "dr-va")), newChat(t, "agentA", tok("agent", "dr-aa"))
+	vB, aB := newChat(t, "visitorB", tok("visitor", "dr-vb")), newChat(t, "agentB", tok("agent", "dr-ab"))
+	vA.dial(nodes[0].addr)
+	aA.dial(nodes[1].addr)
+	pairUp(t, vA, aA, nodes)
+	vB.dial(nodes[2].addr)
+	aB.dial(nodes[0].addr)
+	pairUp(t, vB, aB, nodes)
+
+	const rounds = 300
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, p := range [][2]*chatClient{{vA, aA}, {vB, aB}} {
+		wg.Go(func() { exchangeEvery(10*time.Millisecond, p[0], p[1], 0, rounds, stop) })
+	}
+	for _, c := range []*chatClient{vA, aA, vB, aB} {
+		c.waitUntilWithin(time.Minute, "some traffic", func() bool { return len(c.acked) >= 30 })
+	}
+	drained := []*chatClient{vA, aB}
+	nodes[0].term()
+	for _, c := range drained {
+		select {
+		case <-c.gone:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: still connected to the drained node", c.name)
+		}
+		c.mu.Lock()
+		err := c.closeErr
+		c.mu.Unlock()
+		if !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+			t.Fatalf("%s: connection ended with %v, want close 1001", c.name, err)
+		}
+	}
+	for _, c := range []*chatClient{aA, vB} {
+		select {
+		case <-c.gone:
+			t.Fatalf("%s (not on the drained node) was disconnected", c.name)
+		default:
+		}
+	}
+	t.Logf("node 0 drained after acks: visitorA %d, agentA %d, visitorB %d, agentB %d", acks(vA), acks(aA), acks(vB), acks(aB))
+	// They come back on the survivors (as a load balancer would send them).
+	for i, c := range drained {
+		c.dial(nodes[1+i].addr)
+		if !c.hello(true) {
+			t.Fatalf("%s: resume on node %d not accepted", c.name, 1+i)
+		}
+	}
+	wg.Wait()
+	close(stop)
+	// Like a real client: re-send what was never acked (lost with the
+	// drained connection, or refused while the survivors took over),
+	// with the same client message ids.
+	for _, c := range []*chatClient{vA, aA, vB, aB} {
+		resendMissing(t, c, rounds)
+	}
+	for _, p := range [][2]*chatClient{{vA, aA}, {vB, aB}} {
+		last := verifyHistory(t, nodes[1].addr, p[1].tok, p[0].conv, p[0].acked, p[1].acked)
+		if last != 2*rounds {
+			t.Fatalf("%s's conversation holds %d messages, want %d", p[0].name, last, 2*rounds)
+		}
+		for _, c := range p {
+			c.waitUntilWithin(time.Minute, "everything", func() bool { return lastOf(c.seen) >= last })
+			checkOnceInOrder(t, c, last)
+		}
+	}
 }
