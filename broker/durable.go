@@ -258,14 +258,19 @@ type appendResult struct {
 
 // queueSend queues a message for its durable append.
 func (s *shard) queueSend(c *conversation, p pendingSend) bool {
-	limit := s.b.o.MaxPendingPerConversation
-	if p.remote != nil {
+	if limit := s.b.o.MaxPendingPerConversation; len(c.queue) >= limit {
 		// The writer of a conversation several nodes write to holds their
-		// sends too (cluster_write.go): room for both sides.
-		limit *= 2
-	}
-	if len(c.queue) >= limit {
-		return false
+		// sends too (cluster_write.go): this node's clients and the
+		// others' each have the bound.
+		n := 0
+		for i := range c.queue {
+			if (c.queue[i].remote != nil) == (p.remote != nil) {
+				n++
+			}
+		}
+		if n >= limit || len(c.queue) >= 2*limit {
+			return false
+		}
 	}
 	c.queue = append(c.queue, p)
 	s.pump(c)
