@@ -322,6 +322,11 @@ func (s *shard) attach(r *ctrl) {
 		s.fail(cl, r.id, protocol.CodeSeqFromFuture, "cursor is ahead of the conversation")
 		return
 	}
+	if c.state == protocol.StateClosed && after == 0 && cl.user.Load().role == protocol.RoleAgent {
+		// An agent coming back gets the close, not the whole history of
+		// a conversation that is over (a cursor asks for what it missed).
+		return
+	}
 	if s.b.o.History != nil && after < c.lastSeq && (c.hist.len() == 0 || after+1 < c.hist.firstSeq()) {
 		// The ring does not reach back to the cursor: replay from the
 		// durable history (at most ReplayLimit messages).

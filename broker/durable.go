@@ -756,6 +756,11 @@ func (s *shard) load(id string) *conversation {
 		if c.agent = b.reg.userByID(meta.AgentID, protocol.RoleAgent, meta.Tenant, b.now()); c.agent == nil {
 			return nil
 		}
+		if b.o.Cluster == nil && meta.State != protocol.StateClosed {
+			// The dispatcher of a restarted node counts it in the
+			// agent's load again (a cluster reads UNIGATE_AGENT_LOAD).
+			b.disp.hold(c.agent, c.id, b.o.DefaultAgentCapacity)
+		}
 	}
 	s.convs[c.id] = c
 	s.setState(c, meta.State)
