@@ -276,14 +276,33 @@ func (r *registry) hasLocal(id string) bool {
 	return u != nil && u.connected()
 }
 
+// watchCheck is how often the conversation watch is compared with the
+// bucket; a watch behind it at two checks in a row, without progress, is
+// restarted.
+const watchCheck = 5 * time.Second
+
 // watchConversations feeds every change of the conversation bucket to the
 // dispatcher's queue mirror and to the shard of the conversation. It
-// restarts the watch if NATS ends it.
+// restarts the watch, from the revision after the last one it saw, if
+// NATS ends it, or if it stalls: the watch is an ordered consumer that
+// nats.go recreates after a missed heartbeat, and when that fails (a
+// stream leader election in a freshly formed cluster, seen in CI) it stops
+// delivering without a word. A stalled watch left this node's agents
+// without assignments and its replicas without state changes.
 func (b *Broker) watchConversations() {
 	defer b.wg.Done()
 	kv := b.o.Cluster.conv.kv
+	check := time.NewTicker(watchCheck)
+	defer check.Stop()
+	var last uint64   // revision of the last entry seen
+	var target uint64 // the bucket's last revision when the watch was restarted
+	ready := false    // the initial records were all seen (once)
 	for {
-		w, err := kv.WatchAll(b.ctx)
+		var opts []jetstream.WatchOpt
+		if last > 0 {
+			opts = append(opts, jetstream.ResumeFromRevision(last+1))
+		}
+		w, err := kv.WatchAll(b.ctx, opts...)
 		if err != nil {
 			b.log.Warn("broker: conversation watch failed, retrying", "err", err)
 			select {
@@ -293,26 +312,57 @@ func (b *Broker) watchConversations() {
 				continue
 			}
 		}
-		ready := false
+		behind, at := false, last
 	loop:
 		for {
 			select {
 			case <-b.done:
 				_ = w.Stop()
 				return
+			case <-check.C:
+				if head := b.bucketHead(kv); head > last {
+					if behind && last == at {
+						b.log.Warn("broker: conversation watch stalled, restarting it", "revision", last, "bucket", head)
+						target = head
+						_ = w.Stop()
+						break loop
+					}
+					behind, at = true, last
+				} else {
+					behind = false
+				}
 			case e, ok := <-w.Updates():
 				if !ok {
 					break loop
 				}
 				if e == nil {
+					// Everything up to now is delivered: a revision of
+					// the bucket not seen is gone (expired), not late.
+					last = max(last, target)
 					ready = true
 					b.clusterReady.Store(true)
 					continue
 				}
+				last = max(last, e.Revision())
 				b.observeEntry(e, ready)
 			}
 		}
 	}
+}
+
+// bucketHead returns the bucket's last revision (0 on an error: the next
+// check asks again).
+func (b *Broker) bucketHead(kv jetstream.KeyValue) uint64 {
+	ctx, cancel := b.ioCtx()
+	defer cancel()
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return 0
+	}
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+		return bs.StreamInfo().State.LastSeq
+	}
+	return 0
 }
 
 func (b *Broker) observeEntry(e jetstream.KeyValueEntry, ready bool) {

@@ -7,8 +7,11 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/unigate/unigate/broker/histstore"
 	"github.com/unigate/unigate/broker/natsnode"
@@ -80,6 +83,13 @@ func startCluster(t *testing.T, n int, o Options) []*clusterNode {
 // production).
 func startClusterR(t *testing.T, n, replicas int, o Options) []*clusterNode {
 	t.Helper()
+	return startClusterHook(t, n, replicas, o, nil)
+}
+
+// startClusterHook is startClusterR with prepare run on each node after
+// its stores are open and before its broker starts.
+func startClusterHook(t *testing.T, n, replicas int, o Options, prepare func(i int, cn *clusterNode)) []*clusterNode {
+	t.Helper()
 	routes := freeRoutePorts(t, n)
 	base := t.TempDir()
 	nodes := make([]*clusterNode, n)
@@ -123,7 +133,10 @@ func startClusterR(t *testing.T, n, replicas int, o Options) []*clusterNode {
 			return err
 		})
 	}
-	for _, cn := range nodes {
+	for i, cn := range nodes {
+		if prepare != nil {
+			prepare(i, cn)
+		}
 		e := &testEnv{t: t, signer: testSigner(t)}
 		oo := o
 		oo.Signer, oo.History, oo.Conversations, oo.Cluster = e.signer, cn.hist, cn.conv, cn.cl
@@ -423,4 +436,71 @@ func TestClusterAssignRace(t *testing.T) {
 		}
 	}
 	t.Logf("record conflicts: A %d, B %d (a loser of a race counts one)", A.b.m.clusterConflicts.Get(), B.b.m.clusterConflicts.Get())
+}
+
+// stallingKV is a conversation bucket whose next watches (stalls of
+// them) go silent once their initial records are delivered, as a watch
+// does when nats.go fails to recreate its ordered consumer.
+type stallingKV struct {
+	jetstream.KeyValue
+	stalls atomic.Int32
+}
+
+func (k *stallingKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	w, err := k.KeyValue.WatchAll(ctx, opts...)
+	if err != nil || k.stalls.Add(-1) < 0 {
+		return w, err
+	}
+	sw := &stalledWatcher{KeyWatcher: w, ch: make(chan jetstream.KeyValueEntry, 256)}
+	go sw.forward()
+	return sw, nil
+}
+
+// stalledWatcher passes the initial records and the end-of-initial marker
+// on, then swallows every update.
+type stalledWatcher struct {
+	jetstream.KeyWatcher
+	ch chan jetstream.KeyValueEntry
+}
+
+func (w *stalledWatcher) forward() {
+	muted := false
+	for e := range w.KeyWatcher.Updates() {
+		if !muted {
+			w.ch <- e
+			muted = e == nil
+		}
+	}
+}
+
+func (w *stalledWatcher) Updates() <-chan jetstream.KeyValueEntry { return w.ch }
+
+// TestClusterWatchStall: node A's conversation watch goes silent after its
+// initial records. A visitor on B opens a conversation that only A's agent
+// can take: A notices its watch is behind the bucket, restarts it from the
+// last revision it saw, and assigns the conversation.
+func TestClusterWatchStall(t *testing.T) {
+	var kvA *stallingKV
+	nodes := startClusterHook(t, 2, 1, Options{}, func(i int, cn *clusterNode) {
+		if i == 0 {
+			kvA = &stallingKV{KeyValue: cn.conv.kv}
+			kvA.stalls.Store(1)
+			cn.conv.kv = kvA
+		}
+	})
+	A, B := nodes[0].env, nodes[1].env
+	ag := A.dial("agent@A", pbProto)
+	ag.hello(protocol.Hello{Token: A.token("agent-stall", token.RoleAgent)})
+	ag.online(1)
+	v := B.dial("visitor@B", jsonProto)
+	v.hello(protocol.Hello{Token: B.token("vis-stall", token.RoleVisitor)})
+	cid := v.open(protocol.Open{Text: "anyone?"}).ConversationID
+	if kvA.stalls.Load() > 0 {
+		t.Fatal("A's watch was not the stalling one")
+	}
+	// Two checks behind without progress, then the restart (about 10 s).
+	if c := v.waitStateWithin(time.Minute, cid, protocol.StateAssigned, "agent-stall"); c.AgentID != "agent-stall" {
+		t.Fatalf("assigned to %q", c.AgentID)
+	}
+	ag.waitDeliver(cid, 1)
 }

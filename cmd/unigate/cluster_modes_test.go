@@ -190,11 +190,12 @@ func TestClusterReusePort(t *testing.T) {
 	key := filepath.Join(base, "hmac.key")
 	port := freeAddrs(t, 1)[0]
 	routes, admins := freeAddrs(t, 3), freeAddrs(t, 3)
+	var nodes []*node
 	var readies []func() string
 	for i := range 3 {
 		env := append(clusterEnv(key, i, routes), "UNIGATE_REUSE_PORT=true")
-		_, ready := launch(t, bin, filepath.Join(base, fmt.Sprint(i)), env, "-listen", port, "-admin-listen", admins[i])
-		readies = append(readies, ready)
+		n, ready := launch(t, bin, filepath.Join(base, fmt.Sprint(i)), env, "-listen", port, "-admin-listen", admins[i])
+		nodes, readies = append(nodes, n), append(readies, ready)
 	}
 	for i, ready := range readies {
 		if got := ready(); got != port {
@@ -254,8 +255,8 @@ func TestClusterReusePort(t *testing.T) {
 			}
 			pr.a.c.Close()
 		}
-		pairUp(t, pr.v, pr.a, nil)
 		t.Logf("pair %d: visitor on node %d, agent on node %d", p, pr.vn, pr.an)
+		pairUp(t, pr.v, pr.a, nodes)
 		pairs = append(pairs, pr)
 	}
 	var wg sync.WaitGroup
