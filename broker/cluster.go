@@ -123,7 +123,7 @@ func OpenCluster(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o C
 		nc: nc, js: js, node: o.Node, prefix: o.SubjectPrefix + ".",
 		conv: o.Conversations, load: load, presence: pres, nodes: nodes, inc: newID("i_"),
 		loadPub: "$KV." + DefaultLoadBucket + ".", ttl: o.PresenceTTL,
-		open: convIndex{m: make(map[string]convParts)},
+		open: convIndex{m: make(map[string]indexed)},
 	}, nil
 }
 

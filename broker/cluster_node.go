@@ -376,7 +376,7 @@ func (b *Broker) observeEntry(e jetstream.KeyValueEntry, ready bool) {
 		return
 	}
 	b.disp.observe(&m, e.Revision())
-	b.o.Cluster.open.observe(&m)
+	b.o.Cluster.open.observe(&m, e.Revision())
 	if ready {
 		b.shardFor(m.ID).mbox.post(ctrl{kind: ctrlMeta, meta: &m, seq: e.Revision()})
 	}
@@ -520,4 +520,16 @@ func (s *shard) giveBack(ctx context.Context, c *conversation, agent string, add
 		return
 	}
 	s.b.o.Cluster.unreserve(ctx, agent, c.id)
+}
+
+// requeueUnloaded puts conversation id back in the dispatcher's queue
+// mirror, a second later, when an assignment could not load it (the
+// stores failed for a moment) and the watch says it is still waiting: the
+// watch would not announce it again until its record changes. (At once,
+// a store that fails fast would make assign and load a busy loop.)
+func (s *shard) requeueUnloaded(id string) {
+	if m, rev, ok := s.b.o.Cluster.open.get(id); ok && m.State == protocol.StateQueued {
+		d := s.b.disp
+		time.AfterFunc(time.Second, func() { d.requeueMirror(m, rev) })
+	}
 }

@@ -31,30 +31,32 @@ import (
 // deleted. A reaper that dies is replaced by the next smallest name, which
 // starts over (a departure may then come up to one ResumeTTL late).
 
-// convParts are the participants of a conversation that is not closed.
-type convParts struct {
-	visitor, agent string
-}
-
-// convIndex is the cluster's conversations that are not closed, kept by
-// the conversation watch (one goroutine writes, the reaper reads).
+// convIndex is the cluster's conversations that are not closed, their
+// records as the conversation watch last saw them (one goroutine writes;
+// the reaper and the shards read). The reaper finds a dead node's users
+// in it; a shard loading a conversation the watch just announced uses it
+// when a read of the bucket answers from a replica that has not applied
+// that revision yet (KV reads go to any replica).
 type convIndex struct {
 	mu sync.Mutex
-	m  map[string]convParts
+	m  map[string]indexed
 }
 
-func (x *convIndex) observe(m *ConvMeta) {
+type indexed struct {
+	meta *ConvMeta
+	rev  uint64
+}
+
+func (x *convIndex) observe(m *ConvMeta, rev uint64) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if m.State == protocol.StateClosed {
 		delete(x.m, m.ID)
 		return
 	}
-	p := convParts{visitor: m.VisitorID}
-	if m.State != protocol.StateQueued {
-		p.agent = m.AgentID
+	if cur, ok := x.m[m.ID]; !ok || rev > cur.rev {
+		x.m[m.ID] = indexed{meta: m, rev: rev}
 	}
-	x.m[m.ID] = p
 }
 
 func (x *convIndex) forget(id string) {
@@ -63,16 +65,36 @@ func (x *convIndex) forget(id string) {
 	x.mu.Unlock()
 }
 
+// get returns a copy of conversation id's record and its revision.
+func (x *convIndex) get(id string) (*ConvMeta, uint64, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	e, ok := x.m[id]
+	if !ok {
+		return nil, 0, false
+	}
+	m := *e.meta
+	return &m, e.rev, true
+}
+
+// agentOf is the agent a record names as holding the conversation.
+func agentOf(m *ConvMeta) string {
+	if m.State == protocol.StateQueued {
+		return ""
+	}
+	return m.AgentID
+}
+
 // participants returns every user taking part in an open conversation,
 // with its role.
 func (x *convIndex) participants() map[string]protocol.Role {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	out := make(map[string]protocol.Role, len(x.m))
-	for _, p := range x.m {
-		out[p.visitor] = protocol.RoleVisitor
-		if p.agent != "" {
-			out[p.agent] = protocol.RoleAgent
+	for _, e := range x.m {
+		out[e.meta.VisitorID] = protocol.RoleVisitor
+		if a := agentOf(e.meta); a != "" {
+			out[a] = protocol.RoleAgent
 		}
 	}
 	return out
@@ -83,8 +105,8 @@ func (x *convIndex) convsOf(id string, role protocol.Role) []string {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	var out []string
-	for c, p := range x.m {
-		if (role == protocol.RoleVisitor && p.visitor == id) || (role == protocol.RoleAgent && p.agent == id) {
+	for c, e := range x.m {
+		if (role == protocol.RoleVisitor && e.meta.VisitorID == id) || (role == protocol.RoleAgent && agentOf(e.meta) == id) {
 			out = append(out, c)
 		}
 	}

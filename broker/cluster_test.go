@@ -504,3 +504,47 @@ func TestClusterWatchStall(t *testing.T) {
 	}
 	ag.waitDeliver(cid, 1)
 }
+
+// staleKV answers the next Gets (stale of them) "not found", as a replica
+// that has not applied the newest revisions does (KV reads go to any
+// replica).
+type staleKV struct {
+	jetstream.KeyValue
+	stale atomic.Int32
+}
+
+func (k *staleKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	if k.stale.Add(-1) >= 0 {
+		return nil, jetstream.ErrKeyNotFound
+	}
+	return k.KeyValue.Get(ctx, key)
+}
+
+// TestClusterStaleRead: the node that assigns a conversation another node
+// just queued reads its record from a replica that does not have it yet.
+// It takes the record its watch delivered instead, and the assignment
+// goes through (it used to be dropped, the conversation never assigned).
+func TestClusterStaleRead(t *testing.T) {
+	var kvA *staleKV
+	nodes := startClusterHook(t, 2, 1, Options{}, func(i int, cn *clusterNode) {
+		if i == 0 {
+			kvA = &staleKV{KeyValue: cn.conv.kv}
+			cn.conv.kv = kvA
+		}
+	})
+	A, B := nodes[0].env, nodes[1].env
+	ag := A.dial("agent@A", pbProto)
+	ag.hello(protocol.Hello{Token: A.token("agent-stale", token.RoleAgent)})
+	ag.online(1)
+	kvA.stale.Store(3)
+	v := B.dial("visitor@B", jsonProto)
+	v.hello(protocol.Hello{Token: B.token("vis-stale", token.RoleVisitor)})
+	cid := v.open(protocol.Open{Text: "hello"}).ConversationID
+	if c := v.waitStateWithin(30*time.Second, cid, protocol.StateAssigned, "agent-stale"); c.AgentID != "agent-stale" {
+		t.Fatalf("assigned to %q", c.AgentID)
+	}
+	ag.waitDeliver(cid, 1)
+	if kvA.stale.Load() > 2 {
+		t.Fatal("A never read the record")
+	}
+}

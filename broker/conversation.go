@@ -240,6 +240,9 @@ func (s *shard) assign(r *ctrl) {
 			// what load read: tell the local participants now.
 			s.attachLocal(c, c.state)
 		}
+		if loaded && c == nil {
+			s.requeueUnloaded(r.conv) // the load failed: still waiting
+		}
 		return
 	}
 	if s.b.o.Cluster != nil {

@@ -709,6 +709,14 @@ func (s *shard) load(id string) *conversation {
 		}()
 	}
 	meta, rev, err := cs.Get(ctx, id)
+	if cl := b.o.Cluster; cl != nil && (err == nil || errors.Is(err, ErrConvNotFound)) {
+		// The watch may have announced a revision the replica that
+		// answered has not applied yet (a conversation queued a moment
+		// ago by another node): the newer record wins.
+		if m, r, ok := cl.open.get(id); ok && r > rev {
+			meta, rev, err = m, r, nil
+		}
+	}
 	if err != nil {
 		if !errors.Is(err, ErrConvNotFound) {
 			b.log.Warn("broker: conversation load failed", "conversation", id, "err", err)
