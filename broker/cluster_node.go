@@ -287,7 +287,8 @@ const watchCheck = 5 * time.Second
 // NATS ends it, or if it stalls: the watch is an ordered consumer that
 // nats.go recreates after a missed heartbeat, and when that fails (a
 // stream leader election in a freshly formed cluster, seen in CI) it stops
-// delivering without a word. A stalled watch left this node's agents
+// delivering without a word (nats.go drops the subscription on an error
+// it does not retry). A stalled watch would leave this node's agents
 // without assignments and its replicas without state changes.
 func (b *Broker) watchConversations() {
 	defer b.wg.Done()
