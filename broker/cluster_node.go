@@ -285,10 +285,9 @@ const watchCheck = 5 * time.Second
 // dispatcher's queue mirror and to the shard of the conversation. It
 // restarts the watch, from the revision after the last one it saw, if
 // NATS ends it, or if it stalls: the watch is an ordered consumer that
-// nats.go recreates after a missed heartbeat, and when that fails (a
-// stream leader election in a freshly formed cluster, seen in CI) it stops
-// delivering without a word (nats.go drops the subscription on an error
-// it does not retry). A stalled watch would leave this node's agents
+// nats.go recreates after a missed heartbeat, and when that fails with an
+// error nats.go does not retry (js.go resetOrderedConsumer) it drops the
+// subscription and the watch stops delivering without a word. A stalled watch would leave this node's agents
 // without assignments and its replicas without state changes.
 func (b *Broker) watchConversations() {
 	defer b.wg.Done()
