@@ -360,8 +360,9 @@ func (s *shard) forwardAnswered(a *fwdAnswer) {
 		s.ackStored(c, p, a.Seq)
 		s.removeSend(c, i)
 	case a.Seq <= c.lastSeq:
-		// Learned already without being recognised (cannot happen for a
-		// send with a client message id): only the Ack is missing.
+		// Learned already without being recognised (its notice was taken
+		// for a re-send of the same client message id): only the Ack is
+		// missing.
 		s.ackStored(c, p, a.Seq)
 		s.removeSend(c, i)
 	default:
