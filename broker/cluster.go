@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -28,8 +29,12 @@ type Cluster struct {
 	conv     *KVConvStore
 	load     jetstream.KeyValue // agent loads and users' last connection, no TTL
 	presence jetstream.KeyValue // agent presence, expires after PresenceTTL
+	nodes    jetstream.KeyValue // node heartbeats, expire after PresenceTTL
+	inc      string             // this process's incarnation (a node name may restart)
+	open     convIndex          // the cluster's conversations that are not closed (cluster_reap.go)
 	loadPub  string             // "$KV.<load bucket>."
 	ttl      time.Duration
+	fwdSeq   atomic.Uint64 // ids of forwarded sends (cluster_write.go)
 }
 
 // ClusterOptions configures OpenCluster.
@@ -41,8 +46,10 @@ type ClusterOptions struct {
 	SubjectPrefix string
 	// Replicas of the agent buckets (default 1; 3 with 3+ NATS servers).
 	Replicas int
-	// PresenceTTL is how long an agent's presence outlives its node's last
-	// heartbeat (default 15s; heartbeats every third of it).
+	// PresenceTTL is how long an agent's presence, and a node's own
+	// record, outlive the node's last heartbeat (default 15s; heartbeats
+	// every third of it). A node whose record expired is dead: the
+	// departures of its users are taken over (cluster_reap.go).
 	PresenceTTL time.Duration
 	// Conversations is the conversation bucket every node watches.
 	Conversations *KVConvStore
@@ -52,6 +59,7 @@ type ClusterOptions struct {
 const (
 	DefaultLoadBucket     = "UNIGATE_AGENT_LOAD"
 	DefaultPresenceBucket = "UNIGATE_PRESENCE"
+	DefaultNodeBucket     = "UNIGATE_NODES"
 	DefaultPresenceTTL    = 15 * time.Second
 )
 
@@ -75,13 +83,13 @@ func OpenCluster(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o C
 	if strings.ContainsAny(o.SubjectPrefix+o.Node, " \t\r\n*>") {
 		return nil, fmt.Errorf("broker: bad cluster subject prefix or node name %q %q", o.SubjectPrefix, o.Node)
 	}
-	// The two buckets are created concurrently: in a freshly formed
+	// The buckets are created concurrently: in a freshly formed
 	// cluster each new R3 stream waits for its own leader election
 	// (4–9 s in nats-server), so one after the other doubles the start.
 	var (
-		load, pres       jetstream.KeyValue
-		loadErr, presErr error
-		wg               sync.WaitGroup
+		load, pres, nodes         jetstream.KeyValue
+		loadErr, presErr, nodeErr error
+		wg                        sync.WaitGroup
 	)
 	wg.Go(func() {
 		load, loadErr = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
@@ -95,7 +103,16 @@ func OpenCluster(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o C
 			History: 1, TTL: o.PresenceTTL, Storage: jetstream.FileStorage, Replicas: o.Replicas,
 		})
 	})
+	wg.Go(func() {
+		nodes, nodeErr = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: DefaultNodeBucket, Description: "Unigate node heartbeats",
+			History: 1, TTL: o.PresenceTTL, Storage: jetstream.FileStorage, Replicas: o.Replicas,
+		})
+	})
 	wg.Wait()
+	if nodeErr != nil {
+		return nil, fmt.Errorf("broker: bucket %s: %w", DefaultNodeBucket, nodeErr)
+	}
 	if loadErr != nil {
 		return nil, fmt.Errorf("broker: bucket %s: %w", DefaultLoadBucket, loadErr)
 	}
@@ -104,8 +121,9 @@ func OpenCluster(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o C
 	}
 	return &Cluster{
 		nc: nc, js: js, node: o.Node, prefix: o.SubjectPrefix + ".",
-		conv: o.Conversations, load: load, presence: pres,
+		conv: o.Conversations, load: load, presence: pres, nodes: nodes, inc: newID("i_"),
 		loadPub: "$KV." + DefaultLoadBucket + ".", ttl: o.PresenceTTL,
+		open: convIndex{m: make(map[string]indexed)},
 	}, nil
 }
 
@@ -306,9 +324,11 @@ func (cl *Cluster) getPresence(ctx context.Context, agent string) (*presenceReco
 	return &p, nil
 }
 
-// seenRecord says on which node a user last connected or disconnected.
+// seenRecord says on which node (and which run of it: Inc) a user last
+// connected or disconnected.
 type seenRecord struct {
 	Node      string `json:"n"`
+	Inc       string `json:"i,omitempty"`
 	Connected bool   `json:"c"`
 	At        int64  `json:"at"`
 }
@@ -316,7 +336,7 @@ type seenRecord struct {
 // markSeen records (asynchronously; one node's records stay in order)
 // that u connected to this node.
 func (cl *Cluster) markSeen(u *user, now time.Time) {
-	b, _ := json.Marshal(&seenRecord{Node: cl.node, Connected: true, At: now.UnixMilli()})
+	b, _ := json.Marshal(&seenRecord{Node: cl.node, Inc: cl.inc, Connected: true, At: now.UnixMilli()})
 	_, _ = cl.js.PublishAsync(cl.loadPub+userKey("u", u.id), b)
 }
 

@@ -56,7 +56,13 @@ func (s *shard) notice(msg *nats.Msg) {
 		return
 	}
 	var n notice
-	if json.Unmarshal(msg.Data, &n) != nil || n.Node == cl.node || n.Seq <= c.lastSeq {
+	if json.Unmarshal(msg.Data, &n) != nil || n.Node == cl.node {
+		return
+	}
+	// The node that writes to c lately: where to forward c's sends if
+	// this node's appends keep losing to it (cluster_write.go).
+	c.cw.peer, c.cw.peerAt = n.Node, time.Now()
+	if n.Seq <= c.lastSeq {
 		return
 	}
 	if n.Seq > c.lastSeq+1 {
@@ -70,18 +76,13 @@ func (s *shard) notice(msg *nats.Msg) {
 		if err := s.resync(c); err != nil {
 			s.b.log.Warn("broker: resync after a gap failed", "conversation", c.id, "err", err)
 		}
+		s.pump(c)
 		return
 	}
-	m := message{seq: n.Seq, senderID: n.Sender, senderRole: n.Role, cmid: n.CMID, text: n.Text, ts: n.TS}
-	c.hist.push(m, c.dedupe)
-	c.lastSeq, c.streamSeq = n.Seq, n.Stream
-	e := &s.out
-	e.Kind = protocol.KindDeliver
-	e.ID = 0
-	e.Deliver = deliverOf(c, &m)
-	s.b.fanout(c.attached, nil, e)
-	e.Deliver = protocol.Deliver{}
+	s.learn(c, message{seq: n.Seq, senderID: n.Sender, senderRole: n.Role, cmid: n.CMID, text: n.Text, ts: n.TS}, n.Stream)
 	s.b.m.clusterNotices.Inc()
+	s.learnAnswered(c)
+	s.pump(c)
 }
 
 // commit writes m, the next metadata of c, with a revision check. Single
@@ -276,14 +277,33 @@ func (r *registry) hasLocal(id string) bool {
 	return u != nil && u.connected()
 }
 
+// watchCheck is how often the conversation watch is compared with the
+// bucket; a watch behind it at two checks in a row, without progress, is
+// restarted.
+const watchCheck = 5 * time.Second
+
 // watchConversations feeds every change of the conversation bucket to the
 // dispatcher's queue mirror and to the shard of the conversation. It
-// restarts the watch if NATS ends it.
+// restarts the watch, from the revision after the last one it saw, if
+// NATS ends it, or if it stalls: the watch is an ordered consumer that
+// nats.go recreates after a missed heartbeat, and when that fails with an
+// error nats.go does not retry (js.go resetOrderedConsumer) it drops the
+// subscription and the watch stops delivering without a word. A stalled watch would leave this node's agents
+// without assignments and its replicas without state changes.
 func (b *Broker) watchConversations() {
 	defer b.wg.Done()
 	kv := b.o.Cluster.conv.kv
+	check := time.NewTicker(watchCheck)
+	defer check.Stop()
+	var last uint64   // revision of the last entry seen
+	var target uint64 // the bucket's last revision when the watch was restarted
+	ready := false    // the initial records were all seen (once)
 	for {
-		w, err := kv.WatchAll(b.ctx)
+		var opts []jetstream.WatchOpt
+		if last > 0 {
+			opts = append(opts, jetstream.ResumeFromRevision(last+1))
+		}
+		w, err := kv.WatchAll(b.ctx, opts...)
 		if err != nil {
 			b.log.Warn("broker: conversation watch failed, retrying", "err", err)
 			select {
@@ -293,31 +313,63 @@ func (b *Broker) watchConversations() {
 				continue
 			}
 		}
-		ready := false
+		behind, at := false, last
 	loop:
 		for {
 			select {
 			case <-b.done:
 				_ = w.Stop()
 				return
+			case <-check.C:
+				if head := b.bucketHead(kv); head > last {
+					if behind && last == at {
+						b.log.Warn("broker: conversation watch stalled, restarting it", "revision", last, "bucket", head)
+						target = head
+						_ = w.Stop()
+						break loop
+					}
+					behind, at = true, last
+				} else {
+					behind = false
+				}
 			case e, ok := <-w.Updates():
 				if !ok {
 					break loop
 				}
 				if e == nil {
+					// Everything up to now is delivered: a revision of
+					// the bucket not seen is gone (expired), not late.
+					last = max(last, target)
 					ready = true
 					b.clusterReady.Store(true)
 					continue
 				}
+				last = max(last, e.Revision())
 				b.observeEntry(e, ready)
 			}
 		}
 	}
 }
 
+// bucketHead returns the bucket's last revision (0 on an error: the next
+// check asks again).
+func (b *Broker) bucketHead(kv jetstream.KeyValue) uint64 {
+	ctx, cancel := b.ioCtx()
+	defer cancel()
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return 0
+	}
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+		return bs.StreamInfo().State.LastSeq
+	}
+	return 0
+}
+
 func (b *Broker) observeEntry(e jetstream.KeyValueEntry, ready bool) {
 	if e.Operation() != jetstream.KeyValuePut {
 		b.disp.forget(e.Key())
+		b.o.Cluster.open.forget(e.Key())
 		return
 	}
 	var m ConvMeta
@@ -325,16 +377,42 @@ func (b *Broker) observeEntry(e jetstream.KeyValueEntry, ready bool) {
 		return
 	}
 	b.disp.observe(&m, e.Revision())
+	b.o.Cluster.open.observe(&m, e.Revision())
 	if ready {
 		b.shardFor(m.ID).mbox.post(ctrl{kind: ctrlMeta, meta: &m, seq: e.Revision()})
 	}
 }
 
-// heartbeat refreshes the presence of this node's agents that are not
-// offline, so that it expires PresenceTTL after this node died.
+// heartbeat is this node's cluster duty: it takes the sends other nodes
+// forward to it (cluster_write.go), refreshes its own record and the
+// presence of its agents that are not offline, so that both expire
+// PresenceTTL after this node died, and, on the reaper node, departs the
+// users of dead nodes (cluster_reap.go).
 func (b *Broker) heartbeat() {
 	defer b.wg.Done()
 	cl := b.o.Cluster
+	subs, err := b.subscribeForwards()
+	if err != nil {
+		b.log.Error("broker: cannot take forwarded sends", "err", err)
+	}
+	defer func() {
+		for _, sub := range subs {
+			_ = sub.Unsubscribe()
+		}
+		// A graceful stop: the others see this node gone at once.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		cl.dropBeat(ctx)
+		cancel()
+	}()
+	var r reaper
+	beat := func() {
+		ctx, cancel := b.ioCtx()
+		if err := cl.putBeat(ctx, time.Now()); err != nil {
+			b.log.Warn("broker: node heartbeat failed", "err", err)
+		}
+		cancel()
+	}
+	beat()
 	t := time.NewTicker(cl.ttl / 3)
 	defer t.Stop()
 	for {
@@ -342,6 +420,10 @@ func (b *Broker) heartbeat() {
 		case <-b.done:
 			return
 		case <-t.C:
+			beat()
+			if b.clusterReady.Load() {
+				b.reap(&r, b.now())
+			}
 			for id, p := range b.disp.localPresence() {
 				p.Node = cl.node
 				ctx, cancel := b.ioCtx()
@@ -439,4 +521,16 @@ func (s *shard) giveBack(ctx context.Context, c *conversation, agent string, add
 		return
 	}
 	s.b.o.Cluster.unreserve(ctx, agent, c.id)
+}
+
+// requeueUnloaded puts conversation id back in the dispatcher's queue
+// mirror, a second later, when an assignment could not load it (the
+// stores failed for a moment) and the watch says it is still waiting: the
+// watch would not announce it again until its record changes. (At once,
+// a store that fails fast would make assign and load a busy loop.)
+func (s *shard) requeueUnloaded(id string) {
+	if m, rev, ok := s.b.o.Cluster.open.get(id); ok && m.State == protocol.StateQueued {
+		d := s.b.disp
+		time.AfterFunc(time.Second, func() { d.requeueMirror(m, rev) })
+	}
 }

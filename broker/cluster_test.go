@@ -7,8 +7,11 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/unigate/unigate/broker/histstore"
 	"github.com/unigate/unigate/broker/natsnode"
@@ -68,8 +71,24 @@ func retry(t testing.TB, timeout time.Duration, fn func(ctx context.Context) err
 }
 
 // startCluster starts n routed nodes with brokers in cluster mode and
-// waits until each one's conversation watch is live.
+// waits until each one's conversation watch is live (streams and buckets
+// R1).
 func startCluster(t *testing.T, n int, o Options) []*clusterNode {
+	t.Helper()
+	return startClusterR(t, n, 1, o)
+}
+
+// startClusterR is startCluster with the history stream and every bucket
+// replicated replicas times (3: JetStream RAFT on three servers, as in
+// production).
+func startClusterR(t *testing.T, n, replicas int, o Options) []*clusterNode {
+	t.Helper()
+	return startClusterHook(t, n, replicas, o, nil)
+}
+
+// startClusterHook is startClusterR with prepare run on each node after
+// its stores are open and before its broker starts.
+func startClusterHook(t *testing.T, n, replicas int, o Options, prepare func(i int, cn *clusterNode)) []*clusterNode {
 	t.Helper()
 	routes := freeRoutePorts(t, n)
 	base := t.TempDir()
@@ -100,21 +119,24 @@ func startCluster(t *testing.T, n int, o Options) []*clusterNode {
 		js := cn.node.JetStream()
 		retry(t, 30*time.Second, func(ctx context.Context) (err error) {
 			if cn.hist == nil {
-				if cn.hist, err = histstore.Open(ctx, js, histstore.Options{}); err != nil {
+				if cn.hist, err = histstore.Open(ctx, js, histstore.Options{Replicas: replicas}); err != nil {
 					return err
 				}
 				t.Cleanup(func() { _ = cn.hist.Close() })
 			}
 			if cn.conv == nil {
-				if cn.conv, err = OpenKVConvStore(ctx, js, KVConvOptions{}); err != nil {
+				if cn.conv, err = OpenKVConvStore(ctx, js, KVConvOptions{Replicas: replicas}); err != nil {
 					return err
 				}
 			}
-			cn.cl, err = OpenCluster(ctx, cn.node.Conn(), js, ClusterOptions{Node: cn.name, Conversations: cn.conv, PresenceTTL: 3 * time.Second})
+			cn.cl, err = OpenCluster(ctx, cn.node.Conn(), js, ClusterOptions{Node: cn.name, Conversations: cn.conv, PresenceTTL: 3 * time.Second, Replicas: replicas})
 			return err
 		})
 	}
-	for _, cn := range nodes {
+	for i, cn := range nodes {
+		if prepare != nil {
+			prepare(i, cn)
+		}
 		e := &testEnv{t: t, signer: testSigner(t)}
 		oo := o
 		oo.Signer, oo.History, oo.Conversations, oo.Cluster = e.signer, cn.hist, cn.conv, cn.cl
@@ -414,4 +436,115 @@ func TestClusterAssignRace(t *testing.T) {
 		}
 	}
 	t.Logf("record conflicts: A %d, B %d (a loser of a race counts one)", A.b.m.clusterConflicts.Get(), B.b.m.clusterConflicts.Get())
+}
+
+// stallingKV is a conversation bucket whose next watches (stalls of
+// them) go silent once their initial records are delivered, as a watch
+// does when nats.go fails to recreate its ordered consumer.
+type stallingKV struct {
+	jetstream.KeyValue
+	stalls atomic.Int32
+}
+
+func (k *stallingKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	w, err := k.KeyValue.WatchAll(ctx, opts...)
+	if err != nil || k.stalls.Add(-1) < 0 {
+		return w, err
+	}
+	sw := &stalledWatcher{KeyWatcher: w, ch: make(chan jetstream.KeyValueEntry, 256)}
+	go sw.forward()
+	return sw, nil
+}
+
+// stalledWatcher passes the initial records and the end-of-initial marker
+// on, then swallows every update.
+type stalledWatcher struct {
+	jetstream.KeyWatcher
+	ch chan jetstream.KeyValueEntry
+}
+
+func (w *stalledWatcher) forward() {
+	muted := false
+	for e := range w.KeyWatcher.Updates() {
+		if !muted {
+			w.ch <- e
+			muted = e == nil
+		}
+	}
+}
+
+func (w *stalledWatcher) Updates() <-chan jetstream.KeyValueEntry { return w.ch }
+
+// TestClusterWatchStall: node A's conversation watch goes silent after its
+// initial records. A visitor on B opens a conversation that only A's agent
+// can take: A notices its watch is behind the bucket, restarts it from the
+// last revision it saw, and assigns the conversation.
+func TestClusterWatchStall(t *testing.T) {
+	var kvA *stallingKV
+	nodes := startClusterHook(t, 2, 1, Options{}, func(i int, cn *clusterNode) {
+		if i == 0 {
+			kvA = &stallingKV{KeyValue: cn.conv.kv}
+			kvA.stalls.Store(1)
+			cn.conv.kv = kvA
+		}
+	})
+	A, B := nodes[0].env, nodes[1].env
+	ag := A.dial("agent@A", pbProto)
+	ag.hello(protocol.Hello{Token: A.token("agent-stall", token.RoleAgent)})
+	ag.online(1)
+	v := B.dial("visitor@B", jsonProto)
+	v.hello(protocol.Hello{Token: B.token("vis-stall", token.RoleVisitor)})
+	cid := v.open(protocol.Open{Text: "anyone?"}).ConversationID
+	if kvA.stalls.Load() > 0 {
+		t.Fatal("A's watch was not the stalling one")
+	}
+	// Two checks behind without progress, then the restart (about 10 s).
+	if c := v.waitStateWithin(time.Minute, cid, protocol.StateAssigned, "agent-stall"); c.AgentID != "agent-stall" {
+		t.Fatalf("assigned to %q", c.AgentID)
+	}
+	ag.waitDeliver(cid, 1)
+}
+
+// staleKV answers the next Gets (stale of them) "not found", as a replica
+// that has not applied the newest revisions does (KV reads go to any
+// replica).
+type staleKV struct {
+	jetstream.KeyValue
+	stale atomic.Int32
+}
+
+func (k *staleKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	if k.stale.Add(-1) >= 0 {
+		return nil, jetstream.ErrKeyNotFound
+	}
+	return k.KeyValue.Get(ctx, key)
+}
+
+// TestClusterStaleRead: the node that assigns a conversation another node
+// just queued reads its record from a replica that does not have it yet.
+// It takes the record its watch delivered instead, and the assignment
+// goes through (it used to be dropped, the conversation never assigned).
+func TestClusterStaleRead(t *testing.T) {
+	var kvA *staleKV
+	nodes := startClusterHook(t, 2, 1, Options{}, func(i int, cn *clusterNode) {
+		if i == 0 {
+			kvA = &staleKV{KeyValue: cn.conv.kv}
+			cn.conv.kv = kvA
+		}
+	})
+	A, B := nodes[0].env, nodes[1].env
+	ag := A.dial("agent@A", pbProto)
+	ag.hello(protocol.Hello{Token: A.token("agent-stale", token.RoleAgent)})
+	ag.online(1)
+	kvA.stale.Store(3)
+	v := B.dial("visitor@B", jsonProto)
+	v.hello(protocol.Hello{Token: B.token("vis-stale", token.RoleVisitor)})
+	cid := v.open(protocol.Open{Text: "hello"}).ConversationID
+	if c := v.waitStateWithin(30*time.Second, cid, protocol.StateAssigned, "agent-stale"); c.AgentID != "agent-stale" {
+		t.Fatalf("assigned to %q", c.AgentID)
+	}
+	ag.waitDeliver(cid, 1)
+	if kvA.stale.Load() > 2 {
+		t.Fatal("A never read the record")
+	}
 }

@@ -61,9 +61,11 @@ type conversation struct {
 	closedMilli  int64
 
 	// Cluster mode: the subscription to other nodes' message notices, and
-	// a resync due when the append in flight is answered.
+	// a resync due when the append in flight is answered; cw, who writes
+	// (cluster_write.go).
 	sub         *nats.Subscription
 	resyncAfter bool
+	cw          convWriter
 }
 
 func (c *conversation) participant(u *user) bool {
@@ -313,6 +315,9 @@ func (s *shard) assign(r *ctrl) {
 			// what load read: tell the local participants now.
 			s.attachLocal(c, c.state)
 		}
+		if loaded && c == nil {
+			s.requeueUnloaded(r.conv) // the load failed: still waiting
+		}
 		return
 	}
 	if s.b.o.Cluster != nil {
@@ -388,6 +393,11 @@ func (s *shard) attach(r *ctrl) {
 	after := r.seq
 	if after > c.lastSeq {
 		s.fail(cl, r.id, protocol.CodeSeqFromFuture, "cursor is ahead of the conversation")
+		return
+	}
+	if c.state == protocol.StateClosed && after == 0 && cl.user.Load().role == protocol.RoleAgent {
+		// An agent coming back gets the close, not the whole history of
+		// a conversation that is over (a cursor asks for what it missed).
 		return
 	}
 	if s.b.o.History != nil && after < c.lastSeq && (c.hist.len() == 0 || after+1 < c.hist.firstSeq()) {

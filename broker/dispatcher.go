@@ -627,3 +627,32 @@ func (d *dispatcher) localPresence() map[string]presenceRecord {
 	}
 	return out
 }
+
+// hold records that agent u holds conv, a conversation rebuilt from the
+// durable stores after a restart (single node; a cluster keeps the load
+// in UNIGATE_AGENT_LOAD), creating u's slot, offline, if it has none: so
+// that its load is right when it comes back online, and its transfers of
+// conv are its own.
+func (d *dispatcher) hold(u *user, conv string, defCapacity int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	a := d.agents[u.id]
+	if a == nil {
+		a = &agentSlot{
+			id:       u.id,
+			tenant:   u.tenant,
+			status:   protocol.StatusOffline,
+			capacity: defCapacity,
+			skills:   u.skills,
+			convs:    make(map[string]struct{}),
+			u:        u,
+		}
+		d.agents[u.id] = a
+		p := d.pool(a.tenant)
+		p.agents = append(p.agents, a)
+	}
+	if _, ok := a.convs[conv]; !ok {
+		a.convs[conv] = struct{}{}
+		a.load++
+	}
+}

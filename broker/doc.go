@@ -66,7 +66,10 @@
 // position updates per queued conversation, one attach per (live
 // connection, conversation), and forwarded requests of connections still
 // in their hello handshake, which the event loop caps at 64 per
-// connection.
+// connection. In cluster mode add the sends other nodes forward to this
+// one (bounded by their queues), one answer per send this node forwarded,
+// one forward tick per conversation with forwards in flight, and the
+// reaper's departures (one per conversation of a dead node's user).
 //
 // The integrator API (package api, on netpoll's HTTP goroutines) uses the
 // exported methods of integrator.go: each posts a ctrlCall closure to the
@@ -171,6 +174,15 @@
 //     answered). A replica subscribes before reading Last, and compares
 //     with History again on its next two sweeps, because interest crosses
 //     the routes asynchronously; an attach also resyncs first.
+//   - Writers. A node whose append conflicts while another node is
+//     writing the conversation (its notices) forwards its sends to that
+//     node (cluster_write.go, core NATS request/reply) instead of racing
+//     it: the other node appends both sides' sends in arrival order, and
+//     the forwarding node acks its sender when the message comes back
+//     (notice, resync or answer). Forwarded sends stay in the forwarding
+//     shard's queue, in order; the answer is posted to the shard like an
+//     append's outcome. On a replicated stream the sends queued behind the
+//     head go in one atomic batch (histstore.AppendBatchAsync).
 //   - State. Every change (assign, transfer, requeue, close) is a
 //     revision-checked update of the conversation record by the shard that
 //     makes it, before it changes anything in memory (ConvMeta.Event tells
@@ -194,16 +206,27 @@
 //   - Presence. A presence change is written to UNIGATE_PRESENCE, whose
 //     records expire (PresenceTTL) unless the node heartbeats them: a
 //     transfer to an agent on another node checks it. A hello records the
-//     user's node (UNIGATE_AGENT_LOAD, "u." keys); only the node a user
-//     last connected to decides its departure (visitor_left, agent_left).
+//     user's node and incarnation (UNIGATE_AGENT_LOAD, "u." keys); only
+//     the node a user last connected to decides its departure
+//     (visitor_left, agent_left), or the reaper if that node died.
 //     An agent's hello lists the conversations of its cluster-wide load,
 //     and a resume token is accepted on any node (the session is rebuilt
 //     from the signed identity): clients of a dead node resume elsewhere.
+//   - Dead nodes. Every node heartbeats a record (UNIGATE_NODES, expiring
+//     after PresenceTTL) naming its incarnation, which users' seen records
+//     name too. The live node with the smallest name (the reaper, on its
+//     heartbeat goroutine; cluster_reap.go) notes the participants of
+//     open conversations whose incarnation died and, ResumeTTL later, if
+//     they came back nowhere, posts their departures (visitor_left,
+//     agent_left) to its own shards, which load the conversation and
+//     commit the change like any other.
 //
 // # Seams
 //
 // The dispatcher of a cluster is per node; a leader-elected one would
 // give one global order of assignment (today a node with a free agent
-// takes the head of the queue it sees). The dead node's own users are not
-// departed by anybody until they come back (see docs/broker.md).
+// takes the head of the queue it sees). The writer of a contended
+// conversation is whichever node was winning; a fixed one (a hash of the
+// live nodes) would also remove the first conflicts, at the cost of a hop
+// for every conversation (see docs/broker.md).
 package broker

@@ -239,6 +239,21 @@ type pendingSend struct {
 	// id), or an error. It runs on the shard and must
 	// not block.
 	reply func(seq uint64, ts int64, dup bool, err *protocol.Error)
+
+	// Cluster mode (cluster_write.go). fwd is the id of this send's
+	// forward to another node's writer (0: appended here); fwdAns the
+	// writer's answer while the message itself has not reached this node;
+	// fwdBy when the forward times out (or, answered, when to read the
+	// message from History). remote: a send another node forwarded here.
+	fwd    uint64
+	fwdAns *fwdAnswer
+	fwdBy  time.Time
+	late   int // ticks the answered message has not reached this node
+	remote *remoteSend
+	// batch: the sends the append in flight carries (on the head only);
+	// solo: refused in an atomic batch once, appended alone.
+	batch int
+	solo  bool
 }
 
 // appendResult is the outcome of an AppendAsync, posted to the shard.
@@ -251,8 +266,19 @@ type appendResult struct {
 
 // queueSend queues a message for its durable append.
 func (s *shard) queueSend(c *conversation, p pendingSend) bool {
-	if len(c.queue) >= s.b.o.MaxPendingPerConversation {
-		return false
+	if limit := s.b.o.MaxPendingPerConversation; len(c.queue) >= limit {
+		// The writer of a conversation several nodes write to holds their
+		// sends too (cluster_write.go): this node's clients and the
+		// others' each have the bound.
+		n := 0
+		for i := range c.queue {
+			if (c.queue[i].remote != nil) == (p.remote != nil) {
+				n++
+			}
+		}
+		if n >= limit || len(c.queue) >= 2*limit {
+			return false
+		}
 	}
 	c.queue = append(c.queue, p)
 	s.pump(c)
@@ -264,7 +290,13 @@ func (s *shard) queueSend(c *conversation, p pendingSend) bool {
 // the original Ack without an append.
 func (s *shard) pump(c *conversation) {
 	for !c.inflight && len(c.queue) > 0 {
+		if c.cw.writer != "" && s.forwardQueued(c) {
+			return // the head went to the writer
+		}
 		p := &c.queue[0]
+		if p.fwd != 0 {
+			return // forwarded: later sends wait for it, in order
+		}
 		if p.cmid != "" {
 			if seq, dup := c.dedupe[dedupeKey{p.u.id, p.cmid}]; dup {
 				s.ackStored(c, p, seq)
@@ -272,23 +304,24 @@ func (s *shard) pump(c *conversation) {
 				continue
 			}
 		}
-		seq := c.lastSeq + 1
-		p.seq = seq
-		hm := &histstore.Message{
-			Tenant:       c.tenant,
-			Conversation: c.id,
-			Seq:          seq,
-			SenderID:     p.u.id,
-			SenderRole:   uint8(p.u.role),
-			ClientMsgID:  p.cmid,
-			Text:         p.text,
-			TimeMilli:    p.ts,
-		}
 		mbox := &s.mbox
-		err := s.b.o.History.AppendAsync(hm, c.streamSeq, func(ss uint64, dup bool, err error) {
+		done := func(ss uint64, dup bool, err error) {
 			// NATS goroutine: only post, never touch c.
 			mbox.post(ctrl{kind: ctrlAppended, res: &appendResult{c: c, streamSeq: ss, dup: dup, err: err}})
-		})
+		}
+		p.seq = c.lastSeq + 1
+		hm := histMessage(c, p)
+		var err error
+		if ms := s.batch(c, hm); len(ms) > 1 {
+			err = s.b.o.History.(batchHistory).AppendBatchAsync(ms, c.streamSeq, done)
+			if err == nil {
+				p.batch = len(ms)
+				s.b.m.batches.Inc()
+				s.b.m.batched.Add(len(ms))
+			}
+		} else {
+			err = s.b.o.History.AppendAsync(hm, c.streamSeq, done)
+		}
 		if err != nil {
 			code, msg := protocol.CodeUnavailable, "history unavailable, retry later"
 			switch {
@@ -297,11 +330,59 @@ func (s *shard) pump(c *conversation) {
 			case errors.Is(err, histstore.ErrBackpressure):
 				code, msg = protocol.CodeOverloaded, "history busy, retry later"
 			}
-			s.failSend(p, code, msg)
+			s.failSend(c, p, code, msg)
 			s.popSend(c)
 			continue
 		}
 		c.inflight = true
+	}
+}
+
+// batchHistory is a History that stores several messages of one
+// conversation at once, atomically (histstore on a replicated stream).
+type batchHistory interface {
+	Batches() bool
+	AppendBatchAsync(ms []*histstore.Message, expectLastStreamSeq uint64, done func(lastStreamSeq uint64, dup bool, err error)) error
+}
+
+// batch returns the messages to append with hm, the head of c's queue:
+// hm alone, or, when History takes atomic batches, hm and the queued
+// sends right behind it (each with the next seq) up to the first one
+// forwarded, known by its client id, or refused in a batch before. One
+// round trip then stores them all: on a replicated stream an append costs
+// a RAFT round trip, and one conversation has one append in flight, so
+// without batches a busy conversation (two sides writing, one node taking
+// both sides' sends) is bounded by that round trip.
+func (s *shard) batch(c *conversation, hm *histstore.Message) []*histstore.Message {
+	bh, ok := s.b.o.History.(batchHistory)
+	if !ok || len(c.queue) < 2 || c.queue[0].solo || !bh.Batches() {
+		return nil
+	}
+	ms := []*histstore.Message{hm}
+	for i := 1; i < len(c.queue) && len(ms) < histstore.MaxBatch; i++ {
+		q := &c.queue[i]
+		if q.fwd != 0 || q.solo {
+			break
+		}
+		if _, dup := c.dedupe[dedupeKey{q.u.id, q.cmid}]; dup && q.cmid != "" {
+			break
+		}
+		q.seq = hm.Seq + uint64(i)
+		ms = append(ms, histMessage(c, q))
+	}
+	return ms
+}
+
+func histMessage(c *conversation, p *pendingSend) *histstore.Message {
+	return &histstore.Message{
+		Tenant:       c.tenant,
+		Conversation: c.id,
+		Seq:          p.seq,
+		SenderID:     p.u.id,
+		SenderRole:   uint8(p.u.role),
+		ClientMsgID:  p.cmid,
+		Text:         p.text,
+		TimeMilli:    p.ts,
 	}
 }
 
@@ -313,7 +394,22 @@ func (s *shard) popSend(c *conversation) {
 	}
 }
 
-func (s *shard) failSend(p *pendingSend, code protocol.Code, msg string) {
+// removeSend removes the i-th queued send (a forwarded one, answered).
+func (s *shard) removeSend(c *conversation, i int) {
+	if i == 0 {
+		s.popSend(c)
+		return
+	}
+	copy(c.queue[i:], c.queue[i+1:])
+	c.queue[len(c.queue)-1] = pendingSend{}
+	c.queue = c.queue[:len(c.queue)-1]
+}
+
+func (s *shard) failSend(c *conversation, p *pendingSend, code protocol.Code, msg string) {
+	if p.remote != nil {
+		s.b.o.Cluster.answerForward(p.remote.reply, &fwdAnswer{Conv: c.id, ID: p.remote.id, Code: code, Msg: msg})
+		return
+	}
 	if p.reply != nil {
 		p.reply(0, 0, false, protocol.NewError(code, msg))
 		return
@@ -325,6 +421,14 @@ func (s *shard) failSend(p *pendingSend, code protocol.Code, msg string) {
 
 // ackStored answers p with the Ack of the stored message seq.
 func (s *shard) ackStored(c *conversation, p *pendingSend, seq uint64) {
+	if p.remote != nil {
+		ans := fwdAnswer{Seq: seq, TS: p.ts, Dup: true}
+		if m, ok := c.hist.get(seq); ok {
+			ans.TS = m.ts
+		}
+		s.answerRemote(c, p, ans)
+		return
+	}
 	if p.reply != nil {
 		ts := p.ts
 		if m, ok := c.hist.get(seq); ok {
@@ -361,74 +465,105 @@ func (s *shard) appended(r *appendResult) {
 	}
 	c.inflight = false
 	p := &c.queue[0]
+	n := min(max(p.batch, 1), len(c.queue)) // the sends this append carried
+	p.batch = 0
 	switch {
-	case r.err == nil && !r.dup && p.seq <= c.lastSeq:
-		// Already learned from the stream (a resync): only the ack is
-		// missing.
-		s.ackStored(c, p, p.seq)
-		s.popSend(c)
 	case r.err == nil && !r.dup:
-		// The store accepted it after c.streamSeq: nobody else appended
-		// meanwhile, so p.seq is the next seq.
-		c.lastSeq = p.seq
-		c.streamSeq = r.streamSeq
-		m := message{seq: c.lastSeq, senderID: p.u.id, senderRole: p.u.role, ts: p.ts, cmid: p.cmid, text: p.text}
-		c.hist.push(m, c.dedupe)
-		mm, ok := c.hist.get(m.seq)
-		if !ok { // cannot happen: push keeps the newest message
-			mm = &m
+		// The store accepted them after c.streamSeq: nobody else appended
+		// meanwhile, so their seqs are the next ones (the stream
+		// sequences of a batch are consecutive, ending at r.streamSeq).
+		var done []message // for s.stored, once the batch is off the queue
+		for i := range n {
+			p := &c.queue[0]
+			ss := r.streamSeq - uint64(n-1-i)
+			if p.seq <= c.lastSeq {
+				// Already learned from the stream (a resync): only the
+				// ack is missing.
+				s.ackStored(c, p, p.seq)
+				s.popSend(c)
+				continue
+			}
+			c.lastSeq = p.seq
+			c.streamSeq = ss
+			m := message{seq: c.lastSeq, senderID: p.u.id, senderRole: p.u.role, ts: p.ts, cmid: p.cmid, text: p.text}
+			c.hist.push(m, c.dedupe)
+			mm, ok := c.hist.get(m.seq)
+			if !ok { // cannot happen: push keeps the newest message
+				mm = &m
+			}
+			if p.remote == nil {
+				c.cw.ownAt = time.Now()
+			}
+			s.complete(c, p, mm, ss)
+			if cl := s.b.o.Cluster; cl != nil {
+				cl.publish(c, mm, ss)
+			}
+			s.b.m.relayed.Inc()
+			s.popSend(c)
+			if s.b.bk != nil {
+				done = append(done, *mm)
+			}
 		}
-		e := &s.out
-		if p.reply != nil {
-			p.reply(mm.seq, mm.ts, false, nil)
+		for i := range done {
+			s.stored(c, &done[i])
 		}
-		if p.cl != nil && !p.cl.closed.Load() {
-			e.Kind = protocol.KindAck
-			e.ID = p.id
-			e.Ack = protocol.Ack{ConversationID: c.id, ClientMsgID: mm.cmid, Seq: mm.seq, TimestampMilli: mm.ts}
-			s.b.sendTo(p.cl, e)
+	case r.err == nil && r.dup && n > 1:
+		// This very batch was stored before (a retry after a timeout):
+		// learn it from the stream, then ack each under its seq.
+		if err := s.resync(c); err != nil {
+			s.b.log.Warn("broker: resync after a stored batch failed", "conversation", c.id, "err", err)
 		}
-		e.Kind = protocol.KindDeliver
-		e.ID = 0
-		e.Deliver = deliverOf(c, mm)
-		if p.quiet {
-			s.b.fanout(othersThan(c.attached, p.u), nil, e)
-		} else {
-			s.b.fanout(c.attached, p.cl, e)
+		for range n {
+			p := &c.queue[0]
+			if p.seq <= c.lastSeq {
+				s.ackStored(c, p, p.seq)
+			} else {
+				s.failSend(c, p, protocol.CodeUnavailable, "history unavailable, retry later")
+			}
+			s.popSend(c)
 		}
-		e.Deliver = protocol.Deliver{}
-		if cl := s.b.o.Cluster; cl != nil {
-			cl.publish(c, mm, r.streamSeq)
-		}
-		s.b.m.relayed.Inc()
-		s.popSend(c)
-		s.stored(c, mm)
 	case r.err == nil && r.dup:
 		// Stored before (a retry after a restart, within the duplicate
 		// window): the original Ack if the message is still in memory.
 		seq := c.dedupe[dedupeKey{p.u.id, p.cmid}]
 		s.ackStored(c, p, seq)
 		s.popSend(c)
+	case errors.Is(r.err, histstore.ErrBatch):
+		// Not taken as a batch (nothing stored): one by one.
+		for i := range n {
+			c.queue[i].solo = true
+		}
 	case errors.Is(r.err, histstore.ErrConflict):
 		// The stream holds messages this shard does not know: an earlier
 		// append that timed out but was stored, or another writer.
 		// Catch up (deliver them), then retry this one.
 		p.attempts++
+		s.b.m.appendConflicts.Inc()
 		limit := maxAppendAttempts
 		if s.b.o.Cluster != nil {
 			limit = maxClusterAppendAttempts // two writers conflict by design
 		}
-		if err := s.resync(c); err != nil || p.attempts >= limit {
+		// A resync cut short (a replica lagging behind the one that
+		// answered Last, a timeout) leaves c consistent: the next attempt
+		// conflicts again and resyncs the rest.
+		err := s.resync(c)
+		if p.attempts >= limit {
 			s.b.log.Warn("broker: append conflict", "conversation", c.id, "err", r.err, "resync", err)
-			s.failSend(p, protocol.CodeUnavailable, "history out of sync, retry later")
+			s.failSend(c, p, protocol.CodeUnavailable, "history out of sync, retry later")
 			s.popSend(c)
+		} else if err == nil && s.b.o.Cluster != nil {
+			// Another node is writing: hand it this conversation's sends
+			// rather than racing it (cluster_write.go).
+			s.startForwarding(c)
 		}
 	default:
-		// Timeout, unavailable, closed: the message may or may not be
-		// stored. Its seq is not consumed; if it was stored, the next
-		// append conflicts and resync delivers it.
-		s.failSend(p, protocol.CodeUnavailable, "history unavailable, retry later")
-		s.popSend(c)
+		// Timeout, unavailable, closed: the messages may or may not be
+		// stored. Their seqs are not consumed; if they were stored, the
+		// next append conflicts and resync delivers them.
+		for range n {
+			s.failSend(c, &c.queue[0], protocol.CodeUnavailable, "history unavailable, retry later")
+			s.popSend(c)
+		}
 	}
 	if c.resyncAfter {
 		c.resyncAfter = false
@@ -437,6 +572,35 @@ func (s *shard) appended(r *appendResult) {
 		}
 	}
 	s.pump(c)
+}
+
+// complete answers p, now stored as mm (at stream sequence ss, known when
+// this node appended it): the Ack (or the API's reply, or the forwarding
+// node's answer) to its sender, the Deliver to every other attached
+// connection.
+func (s *shard) complete(c *conversation, p *pendingSend, mm *message, ss uint64) {
+	e := &s.out
+	if p.reply != nil {
+		p.reply(mm.seq, mm.ts, false, nil)
+	}
+	if p.remote != nil {
+		s.answerRemote(c, p, fwdAnswer{Seq: mm.seq, Stream: ss, TS: mm.ts})
+	}
+	if p.cl != nil && !p.cl.closed.Load() {
+		e.Kind = protocol.KindAck
+		e.ID = p.id
+		e.Ack = protocol.Ack{ConversationID: c.id, ClientMsgID: mm.cmid, Seq: mm.seq, TimestampMilli: mm.ts}
+		s.b.sendTo(p.cl, e)
+	}
+	e.Kind = protocol.KindDeliver
+	e.ID = 0
+	e.Deliver = deliverOf(c, mm)
+	if p.quiet {
+		s.b.fanout(othersThan(c.attached, p.u), nil, e)
+	} else {
+		s.b.fanout(c.attached, p.cl, e)
+	}
+	e.Deliver = protocol.Deliver{}
 }
 
 // othersThan returns the connections in to that are not u's (a new slice;
@@ -469,13 +633,11 @@ func (s *shard) resync(c *conversation) error {
 		return nil
 	}
 	if last.Seq > c.lastSeq {
-		e := &s.out
-		e.Kind = protocol.KindDeliver
-		e.ID = 0
 		// c.lastSeq moves with every message delivered, so a replay cut
 		// short (a timeout under load) leaves c consistent: the messages
 		// it did deliver are never delivered twice, the rest come with
-		// the next resync.
+		// the next resync. A message that is one of this node's forwarded
+		// sends is acked to its sender instead (learn).
 		_, err = h.Replay(ctx, c.tenant, c.id, c.lastSeq, 0, func(hm *histstore.Message) bool {
 			if hm.Seq > last.Seq {
 				return false
@@ -483,14 +645,9 @@ func (s *shard) resync(c *conversation) error {
 			if hm.Seq <= c.lastSeq {
 				return true
 			}
-			m := messageOf(hm)
-			c.hist.push(m, c.dedupe)
-			c.lastSeq = m.seq
-			e.Deliver = deliverOf(c, &m)
-			s.b.fanout(c.attached, nil, e)
+			s.learn(c, messageOf(hm), 0)
 			return true
 		})
-		e.Deliver = protocol.Deliver{}
 		if err != nil {
 			return err
 		}
@@ -567,6 +724,14 @@ func (s *shard) load(id string) *conversation {
 		}()
 	}
 	meta, rev, err := cs.Get(ctx, id)
+	if cl := b.o.Cluster; cl != nil && (err == nil || errors.Is(err, ErrConvNotFound)) {
+		// The watch may have announced a revision the replica that
+		// answered has not applied yet (a conversation queued a moment
+		// ago by another node): the newer record wins.
+		if m, r, ok := cl.open.get(id); ok && r > rev {
+			meta, rev, err = m, r, nil
+		}
+	}
 	if err != nil {
 		if !errors.Is(err, ErrConvNotFound) {
 			b.log.Warn("broker: conversation load failed", "conversation", id, "err", err)
@@ -618,6 +783,11 @@ func (s *shard) load(id string) *conversation {
 	if meta.AgentID != "" && meta.State != protocol.StateQueued {
 		if c.agent = b.reg.userByID(meta.AgentID, protocol.RoleAgent, meta.Tenant, b.now()); c.agent == nil {
 			return nil
+		}
+		if b.o.Cluster == nil && meta.State != protocol.StateClosed {
+			// The dispatcher of a restarted node counts it in the
+			// agent's load again (a cluster reads UNIGATE_AGENT_LOAD).
+			b.disp.hold(c.agent, c.id, b.o.DefaultAgentCapacity)
 		}
 	}
 	s.convs[c.id] = c

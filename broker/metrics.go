@@ -33,6 +33,10 @@ type brokerMetrics struct {
 	clusterNotices   *metrics.Counter                   // messages received from other nodes
 	clusterGaps      *metrics.Counter                   // notices after a gap (resync)
 	clusterConflicts *metrics.Counter                   // record updates lost to another node
+	appendConflicts  *metrics.Counter                   // appends that met another writer (resynced)
+	forwarded        *metrics.Counter                   // sends forwarded to another node's writer
+	batches          *metrics.Counter                   // atomic batch appends (several sends in one)
+	batched          *metrics.Counter                   // sends appended in those batches
 	errors           map[protocol.Code]*metrics.Counter // read-only after newMetrics
 }
 
@@ -50,6 +54,10 @@ func newMetrics(b *Broker) *brokerMetrics {
 		clusterNotices:   s.NewCounter("unigate_broker_cluster_notices_total"),
 		clusterGaps:      s.NewCounter("unigate_broker_cluster_gaps_total"),
 		clusterConflicts: s.NewCounter("unigate_broker_cluster_conflicts_total"),
+		appendConflicts:  s.NewCounter("unigate_broker_cluster_append_conflicts_total"),
+		forwarded:        s.NewCounter("unigate_broker_cluster_forwarded_total"),
+		batches:          s.NewCounter("unigate_broker_history_batches_total"),
+		batched:          s.NewCounter("unigate_broker_history_batched_total"),
 		errors:           make(map[protocol.Code]*metrics.Counter, len(knownCodes)),
 	}
 	for _, c := range knownCodes {

@@ -101,15 +101,17 @@ func (b *Broker) cacheSession(sess *session, connected bool) {
 // remembered.
 func (b *Broker) restoreSession(sid string, fromToken *sessionRecord, now time.Time) (*session, []string) {
 	sc := b.o.Sessions
-	if sc == nil {
+	if sc == nil && b.o.Cluster == nil {
 		return nil, nil
 	}
 	var rec *sessionRecord
-	if v, ok := sc.Get(nil, sid); ok {
-		var r sessionRecord
-		if json.Unmarshal(v, &r) == nil && r.UserID != "" &&
-			(fromToken == nil || fromToken.UserID == r.UserID && fromToken.Role == r.Role) {
-			rec = &r
+	if sc != nil {
+		if v, ok := sc.Get(nil, sid); ok {
+			var r sessionRecord
+			if json.Unmarshal(v, &r) == nil && r.UserID != "" &&
+				(fromToken == nil || fromToken.UserID == r.UserID && fromToken.Role == r.Role) {
+				rec = &r
+			}
 		}
 	}
 	if rec == nil && fromToken != nil && (now.Sub(b.started) < b.o.ResumeTTL || b.o.Cluster != nil) {

@@ -1,6 +1,8 @@
 package deploy
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -71,6 +73,24 @@ func render(t *testing.T, overlay string) rendered {
 		t.Fatalf("%s: want a StatefulSet, a PDB, 2 Services and a ConfigMap; got %+v", overlay, out)
 	}
 	return out
+}
+
+// podEnv is the environment container c gets in pod name: literal values
+// and the pod's name by the downward API (other references are left out).
+func podEnv(t *testing.T, c *corev1.Container, name string) []string {
+	t.Helper()
+	var env []string
+	for _, e := range c.Env {
+		switch {
+		case e.ValueFrom == nil:
+			env = append(env, e.Name+"="+e.Value)
+		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.name":
+			env = append(env, e.Name+"="+name)
+		case e.ValueFrom.FieldRef != nil:
+			t.Fatalf("env %s refers to %s, which podEnv does not know", e.Name, e.ValueFrom.FieldRef.FieldPath)
+		}
+	}
+	return env
 }
 
 func matches(selector, labels map[string]string) bool {
@@ -194,23 +214,73 @@ func TestKustomizeOverlays(t *testing.T) {
 			if !slices.Contains(c.Args, "/etc/unigate/unigate.yaml") {
 				t.Errorf("args %v do not name the mounted configuration", c.Args)
 			}
-			// The configuration is one unigate loads and validates.
+			// The configuration is one unigate loads and validates, with
+			// the environment the container gets (pod 0's).
 			file := filepath.Join(t.TempDir(), "unigate.yaml")
 			if err := os.WriteFile(file, []byte(cm.Data["unigate.yaml"]), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			cfg, err := config.Load(file, nil)
-			if err == nil {
-				err = cfg.Validate()
+			load := func(ordinal int) config.Config {
+				t.Helper()
+				cfg, err := config.Load(file, podEnv(t, c, fmt.Sprintf("%s-%d", sts.Name, ordinal)))
+				if err == nil {
+					err = cfg.Validate()
+				}
+				if err != nil {
+					t.Fatalf("the ConfigMap's unigate.yaml is not valid in pod %d: %v", ordinal, err)
+				}
+				return cfg
 			}
-			if err != nil {
-				t.Fatalf("the ConfigMap's unigate.yaml is not valid: %v", err)
-			}
+			cfg := load(0)
 			if cfg.DataDir != mounts["data"] || cfg.Admin.Pprof || !strings.HasPrefix(cfg.Admin.Listen, ":") {
 				t.Errorf("config: data_dir %q (volume at %s), admin %q pprof %v", cfg.DataDir, mounts["data"], cfg.Admin.Listen, cfg.Admin.Pprof)
 			}
-			if tc.cluster && !strings.Contains(cm.Data["unigate.yaml"], "TODO(cluster") {
-				t.Log("the TODO(cluster) line is gone: check that the route keys are set")
+			if strings.Contains(cm.Data["unigate.yaml"], "TODO") {
+				t.Error("a TODO is left in the configuration")
+			}
+			if !tc.cluster {
+				if cfg.Clustered() {
+					t.Error("single-node: cluster mode is on")
+				}
+				return
+			}
+			// Three nodes: every pod is a cluster node named after itself,
+			// routed to every pod by its stable DNS name on the port the
+			// container and the headless Service name nats-cluster, R3.
+			if !headless.Spec.PublishNotReadyAddresses {
+				t.Error("the headless Service hides pods that are not ready: the routes (and so readiness) never form")
+			}
+			var svcPort int32
+			for _, p := range headless.Spec.Ports {
+				if p.TargetPort.String() == "nats-cluster" {
+					svcPort = p.Port
+				}
+			}
+			if svcPort != ports["nats-cluster"] {
+				t.Errorf("headless Service nats-cluster port %d, container %d", svcPort, ports["nats-cluster"])
+			}
+			if cfg.NATS.Replicas != 3 || cfg.NATS.URL != "" {
+				t.Errorf("nats: replicas %d, url %q; want 3 replicas on the embedded servers", cfg.NATS.Replicas, cfg.NATS.URL)
+			}
+			if _, port, err := net.SplitHostPort(cfg.Cluster.Listen); err != nil || port != fmt.Sprint(ports["nats-cluster"]) {
+				t.Errorf("cluster.listen %q is not the nats-cluster port %d", cfg.Cluster.Listen, ports["nats-cluster"])
+			}
+			var want []string
+			for i := range int(tc.replicas) {
+				want = append(want, fmt.Sprintf("%s-%d.%s:%d", sts.Name, i, headless.Name, ports["nats-cluster"]))
+			}
+			got := slices.Clone(cfg.Cluster.Routes)
+			for i, r := range got {
+				got[i] = strings.TrimPrefix(r, "nats-route://")
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, want) {
+				t.Errorf("cluster.routes %v, want every pod by its stable name %v", cfg.Cluster.Routes, want)
+			}
+			for i := range int(tc.replicas) {
+				if name := load(i).Cluster.NodeName; name != fmt.Sprintf("%s-%d", sts.Name, i) {
+					t.Errorf("pod %d: cluster.node_name %q, want its pod name", i, name)
+				}
 			}
 		})
 	}

@@ -57,6 +57,14 @@
 // AppendAsync pipelines across conversations. After a restart, Last gives
 // the next Seq and the expected stream sequence.
 //
+// AppendBatchAsync stores several consecutive messages of one
+// conversation in one JetStream atomic batch (nats-server 2.12+): all or
+// none, the expected-sequence check on the first, one round trip. It is
+// on for replicated streams (Options.AtomicBatches), where one append is
+// a RAFT round trip, and only if the server confirms the stream's
+// allow_atomic setting; a batch the server refuses as a batch (ErrBatch)
+// is appended one message at a time.
+//
 // Every append also carries Nats-Msg-Id = tenant/conversation/sender/
 // client message id, so a retry (after ErrTimeout, a cancelled context or
 // a reconnect) within Options.DuplicateWindow is not stored twice: it

@@ -49,6 +49,10 @@ var (
 	ErrUnavailable = errors.New("histstore: stream unavailable")
 	// ErrClosed: the Store was closed.
 	ErrClosed = errors.New("histstore: closed")
+	// ErrBatch: the server refused an atomic batch as a batch (batches
+	// disabled, too many in flight, a duplicate message id inside): none
+	// of its messages was stored; append them one by one.
+	ErrBatch = errors.New("histstore: batch refused")
 )
 
 // ConflictError is the ErrConflict returned by Append and AppendAsync.
@@ -111,6 +115,14 @@ type Options struct {
 	// SealText seals the text of every new message with Sealer (which
 	// it requires). Plain messages written before stay readable.
 	SealText bool
+	// AtomicBatches lets AppendBatchAsync store several messages of one
+	// conversation as one atomic batch (JetStream atomic batch publish,
+	// nats-server 2.12+). 0 (default): on for a replicated stream
+	// (Replicas > 1), where every append costs a RAFT round trip; off for
+	// R1, where the server stages each batch in a file store of its own
+	// and the plain appends are cheaper. 1: on; -1: off. It is on only if
+	// the server confirms the stream setting.
+	AtomicBatches int
 }
 
 // Store is the history of all conversations in one JetStream stream. It
@@ -126,6 +138,7 @@ type Store struct {
 	ackTimeout time.Duration
 	sealer     Sealer // opens sealed texts; nil: none
 	sealText   bool   // seal new texts with sealer
+	atomic     bool   // AppendBatchAsync sends atomic batches
 
 	inbox string // "<inbox>." ; replies go to inbox + token
 	sub   *nats.Subscription
@@ -196,6 +209,14 @@ func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Store, error
 		Replicas:          o.Replicas,
 		AllowDirect:       true,
 	}
+	wantBatches := o.AtomicBatches > 0 || (o.AtomicBatches == 0 && o.Replicas > 1)
+	// Once on, atomic publish stays on (turning it off would abandon the
+	// batches of another node in flight).
+	if wantBatches {
+		cfg.AllowAtomicPublish = true
+	} else if cur, err := js.Stream(ctx, o.Stream); err == nil && cur.CachedInfo().Config.AllowAtomicPublish {
+		cfg.AllowAtomicPublish = true
+	}
 	if o.MaxBytes > 0 {
 		cfg.MaxBytes = o.MaxBytes
 	}
@@ -228,9 +249,11 @@ func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Store, error
 		ackTimeout: o.AckTimeout,
 		sealer:     o.Sealer,
 		sealText:   o.SealText,
-		inbox:      nats.NewInbox() + ".",
-		pending:    make(map[uint64]*pending),
-		stop:       make(chan struct{}),
+		// An older server ignores the setting: it must say it has it.
+		atomic:  wantBatches && st.CachedInfo().Config.AllowAtomicPublish,
+		inbox:   nats.NewInbox() + ".",
+		pending: make(map[uint64]*pending),
+		stop:    make(chan struct{}),
 	}
 	s.sub, err = s.nc.Subscribe(s.inbox+"*", s.handleAck)
 	if err != nil {
@@ -434,6 +457,117 @@ func putBuf(bp *[]byte, body []byte) {
 	}
 }
 
+// MaxBatch is the most messages AppendBatchAsync takes at once (the
+// server's limit is 1000).
+const MaxBatch = 100
+
+// Batches reports whether AppendBatchAsync sends atomic batches; when it
+// does not, it takes one message at a time.
+func (s *Store) Batches() bool { return s.atomic }
+
+// AppendBatchAsync stores ms, consecutive messages of one conversation
+// (Seq n, n+1, ...), atomically: all of them or none. The first carries
+// expectLastStreamSeq (Nats-Expected-Last-Subject-Sequence), checked by
+// the server when it commits the batch, so a batch conflicts with another
+// writer exactly like one Append. Each carries its Nats-Msg-Id. done is
+// called once, as for AppendAsync, with the stream sequence of the LAST
+// message (the others are the ones just before it, in order): or dup=true
+// if this very batch was stored before (a retry), or an error. ErrBatch:
+// the server did not take it as a batch (nothing stored; append the
+// messages one by one). Without Batches, or with one message, it is
+// AppendAsync.
+func (s *Store) AppendBatchAsync(ms []*Message, expectLastStreamSeq uint64, done func(lastStreamSeq uint64, dup bool, err error)) error {
+	if len(ms) == 1 || (len(ms) > 1 && !s.atomic) {
+		if len(ms) > 1 {
+			return fmt.Errorf("%w: atomic batches are off", ErrBatch)
+		}
+		return s.AppendAsync(ms[0], expectLastStreamSeq, done)
+	}
+	if len(ms) == 0 || len(ms) > MaxBatch {
+		return fmt.Errorf("%w: batch of %d messages", ErrInvalid, len(ms))
+	}
+	for i, m := range ms {
+		if err := check(m); err != nil {
+			return err
+		}
+		if m.Tenant != ms[0].Tenant || m.Conversation != ms[0].Conversation || m.Seq != ms[0].Seq+uint64(i) {
+			return fmt.Errorf("%w: batch of more than one conversation or a seq gap", ErrInvalid)
+		}
+	}
+	last := ms[len(ms)-1]
+	p := &pending{
+		subj:     s.Subject(last.Tenant, last.Conversation),
+		msgID:    msgID(last),
+		expect:   expectLastStreamSeq,
+		deadline: time.Now().Add(s.ackTimeout),
+		done:     done,
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	if len(s.pending) >= s.maxPending {
+		s.mu.Unlock()
+		return ErrBackpressure
+	}
+	s.nextID++
+	id := s.nextID
+	s.pending[id] = p
+	s.mu.Unlock()
+
+	batchID := nats.NewInbox()[len(nats.InboxPrefix):] // a NUID: 22 characters
+	bp := bufPool.Get().(*[]byte)
+	var err error
+	for i, m := range ms {
+		hdr := nats.Header{
+			"Nats-Batch-Id":       {batchID},
+			"Nats-Batch-Sequence": {strconv.Itoa(i + 1)},
+		}
+		if i == 0 {
+			hdr[jetstream.ExpectedLastSubjSeqHeader] = []string{strconv.FormatUint(expectLastStreamSeq, 10)}
+		}
+		if id := msgID(m); id != "" {
+			hdr[jetstream.MsgIDHeader] = []string{id}
+		}
+		var data []byte
+		if data, err = s.encode((*bp)[:0], m); err != nil {
+			break
+		}
+		msg := &nats.Msg{Subject: p.subj, Header: hdr, Data: data}
+		if m == last {
+			// Only the commit is answered: the PubAck of the batch.
+			hdr["Nats-Batch-Commit"] = []string{"1"}
+			msg.Reply = s.inbox + strconv.FormatUint(id, 10)
+		}
+		err = s.nc.PublishMsg(msg)
+		if cap(msg.Data) <= 64<<10 {
+			*bp = msg.Data
+		}
+		if err != nil {
+			break // an unfinished batch is abandoned by the server
+		}
+	}
+	bufPool.Put(bp)
+	if err != nil {
+		s.mu.Lock()
+		_, mine := s.pending[id]
+		delete(s.pending, id)
+		s.mu.Unlock()
+		if !mine {
+			return nil
+		}
+		return fmt.Errorf("histstore: publish: %w", err)
+	}
+	return nil
+}
+
+// batchErrCodes are the JetStream errors that refuse an atomic batch as a
+// batch (disabled, missing sequence, incomplete, unsupported header,
+// invalid id, too large, invalid commit, duplicate message id inside,
+// too many in flight).
+var batchErrCodes = map[uint16]bool{10174: true, 10175: true, 10176: true, 10177: true, 10179: true, 10199: true, 10200: true, 10201: true, 10210: true}
+
 // pubAck is a JetStream publish response.
 type pubAck struct {
 	Stream    string `json:"stream"`
@@ -449,6 +583,7 @@ type pubAck struct {
 const (
 	errCodeWrongLastSeq         = 10071
 	errCodeWrongLastSeqConstant = 10164
+	errCodeBatchDuplicate       = 10201
 )
 
 // handleAck runs on the ack subscription's goroutine, one ack at a time.
@@ -480,6 +615,16 @@ func (s *Store) outcome(p *pending, msg *nats.Msg) (uint64, bool, error) {
 	if a.Error != nil {
 		if a.Error.ErrCode == errCodeWrongLastSeq || a.Error.ErrCode == errCodeWrongLastSeqConstant {
 			return s.resolveConflict(p)
+		}
+		if a.Error.ErrCode == errCodeBatchDuplicate {
+			// A retry of a stored batch is refused for its message ids:
+			// it is a duplicate if the conversation ends with its last.
+			if seq, dup, err := s.resolveConflict(p); err == nil && dup {
+				return seq, true, nil
+			}
+		}
+		if batchErrCodes[a.Error.ErrCode] {
+			return 0, false, fmt.Errorf("%w: %d %s", ErrBatch, a.Error.ErrCode, a.Error.Description)
 		}
 		return 0, false, fmt.Errorf("%w: %d %s", ErrUnavailable, a.Error.ErrCode, a.Error.Description)
 	}

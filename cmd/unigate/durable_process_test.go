@@ -131,6 +131,7 @@ type chatClient struct {
 	listed   []any // conversations in the last welcome
 	states   []string
 	gone     chan struct{}
+	closeErr error // how the last connection ended (a *websocket.CloseError when the server closed it)
 }
 
 func newChat(t *testing.T, name, tok string) *chatClient {
@@ -168,6 +169,9 @@ func (cc *chatClient) read(c *websocket.Conn, gone chan struct{}) {
 	for {
 		var env map[string]any
 		if err := c.ReadJSON(&env); err != nil {
+			cc.mu.Lock()
+			cc.closeErr = err
+			cc.mu.Unlock()
 			return
 		}
 		cc.mu.Lock()
@@ -187,7 +191,15 @@ func (cc *chatClient) read(c *websocket.Conn, gone chan struct{}) {
 				cc.seen = append(cc.seen, seq)
 			}
 		case env["deliver"] != nil:
-			cc.seen = append(cc.seen, num(env["deliver"].(map[string]any)["seq"]))
+			d := env["deliver"].(map[string]any)
+			seq := num(d["seq"])
+			cc.seen = append(cc.seen, seq)
+			// Its own message whose ack was lost (a node died or drained
+			// with it in flight): it is stored, and the ack a re-send gets
+			// names the same seq.
+			if cmid, _ := d["clientMsgId"].(string); strings.HasPrefix(cmid, cc.name+"-") && cc.acked[cmid] == 0 {
+				cc.acked[cmid] = seq
+			}
 		case env["conversation"] != nil:
 			cv := env["conversation"].(map[string]any)
 			cc.conv, _ = cv["conversationId"].(string)

@@ -1,0 +1,152 @@
+package broker
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/unigate/unigate/internal/token"
+	"github.com/unigate/unigate/protocol"
+)
+
+// crash stops cn like kill -9 would, as the others see it: its NATS server
+// goes first (routes drop, no heartbeat, no record deleted), then its
+// WebSocket server and broker.
+func (cn *clusterNode) crash(t *testing.T) {
+	t.Helper()
+	cn.node.Server().Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = cn.env.srv.Stop(ctx)
+	// Its shards may be waiting for NATS calls to time out: let them.
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		cn.env.b.Close()
+	}()
+	t.Cleanup(func() { <-closed })
+}
+
+// TestClusterDeadNodeUsers: three nodes (R3), node C crashes. Its visitor
+// v1, whose agent is on A, never comes back: ResumeTTL later a surviving
+// node closes the conversation (visitor_left, seen by the agent on A).
+// Its agent a2, whose visitor v2 is on A, never comes back either: the
+// conversation is queued again (agent_left, seen by v2) and given to the
+// agent on A. Its visitor v3 resumes on B in time: its conversation stays
+// assigned and its seen record is left alone.
+func TestClusterDeadNodeUsers(t *testing.T) {
+	const resumeTTL = 4 * time.Second
+	nodes := startClusterR(t, 3, 3, Options{ResumeTTL: resumeTTL, OfflineGrace: time.Second})
+	A, B, C := nodes[0].env, nodes[1].env, nodes[2].env
+	ctx := context.Background()
+
+	a0 := A.dial("a0@A", pbProto)
+	a0.hello(protocol.Hello{Token: A.token("a0", token.RoleAgent)})
+	a0.online(3)
+	v1 := C.dial("v1@C", jsonProto)
+	v1.hello(protocol.Hello{Token: C.token("v1", token.RoleVisitor)})
+	conv1 := v1.open(protocol.Open{Text: "from C"}).ConversationID
+	a0.waitState(conv1, protocol.StateAssigned)
+	v3 := C.dial("v3@C", jsonProto)
+	w3 := v3.hello(protocol.Hello{Token: C.token("v3", token.RoleVisitor)})
+	conv3 := v3.open(protocol.Open{}).ConversationID
+	a0.waitState(conv3, protocol.StateAssigned)
+	v3.waitState(conv3, protocol.StateAssigned)
+
+	// a0 takes no more; a2 on C takes v2's conversation from A.
+	id := a0.send(protocol.Envelope{Kind: protocol.KindPresence, Presence: protocol.Presence{Status: protocol.StatusAway}})
+	a0.waitFor("away echo", func(e *protocol.Envelope) bool { return e.ID == id && e.Kind == protocol.KindPresence })
+	a2 := C.dial("a2@C", pbProto)
+	a2.hello(protocol.Hello{Token: C.token("a2", token.RoleAgent)})
+	a2.online(3)
+	v2 := A.dial("v2@A", jsonProto)
+	v2.hello(protocol.Hello{Token: A.token("v2", token.RoleVisitor)})
+	conv2 := v2.open(protocol.Open{Text: "from A"}).ConversationID
+	if c := v2.waitState(conv2, protocol.StateAssigned); c.AgentID != "a2" {
+		t.Fatalf("conversation 2 assigned to %q", c.AgentID)
+	}
+	a2.waitState(conv2, protocol.StateAssigned)
+
+	crashed := time.Now()
+	nodes[2].crash(t)
+	t.Logf("crash took %v", time.Since(crashed).Round(time.Millisecond))
+	// Right after the crash nothing is departed yet (ResumeTTL runs
+	// from when the node is seen dead).
+	for _, cv := range []string{conv1, conv2, conv3} {
+		if m, _, err := nodes[0].conv.Get(ctx, cv); err == nil && m.State == protocol.StateClosed {
+			t.Fatalf("%s closed at once: %+v", cv, m)
+		}
+	}
+
+	// v3 comes back on B with its resume token.
+	v3b := B.dial("v3@B", jsonProto)
+	w := v3b.hello(protocol.Hello{Token: C.token("v3", token.RoleVisitor), ResumeToken: w3.ResumeToken, Cursors: []protocol.Cursor{{ConversationID: conv3, LastSeq: 0}}})
+	if !w.Resumed {
+		t.Fatal("v3 not resumed on B")
+	}
+	v3b.waitState(conv3, protocol.StateAssigned)
+
+	// v1 is departed: the agent on A sees its conversation closed.
+	closed := a0.waitForWithin(2*time.Minute, "visitor_left", func(e *protocol.Envelope) bool {
+		return e.Kind == protocol.KindConversation && e.Conversation.ConversationID == conv1 && e.Conversation.State == protocol.StateClosed
+	})
+	if closed.Conversation.Reason != reasonVisitorLeft {
+		t.Fatalf("conversation 1 closed with reason %q", closed.Conversation.Reason)
+	}
+	t.Logf("v1 departed %v after the crash (ResumeTTL %v, node record TTL 3s)", time.Since(crashed).Round(100*time.Millisecond), resumeTTL)
+	// a2 is departed: v2 sees its conversation queued again, then a0
+	// (back online) gets it.
+	v2.waitForWithin(time.Minute, "agent_left", func(e *protocol.Envelope) bool {
+		return e.Kind == protocol.KindConversation && e.Conversation.ConversationID == conv2 &&
+			e.Conversation.State == protocol.StateQueued && e.Conversation.Reason == reasonAgentLeft
+	})
+	a0.online(3)
+	if c := v2.waitStateWithin(time.Minute, conv2, protocol.StateAssigned, "a0"); c.AgentID != "a0" {
+		t.Fatalf("conversation 2 reassigned to %q", c.AgentID)
+	}
+
+	// v3 came back in time: its conversation is untouched, its seen
+	// record names B; v1's was deleted by the reaper.
+	if m, _, err := nodes[0].conv.Get(ctx, conv3); err != nil || m.State != protocol.StateAssigned {
+		t.Fatalf("conversation 3 after the crash: %+v %v", m, err)
+	}
+	if s, _, err := nodes[0].cl.getSeen(ctx, "v3"); err != nil || s == nil || s.Node != "n1" {
+		t.Fatalf("v3's seen record %+v %v, want node n1", s, err)
+	}
+	if s, _, err := nodes[0].cl.getSeen(ctx, "v1"); err != nil || s != nil {
+		t.Fatalf("v1's seen record %+v %v, want deleted", s, err)
+	}
+	for _, c := range []*tclient{v3b} {
+		if n := len(c.all(func(e *protocol.Envelope) bool {
+			return e.Kind == protocol.KindConversation && e.Conversation.State == protocol.StateClosed
+		})); n != 0 {
+			t.Fatalf("%s saw a close", c.name)
+		}
+	}
+}
+
+// waitForWithin is waitFor with its own (generous) bound, for what waits
+// on cluster timers (node records expiring, ResumeTTL).
+func (c *tclient) waitForWithin(d time.Duration, what string, m func(*protocol.Envelope) bool) *protocol.Envelope {
+	c.t.Helper()
+	var found *protocol.Envelope
+	if !waitFor(c.t, d, func() bool {
+		if all := c.all(m); len(all) > 0 {
+			found = all[0]
+			return true
+		}
+		return false
+	}) {
+		c.t.Fatalf("%s: no %s within %v; got %s", c.name, what, d, summary(c.all(func(*protocol.Envelope) bool { return true })))
+	}
+	return found
+}
+
+// waitStateWithin waits for a Conversation event of conv in state st
+// naming agent.
+func (c *tclient) waitStateWithin(d time.Duration, conv string, st protocol.State, agent string) *protocol.Conversation {
+	c.t.Helper()
+	return &c.waitForWithin(d, "conversation "+st.String()+" to "+agent, func(e *protocol.Envelope) bool {
+		return e.Kind == protocol.KindConversation && e.Conversation.ConversationID == conv && e.Conversation.State == st && e.Conversation.AgentID == agent
+	}).Conversation
+}
