@@ -349,3 +349,26 @@ func FuzzDecodeSealed(f *testing.F) {
 		}
 	})
 }
+
+// TestSealedBatch: an atomic batch seals each text like a single append.
+func TestSealedBatch(t *testing.T) {
+	a := startAtRest(t)
+	s := a.open(t, Options{Sealer: a.ring, SealText: true, AtomicBatches: 1})
+	if !s.Batches() {
+		t.Fatal("atomic batches not confirmed by the server")
+	}
+	ms := batchOf("conv", 1, 4, "v")
+	if _, _, err := appendBatch(t, s, ms, 0); err != nil {
+		t.Fatal(err)
+	}
+	all, _ := collect(t, s, "t", "conv", 0, 0)
+	checkSeqs(t, all, 1, 4)
+	for i, m := range all {
+		if m.Text != ms[i].Text {
+			t.Fatalf("message %d text %q, want %q", m.Seq, m.Text, ms[i].Text)
+		}
+		if body := rawBody(t, s, "t", "conv", m.Seq); bytes.Contains(body, []byte(ms[i].Text)) {
+			t.Fatalf("batched text %d stored in clear", m.Seq)
+		}
+	}
+}
