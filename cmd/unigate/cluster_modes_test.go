@@ -131,6 +131,7 @@ func TestClusterExternalNATS(t *testing.T) {
 	for i := range addrs {
 		n, ready := launch(t, bin, filepath.Join(base, fmt.Sprint(i)), []string{
 			"UNIGATE_SHUTDOWN_DRAIN_TIMEOUT=2s",
+			"UNIGATE_BACKENDS_BOT=off",
 			"UNIGATE_AUTH_KEY_FILE=" + key,
 			"UNIGATE_NATS_URL=" + url,
 			fmt.Sprintf("UNIGATE_CLUSTER_NODE_NAME=x%d", i),
