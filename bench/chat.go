@@ -12,8 +12,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 // ChatReport is the result of RunChat.
@@ -220,39 +218,15 @@ func RunChat(ctx context.Context, c ChatConfig) (*ChatReport, error) {
 		}
 	}
 
-	live := make([]chatProgress, c.Procs)
-	var liveMu sync.Mutex
-	sum := func() chatProgress {
-		liveMu.Lock()
-		defer liveMu.Unlock()
-		var s chatProgress
-		for _, p := range live {
-			s.add(p)
-		}
-		s.Phase = live[0].Phase
-		return s
-	}
-	ivl := hdrhistogram.New(histMin, histMax, histSigFigs) // guarded by liveMu
+	live := newLiveProgress[chatProgress](c.Procs)
+	sum, takeInterval := live.sum, live.takeInterval
 	co := &coordinator{pool: pool}
 	co.progress = func(ev workerEvent) {
-		if ev.w.ChatProgress != nil {
-			liveMu.Lock()
-			p := *ev.w.ChatProgress
-			p.Interval.addTo(ivl)
-			p.Interval = nil
-			live[ev.idx] = p
-			liveMu.Unlock()
+		if p := ev.w.ChatProgress; p != nil {
+			q := *p
+			q.Interval = nil
+			live.set(ev.idx, q, p.Interval)
 		}
-	}
-	takeInterval := func() (n int64, p50, p99 float64) {
-		liveMu.Lock()
-		defer liveMu.Unlock()
-		n = ivl.TotalCount()
-		if n > 0 {
-			p50, p99 = float64(ivl.ValueAtQuantile(50))/1000, float64(ivl.ValueAtQuantile(99))/1000
-		}
-		ivl.Reset()
-		return n, p50, p99
 	}
 	var prev chatProgress
 	prevAt := time.Now()

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 // EchoConfig configures RunEcho: any WebSocket echo server (Unigate's
@@ -252,28 +250,14 @@ func RunEcho(ctx context.Context, c EchoConfig) (*EchoReport, error) {
 		}
 	}
 
-	live := make([]echoProgress, c.Procs)
-	var liveMu sync.Mutex
-	ivl := hdrhistogram.New(histMin, histMax, histSigFigs) // guarded by liveMu
-	sum := func() echoProgress {
-		liveMu.Lock()
-		defer liveMu.Unlock()
-		var s echoProgress
-		for _, p := range live {
-			s.add(p)
-		}
-		s.Phase = live[0].Phase
-		return s
-	}
+	live := newLiveProgress[echoProgress](c.Procs)
+	sum := live.sum
 	co := &coordinator{pool: pool}
 	co.progress = func(ev workerEvent) {
 		if p := ev.w.EchoProgress; p != nil {
-			liveMu.Lock()
 			q := *p
-			q.Interval.addTo(ivl)
 			q.Interval = nil
-			live[ev.idx] = q
-			liveMu.Unlock()
+			live.set(ev.idx, q, p.Interval)
 		}
 	}
 	var timelineMu sync.Mutex
@@ -283,14 +267,7 @@ func RunEcho(ctx context.Context, c EchoConfig) (*EchoReport, error) {
 		s := sum()
 		dt := time.Since(prevAt).Seconds()
 		prevAt = time.Now()
-		liveMu.Lock()
-		n := ivl.TotalCount()
-		var p50, p99 float64
-		if n > 0 {
-			p50, p99 = float64(ivl.ValueAtQuantile(50))/1000, float64(ivl.ValueAtQuantile(99))/1000
-		}
-		ivl.Reset()
-		liveMu.Unlock()
+		n, p50, p99 := live.takeInterval()
 		pt := EchoPoint{At: time.Since(start).Seconds(), Phase: s.Phase, Sent: float64(s.Sent-prev.Sent) / dt,
 			Echoed: float64(s.Echoed-prev.Echoed) / dt, Behind: s.Behind, Count: n, P50: p50, P99: p99}
 		timelineMu.Lock()

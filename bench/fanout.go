@@ -9,10 +9,7 @@ import (
 	"math"
 	"slices"
 	"strings"
-	"sync"
 	"time"
-
-	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 // FanoutConfig configures RunFanout: Visitors anonymous visitors of a
@@ -197,27 +194,14 @@ func RunFanout(ctx context.Context, c FanoutConfig) (*FanoutReport, error) {
 		}
 	}
 
-	live := make([]fanoutProgress, c.Procs)
-	var liveMu sync.Mutex
-	ivl := hdrhistogram.New(histMin, histMax, histSigFigs) // guarded by liveMu
-	sum := func() fanoutProgress {
-		liveMu.Lock()
-		defer liveMu.Unlock()
-		var s fanoutProgress
-		for _, p := range live {
-			s.add(p)
-		}
-		s.Phase = live[0].Phase
-		return s
-	}
+	live := newLiveProgress[fanoutProgress](c.Procs)
+	sum := live.sum
 	co := &coordinator{pool: pool}
 	co.progress = func(ev workerEvent) {
 		if p := ev.w.FanoutProgress; p != nil {
-			liveMu.Lock()
-			p.Interval.addTo(ivl)
-			p.Interval = nil
-			live[ev.idx] = *p
-			liveMu.Unlock()
+			q := *p
+			q.Interval = nil
+			live.set(ev.idx, q, p.Interval)
 		}
 	}
 	var prev fanoutProgress
@@ -226,14 +210,7 @@ func RunFanout(ctx context.Context, c FanoutConfig) (*FanoutReport, error) {
 		s := sum()
 		dt := time.Since(prevAt).Seconds()
 		prevAt = time.Now()
-		liveMu.Lock()
-		n := ivl.TotalCount()
-		var p50, p99 float64
-		if n > 0 {
-			p50, p99 = float64(ivl.ValueAtQuantile(50))/1000, float64(ivl.ValueAtQuantile(99))/1000
-		}
-		ivl.Reset()
-		liveMu.Unlock()
+		n, p50, p99 := live.takeInterval()
 		trig, del := float64(s.Triggers-prev.Triggers)/dt, float64(s.Deliveries-prev.Deliveries)/dt
 		rep.Timeline = append(rep.Timeline, FanoutPoint{At: time.Since(start).Seconds(), Phase: s.Phase,
 			Triggers: trig, Deliveries: del, Count: n, P50: p50, P99: p99})

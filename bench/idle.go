@@ -465,17 +465,8 @@ func RunIdle(ctx context.Context, c IdleConfig) (*IdleReport, error) {
 		rep.Notes = append(rep.Notes, "no -metrics: the server's connection gauge is not read; slopes use client-side counts")
 	}
 
-	live := make([]idleProgress, c.Procs)
-	var liveMu sync.Mutex
-	sum := func() idleProgress {
-		liveMu.Lock()
-		defer liveMu.Unlock()
-		var s idleProgress
-		for _, p := range live {
-			s.add(p)
-		}
-		return s
-	}
+	live := newLiveProgress[idleProgress](c.Procs)
+	sum := live.sum
 	sampler := &sampler{c: &c.Common, start: start}
 	rep.Baseline, _ = sampler.take(ctx, 0)
 	baseMetrics := sampler.metrics
@@ -488,10 +479,8 @@ func RunIdle(ctx context.Context, c IdleConfig) (*IdleReport, error) {
 	co := &coordinator{pool: pool}
 	co.phase.Store("start")
 	co.progress = func(ev workerEvent) {
-		if ev.w.IdleProgress != nil {
-			liveMu.Lock()
-			live[ev.idx] = *ev.w.IdleProgress
-			liveMu.Unlock()
+		if p := ev.w.IdleProgress; p != nil {
+			live.set(ev.idx, *p, nil)
 		}
 	}
 	stopLine := startProgressLine(c.Progress, start, func() string {

@@ -315,24 +315,12 @@ func RunStorm(ctx context.Context, c StormConfig) (*StormReport, error) {
 			return rep, err
 		}
 	}
-	live := make([]stormProgress, c.Procs)
-	var liveMu sync.Mutex
-	sum := func() stormProgress {
-		liveMu.Lock()
-		defer liveMu.Unlock()
-		var s stormProgress
-		for _, p := range live {
-			s.add(p)
-		}
-		s.Phase = live[0].Phase
-		return s
-	}
+	live := newLiveProgress[stormProgress](c.Procs)
+	sum := live.sum
 	co := &coordinator{pool: pool}
 	co.progress = func(ev workerEvent) {
-		if ev.w.StormProgress != nil {
-			liveMu.Lock()
-			live[ev.idx] = *ev.w.StormProgress
-			liveMu.Unlock()
+		if p := ev.w.StormProgress; p != nil {
+			live.set(ev.idx, *p, nil)
 		}
 	}
 	stopLine := startProgressLine(c.Progress, start, func() string {
