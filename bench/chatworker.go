@@ -368,23 +368,11 @@ func runChatWorker(ctx context.Context, job *chatJob, cmds <-chan wire, link *wo
 		return err
 	}
 	w := newChatWorker(job)
-	stopTick := make(chan struct{})
-	var ticks sync.WaitGroup
-	ticks.Go(func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopTick:
-				return
-			case <-t.C:
-				p := w.progress()
-				p.Interval = w.ivl.takeSparse()
-				link.emit(wire{Ev: evProgress, ChatProgress: &p})
-			}
-		}
-	})
-	defer func() { close(stopTick); ticks.Wait() }()
+	defer everySecond(func() {
+		p := w.progress()
+		p.Interval = w.ivl.takeSparse()
+		link.emit(wire{Ev: evProgress, ChatProgress: &p})
+	})()
 	defer w.closeAll()
 
 	setupStart := time.Now()

@@ -260,23 +260,11 @@ func runEchoWorker(ctx context.Context, job *echoJob, cmds <-chan wire, link *wo
 		return err
 	}
 	w := newEchoWorker(job)
-	stopTick := make(chan struct{})
-	var ticks sync.WaitGroup
-	ticks.Go(func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopTick:
-				return
-			case <-t.C:
-				p := w.progress()
-				p.Interval = w.ivl.takeSparse()
-				link.emit(wire{Ev: evProgress, EchoProgress: &p})
-			}
-		}
-	})
-	defer func() { close(stopTick); ticks.Wait() }()
+	defer everySecond(func() {
+		p := w.progress()
+		p.Interval = w.ivl.takeSparse()
+		link.emit(wire{Ev: evProgress, EchoProgress: &p})
+	})()
 	defer w.closeAll(5 * time.Second)
 
 	if err := w.connectAll(ctx); err != nil {

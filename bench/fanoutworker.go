@@ -255,23 +255,11 @@ func runFanoutWorker(ctx context.Context, job *fanoutJob, cmds <-chan wire, link
 	for i := range job.Visitors {
 		w.visitors = append(w.visitors, &fanVisitor{idx: i, closed: make(chan struct{})})
 	}
-	stopTick := make(chan struct{})
-	var ticks sync.WaitGroup
-	ticks.Go(func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopTick:
-				return
-			case <-t.C:
-				p := w.progress()
-				p.Interval = w.ivl.takeSparse()
-				link.emit(wire{Ev: evProgress, FanoutProgress: &p})
-			}
-		}
-	})
-	defer func() { close(stopTick); ticks.Wait() }()
+	defer everySecond(func() {
+		p := w.progress()
+		p.Interval = w.ivl.takeSparse()
+		link.emit(wire{Ev: evProgress, FanoutProgress: &p})
+	})()
 	defer w.closeAll()
 
 	next := func(want string) (wire, error) {

@@ -96,22 +96,10 @@ func runIdleWorker(ctx context.Context, job *idleJob, cmds <-chan wire, link *wo
 		connect:  newLatencyHist(),
 	}
 	// Progress comes from its own goroutine: ramp blocks the loop below.
-	stopTick := make(chan struct{})
-	var ticks sync.WaitGroup
-	ticks.Go(func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopTick:
-				return
-			case <-t.C:
-				p := w.progress()
-				link.emit(wire{Ev: evProgress, IdleProgress: &p})
-			}
-		}
-	})
-	defer func() { close(stopTick); ticks.Wait() }()
+	defer everySecond(func() {
+		p := w.progress()
+		link.emit(wire{Ev: evProgress, IdleProgress: &p})
+	})()
 	defer w.closeAll(5 * time.Second)
 	for {
 		select {

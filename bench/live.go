@@ -2,6 +2,7 @@ package bench
 
 import (
 	"sync"
+	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 )
@@ -67,4 +68,25 @@ func (l *liveProgress[P, PP]) takeInterval() (n int64, p50, p99 float64) {
 	}
 	l.ivl.Reset()
 	return n, p50, p99
+}
+
+// everySecond calls report once a second on a goroutine of its own (a
+// worker's progress reports; the worker's own loop may block) until the
+// returned stop, which waits for a report in progress.
+func everySecond(report func()) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				report()
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
 }

@@ -550,22 +550,10 @@ func runStormWorker(ctx context.Context, job *stormJob, cmds <-chan wire, link *
 		w.convs = append(w.convs, &stormConv{idx: i, linked: make(chan struct{}),
 			vAcks: make(chan ackEv, 4), aAcks: make(chan ackEv, 4), replayDone: make(chan struct{})})
 	}
-	stopTick := make(chan struct{})
-	var ticks sync.WaitGroup
-	ticks.Go(func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopTick:
-				return
-			case <-t.C:
-				p := w.progress()
-				link.emit(wire{Ev: evProgress, StormProgress: &p})
-			}
-		}
-	})
-	defer func() { close(stopTick); ticks.Wait() }()
+	defer everySecond(func() {
+		p := w.progress()
+		link.emit(wire{Ev: evProgress, StormProgress: &p})
+	})()
 	defer w.closeAll()
 
 	next := func(want string) (wire, error) {
