@@ -264,13 +264,16 @@ func convEvent(c *conversation, t backends.EventType, id string) backends.Event 
 	}
 }
 
-// emitConv emits an event of c's lifecycle; its ID names the conversation,
-// the event and the record revision (or seq), so a retry repeats it.
+// emitConv emits an event of c's lifecycle. Its ID names the conversation,
+// the event, the record revision (unique in a cluster) and c's own count of
+// events (unique without a ConvStore, where the revision stays 0): a second
+// assignment after a transfer is a new event, a retry of one is not.
 func (s *shard) emitConv(c *conversation, t backends.EventType, fromAgent string) {
 	if !s.b.hooked() {
 		return
 	}
-	ev := convEvent(c, t, c.id+":"+t.String()+":"+strconv.FormatUint(c.rev, 10)+":"+strconv.FormatUint(c.lastSeq, 10))
+	c.events++
+	ev := convEvent(c, t, c.id+":"+t.String()+":"+strconv.FormatUint(c.rev, 10)+":"+strconv.FormatUint(c.events, 10))
 	ev.FromAgentID = fromAgent
 	if c.reason != "" {
 		ev.Attributes = map[string]string{"reason": c.reason}

@@ -49,8 +49,9 @@ type conversation struct {
 	region          string // visitor context: declared (or mapped) region,
 	language        string // language and the page the chat started on
 	page            string
-	botBusy         bool // a question to the bot is in flight
-	botAgain        bool // the visitor wrote again meanwhile
+	botBusy         bool   // a question to the bot is in flight
+	events          uint64 // hook events emitted for c (their IDs)
+	botAgain        bool   // the visitor wrote again meanwhile
 
 	// Durable mode (Options.History set).
 	streamSeq    uint64        // stream sequence of the last stored message
@@ -259,8 +260,9 @@ func (s *shard) create(r *ctrl) {
 		}
 		c.rev = rev
 	}
+	var first *message // the Open's text, stored now when not durable
 	if o.text != "" && !durable {
-		s.store(c, u, "", o.text, b.now().UnixMilli())
+		first = s.store(c, u, "", o.text, b.now().UnixMilli())
 	}
 	reason := ""
 	if st == protocol.StateQueued {
@@ -290,8 +292,8 @@ func (s *shard) create(r *ctrl) {
 	s.setState(c, st)
 	s.announce(c, st, reason, r.cl, r.id)
 	s.emitConv(c, backends.EventConversationOpened, "")
-	if o.text != "" && !durable && st == protocol.StateBot {
-		s.askBot(c)
+	if first != nil {
+		s.stored(c, first) // the bot's turn, the hook's event
 	}
 	if o.text != "" && durable {
 		// Stored as seq 1 once durable; the agent sees it on assignment
