@@ -209,6 +209,7 @@ type conversationJSON struct {
 	Reason        string `json:"reason,omitempty"`
 	LastSeq       uint64 `json:"last_seq"`
 	QueuePosition uint32 `json:"queue_position,omitempty"`
+	QueueETA      uint32 `json:"queue_eta_seconds,omitempty"`
 	CreatedMs     int64  `json:"created_at_ms,omitempty"`
 	ClosedMs      int64  `json:"closed_at_ms,omitempty"`
 }
@@ -217,7 +218,7 @@ func convJSON(c broker.ConversationInfo) conversationJSON {
 	return conversationJSON{
 		ID: c.ID, Tenant: c.Tenant, State: c.State.String(), VisitorID: c.VisitorID, AgentID: c.AgentID,
 		Skill: c.Skill, Priority: c.Priority, Reason: c.Reason, LastSeq: c.LastSeq,
-		QueuePosition: c.QueuePosition, CreatedMs: c.CreatedMilli, ClosedMs: c.ClosedMilli,
+		QueuePosition: c.QueuePosition, QueueETA: c.QueueETA, CreatedMs: c.CreatedMilli, ClosedMs: c.ClosedMilli,
 	}
 }
 

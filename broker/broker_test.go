@@ -660,17 +660,28 @@ func TestQueueTwoAgents(t *testing.T) {
 		}
 	}
 	for i, v := range visitors {
-		var positions []uint32
+		var positions, etas []uint32
 		for _, e := range v.all(isKind(protocol.KindQueue)) {
 			positions = append(positions, e.Queue.Position)
+			etas = append(etas, e.Queue.EtaSeconds)
 		}
 		if len(positions) == 0 || positions[0] != uint32(i+1) {
 			t.Fatalf("visitor %d positions %v, want to start at %d", i, positions, i+1)
 		}
+		if etas[0] != 0 {
+			t.Fatalf("visitor %d: first estimate %d s before any conversation closed, want 0 (unknown)", i, etas[0])
+		}
 		for j := 1; j < len(positions); j++ {
-			if positions[j] >= positions[j-1] {
-				t.Fatalf("visitor %d positions not strictly decreasing: %v", i, positions)
+			// A position is only repeated to carry a new wait estimate.
+			if positions[j] > positions[j-1] || positions[j] == positions[j-1] && etas[j] == etas[j-1] {
+				t.Fatalf("visitor %d positions not strictly decreasing: %v (estimates %v)", i, positions, etas)
 			}
+		}
+		// Once conversations were closed and others handled, the estimate
+		// is known: every visitor still waiting after the first close got
+		// one (at least 1 s).
+		if i > first && etas[len(etas)-1] == 0 {
+			t.Fatalf("visitor %d: last estimate unknown after %d closes (positions %v, estimates %v)", i, i-first, positions, etas)
 		}
 	}
 	if q := env.b.Stats().QueueLength; q != 0 {

@@ -39,6 +39,7 @@ type conversation struct {
 	dedupe   map[dedupeKey]uint64 // client message id → seq, for the messages in hist
 	lastSeq  uint64
 	position uint32 // last queue position sent
+	eta      uint32 // last wait estimate sent, seconds
 	reason   string // why it closed
 	closedAt time.Time
 	reads    [2]uint64 // highest read receipt of the visitor (0) and the agent side (1)
@@ -345,11 +346,11 @@ func (s *shard) position(r *ctrl) {
 	if c == nil || c.state != protocol.StateQueued {
 		return
 	}
-	c.position = uint32(r.seq)
+	c.position, c.eta = uint32(r.seq), r.eta
 	e := &s.out
 	e.Kind = protocol.KindQueue
 	e.ID = 0
-	e.Queue = protocol.Queue{ConversationID: c.id, Position: c.position}
+	e.Queue = protocol.Queue{ConversationID: c.id, Position: c.position, EtaSeconds: c.eta}
 	s.b.fanout(c.attached, nil, e)
 }
 
@@ -389,7 +390,7 @@ func (s *shard) attach(r *ctrl) {
 	e.Conversation = protocol.Conversation{}
 	if c.state == protocol.StateQueued && c.position > 0 {
 		e.Kind = protocol.KindQueue
-		e.Queue = protocol.Queue{ConversationID: c.id, Position: c.position}
+		e.Queue = protocol.Queue{ConversationID: c.id, Position: c.position, EtaSeconds: c.eta}
 		s.b.sendTo(cl, e)
 	}
 	after := r.seq

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/unigate/unigate/backends"
 	"github.com/unigate/unigate/protocol"
@@ -27,6 +28,20 @@ var (
 const (
 	positionExact = 100
 	positionStep  = 10
+)
+
+// The queue's wait estimate (Queue.eta_seconds): a waiting conversation at
+// position n waits about n × H / C, where H is the tenant's recent handling
+// time (an exponentially weighted mean of assignment-to-close durations,
+// weight etaWeight for the newest) and C the number of its conversations
+// being handled now, that is the rate at which slots free up while all are
+// taken. Unknown (0) until a conversation was closed or while nobody
+// handles one. An estimate that moved by at least etaResend (and by a
+// fifth) is sent again to the first positionExact places even when their
+// position did not change.
+const (
+	etaWeight = 0.2
+	etaResend = 10 // seconds
 )
 
 // agentSlot is the dispatcher's view of an agent.
@@ -108,6 +123,7 @@ type waiting struct {
 	boosted  bool   // queued again (transfer, departed agent): ahead of new ones
 	seq      uint64 // enqueue order
 	notified uint32 // last position sent, 0 if none
+	eta      uint32 // last wait estimate sent, seconds
 }
 
 // waitsBefore orders the queue: higher priority first; within a priority,
@@ -128,6 +144,47 @@ type tenantPool struct {
 	tenant string
 	agents []*agentSlot
 	queue  []*waiting // sorted by waitsBefore
+
+	// For the wait estimate: the conversations being handled (assigned,
+	// in any node's agent's hands) since when (dispatcher.now), and the
+	// mean handling time in seconds (0: none closed yet).
+	handling map[string]int64
+	handle   float64
+}
+
+// started records that conv is being handled from now on (assigned; a
+// transfer keeps the first start).
+func (p *tenantPool) started(conv string, now int64) {
+	if _, ok := p.handling[conv]; !ok {
+		p.handling[conv] = now
+	}
+}
+
+// ended records that conv is no longer handled; closed folds its handling
+// time into the mean (a conversation queued again is not a sample).
+func (p *tenantPool) ended(conv string, now int64, closed bool) {
+	t, ok := p.handling[conv]
+	if !ok {
+		return
+	}
+	delete(p.handling, conv)
+	if !closed {
+		return
+	}
+	if h := float64(now-t) / 1e9; p.handle == 0 {
+		p.handle = h
+	} else {
+		p.handle += etaWeight * (h - p.handle)
+	}
+}
+
+// eta is the estimated wait at position pos in seconds, 0 if unknown.
+func (p *tenantPool) eta(pos uint32) uint32 {
+	if p.handle == 0 || len(p.handling) == 0 {
+		return 0
+	}
+	e := float64(pos) * p.handle / float64(len(p.handling))
+	return uint32(min(max(e+0.5, 1), 1<<31))
 }
 
 // insert puts w at its place in the queue.
@@ -187,18 +244,33 @@ func (p *tenantPool) anyAvailable() bool {
 
 // positions calls notify for every waiting conversation whose position
 // (1 = next) changed since it was last notified, within the rule of
-// positionExact and positionStep; the first position is always sent.
-func (p *tenantPool) positions(notify func(*waiting, uint32)) {
+// positionExact and positionStep, or whose wait estimate moved (etaResend);
+// the first position is always sent.
+func (p *tenantPool) positions(notify func(w *waiting, pos, eta uint32)) {
 	for i, w := range p.queue {
 		pos := uint32(i + 1)
 		if pos == w.notified {
+			if pos <= positionExact && etaMoved(w.eta, p.eta(pos)) {
+				w.eta = p.eta(pos)
+				notify(w, pos, w.eta)
+			}
 			continue
 		}
 		if w.notified == 0 || pos <= positionExact || pos%positionStep == 0 {
-			w.notified = pos
-			notify(w, pos)
+			w.notified, w.eta = pos, p.eta(pos)
+			notify(w, pos, w.eta)
 		}
 	}
+}
+
+// etaMoved reports whether a wait estimate changed enough from was to be
+// sent again: to or from unknown, or by etaResend seconds and a fifth.
+func etaMoved(was, now uint32) bool {
+	if (was == 0) != (now == 0) {
+		return true
+	}
+	d := max(was, now) - min(was, now)
+	return d >= etaResend && d*5 >= was
 }
 
 // dispatcher holds agent presence and capacity and the waiting queues. It
@@ -214,6 +286,7 @@ type dispatcher struct {
 	clock    uint64 // assignment clock (agentSlot.lastAssign)
 	seq      uint64 // enqueue counter (waiting.seq)
 	post     func(shard int, c ctrl)
+	now      func() int64 // monotonic nanoseconds, for handling times
 
 	// router ranks the eligible agents (Backends.Router); nil: pickAgent.
 	// cands and slots are its scratch.
@@ -237,13 +310,21 @@ func newDispatcher(maxQueue int, post func(shard int, c ctrl)) *dispatcher {
 		maxQueue: maxQueue,
 		post:     post,
 		where:    make(map[string]string),
+		now:      monotonic(),
 	}
+}
+
+// monotonic returns a clock of nanoseconds since its creation that only
+// moves forward (time.Since reads the monotonic clock).
+func monotonic() func() int64 {
+	base := time.Now()
+	return func() int64 { return int64(time.Since(base)) }
 }
 
 func (d *dispatcher) pool(tenant string) *tenantPool {
 	p := d.pools[tenant]
 	if p == nil {
-		p = &tenantPool{tenant: tenant}
+		p = &tenantPool{tenant: tenant, handling: make(map[string]int64)}
 		d.pools[tenant] = p
 	}
 	return p
@@ -254,14 +335,17 @@ func (d *dispatcher) pool(tenant string) *tenantPool {
 func (d *dispatcher) settle(p *tenantPool) {
 	n := p.drain(&d.clock, d.pick, func(w *waiting, a *agentSlot, why string) {
 		delete(d.where, w.conv)
+		if !d.mirror {
+			p.started(w.conv, d.now())
+		}
 		d.post(w.shard, ctrl{kind: ctrlAssign, conv: w.conv, u: a.u, note: why})
 	})
 	d.queued -= n
-	p.positions(func(w *waiting, pos uint32) {
-		d.post(w.shard, ctrl{kind: ctrlPosition, conv: w.conv, seq: uint64(pos)})
+	p.positions(func(w *waiting, pos, eta uint32) {
+		d.post(w.shard, ctrl{kind: ctrlPosition, conv: w.conv, seq: uint64(pos), eta: eta})
 	})
 	d.queueLen.Store(int64(d.queued))
-	if len(p.agents) == 0 && len(p.queue) == 0 {
+	if len(p.agents) == 0 && len(p.queue) == 0 && len(p.handling) == 0 {
 		// Tenants named by anonymous visitors must not accumulate.
 		delete(d.pools, p.tenant)
 	}
@@ -358,6 +442,9 @@ func (d *dispatcher) requeue(tenant, conv string, shard int, ri routeInfo, fromA
 	if a := d.agents[fromAgent]; a != nil {
 		a.free(conv)
 	}
+	if !d.mirror {
+		d.pool(tenant).ended(conv, d.now(), false)
+	}
 	if d.mirror {
 		d.settle(d.pool(tenant)) // the watcher brings the record
 		return
@@ -398,7 +485,11 @@ func (d *dispatcher) release(agentID, conv string) {
 	if a == nil || !a.free(conv) {
 		return
 	}
-	d.settle(d.pool(a.tenant))
+	p := d.pool(a.tenant)
+	if !d.mirror {
+		p.ended(conv, d.now(), true)
+	}
+	d.settle(p)
 }
 
 func (a *agentSlot) free(conv string) bool {
@@ -540,6 +631,12 @@ func (d *dispatcher) requeueMirror(m *ConvMeta, rev uint64) {
 
 func (d *dispatcher) observeLocked(m *ConvMeta, rev uint64, again bool) {
 	p := d.pool(m.Tenant)
+	switch m.State {
+	case protocol.StateAssigned, protocol.StateTransferred:
+		p.started(m.ID, d.now())
+	default:
+		p.ended(m.ID, d.now(), m.State == protocol.StateClosed)
+	}
 	_, isWaiting := d.where[m.ID]
 	if m.State != protocol.StateQueued && isWaiting {
 		p.remove(m.ID)
@@ -579,6 +676,7 @@ func (d *dispatcher) observeLocked(m *ConvMeta, rev uint64, again bool) {
 func (d *dispatcher) forget(conv string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.forgetHandled(conv)
 	tenant, ok := d.where[conv]
 	if !ok {
 		return
@@ -588,6 +686,16 @@ func (d *dispatcher) forget(conv string) {
 	delete(d.where, conv)
 	d.queued--
 	d.settle(p)
+}
+
+// forgetHandled drops a conversation whose record was deleted or expired
+// from the handling times of every tenant (the record no longer says
+// which): not a sample.
+func (d *dispatcher) forgetHandled(conv string) {
+	now := d.now()
+	for _, p := range d.pools {
+		p.ended(conv, now, false)
+	}
 }
 
 // setLoad makes agentID's local slot hold exactly convs (its cluster-wide

@@ -199,7 +199,7 @@ func TestTenantPoolPositions(t *testing.T) {
 		p.insert(&waiting{conv: string(rune('a' + i%26)), seq: uint64(i + 1)})
 	}
 	sent := map[uint64]uint32{}
-	p.positions(func(w *waiting, pos uint32) { sent[w.seq] = pos })
+	p.positions(func(w *waiting, pos, _ uint32) { sent[w.seq] = pos })
 	if len(sent) != 250 {
 		t.Fatalf("first round: %d positions sent, want all 250", len(sent))
 	}
@@ -207,7 +207,7 @@ func TestTenantPoolPositions(t *testing.T) {
 	// range), further back only multiples of 10 are sent.
 	p.queue = p.queue[1:]
 	clear(sent)
-	p.positions(func(w *waiting, pos uint32) { sent[w.seq] = pos })
+	p.positions(func(w *waiting, pos, _ uint32) { sent[w.seq] = pos })
 	for seq, pos := range sent {
 		if pos != uint32(seq-1) {
 			t.Fatalf("seq %d got position %d, want %d", seq, pos, seq-1)
@@ -220,7 +220,7 @@ func TestTenantPoolPositions(t *testing.T) {
 		t.Fatalf("%d updates, want %d", len(sent), want)
 	}
 	clear(sent)
-	p.positions(func(w *waiting, pos uint32) { sent[w.seq] = pos })
+	p.positions(func(w *waiting, pos, _ uint32) { sent[w.seq] = pos })
 	if len(sent) != 0 {
 		t.Fatalf("no change, yet %d updates", len(sent))
 	}
@@ -461,5 +461,134 @@ func BenchmarkAssignOverAgents(b *testing.B) {
 				d.release(last.u.id, "c")
 			}
 		})
+	}
+}
+
+func (r *recorder) lastETA(conv string) (eta uint32, sent int) {
+	for _, c := range r.posts {
+		if c.kind == ctrlPosition && c.conv == conv {
+			eta, sent = c.eta, sent+1
+		}
+	}
+	return eta, sent
+}
+
+// TestDispatcherETA: the wait estimate is unknown until a conversation
+// was closed, then position × mean handling time / conversations being
+// handled, sent again when it moves; queued-again conversations are not
+// samples.
+func TestDispatcherETA(t *testing.T) {
+	var r recorder
+	d := newDispatcher(100, r.post)
+	var now int64
+	d.now = func() int64 { return now }
+	const sec = int64(1e9)
+	d.presence(newAgentUser("a", "t"), protocol.StatusOnline, 2, 2, nil, "")
+	for _, c := range []string{"c1", "c2", "c3", "c4", "c5"} {
+		if err := d.enqueue("t", c, 0, routeInfo{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// c1, c2 assigned at 0; c3..c5 wait at 1..3 with no estimate yet.
+	if eta, _ := r.lastETA("c3"); eta != 0 {
+		t.Fatalf("eta before any close %d, want 0 (unknown)", eta)
+	}
+	// A requeue is not a sample: c2 goes back (ahead of new ones) and a
+	// takes it again at once (started anew at 30 s).
+	now = 30 * sec
+	d.requeue("t", "c2", 0, routeInfo{}, "a")
+	if eta, _ := r.lastETA("c4"); eta != 0 {
+		t.Fatalf("eta after a requeue %d, want 0", eta)
+	}
+	// c1 closes after 120 s: H = 120; a takes c3; C = 2 (c2 and c3).
+	now = 120 * sec
+	d.release("a", "c1")
+	if got, want := r.assigned(), []string{"c1>a", "c2>a", "c2>a", "c3>a"}; !slices.Equal(got, want) {
+		t.Fatalf("assigned %v, want %v", got, want)
+	}
+	// Queue now c4 (1), c5 (2): 1×120/2 = 60 s and 2×120/2 = 120 s.
+	if p, eta := r.lastPosition("c4"), first(r.lastETA("c4")); p != 1 || eta != 60 {
+		t.Fatalf("c4 position %d eta %d, want 1 and 60", p, eta)
+	}
+	if eta, _ := r.lastETA("c5"); eta != 120 {
+		t.Fatalf("c5 eta %d, want 120", eta)
+	}
+	// c3 closes after 120 s too: H stays 120; c4 is assigned, c5 moves to 1
+	// with 60 s.
+	now = 240 * sec
+	d.release("a", "c3")
+	if p, eta := r.lastPosition("c5"), first(r.lastETA("c5")); p != 1 || eta != 60 {
+		t.Fatalf("c5 position %d eta %d, want 1 and 60", p, eta)
+	}
+	// A long conversation moves the mean: c2 (restarted at 30 s) closes at
+	// 1,030 s: H = 120 + 0.2×(1000−120) = 296; c5 is assigned. New c6 waits
+	// first with 1×296/2 = 148 s.
+	now = 1030 * sec
+	d.release("a", "c2")
+	if err := d.enqueue("t", "c6", 0, routeInfo{}); err != nil {
+		t.Fatal(err)
+	}
+	if eta, _ := r.lastETA("c6"); eta != 148 {
+		t.Fatalf("c6 eta %d, want 148", eta)
+	}
+	// c4 (started at 240 s) closes at 1,210 s: H = 296 + 0.2×(970−296) =
+	// 430.8; c6 is assigned and c7 moves to 1 with 430.8/2 ≈ 215 s.
+	if err := d.enqueue("t", "c7", 0, routeInfo{}); err != nil {
+		t.Fatal(err)
+	}
+	_, before := r.lastETA("c6")
+	now = 1210 * sec
+	d.release("a", "c4")
+	if p, eta := r.lastPosition("c7"), first(r.lastETA("c7")); p != 1 || eta != 215 {
+		t.Fatalf("c7 position %d eta %d, want 1 and 215", p, eta)
+	}
+	if _, after := r.lastETA("c6"); after != before {
+		t.Fatalf("c6 was sent %d updates after it was assigned", after-before)
+	}
+	// The estimate of a conversation that keeps its place is sent again when
+	// it moves: cx wants a skill nobody has and waits behind c7.
+	if err := d.enqueue("t", "cx", 0, routeInfo{skill: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	// c5 (from 1,030 s) closes at 1,210 s: H = 430.8 + 0.2×(180−430.8) =
+	// 380.64; c7 is assigned; cx is first: 380.64/2 ≈ 190 s.
+	d.release("a", "c5")
+	if p, eta := r.lastPosition("cx"), first(r.lastETA("cx")); p != 1 || eta != 190 {
+		t.Fatalf("cx position %d eta %d, want 1 and 190", p, eta)
+	}
+	// c6 closes at once (a 0 s sample: H = 304.5) and nothing can be
+	// assigned: cx stays first, C = 1, sent again with 305 s.
+	_, sent := r.lastETA("cx")
+	d.release("a", "c6")
+	if eta, n := r.lastETA("cx"); eta != 305 || n != sent+1 {
+		t.Fatalf("cx eta %d after %d more updates, want 305 after 1", eta, n-sent)
+	}
+	// Nobody handles anything any more: unknown again, and said so.
+	d.release("a", "c7")
+	if eta, n := r.lastETA("cx"); eta != 0 || n != sent+2 {
+		t.Fatalf("cx eta %d after %d more updates, want 0 after 2", eta, n-sent)
+	}
+	d.setOffline("a")
+	if err := d.enqueue("t", "c8", 0, routeInfo{}); err != nil {
+		t.Fatal(err)
+	}
+	if eta, _ := r.lastETA("c8"); eta != 0 {
+		t.Fatalf("eta with nobody handling %d, want 0", eta)
+	}
+}
+
+func first[A, B any](a A, _ B) A { return a }
+
+func TestETAMoved(t *testing.T) {
+	for _, c := range []struct {
+		was, now uint32
+		want     bool
+	}{
+		{0, 0, false}, {0, 5, true}, {5, 0, true}, {60, 65, false}, {60, 70, false}, {60, 72, true},
+		{600, 650, false}, {600, 720, true}, {720, 570, true}, {720, 600, false}, {100, 91, false},
+	} {
+		if got := etaMoved(c.was, c.now); got != c.want {
+			t.Errorf("etaMoved(%d, %d) = %v, want %v", c.was, c.now, got, c.want)
+		}
 	}
 }

@@ -37,6 +37,7 @@ type ConversationInfo struct {
 	Reason        string // why it closed (or was last transferred back)
 	LastSeq       uint64 // last stored (acked) message
 	QueuePosition uint32 // last position sent to the visitor, 0 if not queued
+	QueueETA      uint32 // last wait estimate sent with it, seconds; 0: unknown
 	CreatedMilli  int64  // 0 when unknown (created before durability)
 	ClosedMilli   int64
 }
@@ -145,7 +146,7 @@ func (c *conversation) info() ConversationInfo {
 		ci.VisitorID = c.visitor.id
 	}
 	if c.state == protocol.StateQueued {
-		ci.QueuePosition = c.position
+		ci.QueuePosition, ci.QueueETA = c.position, c.eta
 	}
 	return ci
 }

@@ -35,6 +35,7 @@ type ctrl struct {
 	u    *user
 	conv string
 	seq  uint64 // cursor (attach) or queue position
+	eta  uint32 // ctrlPosition: the wait estimate in seconds
 	id   uint64 // envelope id to echo to cl
 	open *openReq
 	res  *appendResult
