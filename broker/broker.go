@@ -200,6 +200,11 @@ func (b *Broker) shardFor(conv string) *shard {
 // the hello is answered with a welcome.
 type establisher interface{ MarkEstablished() }
 
+// handshakeReceiver is implemented by peers whose handshake deadline
+// should not close a client whose hello arrived and waits for the broker
+// (netpoll.Conn.HandshakeReceived).
+type handshakeReceiver interface{ HandshakeReceived() }
+
 type client struct {
 	peer  Peer
 	codec protocol.Codec
@@ -355,6 +360,11 @@ func (b *Broker) receive(cl *client, payload []byte) {
 	switch it.env.Kind {
 	case protocol.KindHello, protocol.KindOpen, protocol.KindPresence:
 		target = cl.home
+		if it.env.Kind == protocol.KindHello && !cl.ready.Load() {
+			if hr, ok := cl.peer.(handshakeReceiver); ok {
+				hr.HandshakeReceived()
+			}
+		}
 	case protocol.KindSend, protocol.KindTyping, protocol.KindRead, protocol.KindTransfer, protocol.KindClose:
 		conv := convIDOf(&it.env)
 		if conv == "" {

@@ -85,11 +85,12 @@ type Conn struct {
 	handlerOpened bool
 
 	// Activity clocks in unix seconds, written on the loop, read by the sweeper.
-	openedAt    int64
 	lastRead    atomic.Int64
 	lastPingAt  atomic.Int64
 	httpSince   atomic.Int64 // start of the current HTTP request deadline
 	upgraded    atomic.Bool
+	upgradedAt  int64       // written before upgraded is set
+	handshaking atomic.Bool // the handler has the client's handshake message
 	established atomic.Bool // the handler's own handshake completed
 
 	// Outbound queue, guarded by mu.
@@ -133,9 +134,18 @@ func (c *Conn) Origin() string { return c.origin }
 
 // MarkEstablished tells the server that the application handshake (for
 // Unigate, hello → welcome) completed. Until then an upgraded connection
-// is closed with 1008 once the handshake timeout since it connected has
+// is closed with 1008 once the handshake timeout since the upgrade has
 // passed, so an idle socket that never authenticates cannot hold a slot.
 func (c *Conn) MarkEstablished() { c.established.Store(true) }
+
+// HandshakeReceived tells the server that the client's application
+// handshake message (for Unigate, the hello) arrived and the handler is
+// working on it: the client did its part, so a server slow to answer (a
+// backlog, an authentication hook) must not close it at the handshake
+// timeout. The deadline becomes three times the handshake timeout since the
+// upgrade, which still bounds a client that sends handshakes the handler
+// refuses without closing. Call it from the handler; it is cheap.
+func (c *Conn) HandshakeReceived() { c.handshaking.Store(true) }
 
 // SetData stores a handler-owned value on the connection.
 func (c *Conn) SetData(v any) { c.data.Store(&v) }

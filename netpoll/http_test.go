@@ -262,3 +262,24 @@ func TestApplicationHandshakeTimeout(t *testing.T) {
 	r := rawDial(t, s.Addr())
 	r.expectClose(ws.StatusPolicyViolation)
 }
+
+// TestHandshakeReceivedExtends: a client whose handshake message reached
+// the handler is not closed at the handshake timeout while the handler
+// works on it (a loaded server, a slow authentication hook), only at three
+// times it.
+func TestHandshakeReceivedExtends(t *testing.T) {
+	e := &echo{noEstablish: true, handshakeOnMessage: true}
+	s := startServer(t, e, WithHandshakeTimeout(time.Second))
+	r := rawDial(t, s.Addr())
+	start := time.Now()
+	r.write(text("hello"))
+	// The echo comes back; then nothing until the extended deadline. The
+	// sweeper's clock counts whole seconds and may lag a tick, so the plain
+	// deadline closes within [0, 1.25 s] of the upgrade, the extended one
+	// within [1.75 s, 3.25 s].
+	r.expectMessage(ws.OpText, "hello")
+	r.expectClose(ws.StatusPolicyViolation)
+	if d := time.Since(start); d < 1500*time.Millisecond {
+		t.Fatalf("closed after %v: the received handshake did not extend the deadline", d)
+	}
+}

@@ -80,8 +80,9 @@ func WithMaxBodyBytes(n int64) Option { return func(o *options) { o.maxBody = n 
 
 // WithHandshakeTimeout bounds the time from accepting a connection (or
 // finishing an HTTP response on a keep-alive connection) to a complete
-// request, and from accepting a WebSocket connection to
-// Conn.MarkEstablished (the application handshake); a WebSocket over it is
+// request, and from the WebSocket upgrade to Conn.MarkEstablished (the
+// application handshake; three times as long once Conn.HandshakeReceived
+// says the client's handshake message arrived); a WebSocket over it is
 // closed with 1008. Default 10s.
 func WithHandshakeTimeout(d time.Duration) Option {
 	return func(o *options) { o.handshakeTimeout = d }

@@ -253,7 +253,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		return []byte(fullResponse), gnet.Close
 	}
 	now := s.clock.Load()
-	c := &Conn{srv: s, gc: gc, id: s.nextID.Add(1), openedAt: now, loop: s.loopFor(gc.EventLoop())}
+	c := &Conn{srv: s, gc: gc, id: s.nextID.Add(1), loop: s.loopFor(gc.EventLoop())}
 	if a, ok := gc.RemoteAddr().(*net.TCPAddr); ok {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok {
 			c.peer = ip.Unmap()
@@ -341,7 +341,7 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 		if c.upgraded.Load() {
 			last := c.lastRead.Load()
 			switch {
-			case !c.established.Load() && now-c.openedAt >= max(hs, 1):
+			case !c.established.Load() && now-c.upgradedAt >= helloDeadline(hs, c.handshaking.Load()):
 				s.metrics.handshakeTimeouts.Inc()
 				c.Close(ws.StatusPolicyViolation, "handshake timeout: no hello")
 			case now-last >= max(idle, 1):
@@ -362,6 +362,17 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 		}
 	})
 	return tickInterval(s.opts), gnet.None
+}
+
+// helloDeadline is the time an upgraded connection has to complete the
+// application handshake (Conn.MarkEstablished): the handshake timeout, or
+// three times it once the client's handshake message arrived
+// (Conn.HandshakeReceived).
+func helloDeadline(hs int64, received bool) int64 {
+	if received {
+		return 3 * max(hs, 1)
+	}
+	return max(hs, 1)
 }
 
 // pingSpread spreads the keep-alive pings of connections that went quiet at
@@ -568,6 +579,7 @@ func (s *Server) upgrade(c *Conn, head []byte, req *request) gnet.Action {
 	}
 	c.subprotocol = hs.Protocol
 	c.state = stateWebSocket
+	c.upgradedAt = s.clock.Load()
 	c.upgraded.Store(true)
 	if _, err := c.gc.Write(out.Bytes()); err != nil {
 		return gnet.Close

@@ -12,11 +12,14 @@ import (
 // echo is a Handler that sends every message back and records events.
 type echo struct {
 	noEstablish bool // leave the application handshake open
-	mu          sync.Mutex
-	opened      int
-	closed      int
-	errs        []error
-	msgs        int
+	// handshakeOnMessage: every message counts as the client's handshake
+	// (Conn.HandshakeReceived).
+	handshakeOnMessage bool
+	mu                 sync.Mutex
+	opened             int
+	closed             int
+	errs               []error
+	msgs               int
 }
 
 func (e *echo) OnOpen(c *Conn) {
@@ -29,6 +32,9 @@ func (e *echo) OnOpen(c *Conn) {
 }
 
 func (e *echo) OnMessage(c *Conn, op ws.OpCode, p []byte) {
+	if e.handshakeOnMessage {
+		c.HandshakeReceived()
+	}
 	e.mu.Lock()
 	e.msgs++
 	e.mu.Unlock()

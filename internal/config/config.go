@@ -393,7 +393,8 @@ type WebSocketConfig struct {
 	// headers).
 	MaxHeaderBytes int `yaml:"max_header_bytes"`
 	// HandshakeTimeout is how long a new connection has to complete the
-	// HTTP upgrade and send Hello.
+	// HTTP upgrade request, and then to send Hello (from the upgrade; three
+	// times as long once the Hello arrived and waits for an answer).
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
 	// IdleTimeout closes a connection from which nothing (not even a pong)
 	// arrived for this long. It must exceed PingInterval.
