@@ -206,10 +206,9 @@ func (s *shard) hello(it *item) bool {
 	}
 
 	verified := h.Token != "" || it.ident != nil
-	if !s.admit(cl, id, claims, verified) {
-		return true
-	}
-
+	// Refusals that name a definite cause (bad resume token, origin,
+	// encryption required) come before the admission limits, so a client
+	// is never told "busy, retry" for a hello that can never succeed.
 	var sess *session
 	var stored []string // conversations a restored session remembered
 	resumed := false
@@ -228,7 +227,8 @@ func (s *shard) hello(it *item) bool {
 		}
 		resumed = true
 	}
-	if !s.originAllowed(cl, id, sess, claims, h) || !s.secureHelloAllowed(cl, id, sess, claims, h) {
+	if !s.originAllowed(cl, id, sess, claims, h) || !s.secureHelloAllowed(cl, id, sess, claims, h) ||
+		!s.admit(cl, id, claims, verified) {
 		return true
 	}
 	if sess == nil {

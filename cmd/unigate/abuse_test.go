@@ -402,3 +402,35 @@ func TestTenantOrigins(t *testing.T) {
 		t.Fatalf("after the reload: %+v", o)
 	}
 }
+
+// TestRefusalOrder: a hello that can never succeed (its page's origin is
+// not allowed for the tenant) is told so, even when its IP has used up the
+// anonymous limit: "busy, retry" would make it retry for nothing.
+func TestRefusalOrder(t *testing.T) {
+	g := startGateway(t, func(c *config.Config) {
+		c.WebSocket.TenantOrigins = []string{"acme=https://shop.acme.example"}
+		c.Limits.AnonymousPerIPConnections, c.Limits.AnonymousPerIPRate, c.Limits.AnonymousPerIPBurst = 1, 0, 0
+	})
+	hello := func(origin string) helloOutcome {
+		t.Helper()
+		o := helloWith(g.srv.Addr(), map[string]any{"tenant": "acme"}, http.Header{"Origin": {origin}})
+		if o.err != nil {
+			t.Fatal(o.err)
+		}
+		if o.c != nil {
+			t.Cleanup(func() { o.c.Close() })
+		}
+		return o
+	}
+	if o := hello("https://shop.acme.example"); !o.welcomed {
+		t.Fatalf("first visitor: %+v", o)
+	}
+	// The IP's one anonymous session is taken: a good page is told to wait…
+	if o := hello("https://shop.acme.example"); o.welcomed || o.errCode != float64(protocol.CodeRateLimited) {
+		t.Fatalf("second visitor from the shop: %+v, want error %d", o, protocol.CodeRateLimited)
+	}
+	// …and a page that may not connect is told that.
+	if o := hello("https://evil.example"); o.welcomed || o.errCode != float64(protocol.CodeForbidden) || o.closeCode != websocket.ClosePolicyViolation {
+		t.Fatalf("visitor from another site: %+v, want error %d and close 1008", o, protocol.CodeForbidden)
+	}
+}
