@@ -114,8 +114,9 @@ reproducible: ## prove that a second, cold build of linux/$(REPRO_ARCH) gives th
 	done
 
 IMAGE ?= unigate:$(VERSION)
-image: dist ## container image FROM scratch for the host architecture (deploy/docker)
-	sh deploy/docker/build.sh $(DIST) $(IMAGE)
+BUILDER ?= docker
+image: dist ## container image FROM scratch for the host architecture (deploy/docker; BUILDER=buildah without Docker)
+	BUILDER="$(BUILDER)" sh deploy/docker/build.sh $(DIST) $(IMAGE)
 
 clean:
 	rm -rf bin/ $(DIST)/
