@@ -95,7 +95,38 @@ type scorer struct {
 	region     string // the visitor's, as declared (compared case-insensitively)
 	regionHead string // its first "-" part
 	wanted     []string
-	depths     [4]int // depth of the first wanted skills
+	prefixes   [4]skillPrefixes // of the first wanted skills
+}
+
+// skillPrefixes are the lengths of a wanted skill's ancestors
+// ("billing/refund/eu": 7 and 14) and its depth, so that matching an
+// agent's skill needs no counting.
+type skillPrefixes struct {
+	ends  [7]int // ends[i]: length of the ancestor of depth i+1
+	n     int    // ancestors recorded (at most len(ends))
+	depth int
+}
+
+func prefixesOf(w string) skillPrefixes {
+	var p skillPrefixes
+	for i := 0; i < len(w); i++ {
+		if w[i] == '/' && p.n < len(p.ends) {
+			p.ends[p.n] = i
+			p.n++
+		}
+	}
+	p.depth = depth(w)
+	return p
+}
+
+// ancestorDepth is the depth of w's ancestor of length n (w[n] == '/').
+func (p *skillPrefixes) ancestorDepth(w string, n int) int {
+	for i := range p.n {
+		if p.ends[i] == n {
+			return i + 1
+		}
+	}
+	return depth(w[:n]) // deeper than ends records
 }
 
 func (r *ScoringRouter) scorer(conv *backends.Conversation) scorer {
@@ -103,8 +134,8 @@ func (r *ScoringRouter) scorer(conv *backends.Conversation) scorer {
 	s.w, s.sum = r.weights()
 	s.urgency = min(max(0, -conv.Sentiment), 1)
 	s.regionHead, _, _ = strings.Cut(conv.Region, "-")
-	for i, w := range conv.Skills[:min(len(conv.Skills), len(s.depths))] {
-		s.depths[i] = depth(w)
+	for i, w := range conv.Skills[:min(len(conv.Skills), len(s.prefixes))] {
+		s.prefixes[i] = prefixesOf(w)
 	}
 	return s
 }
@@ -128,27 +159,27 @@ func (s *scorer) skill(have []string) float64 {
 	}
 	total := 0.0
 	for i, w := range s.wanted {
-		wd := 0
-		if i < len(s.depths) {
-			wd = s.depths[i]
+		if i < len(s.prefixes) {
+			total += skillMatch(w, &s.prefixes[i], have)
 		} else {
-			wd = depth(w)
+			p := prefixesOf(w)
+			total += skillMatch(w, &p, have)
 		}
-		total += skillMatch(w, wd, have)
 	}
 	return total / float64(len(s.wanted))
 }
 
-// skillMatch scores the agent's skills have against the wanted skill w of
-// depth wd: 1 for w itself, depth(a)/wd for an ancestor a, else 0.
-func skillMatch(w string, wd int, have []string) float64 {
+// skillMatch scores the agent's skills have against the wanted skill w
+// (p its prefixes): 1 for w itself, depth(a)/depth(w) for an ancestor a,
+// else 0.
+func skillMatch(w string, p *skillPrefixes, have []string) float64 {
 	best := 0.0
 	for _, h := range have {
 		switch {
 		case h == w:
 			return 1
 		case len(h) < len(w) && w[len(h)] == '/' && strings.HasPrefix(w, h):
-			best = max(best, float64(depth(h))/float64(wd))
+			best = max(best, float64(p.ancestorDepth(w, len(h)))/float64(p.depth))
 		}
 	}
 	return best
