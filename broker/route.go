@@ -230,3 +230,10 @@ func (d *dispatcher) settleStarved(p *tenantPool) {
 		}
 	}
 }
+
+// idle reports whether no routing decision is in flight (tests).
+func (d *dispatcher) idle() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.routing == 0
+}

@@ -523,3 +523,95 @@ func TestRouteExplicitActionsWin(t *testing.T) {
 		t.Fatalf("a's load %d, want 0", l)
 	}
 }
+
+// TestRouterPluginInBroker: a broker whose router is remote (a gate
+// router standing for the plugin), with real WebSocket clients. The
+// conversation goes to the agent the router ranks first; an agent that
+// went away while the router was deciding is not given the conversation
+// (the built-in scorer picks among those left, and says so); a
+// conversation the visitor closed meanwhile is not assigned, and the slots
+// it held go to the next one.
+func TestRouterPluginInBroker(t *testing.T) {
+	g := newGateRouter()
+	e := startEnv(t, Options{AllowAnonymous: true, Backends: &Backends{Router: &builtin.ScoringRouter{}, RouterPlugin: g}})
+	agents := map[string]*tclient{}
+	for _, a := range []struct{ id, region string }{{"a-east", "cn-east"}, {"z-west", "us-west"}} {
+		c := e.dial(a.id, protocol.SubprotocolJSON)
+		c.hello(protocol.Hello{Token: e.token(a.id, "agent", "billing")})
+		id := c.send(protocol.Envelope{Kind: protocol.KindPresence, Presence: protocol.Presence{Status: protocol.StatusOnline, Capacity: 1, Region: a.region}})
+		c.waitFor("presence", func(e *protocol.Envelope) bool { return e.Kind == protocol.KindPresence && e.ID == id })
+		agents[a.id] = c
+	}
+	isConv := func(conv string) func(*protocol.Envelope) bool {
+		return func(e *protocol.Envelope) bool {
+			return e.Kind == protocol.KindConversation && e.Conversation.ConversationID == conv
+		}
+	}
+
+	// 1. The router's choice, although the scorer prefers a-east.
+	v1 := e.dial("v1", protocol.SubprotocolJSON)
+	v1.hello(protocol.Hello{})
+	id1 := v1.open(protocol.Open{Skill: "billing", Region: "cn-east"}).ConversationID
+	c := g.next(t)
+	if c.req.Conversation.ID != id1 || len(c.req.Candidates) != 2 {
+		t.Fatalf("router asked %+v", c.req)
+	}
+	c.rank("z-west", "a-east")
+	if got := agents["z-west"].waitState(id1, protocol.StateAssigned); got.Routing != "plugin says z-west>a-east" {
+		t.Fatalf("routing %q, want the plugin's explanation", got.Routing)
+	}
+	v1.waitState(id1, protocol.StateAssigned)
+
+	// 2. z-west is full now; a-east goes away while the router decides
+	// about the next visitor: nobody is eligible when the answer comes, the
+	// conversation waits, and a-east coming back gets it.
+	v2 := e.dial("v2", protocol.SubprotocolJSON)
+	v2.hello(protocol.Hello{})
+	id2 := v2.open(protocol.Open{Skill: "billing", Region: "cn-east"}).ConversationID
+	c = g.next(t)
+	a := agents["a-east"]
+	pid := a.send(protocol.Envelope{Kind: protocol.KindPresence, Presence: protocol.Presence{Status: protocol.StatusAway}})
+	a.waitFor("away", func(e *protocol.Envelope) bool { return e.Kind == protocol.KindPresence && e.ID == pid })
+	c.rank("a-east")
+	if !waitFor(t, 5*time.Second, func() bool { return e.b.Stats().QueueLength == 1 && e.b.disp.idle() }) {
+		t.Fatal("the answer was not dropped")
+	}
+	if a.all(isConv(id2)) != nil {
+		t.Fatal("a-east was given a conversation while away")
+	}
+	a.online(1)
+	g.next(t).fail(errors.New("plugin down"))
+	if got := a.waitState(id2, protocol.StateAssigned); !strings.HasPrefix(got.Routing, routeFellBackError+" (error); weights") {
+		t.Fatalf("routing %q, want the built-in scorer's, saying the plugin failed", got.Routing)
+	}
+
+	// 3. Both agents full; v3 waits. z-west frees its slot (closes id1):
+	// v3 is routed; v3 closes its conversation while the router decides:
+	// it is not assigned, and v4 gets the slot.
+	v3 := e.dial("v3", protocol.SubprotocolJSON)
+	v3.hello(protocol.Hello{})
+	id3 := v3.open(protocol.Open{Skill: "billing"}).ConversationID
+	z := agents["z-west"]
+	z.send(protocol.Envelope{Kind: protocol.KindClose, Close: protocol.Close{ConversationID: id1}})
+	c = g.next(t)
+	if c.req.Conversation.ID != id3 {
+		t.Fatalf("router asked about %s, want %s", c.req.Conversation.ID, id3)
+	}
+	v4 := e.dial("v4", protocol.SubprotocolJSON)
+	v4.hello(protocol.Hello{})
+	id4 := v4.open(protocol.Open{Skill: "billing"}).ConversationID // waits: z-west's slot is reserved for id3
+	v3.send(protocol.Envelope{Kind: protocol.KindClose, Close: protocol.Close{ConversationID: id3}})
+	v3.waitState(id3, protocol.StateClosed)
+	c4 := g.next(t) // the reservation was released when id3 left
+	if c4.req.Conversation.ID != id4 {
+		t.Fatalf("router asked about %s, want %s", c4.req.Conversation.ID, id4)
+	}
+	c.rank("z-west") // id3's answer, too late
+	c4.rank("z-west")
+	z.waitState(id4, protocol.StateAssigned)
+	if z.all(func(e *protocol.Envelope) bool {
+		return e.Kind == protocol.KindConversation && e.Conversation.ConversationID == id3 && e.Conversation.State == protocol.StateAssigned
+	}) != nil {
+		t.Fatal("the closed conversation was assigned")
+	}
+}
