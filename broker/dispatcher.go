@@ -316,16 +316,16 @@ func (d *dispatcher) pick(p *tenantPool, w *waiting) (*agentSlot, string) {
 	if d.router == nil && d.remote == nil {
 		return pickAgent(p.agents, w.skill), ""
 	}
+	if d.remote != nil && d.routing >= d.maxRouting {
+		d.starved[p.tenant] = struct{}{} // drained again when a decision in flight ends
+		return nil, ""
+	}
 	d.collect(p, w)
 	if len(d.slots) == 0 {
 		return nil, ""
 	}
 	if d.remote != nil {
-		switch {
-		case d.routing >= d.maxRouting:
-			d.starved[p.tenant] = struct{}{} // routed when a decision in flight ends
-			return nil, ""
-		case d.startRoute(p, w):
+		if d.startRoute(p, w) {
 			return nil, ""
 		}
 		d.rm.fallbackBusy.Inc()

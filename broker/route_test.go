@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/VictoriaMetrics/metrics"
 
@@ -657,4 +658,21 @@ func BenchmarkAssignTwoPhase(b *testing.B) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
+}
+
+// TestRouteExplanationIsBounded: the plugin's explanation reaches the
+// agent cut to 1 KiB and as valid UTF-8 (it goes into protobuf strings).
+func TestRouteExplanationIsBounded(t *testing.T) {
+	e := newRouteEnv(t, 8)
+	e.agent("a", 1, "", "billing")
+	e.enqueue(t, "c1", routeInfo{skill: "billing"})
+	c := e.g.next(t)
+	c.out <- gateAnswer{rk: backends.Ranking{
+		Agents:      []backends.Ranked{{AgentID: "a", Score: 1}},
+		Explanation: "\xff\xfe bad bytes, then " + strings.Repeat("说明", 1000),
+	}}
+	_, notes := e.r.waitAssigned(t, 1)
+	if len(notes[0]) > maxRoutingNote+3 || !utf8.ValidString(notes[0]) || !strings.Contains(notes[0], "bad bytes") {
+		t.Fatalf("explanation of %d bytes, valid UTF-8 %v: %q…", len(notes[0]), utf8.ValidString(notes[0]), notes[0][:40])
+	}
 }
