@@ -45,8 +45,9 @@ type agentSlot struct {
 	convs      map[string]struct{}
 }
 
-// available reports whether the queue may give a one more conversation:
-// online, with a free slot that no pending routing decision holds.
+// available reports whether the queue may give agent a another
+// conversation: online, with a free slot that no pending routing decision
+// holds.
 func (a *agentSlot) available() bool {
 	return a.status == protocol.StatusOnline && a.load+a.reserved < a.capacity
 }
