@@ -49,10 +49,22 @@ type Backends struct {
 	// Router ranks the agents who may take a waiting conversation (online,
 	// with a free slot, serving its skill or a parent of it). It is called
 	// on the dispatcher with its lock held, so it must answer in
-	// microseconds without I/O: builtin.ScoringRouter is. Its explanation
-	// is shown to the chosen agent. Nil: the least loaded agent, then the
-	// one idle longest.
+	// microseconds without I/O: builtin.ScoringRouter is (and is asked for
+	// its best agents only, without a ranking: ScoringRouter.Pick). Its
+	// explanation is shown to the chosen agent. Nil: the least loaded
+	// agent, then the one idle longest.
 	Router backends.Router
+	// RouterPlugin, when set, ranks instead of Router, off the dispatcher's
+	// lock on the Workers: a two-phase assignment (route.go; "Routing
+	// through a plugin" in docs/backends.md). The dispatcher snapshots the
+	// conversation and its candidates and reserves a slot of each; the
+	// answer is committed after revalidation (the conversation still
+	// waiting, the agent still online with a free slot). Router decides
+	// instead when it fails (an error, a timeout, an open breaker: its Rank
+	// must return the error, not a fallback of its own), when no worker is
+	// free, or when its ranking names no agent still eligible. Its
+	// explanation (at most 1 KiB kept) is shown to the chosen agent.
+	RouterPlugin backends.Router
 
 	// Hook receives conversation events (opened, assigned, transferred,
 	// closed, visitor connected and disconnected, message stored), at
@@ -67,9 +79,11 @@ type Backends struct {
 	// visitor declares none (a CIDR table). Nil: unknown.
 	Regions func(netip.Addr) string
 
-	// Workers is the number of goroutines that run bot and authentication
-	// calls; one more call than they can take is answered by the fallback
-	// at once (a hand-off, a refused hello). Default 32.
+	// Workers is the number of goroutines that run bot, authentication and
+	// RouterPlugin calls; one more call than they can take is answered by
+	// the fallback at once (a hand-off, a refused hello, Router). At most
+	// Workers routing decisions are in flight; further conversations wait
+	// for one of them to end. Default 32.
 	Workers int
 	// CallTimeout bounds one bot or authentication call. Default 5s.
 	CallTimeout time.Duration
@@ -572,7 +586,7 @@ func (b *Broker) regionOf(cl *client) string {
 // sentiment scores the visitor's last messages in c for the router (zero
 // without one).
 func (s *shard) sentiment(c *conversation) float64 {
-	if s.b.bk == nil || s.b.bk.o.Router == nil {
+	if s.b.bk == nil || (s.b.bk.o.Router == nil && s.b.bk.o.RouterPlugin == nil) {
 		return 0
 	}
 	var texts [5]string

@@ -139,7 +139,7 @@ func newBroker(o Options) (*Broker, error) {
 	b.m = newMetrics(b)
 	b.bk = newBackendRun(o.Backends, b.m.set)
 	if b.bk != nil {
-		b.disp.router = b.bk.o.Router
+		b.disp.useRouters(b.bk.o.Router, b.bk.o.RouterPlugin, b.bk.submit, b.bk.o.Workers, b.m.set)
 	}
 	if b.sec, err = newSecure(b, o.Secure); err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/unigate/unigate/backends"
+	"github.com/unigate/unigate/backends/builtin"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -55,11 +56,21 @@ type agentSlot struct {
 	skills     []string // owned copies
 	region     string   // declared in presence, for the router
 	lastAssign uint64   // dispatcher clock of the last assignment: smaller = idle longer
+	reserved   int      // slots held for pending routing decisions (two-phase routing)
 	convs      map[string]struct{}
 }
 
-// available reports whether a may take one more conversation.
+// available reports whether the queue may give agent a another
+// conversation: online, with a free slot that no pending routing decision
+// holds.
 func (a *agentSlot) available() bool {
+	return a.status == protocol.StatusOnline && a.load+a.reserved < a.capacity
+}
+
+// hasRoom reports whether a may take one more conversation by an explicit
+// action (a transfer, the integrator API), which ignores reservations: a
+// pending routing decision that loses the slot revalidates.
+func (a *agentSlot) hasRoom() bool {
 	return a.status == protocol.StatusOnline && a.load < a.capacity
 }
 
@@ -120,10 +131,11 @@ type waiting struct {
 	conv  string
 	shard int
 	routeInfo
-	boosted  bool   // queued again (transfer, departed agent): ahead of new ones
-	seq      uint64 // enqueue order
-	notified uint32 // last position sent, 0 if none
-	eta      uint32 // last wait estimate sent, seconds
+	boosted  bool          // queued again (transfer, departed agent): ahead of new ones
+	seq      uint64        // enqueue order
+	notified uint32        // last position sent, 0 if none
+	eta      uint32        // last wait estimate sent, seconds
+	route    *pendingRoute // the routing decision in flight for it, if any
 }
 
 // waitsBefore orders the queue: higher priority first; within a priority,
@@ -193,21 +205,25 @@ func (p *tenantPool) insert(w *waiting) {
 	p.queue = slices.Insert(p.queue, i, w)
 }
 
-// remove takes conv out of the queue and reports whether it was there.
-func (p *tenantPool) remove(conv string) bool {
+// remove takes conv out of the queue and returns it, or nil if it was not
+// there. A routing decision pending for it is the caller's to drop
+// (dispatcher.unqueue).
+func (p *tenantPool) remove(conv string) *waiting {
 	for i, w := range p.queue {
 		if w.conv == conv {
 			p.queue = slices.Delete(p.queue, i, i+1)
-			return true
+			return w
 		}
 	}
-	return false
+	return nil
 }
 
 // drain assigns waiting conversations, in queue order, to the best
 // available agent serving their skill, and calls assign for each. A
 // conversation no agent can serve keeps its place without holding up the
-// ones behind it. It returns the number assigned.
+// ones behind it; so does one whose routing decision is pending (pick
+// started it, or it was started before), and the slots it holds are not
+// available to the ones behind it. It returns the number assigned.
 func (p *tenantPool) drain(clock *uint64, pick func(*tenantPool, *waiting) (*agentSlot, string), assign func(*waiting, *agentSlot, string)) int {
 	n := 0
 	kept := p.queue[:0]
@@ -216,21 +232,30 @@ func (p *tenantPool) drain(clock *uint64, pick func(*tenantPool, *waiting) (*age
 			kept = append(kept, p.queue[i:]...)
 			break
 		}
-		a, why := pick(p, w)
+		var a *agentSlot
+		var why string
+		if w.route == nil {
+			a, why = pick(p, w)
+		}
 		if a == nil {
 			kept = append(kept, w)
 			continue
 		}
-		*clock++
-		a.load++
-		a.lastAssign = *clock
-		a.convs[w.conv] = struct{}{}
+		giveSlot(clock, a, w.conv)
 		assign(w, a, why)
 		n++
 	}
 	clear(p.queue[len(kept):])
 	p.queue = kept
 	return n
+}
+
+// giveSlot counts conv in a's load.
+func giveSlot(clock *uint64, a *agentSlot, conv string) {
+	*clock++
+	a.load++
+	a.lastAssign = *clock
+	a.convs[conv] = struct{}{}
 }
 
 func (p *tenantPool) anyAvailable() bool {
@@ -288,11 +313,27 @@ type dispatcher struct {
 	post     func(shard int, c ctrl)
 	now      func() int64 // monotonic nanoseconds, for handling times
 
-	// router ranks the eligible agents (Backends.Router); nil: pickAgent.
-	// cands and slots are its scratch.
+	// router ranks the eligible agents under d.mu (Backends.Router); nil:
+	// pickAgent. scorer is router when it is the built-in one (a Pick, no
+	// ranking). skill, cands, slots, top and why are their scratch.
 	router backends.Router
+	scorer *builtin.ScoringRouter
+	skill  [1]string
 	cands  []backends.Agent
 	slots  []*agentSlot
+	top    []builtin.Scored
+	why    []byte
+
+	// remote ranks off the lock (Backends.RouterPlugin; two-phase routing,
+	// route.go): submit hands a call to the backend workers, at most
+	// maxRouting decisions are in flight (routing), and the pools whose
+	// conversations wait for one of those are starved (by tenant).
+	remote     backends.Router
+	submit     func(func(context.Context)) bool
+	maxRouting int
+	routing    int
+	starved    map[string]struct{}
+	rm         routeMetrics
 
 	// Cluster mode: the queue is fed by observe only.
 	mirror  bool
@@ -330,14 +371,21 @@ func (d *dispatcher) pool(tenant string) *tenantPool {
 	return p
 }
 
+// handled records that conv of p is being handled from now on, for the
+// wait estimate; in cluster mode the conversation records say so
+// (observeLocked). d.mu is held.
+func (d *dispatcher) handled(p *tenantPool, conv string) {
+	if !d.mirror {
+		p.started(conv, d.now())
+	}
+}
+
 // settle assigns what can be assigned in p and sends position updates.
 // d.mu is held.
 func (d *dispatcher) settle(p *tenantPool) {
 	n := p.drain(&d.clock, d.pick, func(w *waiting, a *agentSlot, why string) {
 		delete(d.where, w.conv)
-		if !d.mirror {
-			p.started(w.conv, d.now())
-		}
+		d.handled(p, w.conv)
 		d.post(w.shard, ctrl{kind: ctrlAssign, conv: w.conv, u: a.u, note: why})
 	})
 	d.queued -= n
@@ -353,11 +401,35 @@ func (d *dispatcher) settle(p *tenantPool) {
 
 // pick chooses the agent for w among p's: with a router, the best ranked
 // of the available agents serving w's skill (and its explanation); else,
-// or when the router fails, pickAgent's choice. d.mu is held.
+// or when the router fails, pickAgent's choice. With a remote router it
+// starts a routing decision instead (route.go) and returns nil: w keeps
+// its place until the decision comes back. d.mu is held.
 func (d *dispatcher) pick(p *tenantPool, w *waiting) (*agentSlot, string) {
-	if d.router == nil {
+	if d.router == nil && d.remote == nil {
 		return pickAgent(p.agents, w.skill), ""
 	}
+	if d.remote != nil && d.routing >= d.maxRouting {
+		d.starved[p.tenant] = struct{}{} // drained again when a decision in flight ends
+		return nil, ""
+	}
+	d.collect(p, w)
+	if len(d.slots) == 0 {
+		return nil, ""
+	}
+	if d.remote != nil {
+		if d.startRoute(p, w) {
+			return nil, ""
+		}
+		d.rm.fallbackBusy.Inc()
+		return d.decide(p, w, routeFellBackBusy)
+	}
+	return d.decide(p, w, "")
+}
+
+// collect puts the agents of p available to w in d.slots, and their
+// router view in d.cands. d.mu is held.
+func (d *dispatcher) collect(p *tenantPool, w *waiting) {
+	clear(d.cands)
 	d.cands, d.slots = d.cands[:0], d.slots[:0]
 	for _, a := range p.agents {
 		if a.available() && a.hasSkill(w.skill) {
@@ -365,9 +437,11 @@ func (d *dispatcher) pick(p *tenantPool, w *waiting) (*agentSlot, string) {
 			d.slots = append(d.slots, a)
 		}
 	}
-	if len(d.slots) == 0 {
-		return nil, ""
-	}
+}
+
+// rankRequest is the router's question about w, with d.cands (collect) as
+// the candidates; it aliases the dispatcher's scratch (d.mu is held).
+func (d *dispatcher) rankRequest(p *tenantPool, w *waiting) backends.RankRequest {
 	req := backends.RankRequest{
 		Conversation: backends.Conversation{
 			ID: w.conv, Tenant: p.tenant, Region: w.region, Language: w.language,
@@ -376,21 +450,45 @@ func (d *dispatcher) pick(p *tenantPool, w *waiting) (*agentSlot, string) {
 		Candidates: d.cands,
 	}
 	if w.skill != "" {
-		req.Conversation.Skills = []string{w.skill}
+		d.skill[0] = w.skill
+		req.Conversation.Skills = d.skill[:]
 	}
-	rk, err := d.router.Rank(context.Background(), req)
-	if err == nil {
-		for _, r := range rk.Agents {
-			for i, c := range d.cands {
-				if c.ID == r.AgentID {
-					clear(d.cands)
-					return d.slots[i], rk.Explanation
+	return req
+}
+
+// decide chooses among the candidates collect found (at least one) with
+// the in-process router: the built-in scorer's Pick (no ranking, no
+// allocation but the explanation), another Router's Rank, or least loaded
+// (no router, or the router failed). A non-empty prefix says why this is a
+// fallback of the remote router; it starts the explanation. d.mu is held.
+func (d *dispatcher) decide(p *tenantPool, w *waiting, prefix string) (*agentSlot, string) {
+	req := d.rankRequest(p, w)
+	d.why = d.why[:0]
+	if prefix != "" {
+		d.why = append(append(d.why, prefix...), "; "...)
+	}
+	switch {
+	case d.scorer != nil:
+		var excluded int
+		d.top, excluded = d.scorer.Pick(&req, d.top)
+		if len(d.top) > 0 {
+			d.why = d.scorer.AppendExplanation(d.why, d.cands, d.top, excluded)
+			return d.slots[d.top[0].Index], string(d.why)
+		}
+	case d.router != nil:
+		rk, err := d.router.Rank(context.Background(), req)
+		if err == nil {
+			for _, r := range rk.Agents {
+				for i, c := range d.cands {
+					if c.ID == r.AgentID {
+						return d.slots[i], string(append(d.why, rk.Explanation...))
+					}
 				}
 			}
 		}
+		d.why = append(d.why, "router unavailable: "...)
 	}
-	clear(d.cands)
-	return pickAgent(d.slots, w.skill), "router unavailable: least loaded agent"
+	return pickAgent(d.slots, w.skill), string(append(d.why, "least loaded agent"...))
 }
 
 // enqueue adds a new conversation to its tenant's queue, or fails with
@@ -467,12 +565,23 @@ func (d *dispatcher) cancel(tenant, conv string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	p := d.pools[tenant]
-	if p == nil || !p.remove(conv) {
+	if p == nil || !d.unqueue(p, conv) {
 		return false
 	}
+	d.settle(p)
+	return true
+}
+
+// unqueue takes conv out of p's queue, dropping the routing decision
+// pending for it, and reports whether it was there. d.mu is held.
+func (d *dispatcher) unqueue(p *tenantPool, conv string) bool {
+	w := p.remove(conv)
+	if w == nil {
+		return false
+	}
+	d.dropRoute(w)
 	delete(d.where, conv)
 	d.queued--
-	d.settle(p)
 	return true
 }
 
@@ -581,7 +690,7 @@ func (d *dispatcher) transfer(from, to, conv string) (*user, error) {
 		return nil, errNotAssignee
 	}
 	dst := d.agents[to]
-	if dst == nil || dst.tenant != src.tenant || !dst.available() {
+	if dst == nil || dst.tenant != src.tenant || !dst.hasRoom() {
 		return nil, errNoAgent
 	}
 	d.clock++
@@ -639,9 +748,7 @@ func (d *dispatcher) observeLocked(m *ConvMeta, rev uint64, again bool) {
 	}
 	_, isWaiting := d.where[m.ID]
 	if m.State != protocol.StateQueued && isWaiting {
-		p.remove(m.ID)
-		delete(d.where, m.ID)
-		d.queued--
+		d.unqueue(p, m.ID)
 	}
 	for _, a := range p.agents {
 		if m.State != protocol.StateClosed && m.State != protocol.StateQueued && a.id == m.AgentID {
@@ -682,9 +789,7 @@ func (d *dispatcher) forget(conv string) {
 		return
 	}
 	p := d.pool(tenant)
-	p.remove(conv)
-	delete(d.where, conv)
-	d.queued--
+	d.unqueue(p, conv)
 	d.settle(p)
 }
 

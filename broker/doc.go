@@ -86,7 +86,13 @@
 // does I/O; it posts its decisions (assign, queue position) to the shard
 // mailboxes while holding the mutex, so each shard sees them in decision
 // order (positions never go backwards). Lock order: dispatcher → mailbox;
-// registry → user; no other nesting.
+// registry → user; no other nesting. An in-process router
+// (Backends.Router) is called under the mutex; a remote one
+// (Backends.RouterPlugin) never is: the dispatcher reserves a slot of
+// each candidate, hands the call to a backend worker without waiting, and
+// the worker takes the mutex again to commit the answer after
+// revalidating it (two-phase routing, route.go). A worker holds nothing
+// else when it takes the mutex.
 //
 // The registry (user id → live connections, session id → session) is
 // guarded by one mutex; each user has its own small mutex for its

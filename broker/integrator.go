@@ -501,19 +501,15 @@ func (d *dispatcher) take(tenant, conv, to string) (*user, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	dst := d.agents[to]
-	if dst == nil || dst.tenant != tenant || !dst.available() {
+	if dst == nil || dst.tenant != tenant || !dst.hasRoom() {
 		return nil, errNoAgent
 	}
 	p := d.pools[tenant]
-	if p == nil || !p.remove(conv) {
+	if p == nil || !d.unqueue(p, conv) {
 		return nil, errNotAssignee
 	}
-	delete(d.where, conv)
-	d.queued--
-	d.clock++
-	dst.load++
-	dst.lastAssign = d.clock
-	dst.convs[conv] = struct{}{}
+	giveSlot(&d.clock, dst, conv)
+	d.handled(p, conv)
 	d.settle(p)
 	return dst.u, nil
 }

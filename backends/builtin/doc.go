@@ -4,7 +4,8 @@
 // is down. The FAQ bot (YAML knowledge base, gse segmentation for Chinese,
 // calibrated confidence) is in the subpackage builtin/faq.
 //
-// Both types are safe for concurrent use and allocate only their results;
+// Both types are safe for concurrent use and allocate only their results
+// (ScoringRouter.Pick, the dispatcher's decision, allocates nothing);
 // neither blocks, so unlike plugin-backed backends they may be called
 // directly, but callers should still treat them through the backends
 // interfaces and keep them off event loops for uniformity.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -116,13 +117,15 @@ func TestScoringRouterRanks(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := &ScoringRouter{Weights: tt.weights}
-			got, err := r.Rank(context.Background(), backends.RankRequest{Conversation: tt.conv, Candidates: tt.agents})
+			req := backends.RankRequest{Conversation: tt.conv, Candidates: tt.agents}
+			got, err := r.Rank(context.Background(), req)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if !slices.Equal(ids(got), tt.want) {
 				t.Fatalf("got %v, want %v\n%s", ids(got), tt.want, got.Explanation)
 			}
+			checkPick(t, r, req, got)
 			for i, a := range got.Agents {
 				if a.Score < 0 || a.Score > 1 || (i > 0 && a.Score > got.Agents[i-1].Score+1e-9) {
 					t.Fatalf("scores not in 0..1 descending: %+v", got.Agents)
@@ -156,6 +159,10 @@ func TestScoringRouterExcludes(t *testing.T) {
 			if !slices.Equal(ids(got), tt.want) {
 				t.Fatalf("got %v, want %v", ids(got), tt.want)
 			}
+			checkPick(t, &ScoringRouter{}, backends.RankRequest{
+				Conversation: backends.Conversation{Skills: []string{"billing"}, Region: "cn"},
+				Candidates:   tt.agents,
+			}, got)
 			if !strings.Contains(got.Explanation, tt.expl) {
 				t.Fatalf("explanation %q does not mention %q", got.Explanation, tt.expl)
 			}
@@ -175,6 +182,76 @@ func TestScoringRouterScoreAndExplanation(t *testing.T) {
 	want := "weights skill 0.5, geo 0.3, sentiment 0.2; a1 0.550 (skill 0.50, geo 0.50, sentiment 0.75, load 2/4)"
 	if got.Explanation != want {
 		t.Fatalf("explanation:\n got %q\nwant %q", got.Explanation, want)
+	}
+}
+
+// checkPick checks that Pick agrees with Rank's ranking rk of req: the
+// same head, the same scores, the same explanation.
+func checkPick(t *testing.T, r *ScoringRouter, req backends.RankRequest, rk backends.Ranking) {
+	t.Helper()
+	top, excluded := r.Pick(&req, nil)
+	if want := min(r.explainN(), len(rk.Agents)); len(top) != want {
+		t.Fatalf("Pick kept %d agents, want %d", len(top), want)
+	}
+	for i, x := range top {
+		if id := req.Candidates[x.Index].ID; id != rk.Agents[i].AgentID || x.Score != rk.Agents[i].Score {
+			t.Fatalf("Pick #%d is %s %v, Rank's is %+v", i, id, x.Score, rk.Agents[i])
+		}
+	}
+	if excluded != len(req.Candidates)-len(rk.Agents) {
+		t.Fatalf("Pick excluded %d, Rank %d", excluded, len(req.Candidates)-len(rk.Agents))
+	}
+	if got := string(r.AppendExplanation(nil, req.Candidates, top, excluded)); got != rk.Explanation {
+		t.Fatalf("Pick's explanation\n %q\nRank's\n %q", got, rk.Explanation)
+	}
+}
+
+// TestScoringRouterPickAgreesWithRank: on random requests (random skills
+// at several depths, regions, loads, capacities, weights, sentiment and
+// explanation lengths, many ties), Pick's best agents, scores and
+// explanation are Rank's.
+func TestScoringRouterPickAgreesWithRank(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	skills := []string{"billing", "billing/refund", "billing/refund/eu", "sales", "vip", "tech/net"}
+	regions := []string{"", "cn-east", "CN-North", "us-west", "eu"}
+	pickN := func(n int) []string {
+		var out []string
+		for range rng.IntN(n + 1) {
+			out = append(out, skills[rng.IntN(len(skills))])
+		}
+		return out
+	}
+	for i := range 2000 {
+		req := backends.RankRequest{Conversation: backends.Conversation{
+			Skills: pickN(5), Region: regions[rng.IntN(len(regions))], Sentiment: rng.Float64()*2 - 1,
+		}}
+		for j := range rng.IntN(40) {
+			req.Candidates = append(req.Candidates, backends.Agent{
+				ID: fmt.Sprintf("a%02d", rng.IntN(50)+j), Skills: pickN(3), Region: regions[rng.IntN(len(regions))],
+				Load: rng.IntN(6), Capacity: rng.IntN(6),
+			})
+		}
+		r := &ScoringRouter{Explain: rng.IntN(5)}
+		if i%3 == 0 {
+			r.Weights = Weights{Skill: float64(rng.IntN(3)), Geo: float64(rng.IntN(3)), Sentiment: float64(rng.IntN(3))}
+		}
+		rk, _ := r.Rank(context.Background(), req)
+		checkPick(t, r, req, rk)
+	}
+}
+
+// TestScoringRouterPickAllocs: a decision over 1,000 candidates with a
+// reused buffer allocates nothing.
+func TestScoringRouterPickAllocs(t *testing.T) {
+	req := benchRequest(1000)
+	r := &ScoringRouter{}
+	top := make([]Scored, 0, 3)
+	if n := testing.AllocsPerRun(100, func() { top, _ = r.Pick(&req, top) }); n != 0 {
+		t.Fatalf("Pick allocates %v times per decision, want 0", n)
+	}
+	buf := make([]byte, 0, 512)
+	if n := testing.AllocsPerRun(100, func() { buf = r.AppendExplanation(buf[:0], req.Candidates, top, 0) }); n != 0 {
+		t.Fatalf("AppendExplanation allocates %v times, want 0", n)
 	}
 }
 
@@ -222,6 +299,9 @@ func benchRequest(n int) backends.RankRequest {
 	return req
 }
 
+// BenchmarkScoringRouter: Rank (the whole ranking, sorted) and Pick with
+// its explanation (the dispatcher's decision) over 100 and 1,000
+// candidates.
 func BenchmarkScoringRouter(b *testing.B) {
 	for _, n := range []int{100, 1000} {
 		b.Run(fmt.Sprintf("candidates=%d", n), func(b *testing.B) {
@@ -233,6 +313,19 @@ func BenchmarkScoringRouter(b *testing.B) {
 				if _, err := r.Rank(ctx, req); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+	for _, n := range []int{100, 1000} {
+		b.Run(fmt.Sprintf("pick/candidates=%d", n), func(b *testing.B) {
+			req := benchRequest(n)
+			r := &ScoringRouter{}
+			top := make([]Scored, 0, 3)
+			buf := make([]byte, 0, 512)
+			b.ReportAllocs()
+			for b.Loop() {
+				top, _ = r.Pick(&req, top)
+				buf = r.AppendExplanation(buf[:0], req.Candidates, top, 0)
 			}
 		})
 	}

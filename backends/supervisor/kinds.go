@@ -19,7 +19,10 @@ type Bot struct {
 type Router struct {
 	*supervisor
 	// Fallback ranks when the plugin cannot; a zero builtin.ScoringRouter
-	// (default weights) unless set.
+	// (default weights) unless set. Nil: Rank returns the plugin's error
+	// (still counted as a fallback), for a caller that falls back itself,
+	// as the gateway's dispatcher does with what it knows when the answer
+	// comes.
 	Fallback backends.Router
 }
 
@@ -98,6 +101,9 @@ func (r *Router) Rank(ctx context.Context, req backends.RankRequest) (backends.R
 	out, err := r.TryRank(ctx, req)
 	if err != nil {
 		r.fallback(err)
+		if r.Fallback == nil {
+			return backends.Ranking{}, err
+		}
 		return r.Fallback.Rank(ctx, req)
 	}
 	return out, nil

@@ -102,6 +102,15 @@ func TestRouterPlugin(t *testing.T) {
 	if err != nil || len(got.Agents) != 2 || got.Agents[0].AgentID != "a" || !strings.Contains(got.Explanation, "skill") {
 		t.Fatalf("fallback ranking: %+v, %v", got, err)
 	}
+	// Without a Fallback, the error comes back (the caller falls back),
+	// counted as a fallback.
+	r.Fallback = nil
+	if got, err = r.Rank(context.Background(), req); !errors.Is(err, ErrClosed) || len(got.Agents) != 0 {
+		t.Fatalf("without a fallback: %+v, %v; want ErrClosed", got, err)
+	}
+	if n := r.mFallback.Get(); n != 2 {
+		t.Fatalf("%d fallbacks counted, want 2", n)
+	}
 }
 
 func TestKilledPluginRestarts(t *testing.T) {

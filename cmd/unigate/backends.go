@@ -72,8 +72,22 @@ func buildBackends(cfg config.BackendsConfig, log *slog.Logger) (*backendSet, er
 		set.closers = append(set.closers, bot)
 		o.Bot = bot
 	}
-	if cfg.Router == "builtin" {
+	switch cfg.Router {
+	case "builtin":
 		o.Router = &builtin.ScoringRouter{Weights: builtin.Weights{Skill: cfg.RouterSkill, Geo: cfg.RouterGeo, Sentiment: cfg.RouterSentiment}}
+	case "plugin":
+		// Asked off the dispatcher's lock; the scorer, with the configured
+		// weights, decides when the plugin fails (the broker's fallback,
+		// with the agents' state at that moment: not the supervisor's).
+		router, err := supervisor.NewRouter(sup("router", cfg.RouterPlugin))
+		if err != nil {
+			set.Close()
+			return nil, fmt.Errorf("backends.router_plugin: %w", err)
+		}
+		router.Fallback = nil
+		set.closers = append(set.closers, router)
+		o.Router = &builtin.ScoringRouter{Weights: builtin.Weights{Skill: cfg.RouterSkill, Geo: cfg.RouterGeo, Sentiment: cfg.RouterSentiment}}
+		o.RouterPlugin = router
 	}
 	if len(cfg.Regions) > 0 {
 		regions, err := regionTable(cfg.Regions)

@@ -32,6 +32,10 @@ func TestMain(m *testing.M) {
 		serveTestPlugin() // a bot plugin process of TestBotPluginFaults
 		os.Exit(0)
 	}
+	if os.Getenv(testRouterPluginEnv) != "" {
+		serveTestRouter() // a router plugin process of TestRouterPlugin
+		os.Exit(0)
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)

@@ -113,8 +113,12 @@ type BackendsConfig struct {
 	// and summary.
 	BotThreshold float64 `yaml:"bot_threshold"`
 	// Router ranks the agents for a waiting conversation: "builtin" (the
-	// weighted scorer below) or "off" (least loaded first).
+	// weighted scorer below), "plugin" (the executable RouterPlugin,
+	// asked off the dispatcher's lock, with the built-in scorer as its
+	// fallback) or "off" (least loaded first).
 	Router string `yaml:"router"`
+	// RouterPlugin is the router plugin executable (router: plugin).
+	RouterPlugin string `yaml:"router_plugin"`
 	// RouterSkill, RouterGeo and RouterSentiment weigh the scorer's
 	// components (load breaks ties, capacity is a hard limit).
 	RouterSkill     float64 `yaml:"router_skill"`

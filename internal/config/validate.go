@@ -264,8 +264,14 @@ func (c Config) Validate() error {
 	if bk.BotThreshold < 0 || bk.BotThreshold > 1 {
 		bad("backends.bot_threshold", "must be between 0 and 1, got %v", bk.BotThreshold)
 	}
-	if bk.Router != "builtin" && bk.Router != "off" {
-		bad("backends.router", "must be builtin or off, got %q", bk.Router)
+	switch bk.Router {
+	case "builtin", "off":
+	case "plugin":
+		if bk.RouterPlugin == "" {
+			bad("backends.router_plugin", "must name the router plugin executable when backends.router is plugin")
+		}
+	default:
+		bad("backends.router", "must be builtin, plugin or off, got %q", bk.Router)
 	}
 	if bk.RouterSkill < 0 || bk.RouterGeo < 0 || bk.RouterSentiment < 0 {
 		bad("backends.router_skill", "router weights must not be negative")

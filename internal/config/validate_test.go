@@ -34,6 +34,7 @@ func TestValidateAccepts(t *testing.T) {
 			c.Limits.AllowList = []string{"203.0.113.0/24"}
 			c.Limits.ProxyProtocol = true
 		}},
+		{"router plugin", func(c *Config) { c.Backends.Router, c.Backends.RouterPlugin = "plugin", "/usr/lib/unigate/router" }},
 		{"crypto required for a tenant", func(c *Config) {
 			c.Crypto.Enabled, c.Crypto.IdentityKeys, c.Crypto.RequiredTenants = true, []string{"sm2.pem"}, []string{"bank"}
 			c.Crypto.Suites = []string{"GM"}
@@ -56,6 +57,8 @@ func TestValidateRejects(t *testing.T) {
 		modify func(*Config)
 	}{
 		{"listen", func(c *Config) { c.Listen = "" }},
+		{"backends.router_plugin", func(c *Config) { c.Backends.Router = "plugin" }},
+		{"backends.router", func(c *Config) { c.Backends.Router = "remote" }},
 		{"listen", func(c *Config) { c.Listen = "8080" }},
 		{"listen", func(c *Config) { c.Listen = ":http" }},
 		{"listen", func(c *Config) { c.Listen = ":65536" }},
