@@ -32,6 +32,10 @@ func TestMain(m *testing.M) {
 		serveTestPlugin() // a bot plugin process of TestBotPluginFaults
 		os.Exit(0)
 	}
+	if dir := os.Getenv(testHookEnv); dir != "" {
+		serveTestHook(dir) // a hook plugin process (hooks_process_test.go)
+		os.Exit(0)
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)
