@@ -22,9 +22,10 @@ import (
 // same credentials share one call.
 //
 //   - The key is HMAC-SHA256 under a random key drawn at start (never
-//     stored) of the tenant, username and password (length-prefixed): the
-//     plaintext is never kept, and the keys mean nothing outside this
-//     process.
+//     stored) of the tenant, username and password (length-prefixed), and
+//     of the client address the hook is also given (a hook may decide by
+//     network): the plaintext is never kept, and the keys mean nothing
+//     outside this process.
 //   - An identity is kept for TTL; a refusal for min(TTL, RefusalTTL),
 //     long enough to absorb a storm of clients retrying a stale password,
 //     short enough that an account just created or unlocked gets in at
@@ -106,7 +107,7 @@ func newAuthCache(ttl time.Duration, max int, set *metrics.Set, now func() time.
 func (c *authCache) keyOf(cred *backends.Credentials) authKey {
 	m := hmac.New(sha256.New, c.key[:])
 	var n [4]byte
-	for _, f := range [...]string{cred.Tenant, cred.Role, cred.Username, cred.Password, cred.Token, string(cred.SSOAssertion)} {
+	for _, f := range [...]string{cred.Tenant, cred.Role, cred.Username, cred.Password, cred.Token, string(cred.SSOAssertion), cred.RemoteAddr} {
 		binary.BigEndian.PutUint32(n[:], uint32(len(f)))
 		m.Write(n[:])
 		m.Write([]byte(f))

@@ -27,6 +27,7 @@ func TestAuthCacheKeys(t *testing.T) {
 		"password": {Tenant: "acme", Username: "alice", Password: "secret2"},
 		"shifted":  {Tenant: "acmealice", Username: "", Password: "secret"},
 		"token":    {Tenant: "acme", Token: "alicesecret"},
+		"address":  {Tenant: "acme", Username: "alice", Password: "secret", RemoteAddr: "192.0.2.1"},
 	} {
 		if c.keyOf(&cred) == k {
 			t.Errorf("%s: same key as the base credentials", name)

@@ -139,8 +139,8 @@ type BackendsConfig struct {
 	// them. Beyond it new events are dropped and counted.
 	HookEventQueue int `yaml:"hook_event_queue"`
 	// HookAuthCacheTTL keeps the hook's sign-in answers for this long, by
-	// a keyed hash of tenant, username and password (refusals for at most
-	// 5s); 0: every password hello asks the hook.
+	// a keyed hash of tenant, username, password and client address
+	// (refusals for at most 5s); 0: every password hello asks the hook.
 	HookAuthCacheTTL time.Duration `yaml:"hook_auth_cache_ttl"`
 	// HookAuthCacheSize bounds the cached sign-in answers.
 	HookAuthCacheSize int `yaml:"hook_auth_cache_size"`
