@@ -494,12 +494,14 @@ func (r *backendRun) storeEvents(b *Broker, evs []backends.Event, deadline time.
 		}
 		evs = evs[:n]
 		r.storeLog.log(b.log, "broker: hook events not stored, retrying", "events", n, "err", lastErr, "in", delay)
-		select {
-		case <-b.done:
-			if deadline.IsZero() {
+		if deadline.IsZero() {
+			select {
+			case <-b.done:
 				deadline = time.Now().Add(spoolFlush)
+			case <-time.After(delay):
 			}
-		case <-time.After(delay):
+		} else {
+			time.Sleep(max(0, min(delay, time.Until(deadline))))
 		}
 		delay = min(2*delay, 5*time.Second)
 	}

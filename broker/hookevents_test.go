@@ -408,3 +408,36 @@ func TestHookEventRecord(t *testing.T) {
 		}
 	}
 }
+
+// TestDurableHookEventsStoreRetry: while the stream cannot take events
+// (here: it was deleted; in production: no JetStream leader) they wait in
+// the spool and are published again, in order, until it can; the
+// deliverers ride out the missing consumers the same way.
+func TestDurableHookEventsStoreRetry(t *testing.T) {
+	st := startStores(t, t.TempDir())
+	log := &eventLog{}
+	h := &logHook{node: "n", log: log}
+	o := HookEventsOptions{AckWait: 2 * time.Second}
+	hev := openHookEventsT(t, st.node.JetStream(), o)
+	e, _ := startDurable(t, Options{AllowAnonymous: true, Backends: &Backends{
+		Hook: h, HookMessages: true, Events: hev, EventRetry: 5 * time.Millisecond,
+	}}, st.hist, st.conv)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := st.node.JetStream().DeleteStream(ctx, DefaultHookStream); err != nil {
+		t.Fatal(err)
+	}
+	want := chat(t, e, "a1", 2)
+	if c := counter(e.b, "unigate_broker_hook_events_stored_total"); c != 0 {
+		t.Fatalf("%d events stored without a stream", c)
+	}
+	openHookEventsT(t, st.node.JetStream(), o) // the stream is back
+	if !waitFor(t, 30*time.Second, func() bool { return log.unique() == want }) {
+		t.Fatalf("%d distinct events delivered, want %d", log.unique(), want)
+	}
+	evs, _ := log.snapshot()
+	checkOrder(t, evs)
+	if d := counter(e.b, "unigate_broker_hook_events_dropped_total"); d != 0 {
+		t.Fatalf("%d events dropped", d)
+	}
+}
