@@ -212,6 +212,8 @@ type conversationJSON struct {
 	QueueETA      uint32 `json:"queue_eta_seconds,omitempty"`
 	CreatedMs     int64  `json:"created_at_ms,omitempty"`
 	ClosedMs      int64  `json:"closed_at_ms,omitempty"`
+	LeftMessages  uint32 `json:"left_messages,omitempty"`
+	LastLeftMs    int64  `json:"last_left_at_ms,omitempty"`
 }
 
 func convJSON(c broker.ConversationInfo) conversationJSON {
@@ -219,6 +221,7 @@ func convJSON(c broker.ConversationInfo) conversationJSON {
 		ID: c.ID, Tenant: c.Tenant, State: c.State.String(), VisitorID: c.VisitorID, AgentID: c.AgentID,
 		Skill: c.Skill, Priority: c.Priority, Reason: c.Reason, LastSeq: c.LastSeq,
 		QueuePosition: c.QueuePosition, QueueETA: c.QueueETA, CreatedMs: c.CreatedMilli, ClosedMs: c.ClosedMilli,
+		LeftMessages: c.LeftMessages, LastLeftMs: c.LastLeftMilli,
 	}
 }
 
@@ -252,14 +255,22 @@ var states = map[string]protocol.State{
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request, k Key) {
 	q := r.URL.Query()
-	var state protocol.State
+	var f broker.ConversationFilter
 	if s := q.Get("state"); s != "" {
 		st, ok := states[s]
 		if !ok {
 			writeError(w, http.StatusBadRequest, protocol.CodeMalformed, "state must be bot, queued, assigned, transferred or closed")
 			return
 		}
-		state = st
+		f.State = st
+	}
+	switch q.Get("left_message") {
+	case "", "false":
+	case "true":
+		f.LeftMessage = true
+	default:
+		writeError(w, http.StatusBadRequest, protocol.CodeMalformed, "left_message must be true or false")
+		return
 	}
 	limit, ok := limitParam(w, q.Get("limit"), DefaultListLimit)
 	if !ok {
@@ -272,7 +283,7 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request, k Key) {
 	}
 	ctx, cancel := h.ctx(r)
 	defer cancel()
-	list, more, err := h.b.ListConversations(ctx, k.Tenant, state, cursor, limit)
+	list, more, err := h.b.ListConversations(ctx, k.Tenant, f, cursor, limit)
 	if err != nil {
 		h.fail(w, err)
 		return

@@ -290,6 +290,25 @@ func testAPI(t *testing.T, durable bool) {
 			field("tenant", "acme")(t, b)
 			field("last_seq", 1.0)(t, b)
 		}},
+		// The opening message was written while no agent of acme was
+		// online: a message left.
+		{"list left messages", keyRO, "GET", "/api/v1/conversations?left_message=true", "", 200, func(t *testing.T, b map[string]any) {
+			list := b["conversations"].([]any)
+			if len(list) != 1 {
+				t.Fatalf("left messages: %v, want %s only", list, conv)
+			}
+			c := list[0].(map[string]any)
+			field("id", conv)(t, c)
+			field("left_messages", 1.0)(t, c)
+			if ms, _ := c["last_left_at_ms"].(float64); ms <= 0 {
+				t.Errorf("last_left_at_ms %v", c["last_left_at_ms"])
+			}
+		}},
+		{"list queued left messages", keyRO, "GET", "/api/v1/conversations?state=queued&left_message=true", "", 200, func(t *testing.T, b map[string]any) {
+			if l := b["conversations"].([]any); len(l) != 0 {
+				t.Errorf("queued with left messages: %v (the agent took it)", l)
+			}
+		}},
 		{"post bot", keyRW, "POST", base + "/messages", `{"text":"from the bot","sender":"bot","client_msg_id":"b1"}`, 201, func(t *testing.T, b map[string]any) {
 			field("seq", 2.0)(t, b)
 			field("duplicate", false)(t, b)
@@ -441,6 +460,7 @@ func testAPI(t *testing.T, durable bool) {
 		{"limit word", keyRO, "GET", "/api/v1/conversations?limit=ten", "", 400, 1000.0},
 		{"negative after", keyRO, "GET", base + "/messages?after=-1", "", 400, 1000.0},
 		{"bad state", keyRO, "GET", "/api/v1/conversations?state=open", "", 400, 1000.0},
+		{"bad left_message", keyRO, "GET", "/api/v1/conversations?left_message=yes", "", 400, 1000.0},
 		{"unknown path", keyRO, "GET", "/api/v1/nothing", "", 404, "not_found"},
 		{"wrong method", keyRW, "DELETE", base, "", 405, "method_not_allowed"},
 	}

@@ -110,12 +110,15 @@ const (
 	EventVisitorConnected
 	EventVisitorDisconnected
 	EventMessageStored
+	// EventMessageLeft: a visitor wrote while its conversation waited in
+	// the queue with no agent of the tenant online (leave-a-message).
+	EventMessageLeft
 )
 
 var eventTypeNames = [...]string{
 	"unspecified", "conversation_opened", "conversation_assigned",
 	"conversation_transferred", "conversation_closed", "visitor_connected",
-	"visitor_disconnected", "message_stored",
+	"visitor_disconnected", "message_stored", "message_left",
 }
 
 func (t EventType) String() string {
@@ -123,6 +126,17 @@ func (t EventType) String() string {
 		return "unknown"
 	}
 	return eventTypeNames[t]
+}
+
+// ParseEventType returns the EventType whose String is name; false for
+// "unspecified" and unknown names.
+func ParseEventType(name string) (EventType, bool) {
+	for i := 1; i < len(eventTypeNames); i++ {
+		if eventTypeNames[i] == name {
+			return EventType(i), true
+		}
+	}
+	return EventUnspecified, false
 }
 
 // Event is one conversation event for a Hook.
@@ -134,8 +148,8 @@ type Event struct {
 	VisitorID      string
 	AgentID        string // assigned agent, or the receiving agent of a transfer
 	FromAgentID    string // the previous agent of a transfer
-	MessageID      string // EventMessageStored
-	Text           string // EventMessageStored
+	MessageID      string // EventMessageStored, EventMessageLeft
+	Text           string // EventMessageStored, EventMessageLeft
 	At             time.Time
 	Attributes     map[string]string
 }
@@ -161,4 +175,8 @@ type Identity struct {
 	Roles       []string
 	Skills      []string
 	DisplayName string
+	// Fallback is set by a supervisor's fallback (backends/supervisor):
+	// the backend did not answer, so this is no decision of it. Callers
+	// never cache such a result. Not carried over gRPC.
+	Fallback bool
 }

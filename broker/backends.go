@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -28,7 +29,9 @@ import (
 // Backend calls never run on a shard or an event loop: bot answers and
 // authentications run on Workers goroutines and come back to the shard as
 // control messages; hook events go through a bounded queue to one
-// delivering goroutine. Router is the exception (see below).
+// delivering goroutine, or with Events to a spooler that stores them in
+// JetStream and one delivering goroutine per partition (hookevents.go).
+// Router is the exception (see below).
 type Backends struct {
 	// Bot, when set, answers visitors first: a new conversation starts in
 	// STATE_BOT, every visitor message is put to the bot, and an answer
@@ -67,13 +70,27 @@ type Backends struct {
 	RouterPlugin backends.Router
 
 	// Hook receives conversation events (opened, assigned, transferred,
-	// closed, visitor connected and disconnected, message stored), at
-	// least once while this process lives, each with a stable ID, and
-	// authenticates hellos that carry a username and password instead of
-	// a token. Nil: no events, password hellos are refused.
+	// closed, visitor connected and disconnected, message stored, message
+	// left while no agent was online), at least once, each with a stable
+	// ID, in order per conversation, and authenticates hellos that carry
+	// a username and password instead of a token. Nil: no events,
+	// password hellos are refused.
 	Hook backends.Hook
 	// HookMessages also sends message_stored events (one per message).
+	// message_left events are sent either way.
 	HookMessages bool
+	// Events, when set, keeps the hook events in JetStream until the hook
+	// took them (see HookEvents): they survive a crash, and in a cluster
+	// one node delivers each. Nil: an in-memory queue, lost with the
+	// process.
+	Events *HookEvents
+	// AuthCacheTTL keeps the hook's Authenticate answers for this long
+	// (refusals for at most RefusalTTL; see authCache). 0: every password
+	// hello calls the hook.
+	AuthCacheTTL time.Duration
+	// AuthCacheSize bounds the cached answers. Default
+	// DefaultAuthCacheSize.
+	AuthCacheSize int
 
 	// Regions maps a client address to a region for the router when the
 	// visitor declares none (a CIDR table). Nil: unknown.
@@ -87,8 +104,10 @@ type Backends struct {
 	Workers int
 	// CallTimeout bounds one bot or authentication call. Default 5s.
 	CallTimeout time.Duration
-	// EventQueue bounds the hook events waiting for delivery; an event
-	// beyond it is dropped and counted. Default 10000.
+	// EventQueue bounds the hook events waiting for delivery in memory
+	// (with Events: waiting to be stored, whose own bound is
+	// HookEventsOptions.MaxEvents); an event beyond it is dropped and
+	// counted. Default 10000.
 	EventQueue int
 	// EventRetry is the first delay before a failed event is delivered
 	// again (doubling up to a minute). Default 1s.
@@ -135,6 +154,9 @@ func (o *Backends) withDefaults() Backends {
 	if bk.EventRetry <= 0 {
 		bk.EventRetry = time.Second
 	}
+	if bk.AuthCacheSize <= 0 {
+		bk.AuthCacheSize = DefaultAuthCacheSize
+	}
 	return bk
 }
 
@@ -146,12 +168,23 @@ type backendRun struct {
 	jobs   chan func(context.Context)
 	events chan backends.Event
 
+	// Durable events (Backends.Events, hookevents.go): the store, the
+	// backlog each partition's deliverer last saw, throttled logs.
+	hev                         *HookEvents
+	backlog                     []atomic.Int64
+	dropLog, storeLog, fetchLog logEvery
+	// boot tells this process's connection ids from another's in the IDs
+	// of visitor events.
+	boot  string
+	cache *authCache // Backends.AuthCacheTTL; nil: off
+
 	botAnswers, botHandoffs, botFailures *metrics.Counter
 	evDelivered, evRetried, evDropped    *metrics.Counter
+	evStored                             *metrics.Counter
 	authOK, authRefused, authFailed      *metrics.Counter
 }
 
-func newBackendRun(o *Backends, set *metrics.Set) *backendRun {
+func newBackendRun(o *Backends, set *metrics.Set, now func() time.Time) *backendRun {
 	if o == nil {
 		return nil
 	}
@@ -161,8 +194,16 @@ func newBackendRun(o *Backends, set *metrics.Set) *backendRun {
 		events: nil,
 	}
 	r.jobs = make(chan func(context.Context), r.o.Workers)
+	r.boot = idEncoding.EncodeToString(randomBytes(5))
 	if r.o.Hook != nil {
 		r.events = make(chan backends.Event, r.o.EventQueue)
+		if r.o.Events != nil {
+			r.hev = r.o.Events
+			r.backlog = make([]atomic.Int64, r.hev.Partitions())
+		}
+		if r.o.AuthCacheTTL > 0 {
+			r.cache = newAuthCache(r.o.AuthCacheTTL, r.o.AuthCacheSize, set, now)
+		}
 	}
 	r.botAnswers = set.NewCounter("unigate_broker_bot_answers_total")
 	r.botHandoffs = set.NewCounter("unigate_broker_bot_handoffs_total")
@@ -170,10 +211,17 @@ func newBackendRun(o *Backends, set *metrics.Set) *backendRun {
 	r.evDelivered = set.NewCounter("unigate_broker_hook_events_delivered_total")
 	r.evRetried = set.NewCounter("unigate_broker_hook_events_retried_total")
 	r.evDropped = set.NewCounter("unigate_broker_hook_events_dropped_total")
+	r.evStored = set.NewCounter("unigate_broker_hook_events_stored_total")
 	r.authOK = set.NewCounter(`unigate_broker_hook_auth_total{result="ok"}`)
 	r.authRefused = set.NewCounter(`unigate_broker_hook_auth_total{result="refused"}`)
 	r.authFailed = set.NewCounter(`unigate_broker_hook_auth_total{result="error"}`)
-	set.NewGauge("unigate_broker_hook_events_queued", func() float64 { return float64(len(r.events)) })
+	set.NewGauge("unigate_broker_hook_events_queued", func() float64 {
+		n := int64(len(r.events))
+		for i := range r.backlog {
+			n += r.backlog[i].Load()
+		}
+		return float64(n)
+	})
 	return r
 }
 
@@ -198,7 +246,14 @@ func (r *backendRun) start(b *Broker) {
 			}
 		}()
 	}
-	if r.events != nil {
+	switch {
+	case r.hev != nil:
+		b.wg.Add(1 + r.hev.Partitions())
+		go r.spool(b)
+		for p := range r.hev.Partitions() {
+			go r.consume(b, p)
+		}
+	case r.events != nil:
 		b.wg.Add(1)
 		go r.deliver(b)
 	}
@@ -216,6 +271,12 @@ func (r *backendRun) submit(job func(context.Context)) bool {
 
 // hooked reports whether events go to a hook.
 func (b *Broker) hooked() bool { return b.bk != nil && b.bk.events != nil }
+
+// visitorEventID is the ID of a visitor_connected or _disconnected event:
+// unique per connection across restarts and nodes.
+func (r *backendRun) visitorEventID(u *user, what string, cl *client) string {
+	return "v:" + u.id + ":" + what + ":" + r.boot + "." + strconv.FormatUint(cl.peer.ID(), 10)
+}
 
 // emit queues a hook event (never blocks; a full queue drops and counts).
 func (b *Broker) emit(ev backends.Event) {
@@ -236,7 +297,8 @@ func (b *Broker) emit(ev backends.Event) {
 // deliver sends the queued events to the hook in order, each until it is
 // accepted (the same ID every time: the hook drops duplicates), backing
 // off between attempts. A fail-open supervised hook accepts while it is
-// down (and counts the loss there).
+// down (and counts the loss there). In-memory mode only: with Events,
+// spool and consume (hookevents.go) take over.
 func (r *backendRun) deliver(b *Broker) {
 	defer b.wg.Done()
 	for {
@@ -299,6 +361,7 @@ func (s *shard) emitConv(c *conversation, t backends.EventType, fromAgent string
 // set): the hook's message_stored event, and the bot's turn when the
 // visitor wrote to a conversation in STATE_BOT.
 func (s *shard) stored(c *conversation, m *message) {
+	s.leftMessage(c, m)
 	r := s.b.bk
 	if r == nil {
 		return
@@ -313,6 +376,36 @@ func (s *shard) stored(c *conversation, m *message) {
 	if c.state == protocol.StateBot && m.senderRole == protocol.RoleVisitor && r.o.Bot != nil {
 		s.askBot(c)
 	}
+}
+
+// leftMessage notes a visitor message stored while c waits in the queue
+// with no agent of its tenant online (leave-a-message): c counts it for
+// the integrator API (ConversationInfo.LeftMessages; the first one is
+// saved with the metadata), and the hook gets a message_left event with
+// the text. Not in a cluster, where this node does not see every agent
+// (nor does the visitor get reason no_agent_online there).
+func (s *shard) leftMessage(c *conversation, m *message) {
+	if m.senderRole != protocol.RoleVisitor || c.state != protocol.StateQueued ||
+		s.b.o.Cluster != nil || s.b.disp.anyOnline(c.tenant) {
+		return
+	}
+	c.left++
+	c.leftMilli = m.ts
+	if c.left == 1 {
+		s.persist(c)
+	}
+	if !s.b.hooked() {
+		return
+	}
+	seq := strconv.FormatUint(m.seq, 10)
+	ev := convEvent(c, backends.EventMessageLeft, c.id+":message_left:"+seq)
+	ev.MessageID, ev.Text = seq, m.text
+	ev.At = time.UnixMilli(m.ts)
+	ev.Attributes = map[string]string{"reason": ReasonNoAgentOnline, "left": strconv.FormatUint(uint64(c.left), 10)}
+	if c.intent != "" {
+		ev.Attributes["intent"] = c.intent
+	}
+	s.b.emit(ev)
 }
 
 // botResult is a bot's answer on its way back to the conversation's shard.
@@ -358,7 +451,7 @@ func (s *shard) askBot(c *conversation) {
 	})
 	if !ok {
 		c.botBusy = false
-		s.botAnswered(&ctrl{conv: conv, bot: &botResult{c: c, err: errors.New("broker: all backend workers busy")}})
+		s.botAnswered(&ctrl{conv: conv, bot: &botResult{c: c, err: errWorkersBusy}})
 	}
 }
 
@@ -515,11 +608,38 @@ func (s *shard) authenticate(it *item) bool {
 		cred.RemoteAddr = a.RemoteAddr().String()
 	}
 	hook, mbox := r.o.Hook, &s.mbox
-	return r.submit(func(ctx context.Context) {
+	cache := r.cache
+	if cache == nil {
+		return r.submit(func(ctx context.Context) {
+			id, err := hook.Authenticate(ctx, cred)
+			mbox.post(ctrl{kind: ctrlAuthed, it: it, auth: &authResult{id: id, err: err}})
+		})
+	}
+	k := cache.keyOf(&cred)
+	switch id, res := cache.lookup(k, authWaiter{it: it, mbox: mbox}); res {
+	case authHit:
+		mbox.post(ctrl{kind: ctrlAuthed, it: it, auth: &authResult{id: id}})
+		return true
+	case authJoined:
+		return true // answered with the call in flight for the same credentials
+	}
+	ok := r.submit(func(ctx context.Context) {
 		id, err := hook.Authenticate(ctx, cred)
+		for _, w := range cache.settle(k, id, err) {
+			w.mbox.post(ctrl{kind: ctrlAuthed, it: w.it, auth: &authResult{id: cloneIdentity(id), err: err}})
+		}
 		mbox.post(ctrl{kind: ctrlAuthed, it: it, auth: &authResult{id: id, err: err}})
 	})
+	if !ok {
+		for _, w := range cache.settle(k, backends.Identity{}, errWorkersBusy) {
+			w.mbox.post(ctrl{kind: ctrlAuthed, it: w.it, auth: &authResult{err: errWorkersBusy}})
+		}
+	}
+	return ok
 }
+
+// errWorkersBusy: every backend worker is busy.
+var errWorkersBusy = errors.New("broker: all backend workers busy")
 
 // authed continues a hello after the authentication hook answered.
 func (s *shard) authed(r *ctrl) {

@@ -137,7 +137,7 @@ func newBroker(o Options) (*Broker, error) {
 	b.disp.mirror = o.Cluster != nil
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.m = newMetrics(b)
-	b.bk = newBackendRun(o.Backends, b.m.set)
+	b.bk = newBackendRun(o.Backends, b.m.set, o.Now)
 	if b.bk != nil {
 		b.disp.useRouters(b.bk.o.Router, b.bk.o.RouterPlugin, b.bk.submit, b.bk.o.Workers, b.m.set)
 	}

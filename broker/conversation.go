@@ -54,6 +54,11 @@ type conversation struct {
 	events          uint64 // hook events emitted for c (their IDs)
 	botAgain        bool   // the visitor wrote again meanwhile
 
+	// Leave-a-message: visitor messages stored while queued with no agent
+	// online, and the time of the last one (leftMessage).
+	left      uint32
+	leftMilli int64
+
 	// Durable mode (Options.History set).
 	streamSeq    uint64        // stream sequence of the last stored message
 	inflight     bool          // queue[0] is being appended

@@ -54,6 +54,15 @@
 // queue; the event loop keeps the Finished and record opening, and
 // netpoll seals outbound frames per connection under its send lock.
 //
+// With Options.Backends (backends.go), backend workers run bot and
+// authentication calls and post the answers to the shard's mailbox; hook
+// events leave the shards as values on a bounded channel (full: dropped
+// and counted), read by one delivering goroutine, or with Backends.Events
+// by a spooler that stores them in JetStream and one deliverer per
+// partition that pulls them back (hookevents.go). None of them touches
+// conversation state. The authentication cache (authcache.go) is a leaf
+// mutex taken by shards (lookup) and workers (settle).
+//
 // Cross-shard notifications (a conversation created by a home shard, an
 // assignment decided by the dispatcher, a connection to attach to a
 // conversation) go through each shard's control mailbox: a slice appended

@@ -58,6 +58,10 @@ type ConvMeta struct {
 	Region   string `json:"region,omitempty"`
 	Language string `json:"lang,omitempty"`
 	Page     string `json:"page,omitempty"`
+	// Left counts visitor messages left while no agent was online (saved
+	// with the first one and with later state changes; leftMessage).
+	Left      uint32 `json:"left,omitempty"`
+	LeftMilli int64  `json:"left_at,omitempty"`
 }
 
 // ErrConvNotFound is returned by ConvStore.Get for an unknown conversation.
@@ -198,6 +202,7 @@ func (c *conversation) meta() *ConvMeta {
 	m.ClosedMilli = c.closedMilli
 	m.Intent, m.Summary = c.intent, c.summary
 	m.Region, m.Language, m.Page = c.region, c.language, c.page
+	m.Left, m.LeftMilli = c.left, c.leftMilli
 	return m
 }
 
@@ -500,7 +505,7 @@ func (s *shard) appended(r *appendResult) {
 			}
 			s.b.m.relayed.Inc()
 			s.popSend(c)
-			if s.b.bk != nil {
+			if s.b.bk != nil || c.state == protocol.StateQueued { // hooks, the bot, leave-a-message
 				done = append(done, *mm)
 			}
 		}
@@ -755,6 +760,8 @@ func (s *shard) load(id string) *conversation {
 		language:     meta.Language,
 		page:         meta.Page,
 		createdMilli: meta.CreatedMilli,
+		left:         meta.Left,
+		leftMilli:    meta.LeftMilli,
 		rev:          rev,
 		hist:         newHistory(b.o.HistoryPerConversation, b.o.HistoryBytesPerConversation),
 		dedupe:       make(map[dedupeKey]uint64),

@@ -40,6 +40,24 @@ type ConversationInfo struct {
 	QueueETA      uint32 // last wait estimate sent with it, seconds; 0: unknown
 	CreatedMilli  int64  // 0 when unknown (created before durability)
 	ClosedMilli   int64
+	// LeftMessages counts the visitor's messages stored while it waited
+	// with no agent of the tenant online (leave-a-message; each also a
+	// message_left hook event); LastLeftMilli is the time of the last.
+	LeftMessages  uint32
+	LastLeftMilli int64
+}
+
+// ConversationFilter selects the conversations ListConversations returns;
+// the zero value selects all.
+type ConversationFilter struct {
+	State protocol.State // 0: any
+	// LeftMessage selects conversations with LeftMessages > 0. With
+	// State queued: the messages left that no agent has taken yet.
+	LeftMessage bool
+}
+
+func (f *ConversationFilter) match(c *conversation) bool {
+	return (f.State == 0 || c.state == f.State) && (!f.LeftMessage || c.left > 0)
 }
 
 // StoredMessage is one message of a conversation's history.
@@ -141,6 +159,9 @@ func (c *conversation) info() ConversationInfo {
 		LastSeq:      c.lastSeq,
 		CreatedMilli: c.createdMilli,
 		ClosedMilli:  c.closedMilli,
+
+		LeftMessages:  c.left,
+		LastLeftMilli: c.leftMilli,
 	}
 	if c.visitor != nil {
 		ci.VisitorID = c.visitor.id
@@ -163,17 +184,17 @@ func (b *Broker) Conversation(ctx context.Context, tenant, id string) (Conversat
 
 // ListConversations returns the conversations of tenant this node holds in
 // memory (live ones, and closed ones until they are forgotten, ResumeTTL
-// after closing), ordered by id, with id > after, at most limit (1 to
-// MaxListLimit). state 0 means any state. more reports whether further
-// conversations follow the last one returned.
-func (b *Broker) ListConversations(ctx context.Context, tenant string, state protocol.State, after string, limit int) (list []ConversationInfo, more bool, err error) {
+// after closing) that f selects, ordered by id, with id > after, at most
+// limit (1 to MaxListLimit). more reports whether further conversations
+// follow the last one returned.
+func (b *Broker) ListConversations(ctx context.Context, tenant string, f ConversationFilter, after string, limit int) (list []ConversationInfo, more bool, err error) {
 	limit = min(max(limit, 1), MaxListLimit)
 	parts := make([][]ConversationInfo, len(b.shards))
 	for i, s := range b.shards {
 		err := b.onShard(ctx, s, func(s *shard) {
 			var out []ConversationInfo
 			for id, c := range s.convs {
-				if c.tenant != tenant || id <= after || (state != 0 && c.state != state) {
+				if c.tenant != tenant || id <= after || !f.match(c) {
 					continue
 				}
 				out = append(out, c.info())

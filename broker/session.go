@@ -125,7 +125,7 @@ func (b *Broker) gone(cl *client) {
 		}
 		if u.role == protocol.RoleVisitor && b.hooked() {
 			b.emit(backends.Event{
-				ID: "v:" + u.id + ":disconnected:" + strconv.FormatUint(cl.peer.ID(), 10), Type: backends.EventVisitorDisconnected,
+				ID: b.bk.visitorEventID(u, "disconnected", cl), Type: backends.EventVisitorDisconnected,
 				Tenant: u.tenant, VisitorID: u.id,
 			})
 		}
@@ -307,7 +307,7 @@ func (s *shard) hello(it *item) bool {
 	cl.ready.Store(true)
 	if u.role == protocol.RoleVisitor && b.hooked() {
 		b.emit(backends.Event{
-			ID: "v:" + u.id + ":connected:" + strconv.FormatUint(cl.peer.ID(), 10), Type: backends.EventVisitorConnected,
+			ID: b.bk.visitorEventID(u, "connected", cl), Type: backends.EventVisitorConnected,
 			Tenant: u.tenant, VisitorID: u.id, Attributes: map[string]string{"resumed": strconv.FormatBool(resumed)},
 		})
 	}

@@ -44,6 +44,9 @@ const (
 	EventType_EVENT_TYPE_VISITOR_CONNECTED        EventType = 5
 	EventType_EVENT_TYPE_VISITOR_DISCONNECTED     EventType = 6
 	EventType_EVENT_TYPE_MESSAGE_STORED           EventType = 7
+	// A visitor wrote while waiting in the queue with no agent of the tenant
+	// online (leave-a-message): the message id and text are set.
+	EventType_EVENT_TYPE_MESSAGE_LEFT EventType = 8
 )
 
 // Enum value maps for EventType.
@@ -57,6 +60,7 @@ var (
 		5: "EVENT_TYPE_VISITOR_CONNECTED",
 		6: "EVENT_TYPE_VISITOR_DISCONNECTED",
 		7: "EVENT_TYPE_MESSAGE_STORED",
+		8: "EVENT_TYPE_MESSAGE_LEFT",
 	}
 	EventType_value = map[string]int32{
 		"EVENT_TYPE_UNSPECIFIED":              0,
@@ -67,6 +71,7 @@ var (
 		"EVENT_TYPE_VISITOR_CONNECTED":        5,
 		"EVENT_TYPE_VISITOR_DISCONNECTED":     6,
 		"EVENT_TYPE_MESSAGE_STORED":           7,
+		"EVENT_TYPE_MESSAGE_LEFT":             8,
 	}
 )
 
@@ -681,7 +686,7 @@ type EventRequest struct {
 	AgentId string `protobuf:"bytes,6,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
 	// The previous agent (TRANSFERRED).
 	FromAgentId string `protobuf:"bytes,7,opt,name=from_agent_id,json=fromAgentId,proto3" json:"from_agent_id,omitempty"`
-	// MESSAGE_STORED: the stored message's id and text.
+	// MESSAGE_STORED, MESSAGE_LEFT: the stored message's id and text.
 	MessageId string `protobuf:"bytes,8,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	Text      string `protobuf:"bytes,9,opt,name=text,proto3" json:"text,omitempty"`
 	// Unix milliseconds.
@@ -1198,7 +1203,7 @@ const file_backends_proto_rawDesc = "" +
 	"\x06tenant\x18\x04 \x01(\tR\x06tenant\x12\x14\n" +
 	"\x05roles\x18\x05 \x03(\tR\x05roles\x12\x16\n" +
 	"\x06skills\x18\x06 \x03(\tR\x06skills\x12!\n" +
-	"\fdisplay_name\x18\a \x01(\tR\vdisplayName*\xa4\x02\n" +
+	"\fdisplay_name\x18\a \x01(\tR\vdisplayName*\xc1\x02\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eEVENT_TYPE_CONVERSATION_OPENED\x10\x01\x12$\n" +
@@ -1207,7 +1212,8 @@ const file_backends_proto_rawDesc = "" +
 	"\x1eEVENT_TYPE_CONVERSATION_CLOSED\x10\x04\x12 \n" +
 	"\x1cEVENT_TYPE_VISITOR_CONNECTED\x10\x05\x12#\n" +
 	"\x1fEVENT_TYPE_VISITOR_DISCONNECTED\x10\x06\x12\x1d\n" +
-	"\x19EVENT_TYPE_MESSAGE_STORED\x10\a2X\n" +
+	"\x19EVENT_TYPE_MESSAGE_STORED\x10\a\x12\x1b\n" +
+	"\x17EVENT_TYPE_MESSAGE_LEFT\x10\b2X\n" +
 	"\x03Bot\x12Q\n" +
 	"\x06Answer\x12\".unigate.backends.v1.AnswerRequest\x1a#.unigate.backends.v1.AnswerResponse2U\n" +
 	"\x06Router\x12K\n" +

@@ -160,7 +160,7 @@ func (h *Hook) Authenticate(ctx context.Context, cred backends.Credentials) (bac
 		if cred.Role != "" {
 			roles = []string{cred.Role}
 		}
-		return backends.Identity{OK: true, Reason: ReasonFailOpen, Tenant: cred.Tenant, Roles: roles}, nil
+		return backends.Identity{OK: true, Reason: ReasonFailOpen, Tenant: cred.Tenant, Roles: roles, Fallback: true}, nil
 	}
-	return backends.Identity{OK: false, Reason: ReasonFailClosed}, nil
+	return backends.Identity{OK: false, Reason: ReasonFailClosed, Fallback: true}, nil
 }

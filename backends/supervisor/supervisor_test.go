@@ -380,6 +380,9 @@ func TestHookFailOpenClosed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if !id.Fallback {
+			t.Errorf("failOpen=%v: the fallback identity is not marked Fallback: %+v", failOpen, id)
+		}
 		if failOpen && (!id.OK || id.ID != "" || id.Reason != ReasonFailOpen || id.Tenant != "acme") {
 			t.Errorf("fail-open: got %+v", id)
 		}

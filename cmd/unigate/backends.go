@@ -1,13 +1,16 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/unigate/unigate/backends/builtin"
 	"github.com/unigate/unigate/backends/builtin/faq"
@@ -49,7 +52,13 @@ func buildBackends(cfg config.BackendsConfig, log *slog.Logger) (*backendSet, er
 			Metrics:          set.metrics,
 		}
 	}
-	o := &broker.Backends{BotThreshold: cfg.BotThreshold, HookMessages: cfg.HookMessages}
+	o := &broker.Backends{
+		BotThreshold:  cfg.BotThreshold,
+		HookMessages:  cfg.HookMessages,
+		EventQueue:    cfg.HookEventQueue,
+		AuthCacheTTL:  cfg.HookAuthCacheTTL,
+		AuthCacheSize: cfg.HookAuthCacheSize,
+	}
 	switch cfg.Bot {
 	case "faq":
 		kb := faq.SampleKB()
@@ -110,6 +119,39 @@ func buildBackends(cfg config.BackendsConfig, log *slog.Logger) (*backendSet, er
 		set.opts = o
 	}
 	return set, nil
+}
+
+// openHookEvents opens the durable hook event queue (broker.HookEvents) on
+// the gateway's JetStream, retrying like openStores while a cluster's
+// JetStream is not ready. Message texts in events are sealed when
+// encryption at rest is on, like the history's. A node holds an event for
+// at most call_timeout + 5s before another node may deliver it.
+func openHookEvents(cfg config.Config, log *slog.Logger, js jetstream.JetStream, ar *atRest) (*broker.HookEvents, error) {
+	o := broker.HookEventsOptions{
+		MaxEvents: int64(cfg.Backends.HookEventQueue),
+		Replicas:  cfg.NATS.Replicas,
+		AckWait:   cfg.Backends.CallTimeout + 5*time.Second,
+	}
+	if ar.ring != nil {
+		o.Sealer, o.SealText = ar.ring, !ar.ring.ReadOnly()
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	if cfg.Clustered() {
+		deadline = time.Now().Add(2 * time.Minute)
+	}
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		ev, err := broker.OpenHookEvents(ctx, js, o)
+		cancel()
+		if err == nil {
+			return ev, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("backends: hook events: %w", err)
+		}
+		log.Info("waiting for JetStream (hook events)", "err", err)
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 // regionTable maps an address to the region of the longest matching

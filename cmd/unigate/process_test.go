@@ -36,6 +36,10 @@ func TestMain(m *testing.M) {
 		serveTestRouter() // a router plugin process of TestRouterPlugin
 		os.Exit(0)
 	}
+	if dir := os.Getenv(testHookEnv); dir != "" {
+		serveTestHook(dir) // a hook plugin process (hooks_process_test.go)
+		os.Exit(0)
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)

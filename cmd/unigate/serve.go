@@ -262,6 +262,14 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 	closeStores = func(close func()) func() {
 		return func() { close(); bks.Close() }
 	}(closeStores)
+	if bks.opts != nil && bks.opts.Hook != nil {
+		// Hook events wait in JetStream (they survive a crash; in a
+		// cluster one node delivers each).
+		if bks.opts.Events, err = openHookEvents(cfg, log, node.JetStream(), ar); err != nil {
+			closeStores()
+			return nil, err
+		}
+	}
 	b, err := broker.New(broker.Options{
 		Logger:               log.With("component", "broker"),
 		Signer:               signer,
@@ -550,6 +558,7 @@ func startAdmin(c config.AdminConfig, log *slog.Logger, extra ...adminRoute) (*h
 	if err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
+	log.Info("admin listening", "addr", ln.Addr().String())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

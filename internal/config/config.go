@@ -138,6 +138,16 @@ type BackendsConfig struct {
 	HookFailOpen bool `yaml:"hook_fail_open"`
 	// HookMessages also sends every stored message to the hook.
 	HookMessages bool `yaml:"hook_messages"`
+	// HookEventQueue bounds the hook events waiting for delivery: stored
+	// in JetStream (the stream UNIGATE_HOOK_EVENTS) until the hook takes
+	// them. Beyond it new events are dropped and counted.
+	HookEventQueue int `yaml:"hook_event_queue"`
+	// HookAuthCacheTTL keeps the hook's sign-in answers for this long, by
+	// a keyed hash of tenant, username, password and client address
+	// (refusals for at most 5s); 0: every password hello asks the hook.
+	HookAuthCacheTTL time.Duration `yaml:"hook_auth_cache_ttl"`
+	// HookAuthCacheSize bounds the cached sign-in answers.
+	HookAuthCacheSize int `yaml:"hook_auth_cache_size"`
 	// CallTimeout bounds each plugin call.
 	CallTimeout time.Duration `yaml:"call_timeout"`
 	// MaxConcurrent bounds the calls in flight per plugin.
@@ -605,17 +615,20 @@ func Default() Config {
 			DrainTimeout: 10 * time.Second,
 		},
 		Backends: BackendsConfig{
-			Bot:              "faq",
-			BotThreshold:     0.8,
-			Router:           "builtin",
-			RouterSkill:      0.5,
-			RouterGeo:        0.3,
-			RouterSentiment:  0.2,
-			CallTimeout:      2 * time.Second,
-			MaxConcurrent:    64,
-			FailureThreshold: 5,
-			CoolDown:         10 * time.Second,
-			RestartMax:       30 * time.Second,
+			Bot:               "faq",
+			BotThreshold:      0.8,
+			Router:            "builtin",
+			RouterSkill:       0.5,
+			RouterGeo:         0.3,
+			RouterSentiment:   0.2,
+			HookEventQueue:    10000,
+			HookAuthCacheTTL:  time.Minute,
+			HookAuthCacheSize: 10000,
+			CallTimeout:       2 * time.Second,
+			MaxConcurrent:     64,
+			FailureThreshold:  5,
+			CoolDown:          10 * time.Second,
+			RestartMax:        30 * time.Second,
 		},
 		Crypto: CryptoConfig{
 			Suites:     []string{"GM-PQ", "GM", "INTL-PQ"},

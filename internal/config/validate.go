@@ -284,6 +284,15 @@ func (c Config) Validate() error {
 	if bk.CallTimeout <= 0 || bk.CoolDown <= 0 || bk.RestartMax <= 0 {
 		bad("backends.call_timeout", "call_timeout, cool_down and restart_max must be positive")
 	}
+	if bk.HookEventQueue < 1 {
+		bad("backends.hook_event_queue", "must be at least 1, got %d", bk.HookEventQueue)
+	}
+	if bk.HookAuthCacheTTL < 0 {
+		bad("backends.hook_auth_cache_ttl", "must be 0 (off) or more, got %v", bk.HookAuthCacheTTL)
+	}
+	if bk.HookAuthCacheSize < 1 {
+		bad("backends.hook_auth_cache_size", "must be at least 1, got %d", bk.HookAuthCacheSize)
+	}
 	if bk.MaxConcurrent < 1 || bk.FailureThreshold < 1 {
 		bad("backends.max_concurrent", "max_concurrent and failure_threshold must be at least 1")
 	}

@@ -24,6 +24,7 @@ func TestValidateAccepts(t *testing.T) {
 			c.WebSocket.AllowedOrigins = []string{"https://a.test", "http://localhost:3000", "https://*.b.test"}
 		}},
 		{"no drain", func(c *Config) { c.Shutdown.DrainTimeout = 0 }},
+		{"auth cache off", func(c *Config) { c.Backends.HookAuthCacheTTL = 0 }},
 		{"anonymous off", func(c *Config) { c.Auth.AllowAnonymous = false }},
 		{"limits off", func(c *Config) {
 			c.Limits.AcceptRate, c.Limits.PerIPConnections, c.Limits.PerIPRate, c.Limits.MessageRate, c.Limits.ByteRate = 0, 0, 0, 0, 0
@@ -59,6 +60,9 @@ func TestValidateRejects(t *testing.T) {
 		{"listen", func(c *Config) { c.Listen = "" }},
 		{"backends.router_plugin", func(c *Config) { c.Backends.Router = "plugin" }},
 		{"backends.router", func(c *Config) { c.Backends.Router = "remote" }},
+		{"backends.hook_event_queue", func(c *Config) { c.Backends.HookEventQueue = 0 }},
+		{"backends.hook_auth_cache_ttl", func(c *Config) { c.Backends.HookAuthCacheTTL = -time.Second }},
+		{"backends.hook_auth_cache_size", func(c *Config) { c.Backends.HookAuthCacheSize = 0 }},
 		{"listen", func(c *Config) { c.Listen = "8080" }},
 		{"listen", func(c *Config) { c.Listen = ":http" }},
 		{"listen", func(c *Config) { c.Listen = ":65536" }},

@@ -1,0 +1,522 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/unigate/unigate/backends"
+	"github.com/unigate/unigate/backends/sdk"
+	"github.com/unigate/unigate/backends/supervisor"
+	"github.com/unigate/unigate/internal/config"
+)
+
+// testHookEnv makes this test binary serve a hook plugin (see TestMain)
+// whose state lives in the directory the variable names:
+//
+//   - events.jsonl: every event the hook took, one JSON object a line, in
+//     the order taken (the integrator's system);
+//   - auth.log: one line per Authenticate call, "tenant username";
+//   - mode: "ok" (default) takes events, "fail" refuses them;
+//   - pid.N: one file per plugin process started, so that a test can end
+//     the processes a killed gateway left behind.
+const testHookEnv = "UGTEST_HOOK_DIR" // not UNIGATE_*: `unigate serve` refuses unknown variables of its own prefix
+
+// fileHook is that plugin.
+type fileHook struct {
+	dir string
+	mu  sync.Mutex
+}
+
+// hookUsers are the accounts of fileHook: tenant acme.
+var hookUsers = map[string]struct {
+	password string
+	id       backends.Identity
+}{
+	"vera":  {"pw-vera", backends.Identity{ID: "vera", Tenant: "acme", Roles: []string{"visitor"}, DisplayName: "Vera"}},
+	"alice": {"pw-alice", backends.Identity{ID: "alice", Tenant: "acme", Roles: []string{"agent"}, Skills: []string{"billing"}, DisplayName: "Alice"}},
+	"bob":   {"pw-bob", backends.Identity{ID: "bob", Tenant: "acme", Roles: []string{"agent"}, Skills: []string{"sales"}, DisplayName: "Bob"}},
+}
+
+func serveTestHook(dir string) {
+	_ = os.WriteFile(filepath.Join(dir, "pid."+strconv.Itoa(os.Getpid())), nil, 0o600)
+	sdk.ServeHook(&fileHook{dir: dir})
+}
+
+func (h *fileHook) appendLine(name string, line []byte) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f, err := os.OpenFile(filepath.Join(h.dir, name), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append(line, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// hookLine is one line of events.jsonl.
+type hookLine struct {
+	ID      string            `json:"id"`
+	Type    string            `json:"type"`
+	Tenant  string            `json:"tenant"`
+	Conv    string            `json:"conv"`
+	Visitor string            `json:"visitor"`
+	Agent   string            `json:"agent"`
+	Msg     string            `json:"msg"`
+	Text    string            `json:"text"`
+	Attrs   map[string]string `json:"attrs"`
+}
+
+func (h *fileHook) Event(_ context.Context, ev backends.Event) error {
+	if mode, _ := os.ReadFile(filepath.Join(h.dir, "mode")); strings.TrimSpace(string(mode)) == "fail" {
+		return errors.New("the CRM is down")
+	}
+	line, _ := json.Marshal(hookLine{
+		ID: ev.ID, Type: ev.Type.String(), Tenant: ev.Tenant, Conv: ev.ConversationID, Visitor: ev.VisitorID,
+		Agent: ev.AgentID, Msg: ev.MessageID, Text: ev.Text, Attrs: ev.Attributes,
+	})
+	return h.appendLine("events.jsonl", line)
+}
+
+func (h *fileHook) Authenticate(_ context.Context, c backends.Credentials) (backends.Identity, error) {
+	if err := h.appendLine("auth.log", []byte(c.Tenant+" "+c.Username)); err != nil {
+		return backends.Identity{}, err
+	}
+	u, ok := hookUsers[c.Username]
+	if !ok || c.Password != u.password || c.Tenant != u.id.Tenant {
+		return backends.Identity{Reason: "invalid credentials"}, nil
+	}
+	id := u.id
+	id.OK = true
+	return id, nil
+}
+
+// readHookLines returns the events the hook took so far.
+func readHookLines(t *testing.T, dir string) []hookLine {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "events.jsonl"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []hookLine
+	for line := range strings.SplitSeq(strings.TrimSpace(string(data)), "\n") {
+		if line == "" {
+			continue
+		}
+		var l hookLine
+		if err := json.Unmarshal([]byte(line), &l); err != nil {
+			t.Fatalf("events.jsonl: %q: %v", line, err)
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// byConversation drops repeated IDs (at least once: the hook may see one
+// twice) and groups the events by conversation, in the order taken; a
+// repeated ID must repeat the same event.
+func byConversation(t *testing.T, lines []hookLine) map[string][]hookLine {
+	t.Helper()
+	first := map[string]hookLine{}
+	out := map[string][]hookLine{}
+	for _, l := range lines {
+		if prev, dup := first[l.ID]; dup {
+			if fmt.Sprint(prev) != fmt.Sprint(l) {
+				t.Fatalf("event %s delivered twice with different contents:\n%+v\n%+v", l.ID, prev, l)
+			}
+			continue
+		}
+		first[l.ID] = l
+		if l.Conv != "" {
+			out[l.Conv] = append(out[l.Conv], l)
+		}
+	}
+	return out
+}
+
+// checkLifecycle fails unless a conversation's events are, in this order:
+// opened; assigned and the messages 1..msgs by seq (the opening message's
+// append may finish before or after the assignment; every later message
+// was sent after it); closed when closed is set. Nothing else, nothing
+// twice.
+func checkLifecycle(t *testing.T, conv string, got []hookLine, msgs int, closed bool) {
+	t.Helper()
+	fail := func(why string) {
+		t.Helper()
+		t.Fatalf("events of %s: %v: %s", conv, typesOf(got), why)
+	}
+	if len(got) != 2+msgs+btoi(closed) {
+		fail(fmt.Sprintf("want %d events", 2+msgs+btoi(closed)))
+	}
+	if got[0].Type != "conversation_opened" {
+		fail("opened is not first")
+	}
+	assigned, seq := -1, 0
+	for i, l := range got[1 : len(got)-btoi(closed)] {
+		switch l.Type {
+		case "conversation_assigned":
+			if assigned >= 0 {
+				fail("assigned twice")
+			}
+			assigned = i
+		case "message_stored":
+			seq++
+			if l.Msg != strconv.Itoa(seq) {
+				fail("message " + l.Msg + " out of order")
+			}
+			if seq >= 2 && assigned < 0 {
+				fail("a message sent after the assignment came before it")
+			}
+		default:
+			fail("unexpected " + l.Type)
+		}
+	}
+	if assigned < 0 || seq != msgs {
+		fail("assigned or messages missing")
+	}
+	if closed && got[len(got)-1].Type != "conversation_closed" {
+		fail("closed is not last")
+	}
+}
+
+// typesOf lists the types of a conversation's events.
+func typesOf(ls []hookLine) []string {
+	out := make([]string, len(ls))
+	for i, l := range ls {
+		out[i] = l.Type
+	}
+	return out
+}
+
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// passwordHello signs in with a username and password.
+func passwordHello(j *jsonClient, user, password string) {
+	j.send(map[string]any{"hello": map[string]any{"tenant": "acme", "username": user, "password": password}})
+}
+
+// TestHookPluginThroughGateway runs the gateway with a real hook plugin
+// process: it refuses a visitor's wrong password (error 2001, close 1008),
+// signs in a visitor and two agents with the identity, tenant, roles and
+// skills it returns (the agent whose skills from the hook match gets the
+// conversation, the other does not), answers a reconnect from the
+// gateway's cache, and receives the whole lifecycle of the conversation
+// in order: opened, assigned, message_stored, closed.
+func TestHookPluginThroughGateway(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a plugin process; skipped with -short")
+	}
+	dir := t.TempDir()
+	t.Setenv(testHookEnv, dir) // inherited by the plugin process
+	g := startGateway(t, func(c *config.Config) {
+		c.Backends.HookPlugin = os.Args[0]
+		c.Backends.HookMessages = true
+		c.Backends.CallTimeout = 2 * time.Second
+	})
+	hook := g.backends.closers[0].(*supervisor.Hook)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := hook.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	addr := g.srv.Addr()
+
+	// A wrong password: 2001 with the hook's reason, then close 1008.
+	bad := dialJSON(t, addr)
+	passwordHello(bad, "vera", "guess")
+	e := bad.next("error")
+	if e["code"] != float64(2001) || !strings.Contains(e["message"].(string), "invalid credentials") {
+		t.Fatalf("wrong password answered %v, want 2001 with the hook's reason", e)
+	}
+	_ = bad.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, _, err := bad.c.ReadMessage(); !websocket.IsCloseError(err, websocket.ClosePolicyViolation) {
+		t.Fatalf("after the refusal: %v, want close 1008", err)
+	}
+
+	// Agents from the hook: bob serves sales, alice billing.
+	agents := map[string]*jsonClient{}
+	for _, name := range []string{"bob", "alice"} {
+		a := dialJSON(t, addr)
+		passwordHello(a, name, "pw-"+name)
+		if w := a.next("welcome"); w["role"] != "ROLE_AGENT" || w["userId"] != name {
+			t.Fatalf("%s welcome %v, want agent %s", name, w, name)
+		}
+		a.send(map[string]any{"presence": map[string]any{"status": "STATUS_ONLINE", "capacity": 5}})
+		p := a.next("presence")
+		skills, _ := p["skills"].([]any)
+		if len(skills) != 1 || skills[0] != hookUsers[name].id.Skills[0] {
+			t.Fatalf("%s presence %v, want the hook's skills %v", name, p, hookUsers[name].id.Skills)
+		}
+		agents[name] = a
+	}
+
+	v := dialJSON(t, addr)
+	passwordHello(v, "vera", "pw-vera")
+	if w := v.next("welcome"); w["role"] != "ROLE_VISITOR" || w["userId"] != "vera" {
+		t.Fatalf("vera welcome %v", w)
+	}
+	v.send(map[string]any{"open": map[string]any{"skill": "billing/refund", "text": "I want a refund"}})
+	conv := v.next("conversation")["conversationId"].(string)
+	var assigned map[string]any
+	for assigned == nil {
+		if c := v.next("conversation"); c["state"] == "STATE_ASSIGNED" {
+			assigned = c
+		}
+	}
+	if assigned["agentId"] != "alice" {
+		t.Fatalf("assigned to %v, want alice (billing, from the hook; bob serves sales)", assigned["agentId"])
+	}
+	alice := agents["alice"]
+	for {
+		if c := alice.next("conversation"); c["conversationId"] == conv && c["state"] == "STATE_ASSIGNED" {
+			break
+		}
+	}
+	v.send(map[string]any{"send": map[string]any{"conversationId": conv, "clientMsgId": "v-2", "text": "order 42"}})
+	v.next("ack")
+	for {
+		if d := alice.next("deliver"); d["text"] == "order 42" {
+			break
+		}
+	}
+	alice.send(map[string]any{"close": map[string]any{"conversationId": conv, "reason": "refunded"}})
+	for {
+		if c := v.next("conversation"); c["state"] == "STATE_CLOSED" {
+			break
+		}
+	}
+
+	// The same credentials again: answered from the gateway's cache.
+	again := dialJSON(t, addr)
+	passwordHello(again, "vera", "pw-vera")
+	again.next("welcome")
+	auth, err := os.ReadFile(filepath.Join(dir, "auth.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(auth), "acme vera\n"); n != 2 {
+		t.Fatalf("the hook authenticated vera %d times, want 2 (the wrong password, the first sign-in):\n%s", n, auth)
+	}
+
+	var got []hookLine
+	waitUntil(t, 20*time.Second, "the conversation's events", func() bool {
+		got = byConversation(t, readHookLines(t, dir))[conv]
+		return len(got) >= 5
+	})
+	checkLifecycle(t, conv, got, 2, true)
+	texts := map[string]string{}
+	for _, l := range got {
+		if l.Tenant != "acme" || l.Visitor != "vera" {
+			t.Fatalf("event %+v: want tenant acme and visitor vera, from the hook's identities", l)
+		}
+		switch l.Type {
+		case "conversation_assigned":
+			if l.Agent != "alice" {
+				t.Fatalf("assigned event names %q, want alice", l.Agent)
+			}
+		case "message_stored":
+			texts[l.Msg] = l.Text
+		case "conversation_closed":
+			if l.Attrs["reason"] != "refunded" {
+				t.Fatalf("closed event %+v, want reason refunded", l)
+			}
+		}
+	}
+	if texts["1"] != "I want a refund" || texts["2"] != "order 42" {
+		t.Fatalf("message texts in the events: %v", texts)
+	}
+	connected := false
+	for _, l := range readHookLines(t, dir) {
+		connected = connected || l.Type == "visitor_connected" && l.Visitor == "vera" && l.Tenant == "acme"
+	}
+	if !connected {
+		t.Fatal("no visitor_connected event for vera")
+	}
+}
+
+var adminRE = regexp.MustCompile(`admin listening.* addr=(\S+)`)
+
+// metricValue reads one sample from the node's admin /metrics.
+func metricValue(t *testing.T, admin, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			v, err := strconv.ParseFloat(rest, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+	}
+	return 0
+}
+
+// killPlugins ends the hook processes a killed gateway left behind.
+func killPlugins(t *testing.T, dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if pid, ok := strings.CutPrefix(e.Name(), "pid."); ok {
+			if n, err := strconv.Atoi(pid); err == nil {
+				_ = syscall.Kill(n, syscall.SIGKILL)
+			}
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
+// TestHookEventsSurviveKill9 runs `unigate serve` with the hook plugin
+// refusing every event, drives conversations, SIGKILLs the gateway once
+// the events are stored, and restarts it with the hook taking events:
+// every event of before the crash is delivered (IDs unique after
+// dropping repeats), in order per conversation.
+func TestHookEventsSurviveKill9(t *testing.T) {
+	bin := buildBinary(t)
+	data, hookDir := t.TempDir(), t.TempDir()
+	t.Cleanup(func() { killPlugins(t, hookDir) })
+	if err := os.WriteFile(filepath.Join(hookDir, "mode"), []byte("fail"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(testHookEnv, hookDir)
+	t.Setenv("UNIGATE_BACKENDS_HOOK_PLUGIN", os.Args[0])
+	t.Setenv("UNIGATE_BACKENDS_HOOK_MESSAGES", "true")
+	t.Setenv("UNIGATE_BACKENDS_CALL_TIMEOUT", "1s")
+	n := startNode(t, bin, data, "-admin-listen", "127.0.0.1:0")
+	var admin string
+	waitUntil(t, 10*time.Second, "the admin listener", func() bool {
+		if m := adminRE.FindStringSubmatch(n.logs.String()); m != nil {
+			admin = m[1]
+		}
+		return admin != ""
+	})
+	tok, err := exec.Command(bin, "token", "agent", "-id", "a1", "-data-dir", data).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	agent := dialJSON(t, n.addr)
+	agent.send(map[string]any{"hello": map[string]any{"token": strings.TrimSpace(string(tok))}})
+	agent.next("welcome")
+	agent.send(map[string]any{"presence": map[string]any{"status": "STATUS_ONLINE", "capacity": 10}})
+	agent.next("presence")
+	const convs = 3
+	var ids []string
+	for i := range convs {
+		v := dialJSON(t, n.addr)
+		v.send(map[string]any{"hello": map[string]any{}})
+		v.next("welcome")
+		v.send(map[string]any{"open": map[string]any{"text": fmt.Sprintf("hello %d", i)}})
+		id := v.next("conversation")["conversationId"].(string)
+		for {
+			if c := v.next("conversation"); c["state"] == "STATE_ASSIGNED" {
+				break
+			}
+		}
+		for m := range 2 {
+			v.send(map[string]any{"send": map[string]any{"conversationId": id, "clientMsgId": fmt.Sprint("m", m), "text": fmt.Sprintf("message %d of %d", m, i)}})
+			v.next("ack")
+		}
+		if i == 0 {
+			agent.send(map[string]any{"close": map[string]any{"conversationId": id, "reason": "resolved"}})
+			for {
+				if c := v.next("conversation"); c["state"] == "STATE_CLOSED" {
+					break
+				}
+			}
+		}
+		ids = append(ids, id)
+	}
+	// Per visitor: connected; per conversation: opened, assigned, three
+	// messages; one closed.
+	const stored = convs*(1+1+1+3) + 1
+	waitUntil(t, 20*time.Second, "the events to be stored", func() bool {
+		return metricValue(t, admin, "unigate_broker_hook_events_stored_total") >= stored
+	})
+	if v := metricValue(t, admin, "unigate_broker_hook_events_delivered_total"); v != 0 {
+		t.Fatalf("%v events delivered while the hook refuses them", v)
+	}
+	waitUntil(t, 20*time.Second, "a refused delivery", func() bool {
+		return metricValue(t, admin, "unigate_broker_hook_events_retried_total") > 0
+	})
+
+	n.kill9()
+	killPlugins(t, hookDir)
+	if len(readHookLines(t, hookDir)) != 0 {
+		t.Fatal("the refusing hook recorded events")
+	}
+	if err := os.WriteFile(filepath.Join(hookDir, "mode"), []byte("ok"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	startNode(t, bin, data)
+
+	var per map[string][]hookLine
+	waitUntil(t, 90*time.Second, "every event after the restart", func() bool {
+		per = byConversation(t, readHookLines(t, hookDir))
+		for i, id := range ids {
+			if len(per[id]) < 5+btoi(i == 0) {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("all events delivered %v after the restart", time.Since(start).Round(time.Millisecond))
+	for i, id := range ids {
+		checkLifecycle(t, id, per[id], 3, i == 0)
+	}
+	lines := readHookLines(t, hookDir)
+	seen := map[string]bool{}
+	connected := 0
+	for _, l := range lines {
+		if !seen[l.ID] && l.Type == "visitor_connected" {
+			connected++
+		}
+		seen[l.ID] = true
+	}
+	if connected != convs {
+		t.Fatalf("%d visitor_connected events, want %d", connected, convs)
+	}
+	t.Logf("%d deliveries of %d distinct events", len(lines), len(seen))
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
