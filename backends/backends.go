@@ -113,12 +113,16 @@ const (
 	// EventMessageLeft: a visitor wrote while its conversation waited in
 	// the queue with no agent of the tenant online (leave-a-message).
 	EventMessageLeft
+	// EventConversationQueued: the bot handed the conversation to the
+	// queue for a human (Attributes: reason, intent, summary).
+	EventConversationQueued
 )
 
 var eventTypeNames = [...]string{
 	"unspecified", "conversation_opened", "conversation_assigned",
 	"conversation_transferred", "conversation_closed", "visitor_connected",
 	"visitor_disconnected", "message_stored", "message_left",
+	"conversation_queued",
 }
 
 func (t EventType) String() string {

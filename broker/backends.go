@@ -354,6 +354,12 @@ func (s *shard) emitConv(c *conversation, t backends.EventType, fromAgent string
 	if c.reason != "" {
 		ev.Attributes = map[string]string{"reason": c.reason}
 	}
+	if t == backends.EventConversationQueued && (c.intent != "" || c.summary != "") {
+		if ev.Attributes == nil {
+			ev.Attributes = make(map[string]string, 2)
+		}
+		ev.Attributes["intent"], ev.Attributes["summary"] = c.intent, c.summary
+	}
 	s.b.emit(ev)
 }
 
@@ -563,6 +569,7 @@ func (s *shard) handoff(c *conversation, ans backends.Answer, reason string) {
 		reason = ReasonNoAgentOnline
 	}
 	s.announce(c, protocol.StateQueued, reason, nil, 0)
+	s.emitConv(c, backends.EventConversationQueued, "")
 }
 
 // routeInfo is what the dispatcher and the router know of a waiting c.

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -39,7 +40,8 @@ func isBotDeliver(conv string) func(*protocol.Envelope) bool {
 func TestBotFirstAnswersThenHandsOff(t *testing.T) {
 	for _, durable := range []bool{false, true} {
 		t.Run(map[bool]string{false: "memory", true: "durable"}[durable], func(t *testing.T) {
-			o := Options{AllowAnonymous: true, Backends: &Backends{Bot: faqBot(t)}}
+			h := &recHook{}
+			o := Options{AllowAnonymous: true, Backends: &Backends{Bot: faqBot(t), Hook: h}}
 			var e *testEnv
 			if durable {
 				st := startStores(t, t.TempDir())
@@ -92,6 +94,27 @@ func TestBotFirstAnswersThenHandsOff(t *testing.T) {
 				return e.Kind == protocol.KindConversation && e.Conversation.Intent != ""
 			}) != nil {
 				t.Fatal("the visitor was sent the bot's intent")
+			}
+			// The hand-off is an event for integrators, with what the bot
+			// understood, between the opening and the assignment.
+			if !waitFor(t, 5*time.Second, func() bool { return slices.Contains(h.types(), backends.EventConversationAssigned) }) {
+				t.Fatalf("hook events %v: no assignment", h.types())
+			}
+			types := h.types()
+			qi := slices.Index(types, backends.EventConversationQueued)
+			if qi < 0 || qi < slices.Index(types, backends.EventConversationOpened) || qi > slices.Index(types, backends.EventConversationAssigned) {
+				t.Fatalf("hook events %v: want conversation_queued between opened and assigned", types)
+			}
+			h.mu.Lock()
+			var qe backends.Event
+			for _, ev := range h.events {
+				if ev.Type == backends.EventConversationQueued {
+					qe = ev
+				}
+			}
+			h.mu.Unlock()
+			if qe.Attributes["reason"] != ReasonHandoff || qe.Attributes["intent"] == "" || qe.Attributes["summary"] == "" {
+				t.Fatalf("conversation_queued attributes %v, want reason %q and the bot's intent and summary", qe.Attributes, ReasonHandoff)
 			}
 		})
 	}

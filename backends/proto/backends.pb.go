@@ -47,6 +47,9 @@ const (
 	// A visitor wrote while waiting in the queue with no agent of the tenant
 	// online (leave-a-message): the message id and text are set.
 	EventType_EVENT_TYPE_MESSAGE_LEFT EventType = 8
+	// The bot handed the conversation to the queue (attributes: reason,
+	// intent, summary).
+	EventType_EVENT_TYPE_CONVERSATION_QUEUED EventType = 9
 )
 
 // Enum value maps for EventType.
@@ -61,6 +64,7 @@ var (
 		6: "EVENT_TYPE_VISITOR_DISCONNECTED",
 		7: "EVENT_TYPE_MESSAGE_STORED",
 		8: "EVENT_TYPE_MESSAGE_LEFT",
+		9: "EVENT_TYPE_CONVERSATION_QUEUED",
 	}
 	EventType_value = map[string]int32{
 		"EVENT_TYPE_UNSPECIFIED":              0,
@@ -72,6 +76,7 @@ var (
 		"EVENT_TYPE_VISITOR_DISCONNECTED":     6,
 		"EVENT_TYPE_MESSAGE_STORED":           7,
 		"EVENT_TYPE_MESSAGE_LEFT":             8,
+		"EVENT_TYPE_CONVERSATION_QUEUED":      9,
 	}
 )
 
@@ -1203,7 +1208,7 @@ const file_backends_proto_rawDesc = "" +
 	"\x06tenant\x18\x04 \x01(\tR\x06tenant\x12\x14\n" +
 	"\x05roles\x18\x05 \x03(\tR\x05roles\x12\x16\n" +
 	"\x06skills\x18\x06 \x03(\tR\x06skills\x12!\n" +
-	"\fdisplay_name\x18\a \x01(\tR\vdisplayName*\xc1\x02\n" +
+	"\fdisplay_name\x18\a \x01(\tR\vdisplayName*\xe5\x02\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eEVENT_TYPE_CONVERSATION_OPENED\x10\x01\x12$\n" +
@@ -1213,7 +1218,8 @@ const file_backends_proto_rawDesc = "" +
 	"\x1cEVENT_TYPE_VISITOR_CONNECTED\x10\x05\x12#\n" +
 	"\x1fEVENT_TYPE_VISITOR_DISCONNECTED\x10\x06\x12\x1d\n" +
 	"\x19EVENT_TYPE_MESSAGE_STORED\x10\a\x12\x1b\n" +
-	"\x17EVENT_TYPE_MESSAGE_LEFT\x10\b2X\n" +
+	"\x17EVENT_TYPE_MESSAGE_LEFT\x10\b\x12\"\n" +
+	"\x1eEVENT_TYPE_CONVERSATION_QUEUED\x10\t2X\n" +
 	"\x03Bot\x12Q\n" +
 	"\x06Answer\x12\".unigate.backends.v1.AnswerRequest\x1a#.unigate.backends.v1.AnswerResponse2U\n" +
 	"\x06Router\x12K\n" +
