@@ -17,6 +17,7 @@ import (
 
 	"github.com/unigate/unigate/crypto"
 	"github.com/unigate/unigate/internal/config"
+	"github.com/unigate/unigate/web"
 )
 
 // cannedFromConfig is a canned reply the test gateway has in
@@ -254,42 +255,73 @@ func webRefusals(t *testing.T, b *browser, hosts *hostPages) {
 	two.wait("room again", wBox+`.dataset.conn === 'online'`)
 }
 
-// webSecureGM: a gateway that requires the secure channel (crypto.required,
-// GM suites, an SM2 identity). The widget on another site's page pins the
-// gateway's key (data-crypto="gm", data-crypto-key), imports the GM client
-// (a separate asset, cross-origin with CORS), completes the handshake and
-// chats with an agent whose console learnt the key from
-// /console/config.json. Every WebSocket message of both pages is a secure
-// envelope and none carries the chat in clear. A page pinning another key
-// refuses the gateway and does not retry.
-func webSecureGM(t *testing.T, b *browser, hosts *hostPages) {
-	keyPath, sm2 := writeIdentity(t, crypto.SigSM2)
+// webSecure: the secure channel in the browser, every suite, against real
+// gateways.
+//
+// Gateway A requires the channel (crypto.required) and holds an SM2 and an
+// Ed25519 identity, suites GM-PQ, GM, INTL-PQ. Its console learns the
+// channel from /console/config.json and runs the gateway's preferred suite
+// (GM-PQ). Visitors on another site's page pin the gateway's key and ask
+// for GM (data-crypto="gm", the GM-only build), GM-PQ (the full build) and
+// INTL-PQ (Ed25519 key, the INTL-PQ-only build): each completes its
+// handshake, chats with the agent both ways, and every WebSocket message of
+// every page is a secure envelope with no chat text in clear (DevTools
+// frame events). /demo goes encrypted from its first dial with what the
+// widget script says (GM-PQ). A page pinning another key stops with the
+// verification sentence and does not retry.
+//
+// Gateway B allows INTL-PQ only (a post-quantum policy): a page that offers
+// GM alone is refused at the handshake (close 1008, "no cipher suite in
+// common"), shows so, never retries and never says hello in clear; a page
+// offering GM and INTL-PQ gets INTL-PQ; /demo runs INTL-PQ.
+//
+// In an insecure context (a page of http://insecure.test, mapped to
+// 127.0.0.1: no crypto.subtle) the client runs on its @noble fallbacks:
+// INTL-PQ (X25519, Ed25519, SHA-256/HMAC, AES-256-GCM) and GM (the key
+// id's SHA-256) both complete and chat.
+func webSecure(t *testing.T, b *browser, hosts *hostPages) {
+	sm2Path, sm2 := writeIdentity(t, crypto.SigSM2)
+	edPath, ed := writeIdentity(t, crypto.SigEd25519)
 	g := startGateway(t, func(c *config.Config) {
 		c.Crypto.Enabled = true
-		c.Crypto.IdentityKeys = []string{keyPath}
-		c.Crypto.Suites = []string{"GM-PQ", "GM"}
+		c.Crypto.IdentityKeys = []string{sm2Path, edPath}
+		c.Crypto.Suites = []string{"GM-PQ", "GM", "INTL-PQ"}
 		c.Crypto.Required = true
 	})
 	origin := b.allowGateway(g)
-	key := hex.EncodeToString(sm2.Public().Bytes())
+	sm2Key, edKey := hex.EncodeToString(sm2.Public().Bytes()), hex.EncodeToString(ed.Public().Bytes())
 
-	v := b.pageAt(t, "gm-visitor", origin)
-	v.do("open the host page", chromedp.Navigate(hosts.add("gm", origin, fmt.Sprintf(`data-crypto="gm" data-crypto-key=%q data-open="true"`, key))))
-	v.wait("encrypted and online", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.secure === 'GM' && `+wRoot+`.querySelector('.sub').textContent === 'Online · encrypted (GM)'`)
-	secret := "GM 加密测试: my card ends in 4242"
-	v.do("visitor writes", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), secret+kb.Enter))
-	v.wait("stored", wMsgs+`.length === 1 && `+wMsgs+`[0].dataset.seq === '1'`)
+	a := b.pageAt(t, "secure-agent", origin)
+	a.consoleLogin(agentToken(t, g, "a-secure"))
+	a.do("room for every visitor below", chromedp.SetValue(chromedp.ID("capacity"), "8"), chromedp.Click(chromedp.CSS("#presence button[type=submit]")))
+	a.wait("console encrypted with the gateway's first suite", `document.body.dataset.secure === 'GM-PQ' && document.getElementById('conn').textContent.includes('Encrypted (GM-PQ)')`)
 
-	a := b.pageAt(t, "gm-agent", origin)
-	a.consoleLogin(agentToken(t, g, "a-gm"))
-	a.wait("console encrypted", `document.body.dataset.secure === 'GM' && document.getElementById('conn').textContent.includes('Encrypted (GM)')`)
-	a.wait("the visitor's message", cHas(secret))
-	reply := "Received over SM4-GCM."
-	a.do("agent replies", chromedp.SendKeys(chromedp.ID("input"), reply+kb.Enter))
-	v.wait("reply", wHas(reply))
-	checkOnce(t, "GM visitor", widgetTranscript(v), []string{secret, reply})
-
-	for _, name := range []string{"gm-visitor", "gm-agent"} {
+	// chat: a visitor page (attrs pin keys and suites) completes the
+	// handshake with suite, writes, the agent answers, and nothing of it
+	// crossed the WebSocket in clear.
+	chat := func(name, page, suite, module string) *page {
+		t.Helper()
+		v := b.pageAt(t, name, origin)
+		v.do("open "+page, chromedp.Navigate(page))
+		v.wait("encrypted with "+suite, fmt.Sprintf(`%s.dataset.conn === 'online' && %s.dataset.secure === %q && %s.querySelector('.sub').textContent === 'Online · encrypted (%s)'`, wBox, wBox, suite, wRoot, suite))
+		secret := fmt.Sprintf("%s 加密测试: my card ends in 4242", suite)
+		v.do("visitor writes", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), secret+kb.Enter))
+		v.wait("stored", wMsgs+`.length === 1 && `+wMsgs+`[0].dataset.seq === '1'`)
+		conv := evalJS[string](v, `window.UnigateWidget.widget.conv.id`)
+		a.wait("assigned to the agent", fmt.Sprintf(`document.querySelector('li[data-conv=%q][data-mine=true]')`, conv))
+		a.do("select it", chromedp.Click(chromedp.CSS(fmt.Sprintf(`li[data-conv=%q] button`, conv))))
+		a.wait("the visitor's message", fmt.Sprintf(`document.body.dataset.selected === %q && `, conv)+cHas(secret))
+		reply := "Received over " + suite + ", card 4242."
+		a.do("agent replies", chromedp.SendKeys(chromedp.ID("input"), reply+kb.Enter))
+		v.wait("reply", wHas(reply))
+		checkOnce(t, name, widgetTranscript(v), []string{secret, reply})
+		if got := evalJS[[]string](v, `performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/widget/unigate-crypto'))`); len(got) != 1 || !strings.Contains(got[0], module+"?v=") {
+			t.Errorf("%s loaded the crypto client %v, want %s only", name, got, module)
+		}
+		return v
+	}
+	allSecure := func(name string) {
+		t.Helper()
 		frames := b.framesOf(name)
 		if len(frames) < 6 {
 			t.Fatalf("%s: %d WebSocket messages", name, len(frames))
@@ -299,17 +331,24 @@ func webSecureGM(t *testing.T, b *browser, hosts *hostPages) {
 			if err := json.Unmarshal([]byte(f.Data), &env); err != nil || len(env) != 1 || env["secure"] == nil {
 				t.Fatalf("%s: a WebSocket message that is not a secure envelope (sent %v): %.200s", name, f.Sent, f.Data)
 			}
-			if strings.Contains(f.Data, "4242") || strings.Contains(f.Data, "SM4-GCM") {
+			if strings.Contains(f.Data, "4242") || strings.Contains(f.Data, "Received over") {
 				t.Fatalf("%s: chat text in clear: %.200s", name, f.Data)
 			}
 		}
 	}
+	chat("gm-visitor", hosts.add("gm", origin, fmt.Sprintf(`data-crypto="gm" data-crypto-key=%q data-open="true"`, sm2Key)), "GM", web.CryptoGMPath)
+	chat("gmpq-visitor", hosts.add("gm-pq", origin, fmt.Sprintf(`data-crypto="gm-pq" data-crypto-key=%q data-open="true"`, sm2Key)), "GM-PQ", web.CryptoPath)
+	chat("intl-visitor", hosts.add("intl-pq", origin, fmt.Sprintf(`data-crypto="intl-pq" data-crypto-key=%q data-open="true"`, edKey)), "INTL-PQ", web.CryptoIntlPath)
+	for _, name := range []string{"gm-visitor", "gmpq-visitor", "intl-visitor", "secure-agent"} {
+		allSecure(name)
+	}
 
 	// The gateway's own demo page sets nothing: the widget learns from its
-	// script that the gateway requires the channel, and with which key.
-	d := b.pageAt(t, "gm-demo", origin)
+	// script that the gateway requires the channel, its preferred suite and
+	// keys.
+	d := b.pageAt(t, "secure-demo", origin)
 	d.do("open /demo", chromedp.Navigate(origin+"/demo"))
-	d.wait("encrypted because the gateway requires it", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.secure === 'GM'`)
+	d.wait("encrypted because the gateway requires it", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.secure === 'GM-PQ'`)
 	if n := evalJS[int](d, `window.UnigateWidget.widget.client.stats.dials`); n != 1 {
 		t.Errorf("demo page dialled %d times, want 1 (encrypted from the start)", n)
 	}
@@ -323,5 +362,56 @@ func webSecureGM(t *testing.T, b *browser, hosts *hostPages) {
 	w.wait("refused", wBox+`.dataset.wait === 'failed' && `+wRoot+`.querySelector('.alert').textContent.startsWith('The encrypted connection could not be verified')`)
 	if s := evalJS[map[string]any](w, `(() => { const c = window.UnigateWidget.widget.client; return {dials: c.stats.dials, timer: c.timer, code: c.failed && c.failed.message}; })()`); s["dials"] != 1.0 || s["timer"] != 0.0 {
 		t.Errorf("wrong pin: %v, want one dial and no retry", s)
+	}
+
+	// Gateway B: INTL-PQ only.
+	pq := startGateway(t, func(c *config.Config) {
+		c.Crypto.Enabled = true
+		c.Crypto.IdentityKeys = []string{sm2Path, edPath}
+		c.Crypto.Suites = []string{"INTL-PQ"}
+		c.Crypto.Required = true
+	})
+	pqOrigin := b.allowGateway(pq)
+	down := b.pageAt(t, "pq-only-gm", pqOrigin)
+	down.do("a page that offers GM alone", chromedp.Navigate(hosts.add("pq-only-gm", pqOrigin, fmt.Sprintf(`data-crypto="gm" data-crypto-key=%q data-open="true"`, sm2Key))))
+	down.wait("refused: no suite in common", wBox+`.dataset.wait === 'failed' && `+wRoot+`.querySelector('.alert').textContent.startsWith('The server refused the encryption this page asks for')`)
+	if s := evalJS[map[string]any](down, `(() => { const c = window.UnigateWidget.widget.client; return {dials: c.stats.dials, timer: c.timer, close: c.failed && c.failed.close, reason: c.failed && c.failed.message}; })()`); s["dials"] != 1.0 || s["timer"] != 0.0 || s["close"] != 1008.0 {
+		t.Errorf("GM page on an INTL-PQ-only gateway: %v, want one dial, close 1008, no retry", s)
+	}
+	frames := b.framesOf("pq-only-gm")
+	if len(frames) != 1 || !frames[0].Sent || !strings.HasPrefix(frames[0].Data, `{"secure":`) {
+		t.Errorf("GM page on an INTL-PQ-only gateway exchanged %d messages (%v), want its ClientHello alone", len(frames), frames)
+	}
+	both := b.pageAt(t, "pq-both", pqOrigin)
+	both.do("a page that offers GM, then INTL-PQ", chromedp.Navigate(hosts.add("pq-both", pqOrigin, fmt.Sprintf(`data-crypto="gm,intl-pq" data-crypto-key="%s,%s" data-open="true"`, sm2Key, edKey))))
+	both.wait("the gateway's policy picks INTL-PQ", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.secure === 'INTL-PQ'`)
+	both.do("visitor writes", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), "post-quantum only 4242"+kb.Enter))
+	both.wait("stored over INTL-PQ", wMsgs+`.length === 1 && `+wMsgs+`[0].dataset.seq === '1'`)
+	allSecureFew := func(name string) {
+		for _, f := range b.framesOf(name) {
+			if !strings.HasPrefix(f.Data, `{"secure":`) || strings.Contains(f.Data, "4242") {
+				t.Fatalf("%s: %.200s", name, f.Data)
+			}
+		}
+	}
+	allSecureFew("pq-both")
+	pd := b.pageAt(t, "pq-demo", pqOrigin)
+	pd.do("open /demo", chromedp.Navigate(pqOrigin+"/demo"))
+	pd.wait("INTL-PQ from the widget script", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.secure === 'INTL-PQ'`)
+
+	// An insecure context: no WebCrypto, the @noble fallbacks.
+	insecure := strings.Replace(hosts.URL, "127.0.0.1", "insecure.test", 1)
+	b.allow(insecure + "/")
+	for _, tc := range []struct{ name, attrs, suite, module, noble string }{
+		{"insecure-intl", fmt.Sprintf(`data-crypto="intl-pq" data-crypto-key=%q data-open="true"`, edKey), "INTL-PQ", web.CryptoIntlPath, "aesgcm,ed25519,sha256,x25519"},
+		{"insecure-gm", fmt.Sprintf(`data-crypto="gm" data-crypto-key=%q data-open="true"`, sm2Key), "GM", web.CryptoGMPath, "sha256"},
+	} {
+		hosts.add(tc.name, origin, tc.attrs)
+		v := chat(tc.name, insecure+"/page/"+tc.name, tc.suite, tc.module)
+		got := evalJS[string](v, `(() => { const u = window.UnigateWidget.widget.client.secureInfo.used; return Object.keys(u).filter(k => u[k] === 'noble').sort().join(','); })()`)
+		if ctx := evalJS[bool](v, `window.isSecureContext || !!(window.crypto && window.crypto.subtle)`); ctx || got != tc.noble {
+			t.Errorf("%s: secure context %v, primitives on @noble %q, want an insecure context and %q", tc.name, ctx, got, tc.noble)
+		}
+		allSecure(tc.name)
 	}
 }

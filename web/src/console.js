@@ -190,10 +190,11 @@ Console.prototype.showLogin = function () {
 // secure returns the client's secure options from the gateway's
 // configuration: the channel from the start when the gateway requires it,
 // and as the fallback when it refuses a plaintext hello for our tenant.
+// The console offers the gateway's preferred suite alone.
 Console.prototype.secure = function () {
   var sc = this.server.crypto;
-  if (!sc || !sc.module) { return { on: null, fallback: null }; }
-  var o = { module: sc.module, suites: sc.suites, keys: sc.keys };
+  if (!sc || !sc.modules || !sc.suites || !sc.suites.length) { return { on: null, fallback: null }; }
+  var o = secureFor(sc.modules, [sc.suites[0]], sc.keys);
   return { on: sc.required ? o : null, fallback: o };
 };
 
