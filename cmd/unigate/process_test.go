@@ -32,6 +32,10 @@ func TestMain(m *testing.M) {
 		serveTestPlugin() // a bot plugin process of TestBotPluginFaults
 		os.Exit(0)
 	}
+	if os.Getenv(testHookEnv) != "" {
+		serveTestHook() // a hook plugin process of TestWeb/PasswordReload
+		os.Exit(0)
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)

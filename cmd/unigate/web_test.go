@@ -377,6 +377,7 @@ func TestWeb(t *testing.T) {
 	t.Run("BotFirstRendering", func(t *testing.T) { webBotFirst(t, g, b) })
 	t.Run("Conversation", func(t *testing.T) { webConversation(t, g, b, apiKey) })
 	t.Run("Refusals", func(t *testing.T) { webRefusals(t, b, hosts) })
+	t.Run("PasswordReload", func(t *testing.T) { webPasswordReload(t, b) })
 	t.Run("Secure", func(t *testing.T) { webSecure(t, b, hosts) })
 
 	b.mu.Lock()

@@ -11,7 +11,9 @@
 //     honouring "retry in N s" on close 1013 / 1008 (N plus a random quarter)
 //     and spreading a drain (close 1001) over one second; no retry for what
 //     retrying cannot fix (2000-2003, close 1008 without "retry in");
-//   - bad_resume_token (2004): hello again without it;
+//   - bad_resume_token (2004): hello again without it (with o.resumeOnly,
+//     a password session resuming after a reload, there is nothing else to
+//     sign in with: failed, code 2000);
 //   - every send stays pending until acked and is sent again, with the same
 //     clientMsgId, after a reconnect; a replayed deliver at or below the
 //     cursor is dropped, so the page sees each message once.
@@ -331,6 +333,9 @@ Client.prototype._hello = function (ws) {
     // Checked by the gateway's authentication hook (docs/backends.md).
     h.username = cred.username;
     h.password = cred.password;
+  } else if (this.o.resumeOnly) {
+    // A session the hook signed in, after a reload: the resume token alone.
+    if (!this.resume) { this._fail({ code: 2000, message: 'no session to resume' }); return; }
   } else if (this.o.tenant) {
     h.tenant = this.o.tenant;
   }
@@ -428,6 +433,13 @@ Client.prototype._handle = function (ws, env) {
   if (env.welcome) { this._welcomed(ws, env.welcome); return; }
   if (env.error && env.id && env.id === this.helloId && !this.ready) {
     var e = env.error;
+    if (e.code === 2004 && this.o.resumeOnly) {
+      // The session is gone and there is nothing else to sign in with.
+      this.resume = '';
+      this._save();
+      this._fail({ code: 2000, message: e.message });
+      return;
+    }
     if (e.code === 2004) {
       // The session is gone: start a new one on this connection.
       this.resume = '';
