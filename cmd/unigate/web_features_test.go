@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -15,8 +16,11 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
+	"github.com/unigate/unigate/backends"
+	"github.com/unigate/unigate/backends/builtin/faq"
 	"github.com/unigate/unigate/crypto"
 	"github.com/unigate/unigate/internal/config"
+	"github.com/unigate/unigate/internal/token"
 	"github.com/unigate/unigate/web"
 )
 
@@ -112,85 +116,171 @@ func webHumanButton(t *testing.T, b *browser, hosts *hostPages) {
 	p.wait("closed", wBox+`.dataset.state === 'closed'`)
 }
 
-// webBotFirst renders the bot-first flow of docs/protocol.md from the
-// envelopes the gateway sends (STATE_BOT, a ROLE_BOT answer, the hand-off to
-// STATE_QUEUED with its reason, queue position and ETA, no_agent_online and
-// leave-a-message), fed into the widget's protocol client, and the
-// console's rendering of the bot's intent and summary, the router's
-// explanation and the visitor context. The gateway knows nothing of the
-// fed conversations, so it refuses the widget's read receipts and sends for
-// them (the widget says so; the test checks what the widget sent, not what
-// was stored). The gateway's broker does not
-// produce these events yet (bot-first routing is being wired): when it
-// does, this test drives a real bot instead of feeding envelopes.
-func webBotFirst(t *testing.T, g *gateway, b *browser) {
-	v := b.page(t, "bot-visitor")
-	v.do("open /demo", chromedp.Navigate(b.origin+"/demo"))
+// botAnswer is what the gateway's FAQ bot (the embedded sample knowledge
+// base) answers req: the test checks that the page shows exactly that, and
+// that a question it relies on is one the bot answers on its own.
+func botAnswer(t *testing.T, req backends.AnswerRequest) backends.Answer {
+	t.Helper()
+	bot, err := faq.New(faq.SampleKB())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := bot.Answer(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// webBotFirst: bot-first routing with the real FAQ bot (backends.bot: faq,
+// the sample knowledge base), in the browser, end to end.
+//
+// A. On /demo the visitor asks a question the bot answers above its
+// threshold and sees the answer, labelled as the assistant's, with the
+// "Talk to a human" button. Agent a-bot is online but busy (capacity 1,
+// held by a gorilla/websocket visitor the bot handed over first), so the
+// button's hand-off leaves the visitor queued: the bot's holding reply, the
+// hand-off notice, "You are next in the queue." The agent makes room
+// (capacity 2) and gets the conversation with its history and what the
+// bot understood (intent, summary) and the router's explanation and the
+// visitor's context; the agent answers, the visitor sees it. The agent
+// closes it; the visitor asks something the bot cannot answer: "The
+// assistant could not answer that…", and the agent gets it.
+//
+// B. On another site's page of tenant shop2, where no agent is online, the
+// bot hands the visitor over: the leave-a-message form; contact and message
+// leave as two sends, in that order; an agent of shop2 signs in later, gets
+// the conversation with the left message and answers.
+//
+// C. The broker sends no ETA yet: the widget's ETA sentences are checked by
+// feeding queue events to a page of its own.
+func webBotFirst(t *testing.T, b *browser, hosts *hostPages) {
+	g := startGateway(t, func(c *config.Config) { c.Backends.Bot = "faq" })
+	origin := b.allowGateway(g)
+	threshold := g.cfg.Backends.BotThreshold
+	notes := `[...` + wRoot + `.querySelectorAll('.note')].map(n => n.textContent)`
+	field := func(name string) string {
+		return `(document.querySelector('#ctx dd[data-field=` + name + `]') || {}).textContent`
+	}
+
+	question := "What are your opening hours?"
+	answer := botAnswer(t, backends.AnswerRequest{Text: question, Language: "en"})
+	if answer.Handoff || answer.Confidence < threshold || answer.Text == "" {
+		t.Fatalf("the sample knowledge base does not answer %q on its own: %+v (threshold %v)", question, answer, threshold)
+	}
+	unsure := "Do you sell bicycles?"
+	if a := botAnswer(t, backends.AnswerRequest{Text: unsure, Language: "en"}); a.Handoff || a.Confidence >= threshold {
+		t.Fatalf("the bot is sure of %q: %+v", unsure, a)
+	}
+
+	// A: agent a-bot, capacity 1, taken by a visitor the bot handed over.
+	a := b.pageAt(t, "bot-agent", origin)
+	a.consoleLogin(agentToken(t, g, "a-bot"))
+	a.do("capacity 1", chromedp.SetValue(chromedp.ID("capacity"), "1"), chromedp.Click(chromedp.CSS("#presence button[type=submit]")))
+	busy := dialJSON(t, g.srv.Addr())
+	busy.send(map[string]any{"hello": map[string]any{}})
+	busy.next("welcome")
+	busy.send(map[string]any{"open": map[string]any{}})
+	busyConv := busy.next("conversation")["conversationId"].(string)
+	busy.send(map[string]any{"send": map[string]any{"conversationId": busyConv, "clientMsgId": "b1", "text": "talk to a human"}})
+	a.wait("the first visitor's conversation", fmt.Sprintf(`document.querySelector('li[data-conv=%q][data-mine=true]')`, busyConv))
+
+	v := b.pageAt(t, "bot-visitor", origin)
+	v.do("open /demo", chromedp.Navigate(origin+"/demo"))
 	v.wait("widget connected", wBox+`.dataset.conn === 'online'`)
 	v.do("open the widget", chromedp.Click(chromedp.JSPath(wRoot+`.querySelector('.launcher')`)))
-	feed := func(env string) {
-		t.Helper()
-		evalJS[bool](v, `(() => { const c = window.UnigateWidget.widget.client; c._handle(c.ws, `+env+`); return true; })()`)
-	}
-	notes := `[...` + wRoot + `.querySelectorAll('.note')].map(n => n.textContent)`
-
-	// A: the bot answers, cannot help, hands off; queue with ETA; an agent.
-	feed(`{conversation: {conversationId: 'c-bot-a', state: 'STATE_BOT', visitorId: 'v', agentId: 'bot'}}`)
-	feed(`{deliver: {conversationId: 'c-bot-a', seq: '1', senderId: 'bot', senderRole: 'ROLE_BOT', text: 'Orders ship within 2 days.', timestampMilli: '1718100000123'}}`)
-	v.wait("bot state and answer", wBox+`.dataset.state === 'bot' && `+notes+`.includes('You are chatting with our virtual assistant.') && `+
-		wRoot+`.querySelector('.msg.bot .tag').textContent === 'Bot' && !`+wRoot+`.querySelector('.quick').hidden && `+
-		wRoot+`.querySelector('.human').textContent === 'Talk to a human'`)
+	v.do("ask", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), question+kb.Enter))
+	v.wait("the bot's answer", wBox+`.dataset.state === 'bot' && `+notes+`.includes('You are chatting with our virtual assistant.') && `+wHas(answer.Text)+` && `+
+		wRoot+`.querySelector('.msg.bot .who').textContent === 'AssistantBot' && `+wRoot+`.querySelector('.msg.bot .tag').textContent === 'Bot' && `+
+		`!`+wRoot+`.querySelector('.quick').hidden && `+wRoot+`.querySelector('.human').textContent === 'Talk to a human'`)
 	shots := t.TempDir()
 	v.screenshot(shots, "widget-bot.png")
-	feed(`{conversation: {conversationId: 'c-bot-a', state: 'STATE_QUEUED', visitorId: 'v', reason: 'low_confidence'}}`)
-	feed(`{queue: {conversationId: 'c-bot-a', position: 3, etaSeconds: 120}}`)
-	v.wait("hand-off notice, position and ETA", notes+`.includes('The assistant could not answer that. Connecting you to a human agent…') && `+
-		wRoot+`.querySelector('.banner').textContent === 'You are number 3 in the queue. Estimated wait: about 2 min.' && `+wRoot+`.querySelector('.quick').hidden`)
-	feed(`{queue: {conversationId: 'c-bot-a', position: 1, etaSeconds: 20}}`)
-	v.wait("next, under a minute", wRoot+`.querySelector('.banner').textContent === 'You are next in the queue. Estimated wait: under a minute.'`)
-	feed(`{conversation: {conversationId: 'c-bot-a', state: 'STATE_ASSIGNED', visitorId: 'v', agentId: 'a9'}}`)
-	feed(`{conversation: {conversationId: 'c-bot-a', state: 'STATE_CLOSED', visitorId: 'v', agentId: 'a9', reason: 'resolved'}}`)
-	v.wait("assigned, closed", notes+`.includes('Agent a9 joined the conversation.') && `+wBox+`.dataset.state === 'closed' && `+wRoot+`.querySelector('.restart')`)
 
-	// B: the bot hands off while no agent is online: leave a message, sent
-	// through the normal path (the contact first).
-	v.do("start a new conversation", chromedp.Click(chromedp.JSPath(wRoot+`.querySelector('.restart')`)))
-	feed(`{conversation: {conversationId: 'c-bot-b', state: 'STATE_BOT', visitorId: 'v', agentId: 'bot'}}`)
-	feed(`{conversation: {conversationId: 'c-bot-b', state: 'STATE_QUEUED', visitorId: 'v', reason: 'no_agent_online'}}`)
-	feed(`{queue: {conversationId: 'c-bot-b', position: 1}}`)
-	v.wait("leave-a-message form", wBox+`.dataset.leave === 'true' && !`+wRoot+`.querySelector('.leave').hidden && `+wRoot+`.querySelector('.banner').textContent === '' && `+
+	v.do("talk to a human", chromedp.Click(chromedp.JSPath(wRoot+`.querySelector('.human')`)))
+	human := "Talk to a human"
+	handoff := botAnswer(t, backends.AnswerRequest{Text: human, Language: "en",
+		History: []backends.HistoryMessage{{From: "visitor", Text: question}, {From: "bot", Text: answer.Text}}})
+	if !handoff.Handoff || handoff.Text == "" || handoff.Intent == "" {
+		t.Fatalf("the bot does not hand off on %q: %+v", human, handoff)
+	}
+	v.wait("queued behind the busy agent", wBox+`.dataset.state === 'queued' && `+wBox+`.dataset.position === '1' && `+wBox+`.dataset.leave !== 'true' && `+
+		notes+`.includes('Connecting you to a human agent…') && `+wHas(human)+` && `+wHas(handoff.Text)+` && `+
+		wRoot+`.querySelector('.banner').textContent === 'You are next in the queue.' && `+wRoot+`.querySelector('.quick').hidden`)
+	conv := evalJS[string](v, `window.UnigateWidget.widget.conv.id`)
+
+	a.do("make room", chromedp.SetValue(chromedp.ID("capacity"), "2"), chromedp.Click(chromedp.CSS("#presence button[type=submit]")))
+	a.wait("assigned", fmt.Sprintf(`document.querySelector('li[data-conv=%q][data-mine=true]')`, conv))
+	a.do("select it", chromedp.Click(chromedp.CSS(fmt.Sprintf(`li[data-conv=%q] button`, conv))))
+	a.wait("history, bot messages labelled", fmt.Sprintf(`document.body.dataset.selected === %q && `, conv)+cHas(question)+` && `+cHas(answer.Text)+` && `+cHas(human)+` && `+cHas(handoff.Text)+` && `+
+		`[...document.querySelectorAll('#log .msg')].filter(n => n.querySelector('.bubble').textContent === `+jsString(answer.Text)+`)[0].classList.contains('bot')`)
+	a.wait("what the bot understood, the router and the visitor", field("intent")+` === `+jsString(handoff.Intent)+` && `+
+		field("summary")+`.includes(`+jsString(question)+`) && `+field("summary")+`.includes(`+jsString(human)+`) && `+
+		field("routing")+`.includes('a-bot 0.') && `+field("language")+` !== '' && `+field("page")+` === `+jsString(origin+"/demo")+` && `+
+		`[...document.querySelectorAll('#ctx dt')].some(d => d.textContent === 'Why you (router)')`)
+	a.screenshot(shots, "console-bot.png")
+	v.wait("a human joined", wBox+`.dataset.state === 'assigned' && `+notes+`.includes('Agent a-bot joined the conversation.')`)
+	reply := "Hello, I am a human. We open at 9."
+	a.do("the agent answers", chromedp.SendKeys(chromedp.ID("input"), reply+kb.Enter))
+	v.wait("the agent's answer", wHas(reply))
+	checkOnce(t, "bot visitor", widgetTranscript(v), []string{question, answer.Text, human, handoff.Text, reply})
+
+	// The agent closes it; the visitor's next question is one the bot is
+	// not sure of.
+	a.do("close", chromedp.SetValue(chromedp.ID("disposition"), "resolved"), chromedp.Click(chromedp.ID("do-close")))
+	v.wait("closed", wBox+`.dataset.state === 'closed'`)
+	v.do("ask what the bot cannot answer", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), unsure+kb.Enter))
+	v.wait("handed over for low confidence", wBox+`.dataset.state !== 'closed' && `+notes+`.includes('The assistant could not answer that. Connecting you to a human agent…') && `+wHas(unsure))
+	conv2 := evalJS[string](v, `window.UnigateWidget.widget.conv.id`)
+	a.wait("the second conversation", fmt.Sprintf(`document.querySelector('li[data-conv=%q][data-mine=true]')`, conv2))
+	v.wait("assigned again", wBox+`.dataset.state === 'assigned'`)
+	if conv2 == conv {
+		t.Fatalf("the second question went to the closed conversation %s", conv)
+	}
+
+	// B: tenant shop2, nobody online: leave a message.
+	l := b.pageAt(t, "bot-leave", origin)
+	l.do("open the shop2 page", chromedp.Navigate(hosts.add("shop2", origin, `data-tenant="shop2" data-lang="en" data-open="true"`)))
+	l.wait("widget connected", wBox+`.dataset.conn === 'online'`)
+	l.do("ask", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), unsure+kb.Enter))
+	l.wait("leave-a-message form", wBox+`.dataset.leave === 'true' && !`+wRoot+`.querySelector('.leave').hidden && `+wRoot+`.querySelector('.banner').textContent === '' && `+
 		notes+`.some(n => n.startsWith('No agent is online right now.')) && `+wRoot+`.querySelector('label[for=ug-contact]').textContent === 'Email or phone (optional)'`)
-	v.do("contact", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('#ug-contact')`), "me@example.com"))
+	l.do("contact", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('#ug-contact')`), "me@example.com"))
 	left := "Please call me back about order 77."
-	v.do("message", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), left+kb.Enter))
-	v.wait("message left", notes+`.includes('Message left. An agent will reply when one is online.')`)
-	v.screenshot(shots, "widget-leave-message.png")
+	l.do("message", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), left+kb.Enter))
+	l.wait("message left", notes+`.includes('Message left. An agent will reply when one is online.') && `+wMsgs+`.every(n => n.dataset.seq !== '')`)
+	l.screenshot(shots, "widget-leave-message.png")
+	leaveConv := evalJS[string](l, `window.UnigateWidget.widget.conv.id`)
 	var texts []string
-	for _, env := range sentEnvelopes(t, b, "bot-visitor") {
+	for _, env := range sentEnvelopes(t, b, "bot-leave") {
 		var s struct{ ConversationID, Text string }
-		if raw, ok := env["send"]; ok && json.Unmarshal(raw, &s) == nil && s.ConversationID == "c-bot-b" {
+		if raw, ok := env["send"]; ok && json.Unmarshal(raw, &s) == nil && s.ConversationID == leaveConv {
 			texts = append(texts, s.Text)
 		}
 	}
-	if len(texts) != 2 || texts[0] != "Contact: me@example.com" || texts[1] != left {
-		t.Fatalf("left a message with sends %q, want the contact, then the message", texts)
+	if len(texts) != 3 || texts[0] != unsure || texts[1] != "Contact: me@example.com" || texts[2] != left {
+		t.Fatalf("sends %q, want the question, then the contact, then the message", texts)
 	}
+	sa := b.pageAt(t, "shop2-agent", origin)
+	sa.consoleLogin(agentTokenOf(t, g, "a-shop2", "shop2"))
+	sa.wait("the left message", fmt.Sprintf(`document.body.dataset.selected === %q && `, leaveConv)+cHas(unsure)+` && `+cHas("Contact: me@example.com")+` && `+cHas(left))
+	callback := "We will call you back today."
+	sa.do("answer", chromedp.SendKeys(chromedp.ID("input"), callback+kb.Enter))
+	l.wait("the answer", wBox+`.dataset.state === 'assigned' && `+wHas(callback))
+	checkOnce(t, "leave-a-message visitor", widgetTranscript(l), []string{unsure, "Contact: me@example.com", left, callback})
 
-	// The console shows what the bot, the router and the visitor's open say.
-	c := b.page(t, "ctx-agent")
-	c.do("open the console", chromedp.Navigate(b.origin+"/console/"))
-	c.do("sign in", chromedp.SendKeys(chromedp.ID("token"), agentToken(t, g, "a-ctx")), chromedp.Click(chromedp.ID("signin")))
-	c.wait("console connected", `document.body.dataset.conn === 'online'`)
-	evalJS[bool](c, `(() => { window.unigateConsole.onEvent({conversation: {conversationId: 'c-ctx', state: 'STATE_ASSIGNED', visitorId: 'v-ctx', agentId: 'a-ctx',
-		intent: 'billing/refund', summary: 'Wants a refund for order 77.\nPaid twice.', routing: 'a-ctx: skill billing 1.0, load 0.2, region cn-east',
-		region: 'cn-east', language: 'zh-CN', page: 'https://shop.example.com/checkout'}}); return true; })()`)
-	field := func(name string) string {
-		return `document.querySelector('#ctx dd[data-field=` + name + `]').textContent`
+	// C: ETA sentences, fed (the broker sends position only).
+	e := b.pageAt(t, "bot-eta", origin)
+	e.do("open /demo", chromedp.Navigate(origin+"/demo"))
+	e.wait("widget connected", wBox+`.dataset.conn === 'online'`)
+	feed := func(env string) {
+		t.Helper()
+		evalJS[bool](e, `(() => { const c = window.UnigateWidget.widget.client; c._handle(c.ws, `+env+`); return true; })()`)
 	}
-	c.wait("visitor context and routing", `document.body.dataset.selected === 'c-ctx' && `+field("intent")+` === 'billing/refund' && `+
-		field("summary")+` === 'Wants a refund for order 77.\nPaid twice.' && `+field("routing")+`.startsWith('a-ctx: skill billing') && `+
-		field("region")+` === 'cn-east' && `+field("language")+` === 'zh-CN' && `+field("page")+` === 'https://shop.example.com/checkout' && `+
-		`[...document.querySelectorAll('#ctx dt')].some(d => d.textContent === 'Why you (router)')`)
+	feed(`{conversation: {conversationId: 'c-eta', state: 'STATE_QUEUED', visitorId: 'v'}}`)
+	feed(`{queue: {conversationId: 'c-eta', position: 3, etaSeconds: 120}}`)
+	e.wait("position and ETA", wRoot+`.querySelector('.banner').textContent === 'You are number 3 in the queue. Estimated wait: about 2 min.'`)
+	feed(`{queue: {conversationId: 'c-eta', position: 1, etaSeconds: 20}}`)
+	e.wait("next, under a minute", wRoot+`.querySelector('.banner').textContent === 'You are next in the queue. Estimated wait: under a minute.'`)
 }
 
 // webRefusals: a gateway with tiny limits. A second anonymous visitor from
@@ -414,4 +504,15 @@ func webSecure(t *testing.T, b *browser, hosts *hostPages) {
 		}
 		allSecure(tc.name)
 	}
+}
+
+// agentTokenOf is agentToken for an agent of tenant.
+func agentTokenOf(t *testing.T, g *gateway, id, tenant string) string {
+	t.Helper()
+	now := time.Now()
+	tok, err := g.signer.Sign(token.Claims{Subject: id, Role: "agent", Tenant: tenant, IssuedAt: now, ExpiresAt: now.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }

@@ -374,7 +374,7 @@ func TestWeb(t *testing.T) {
 	b.allow(hosts.URL + "/")
 	t.Run("KeyboardChinese", func(t *testing.T) { webKeyboardChinese(t, b) })
 	t.Run("HumanButtonContext", func(t *testing.T) { webHumanButton(t, b, hosts) })
-	t.Run("BotFirstRendering", func(t *testing.T) { webBotFirst(t, g, b) })
+	t.Run("BotFirst", func(t *testing.T) { webBotFirst(t, b, hosts) })
 	t.Run("Conversation", func(t *testing.T) { webConversation(t, g, b, apiKey) })
 	t.Run("Refusals", func(t *testing.T) { webRefusals(t, b, hosts) })
 	t.Run("PasswordReload", func(t *testing.T) { webPasswordReload(t, b) })
