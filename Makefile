@@ -73,13 +73,14 @@ generate-check: ## the committed generated code matches the .proto (and the brow
 	else echo "generate-check: SKIPPED, protoc not installed (apt-get install protobuf-compiler)" >&2; fi
 	@$(MAKE) --no-print-directory generate-web-check
 
-# The widget's crypto client (web/crypto/dist) is bundled from web/crypto and
-# its npm packages (npm ci in web/crypto) by web/bundle (esbuild's Go API, a
-# module of its own). The output is committed: a clone runs without Node.
-generate-web: ## rebuild web/crypto/dist/unigate-crypto-gm.js (needs npm ci in web/crypto)
+# The widget's crypto client builds (web/crypto/dist) are bundled from
+# web/crypto and its npm packages (npm ci in web/crypto) by web/bundle
+# (esbuild's Go API, a module of its own). The output is committed: a clone
+# runs without Node.
+generate-web: ## rebuild web/crypto/dist/unigate-crypto*.js (needs npm ci in web/crypto)
 	$(GO) -C web/bundle run .
 
-generate-web-check: ## the committed crypto client is what web/bundle builds
+generate-web-check: ## the committed crypto client builds are what web/bundle builds
 	@if [ -d web/crypto/node_modules/sm-crypto ]; then $(GO) -C web/bundle run . -check; \
 	elif [ -n "$$CI" ]; then echo "generate-web-check: web/crypto/node_modules is missing under CI (npm ci)" >&2; exit 1; \
 	else echo "generate-web-check: SKIPPED, run npm ci in web/crypto" >&2; fi

@@ -44,6 +44,7 @@ type user struct {
 type session struct {
 	id         string
 	u          *user
+	viaHook    bool      // the authentication hook signed it in (password); set at creation
 	conns      int       // guarded by u.mu
 	detachedAt time.Time // guarded by u.mu
 }
@@ -151,6 +152,35 @@ func roleOf(s string) protocol.Role {
 	return protocol.RoleUnspecified
 }
 
+// hookSession reports whether rt, a resume token, names a live session
+// that the authentication hook signed in (a password hello), and if so
+// fills c with its identity. Such a session resumes with the resume token
+// alone: the client keeps no password to sign in with again (a browser
+// console reloading its page), and the token is what the server gave the
+// client that did sign in. Sessions signed in with a token still need it
+// (its expiry applies), and a session rebuilt from the cache or the
+// resume token after a restart, or on another node, is not one: its user
+// signs in again.
+func (s *shard) hookSession(rt string, now time.Time, c *token.Claims) bool {
+	b := s.b
+	subj, err := b.signer.VerifyResume(rt, now)
+	if err != nil {
+		return false
+	}
+	sid, _ := parseResumeSubject(subj)
+	sess := b.reg.lookupSession(sid, now, b.o.ResumeTTL)
+	if sess == nil || !sess.viaHook {
+		return false
+	}
+	u := sess.u
+	role := token.RoleVisitor
+	if u.role == protocol.RoleAgent {
+		role = token.RoleAgent
+	}
+	*c = token.Claims{Subject: u.id, Role: role, Tenant: u.tenant}
+	return true
+}
+
 // hello authenticates a connection (home shard).
 func (s *shard) hello(it *item) bool {
 	b, cl, h, id := s.b, it.cl, &it.env.Hello, it.env.ID
@@ -161,9 +191,12 @@ func (s *shard) hello(it *item) bool {
 	now := b.now()
 	var claims token.Claims
 	var role protocol.Role
+	byResume := false // a password session coming back with its resume token alone
 	switch {
 	case it.ident != nil:
 		claims, role = *it.ident, roleOf(it.ident.Role)
+	case h.Token == "" && h.Username == "" && h.ResumeToken != "" && s.hookSession(h.ResumeToken, now, &claims):
+		role, byResume = roleOf(claims.Role), true
 	case h.Token == "" && h.Username != "":
 		if b.bk == nil || b.bk.o.Hook == nil {
 			s.fail(cl, id, protocol.CodeUnauthenticated, "password sign-in is not enabled on this server")
@@ -205,7 +238,7 @@ func (s *shard) hello(it *item) bool {
 		return true
 	}
 
-	verified := h.Token != "" || it.ident != nil
+	verified := h.Token != "" || it.ident != nil || byResume
 	// Refusals that name a definite cause (bad resume token, origin,
 	// encryption required) come before the admission limits, so a client
 	// is never told "busy, retry" for a hello that can never succeed.
@@ -247,7 +280,7 @@ func (s *shard) hello(it *item) bool {
 			}
 			u = b.reg.newVisitor(tenant, now)
 		}
-		sess = b.reg.newSession(u, now)
+		sess = b.reg.newSession(u, it.ident != nil, now)
 		b.sessions.Add(1)
 	}
 	u := sess.u
@@ -506,9 +539,10 @@ func (r *registry) newVisitor(tenant string, now time.Time) *user {
 	return u
 }
 
-// newSession creates a session for u.
-func (r *registry) newSession(u *user, now time.Time) *session {
-	s := &session{id: newID(prefixSession), u: u, detachedAt: now}
+// newSession creates a session for u; viaHook: the authentication hook
+// signed u in.
+func (r *registry) newSession(u *user, viaHook bool, now time.Time) *session {
+	s := &session{id: newID(prefixSession), u: u, viaHook: viaHook, detachedAt: now}
 	r.mu.Lock()
 	r.sessions[s.id] = s
 	u.sessions++

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdh"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -151,6 +152,8 @@ type nodeCase struct {
 	ServerKeys []nodeKey `json:"serverKeys"`
 	Messages   []string  `json:"messages"`
 	Resume     bool      `json:"resume"`
+	Module     string    `json:"module,omitempty"`    // a build of the client (web/crypto/dist), default the source module
+	WebCrypto  *bool     `json:"webCrypto,omitempty"` // false: the @noble fallbacks instead of WebCrypto
 }
 
 type nodeKey struct {
@@ -168,6 +171,12 @@ func pinFor(vs ...Verifier) []nodeKey {
 
 var interopMessages = []string{"你好，我想咨询订单", "", "third", strings.Repeat("long message ", 40), "after the rekeys"}
 
+// TestNodeInteropHandshake: the JavaScript client completes full and resumed
+// handshakes for every suite and exchanges records with the Go server: the
+// source module, on WebCrypto and on its @noble fallbacks (what a page
+// without WebCrypto, e.g. in an insecure context, runs), and the bundled
+// assets the browsers load (web/crypto/dist, built by web/bundle), each for
+// the suites it carries.
 func TestNodeInteropHandshake(t *testing.T) {
 	nodeClientDir(t)
 	f := newFixture(t)
@@ -177,15 +186,27 @@ func TestNodeInteropHandshake(t *testing.T) {
 	f.server.RekeyAfter = 2 // several rekeys in both directions
 	_, p, cert := certFixture(t)
 	_ = p
+	noWebCrypto := false
 	for _, tc := range []struct {
-		name   string
-		suites []string
-		certs  bool
+		name      string
+		suites    []string
+		certs     bool
+		module    string
+		webCrypto *bool
+		noble     []string // primitives that must have run on @noble
 	}{
-		{"GM", []string{"GM"}, false},
-		{"GM-PQ", []string{"GM-PQ"}, false},
-		{"INTL-PQ", []string{"INTL-PQ"}, false},
-		{"GM chain mode, pinned leaf", []string{"GM"}, true},
+		{name: "GM", suites: []string{"GM"}},
+		{name: "GM-PQ", suites: []string{"GM-PQ"}},
+		{name: "INTL-PQ", suites: []string{"INTL-PQ"}},
+		{name: "GM chain mode, pinned leaf", suites: []string{"GM"}, certs: true},
+		{name: "GM without WebCrypto", suites: []string{"GM"}, webCrypto: &noWebCrypto, noble: []string{"sha256"}},
+		{name: "INTL-PQ without WebCrypto", suites: []string{"INTL-PQ"}, webCrypto: &noWebCrypto, noble: []string{"sha256", "aesgcm", "x25519", "ed25519"}},
+		{name: "bundle all: GM-PQ", suites: []string{"GM-PQ"}, module: "dist/unigate-crypto.js"},
+		{name: "bundle all: INTL-PQ without WebCrypto", suites: []string{"INTL-PQ"}, module: "dist/unigate-crypto.js", webCrypto: &noWebCrypto, noble: []string{"sha256", "aesgcm", "x25519", "ed25519"}},
+		{name: "bundle gm: GM", suites: []string{"GM"}, module: "dist/unigate-crypto-gm.js"},
+		{name: "bundle gm: GM without WebCrypto", suites: []string{"GM"}, module: "dist/unigate-crypto-gm.js", webCrypto: &noWebCrypto, noble: []string{"sha256"}},
+		{name: "bundle intl: INTL-PQ", suites: []string{"INTL-PQ"}, module: "dist/unigate-crypto-intl.js"},
+		{name: "bundle intl: INTL-PQ without WebCrypto", suites: []string{"INTL-PQ"}, module: "dist/unigate-crypto-intl.js", webCrypto: &noWebCrypto, noble: []string{"sha256", "aesgcm", "x25519", "ed25519"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := *f.server
@@ -200,7 +221,8 @@ func TestNodeInteropHandshake(t *testing.T) {
 			}
 			defer ln.Close()
 			results := echoServer(ln, &cfg, 2, nil)
-			arg, _ := json.Marshal(nodeCase{Port: ln.Addr().(*net.TCPAddr).Port, Suites: tc.suites, ServerKeys: pins, Messages: interopMessages, Resume: true})
+			arg, _ := json.Marshal(nodeCase{Port: ln.Addr().(*net.TCPAddr).Port, Suites: tc.suites, ServerKeys: pins, Messages: interopMessages, Resume: true,
+				Module: tc.module, WebCrypto: tc.webCrypto})
 			lines, err := runNode(t, nil, "test/interop.mjs", string(arg))
 			if err != nil {
 				t.Fatalf("node: %v %v", err, lines)
@@ -212,6 +234,19 @@ func TestNodeInteropHandshake(t *testing.T) {
 				if l["suite"] != tc.suites[0] || l["echoed"] != float64(len(interopMessages)) || l["closed"] != true || l["ticket"] != true || l["resumed"] != (i == 1) {
 					t.Fatalf("connection %d: %v", i, l)
 				}
+				used, _ := l["used"].(map[string]any)
+				for _, prim := range tc.noble {
+					if used[prim] != "noble" {
+						t.Fatalf("connection %d: %s ran on %v, want the @noble fallback (used %v)", i, prim, used[prim], used)
+					}
+				}
+				if tc.webCrypto == nil {
+					for prim, impl := range used {
+						if impl != "webcrypto" {
+							t.Fatalf("connection %d: %s ran on %v although WebCrypto has it (used %v)", i, prim, impl, used)
+						}
+					}
+				}
 				r := <-results
 				if r.err != nil {
 					t.Fatalf("server, connection %d: %v", i, r.err)
@@ -219,6 +254,39 @@ func TestNodeInteropHandshake(t *testing.T) {
 				if r.resumed != (i == 1) || r.suite != tc.suites[0] || strings.Join(r.got, "|") != strings.Join(interopMessages, "|") {
 					t.Fatalf("server, connection %d: resumed=%v suite=%s got %q", i, r.resumed, r.suite, r.got)
 				}
+			}
+		})
+	}
+}
+
+// TestNodeBundleSuites: each one-suite asset refuses to offer the suites it
+// does not carry, with a clear message, before anything is sent.
+func TestNodeBundleSuites(t *testing.T) {
+	nodeClientDir(t)
+	f := newFixture(t)
+	for _, tc := range []struct{ module, suite string }{
+		{"dist/unigate-crypto-gm.js", "INTL-PQ"},
+		{"dist/unigate-crypto-gm.js", "GM-PQ"},
+		{"dist/unigate-crypto-intl.js", "GM"},
+	} {
+		t.Run(tc.module+" "+tc.suite, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				if c, err := ln.Accept(); err == nil {
+					c.Close()
+				}
+			}()
+			arg, _ := json.Marshal(nodeCase{Port: ln.Addr().(*net.TCPAddr).Port, Suites: []string{tc.suite}, ServerKeys: pinFor(f.sm2.Public(), f.ed.Public()), Messages: []string{"x"}, Module: tc.module})
+			lines, err := runNode(t, nil, "test/interop.mjs", string(arg))
+			if err == nil || len(lines) == 0 {
+				t.Fatalf("node accepted: %v", lines)
+			}
+			if msg, _ := lines[len(lines)-1]["message"].(string); !strings.Contains(msg, "suite only") {
+				t.Fatalf("node: %v, want the build's suite-only error", lines)
 			}
 		})
 	}
@@ -337,6 +405,28 @@ func TestNodePrimitives(t *testing.T) {
 		a, _ := SM4GCM.New(key)
 		in["sm4gcm"] = append(in["sm4gcm"], kv{"key": hex.EncodeToString(key), "nonce": hex.EncodeToString(nonce), "ad": hex.EncodeToString(ad), "pt": hex.EncodeToString(pt), "ct": hex.EncodeToString(a.Seal(nil, nonce, pt, ad))})
 	}
+	// INTL-PQ's primitives, checked on WebCrypto and on the @noble fallbacks.
+	for _, n := range []int{0, 1, 16, 33, 300} {
+		key, nonce, ad, pt := make([]byte, 32), make([]byte, 12), make([]byte, n%19), make([]byte, n)
+		for _, b := range [][]byte{key, nonce, ad, pt} {
+			rand.Read(b)
+		}
+		a, _ := AES256GCM.New(key)
+		in["aesgcm"] = append(in["aesgcm"], kv{"key": hex.EncodeToString(key), "nonce": hex.EncodeToString(nonce), "ad": hex.EncodeToString(ad), "pt": hex.EncodeToString(pt), "ct": hex.EncodeToString(a.Seal(nil, nonce, pt, ad))})
+	}
+	edSigner, _ := GenerateSigner(SigEd25519)
+	for _, m := range [][]byte{nil, []byte("unigate v1 server signature\x00transcript"), bytes.Repeat([]byte{0xa5}, 200)} {
+		sig, err := edSigner.Sign(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in["ed25519"] = append(in["ed25519"], kv{"pub": hex.EncodeToString(edSigner.Public().Bytes()), "msg": hex.EncodeToString(m), "sig": hex.EncodeToString(sig)})
+	}
+	x25519Key, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in["x25519"] = []kv{{"pub": hex.EncodeToString(x25519Key.PublicKey().Bytes())}}
 	for _, h := range []struct {
 		name string
 		h    Hash
@@ -369,6 +459,37 @@ func TestNodePrimitives(t *testing.T) {
 		}
 		if !pub.Verify(unhexs(m["msg"]), unhexs(m["sig"])) {
 			t.Errorf("sm-crypto signature over %s does not verify in Go", m["msg"])
+		}
+	}
+	// X25519 the other way: Go's secret with the module's public keys, on
+	// WebCrypto and on @noble.
+	vias := map[string]bool{}
+	for _, v := range out["x25519"].([]any) {
+		m := v.(map[string]any)
+		peer, err := ecdh.X25519().NewPublicKey(unhexs(m["pub"]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		shared, err := x25519Key.ECDH(peer)
+		if err != nil || !bytes.Equal(shared, unhexs(m["shared"])) {
+			t.Errorf("X25519 (%s): the module's secret %s, Go's %x (%v)", m["via"], m["shared"], shared, err)
+		}
+		vias[m["via"].(string)] = true
+	}
+	if !vias["webcrypto"] || !vias["noble"] {
+		t.Errorf("X25519 ran on %v, want WebCrypto and @noble", vias)
+	}
+	// Each pass ran where it says: WebCrypto first, then @noble throughout.
+	passes := out["backends"].([]any)
+	if len(passes) != 2 {
+		t.Fatalf("backends %v", passes)
+	}
+	for i, want := range []string{"webcrypto", "noble"} {
+		used := passes[i].(map[string]any)
+		for _, prim := range []string{"sha256", "aesgcm", "x25519", "ed25519"} {
+			if used[prim] != want {
+				t.Errorf("pass %d: %s ran on %v, want %s (%v)", i, prim, used[prim], want, used)
+			}
 		}
 	}
 	for _, v := range out["sm4gcm"].([]any) {

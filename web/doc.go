@@ -6,10 +6,11 @@
 // run time. The widget and the console have no build step: they are plain
 // JavaScript, each served as the shared protocol client (src/core.js) and
 // its page script (src/widget.js, src/console.js) wrapped in one function
-// scope. The one generated file is the secure-channel client
-// (/widget/unigate-crypto-gm.js, from crypto/dist, built by the web/bundle
-// module and committed), which the pages import only when they run the
-// channel. Both speak the JSON subprotocol (unigate.v1.json) of
+// scope. The generated files are the secure-channel client's builds
+// (/widget/unigate-crypto.js with every suite, unigate-crypto-gm.js and
+// unigate-crypto-intl.js with one; from crypto/dist, built by the
+// web/bundle module and committed), which the pages import only when they
+// run the channel. Both speak the JSON subprotocol (unigate.v1.json) of
 // docs/protocol.md to the gateway they were loaded from, and follow its
 // reconnect and resume rules (section 7) the way protocol/client does.
 //

@@ -16,7 +16,7 @@ import (
 	"sync"
 )
 
-//go:embed src console demo crypto/dist/unigate-crypto-gm.js
+//go:embed src console demo crypto/dist/unigate-crypto.js crypto/dist/unigate-crypto-gm.js crypto/dist/unigate-crypto-intl.js
 var files embed.FS
 
 // Public paths.
@@ -24,10 +24,15 @@ const (
 	WidgetPath  = "/widget/unigate-widget.js"
 	ConsolePath = "/console/"
 	DemoPath    = "/demo"
-	// CryptoPath is the secure-channel client (GM suite), an ES module the
-	// widget and the console import only when they run the channel; built
-	// from web/crypto by web/bundle.
-	CryptoPath = "/widget/unigate-crypto-gm.js"
+	// CryptoPath is the secure-channel client with every suite (GM, GM-PQ,
+	// INTL-PQ), an ES module the widget and the console import only when
+	// they run the channel; built from web/crypto by web/bundle.
+	CryptoPath = "/widget/unigate-crypto.js"
+	// CryptoGMPath and CryptoIntlPath are the same client with the GM
+	// suite only and the INTL-PQ suite only, smaller: a page that offers
+	// only that suite loads it instead.
+	CryptoGMPath   = "/widget/unigate-crypto-gm.js"
+	CryptoIntlPath = "/widget/unigate-crypto-intl.js"
 	// ConsoleConfigPath is the console's configuration from the gateway
 	// (canned replies, secure channel), JSON.
 	ConsoleConfigPath = "/console/config.json"
@@ -70,10 +75,22 @@ type pageConfig struct {
 
 type pageSecurity struct {
 	Required bool        `json:"required,omitempty"`
-	Suites   []string    `json:"suites"`           // suites the browser client may offer (GM only: the bundled client has no ML-KEM)
-	Keys     []ServerKey `json:"keys"`             // SM2 keys, for GM
-	Module   string      `json:"module,omitempty"` // versioned URL path of the client; empty when no suite fits
+	Suites   []string    `json:"suites"`            // suites the browser client may offer (those with a key), in the gateway's order of preference
+	Keys     []ServerKey `json:"keys"`              // identity keys (SM2 for GM and GM-PQ, Ed25519 for INTL-PQ)
+	Modules  *modules    `json:"modules,omitempty"` // versioned URL paths of the client; nil when no suite fits
 }
+
+// modules are the builds of the browser client: all suites, GM only,
+// INTL-PQ only.
+type modules struct {
+	All  string `json:"all"`
+	GM   string `json:"gm"`
+	Intl string `json:"intl"`
+}
+
+// suiteKey is the identity key algorithm each suite the browser client
+// runs signs with.
+var suiteKey = map[string]string{"GM": "SM2", "GM-PQ": "SM2", "INTL-PQ": "Ed25519"}
 
 // Asset is one file as it is served.
 type Asset struct {
@@ -127,23 +144,29 @@ func version(body []byte) string {
 }
 
 // pageConfigJSON is the configuration a page gets, given the crypto
-// client's version: the console's has the canned replies, the widget's
-// (public: any site loads it) has not.
-func pageConfigJSON(o Options, cryptoVersion string, console bool) []byte {
+// client builds (their versioned URLs): the console's has the canned
+// replies, the widget's (public: any site loads it) has not.
+func pageConfigJSON(o Options, mods modules, console bool) []byte {
 	pc := pageConfig{}
 	if console {
 		pc.CannedReplies = o.CannedReplies
 	}
 	if s := o.Secure; s != nil {
 		ps := &pageSecurity{Required: s.Required, Suites: []string{}, Keys: []ServerKey{}}
+		algs := map[string]bool{}
 		for _, k := range s.Keys {
-			if k.Alg == "SM2" {
+			if k.Alg == "SM2" || k.Alg == "Ed25519" {
 				ps.Keys = append(ps.Keys, k)
+				algs[k.Alg] = true
 			}
 		}
-		if slices.Contains(s.Suites, "GM") && len(ps.Keys) > 0 {
-			ps.Suites = append(ps.Suites, "GM")
-			ps.Module = CryptoPath + "?v=" + cryptoVersion
+		for _, name := range s.Suites {
+			if alg, ok := suiteKey[name]; ok && algs[alg] && !slices.Contains(ps.Suites, name) {
+				ps.Suites = append(ps.Suites, name)
+			}
+		}
+		if len(ps.Suites) > 0 {
+			ps.Modules = &mods
 		}
 		pc.Crypto = ps
 	}
@@ -164,10 +187,15 @@ func mustBuild(o Options) map[string]*Asset {
 		return a
 	}
 	const js, css, html = "text/javascript; charset=utf-8", "text/css; charset=utf-8", "text/html; charset=utf-8"
-	cryptoJS := add(CryptoPath, js, read("crypto/dist/unigate-crypto-gm.js"))
-	add(WidgetPath, js, bundle("widget", "widget.js", pageConfigJSON(o, cryptoJS.Version, false)))
+	versioned := func(a *Asset) string { return a.Path + "?v=" + a.Version }
+	mods := modules{
+		All:  versioned(add(CryptoPath, js, read("crypto/dist/unigate-crypto.js"))),
+		GM:   versioned(add(CryptoGMPath, js, read("crypto/dist/unigate-crypto-gm.js"))),
+		Intl: versioned(add(CryptoIntlPath, js, read("crypto/dist/unigate-crypto-intl.js"))),
+	}
+	add(WidgetPath, js, bundle("widget", "widget.js", pageConfigJSON(o, mods, false)))
 	add("/console/console.js", js, bundle("console", "console.js", nil))
-	add(ConsoleConfigPath, "application/json", pageConfigJSON(o, cryptoJS.Version, true))
+	add(ConsoleConfigPath, "application/json", pageConfigJSON(o, mods, true))
 	add("/console/console.css", css, read("console/console.css"))
 	add("/demo/demo.css", css, read("demo/demo.css"))
 	// HTML pages reference the other assets with ?v=<version>, so those

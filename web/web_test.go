@@ -137,7 +137,7 @@ func TestWebNoExternalHost(t *testing.T) {
 func TestWidgetSize(t *testing.T) {
 	for _, p := range Paths() {
 		a := Assets()[p]
-		t.Logf("%-26s %6d bytes, %6d gzipped", p, len(a.Body), len(a.Gzip))
+		t.Logf("%-31s %6d bytes, %6d gzipped", p, len(a.Body), len(a.Gzip))
 	}
 	if a := Assets()[WidgetPath]; len(a.Gzip) > 30*1024 {
 		t.Errorf("widget is %d bytes gzipped, over 30 KB", len(a.Gzip))
@@ -146,7 +146,8 @@ func TestWidgetSize(t *testing.T) {
 
 // TestWebOptions: the gateway's canned replies reach the console's
 // config.json and not the public widget; the secure channel's public side
-// (required, GM, the SM2 key, the versioned client URL) reaches both; the
+// (required, the suites that have a key in the gateway's order, the keys,
+// the versioned URLs of the three client builds) reaches both; the
 // widget's scripts may be imported cross-origin (CORS).
 func TestWebOptions(t *testing.T) {
 	const key = "04aabbcc"
@@ -154,8 +155,9 @@ func TestWebOptions(t *testing.T) {
 		CannedReplies: []string{"Team macro </script><script>alert(1)</script>", "您好，我是{me}"},
 		Secure:        &Secure{Required: true, Suites: []string{"GM-PQ", "GM", "INTL-PQ"}, Keys: []ServerKey{{Alg: "SM2", PublicKey: key}, {Alg: "Ed25519", PublicKey: "eded"}}},
 	}, nil)
-	cryptoJS := Assets()[CryptoPath]
-	wantCrypto := `"crypto":{"required":true,"suites":["GM"],"keys":[{"alg":"SM2","publicKey":"` + key + `"}],"module":"` + CryptoPath + `?v=` + cryptoJS.Version + `"}`
+	v := func(p string) string { return p + "?v=" + Assets()[p].Version }
+	wantCrypto := `"crypto":{"required":true,"suites":["GM-PQ","GM","INTL-PQ"],"keys":[{"alg":"SM2","publicKey":"` + key + `"},{"alg":"Ed25519","publicKey":"eded"}],` +
+		`"modules":{"all":"` + v(CryptoPath) + `","gm":"` + v(CryptoGMPath) + `","intl":"` + v(CryptoIntlPath) + `"}}`
 
 	w := get(t, h, ConsoleConfigPath)
 	if w.Code != 200 || w.Header().Get("Content-Type") != "application/json" {
@@ -175,7 +177,7 @@ func TestWebOptions(t *testing.T) {
 	if !strings.Contains(widget, "var SERVER = {"+wantCrypto+"};") || strings.Contains(widget, "Team macro") || strings.Contains(widget, "您好，我是") {
 		t.Errorf("widget's SERVER: %.300s", widget[strings.Index(widget, "var SERVER"):])
 	}
-	for _, p := range []string{WidgetPath, CryptoPath} {
+	for _, p := range []string{WidgetPath, CryptoPath, CryptoGMPath, CryptoIntlPath} {
 		if w := get(t, h, p); w.Header().Get("Access-Control-Allow-Origin") != "*" || !strings.HasPrefix(w.Header().Get("Content-Type"), "text/javascript") {
 			t.Errorf("%s: %v", p, w.Header())
 		}
@@ -184,15 +186,25 @@ func TestWebOptions(t *testing.T) {
 		t.Errorf("the console page allows CORS")
 	}
 
-	// No SM2 key or no GM suite: the browser client cannot run, but the
+	// A suite is offered only with a key of its algorithm, in the
+	// gateway's order; with none the browser client cannot run, but the
 	// pages still learn that the gateway requires the channel.
-	for _, s := range []*Secure{
-		{Required: true, Suites: []string{"INTL-PQ"}, Keys: []ServerKey{{Alg: "Ed25519", PublicKey: "eded"}}},
-		{Required: true, Suites: []string{"GM"}},
+	mods := `"modules":{"all":"` + v(CryptoPath) + `","gm":"` + v(CryptoGMPath) + `","intl":"` + v(CryptoIntlPath) + `"}`
+	for _, tc := range []struct {
+		s    *Secure
+		want string
+	}{
+		{&Secure{Required: true, Suites: []string{"INTL-PQ", "GM"}, Keys: []ServerKey{{Alg: "Ed25519", PublicKey: "eded"}}},
+			`{"crypto":{"required":true,"suites":["INTL-PQ"],"keys":[{"alg":"Ed25519","publicKey":"eded"}],` + mods + `}}`},
+		{&Secure{Suites: []string{"INTL-PQ", "GM-PQ"}, Keys: []ServerKey{{Alg: "SM2", PublicKey: key}}},
+			`{"crypto":{"suites":["GM-PQ"],"keys":[{"alg":"SM2","publicKey":"` + key + `"}],` + mods + `}}`},
+		{&Secure{Required: true, Suites: []string{"INTL-PQ"}, Keys: []ServerKey{{Alg: "SM2", PublicKey: key}}},
+			`{"crypto":{"required":true,"suites":[],"keys":[{"alg":"SM2","publicKey":"` + key + `"}]}}`},
+		{&Secure{Required: true, Suites: []string{"GM"}}, `{"crypto":{"required":true,"suites":[],"keys":[]}}`},
 	} {
-		body := get(t, NewHandler(Options{Secure: s}, nil), ConsoleConfigPath).Body.String()
-		if body != `{"crypto":{"required":true,"suites":[],"keys":[]}}` {
-			t.Errorf("%+v: config.json %s", s, body)
+		body := get(t, NewHandler(Options{Secure: tc.s}, nil), ConsoleConfigPath).Body.String()
+		if body != tc.want {
+			t.Errorf("%+v: config.json %s, want %s", tc.s, body, tc.want)
 		}
 	}
 	if body := get(t, Handler(nil), ConsoleConfigPath).Body.String(); body != "{}" {

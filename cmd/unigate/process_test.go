@@ -40,6 +40,10 @@ func TestMain(m *testing.M) {
 		serveTestHook(dir) // a hook plugin process (hooks_process_test.go)
 		os.Exit(0)
 	}
+	if os.Getenv(testWebHookEnv) != "" {
+		serveWebTestHook() // a hook plugin process of TestWeb/PasswordReload
+		os.Exit(0)
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -15,8 +16,12 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
+	"github.com/unigate/unigate/backends"
+	"github.com/unigate/unigate/backends/builtin/faq"
 	"github.com/unigate/unigate/crypto"
 	"github.com/unigate/unigate/internal/config"
+	"github.com/unigate/unigate/internal/token"
+	"github.com/unigate/unigate/web"
 )
 
 // cannedFromConfig is a canned reply the test gateway has in
@@ -111,85 +116,171 @@ func webHumanButton(t *testing.T, b *browser, hosts *hostPages) {
 	p.wait("closed", wBox+`.dataset.state === 'closed'`)
 }
 
-// webBotFirst renders the bot-first flow of docs/protocol.md from the
-// envelopes the gateway sends (STATE_BOT, a ROLE_BOT answer, the hand-off to
-// STATE_QUEUED with its reason, queue position and ETA, no_agent_online and
-// leave-a-message), fed into the widget's protocol client, and the
-// console's rendering of the bot's intent and summary, the router's
-// explanation and the visitor context. The gateway knows nothing of the
-// fed conversations, so it refuses the widget's read receipts and sends for
-// them (the widget says so; the test checks what the widget sent, not what
-// was stored). The gateway's broker does not
-// produce these events yet (bot-first routing is being wired): when it
-// does, this test drives a real bot instead of feeding envelopes.
-func webBotFirst(t *testing.T, g *gateway, b *browser) {
-	v := b.page(t, "bot-visitor")
-	v.do("open /demo", chromedp.Navigate(b.origin+"/demo"))
+// botAnswer is what the gateway's FAQ bot (the embedded sample knowledge
+// base) answers req: the test checks that the page shows exactly that, and
+// that a question it relies on is one the bot answers on its own.
+func botAnswer(t *testing.T, req backends.AnswerRequest) backends.Answer {
+	t.Helper()
+	bot, err := faq.New(faq.SampleKB())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := bot.Answer(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// webBotFirst: bot-first routing with the real FAQ bot (backends.bot: faq,
+// the sample knowledge base), in the browser, end to end.
+//
+// A. On /demo the visitor asks a question the bot answers above its
+// threshold and sees the answer, labelled as the assistant's, with the
+// "Talk to a human" button. Agent a-bot is online but busy (capacity 1,
+// held by a gorilla/websocket visitor the bot handed over first), so the
+// button's hand-off leaves the visitor queued: the bot's holding reply, the
+// hand-off notice, "You are next in the queue." The agent makes room
+// (capacity 2) and gets the conversation with its history and what the
+// bot understood (intent, summary) and the router's explanation and the
+// visitor's context; the agent answers, the visitor sees it. The agent
+// closes it; the visitor asks something the bot cannot answer: "The
+// assistant could not answer that…", and the agent gets it.
+//
+// B. On another site's page of tenant shop2, where no agent is online, the
+// bot hands the visitor over: the leave-a-message form; contact and message
+// leave as two sends, in that order; an agent of shop2 signs in later, gets
+// the conversation with the left message and answers.
+//
+// C. The broker sends no ETA yet: the widget's ETA sentences are checked by
+// feeding queue events to a page of its own.
+func webBotFirst(t *testing.T, b *browser, hosts *hostPages) {
+	g := startGateway(t, func(c *config.Config) { c.Backends.Bot = "faq" })
+	origin := b.allowGateway(g)
+	threshold := g.cfg.Backends.BotThreshold
+	notes := `[...` + wRoot + `.querySelectorAll('.note')].map(n => n.textContent)`
+	field := func(name string) string {
+		return `(document.querySelector('#ctx dd[data-field=` + name + `]') || {}).textContent`
+	}
+
+	question := "What are your opening hours?"
+	answer := botAnswer(t, backends.AnswerRequest{Text: question, Language: "en"})
+	if answer.Handoff || answer.Confidence < threshold || answer.Text == "" {
+		t.Fatalf("the sample knowledge base does not answer %q on its own: %+v (threshold %v)", question, answer, threshold)
+	}
+	unsure := "Do you sell bicycles?"
+	if a := botAnswer(t, backends.AnswerRequest{Text: unsure, Language: "en"}); a.Handoff || a.Confidence >= threshold {
+		t.Fatalf("the bot is sure of %q: %+v", unsure, a)
+	}
+
+	// A: agent a-bot, capacity 1, taken by a visitor the bot handed over.
+	a := b.pageAt(t, "bot-agent", origin)
+	a.consoleLogin(agentToken(t, g, "a-bot"))
+	a.do("capacity 1", chromedp.SetValue(chromedp.ID("capacity"), "1"), chromedp.Click(chromedp.CSS("#presence button[type=submit]")))
+	busy := dialJSON(t, g.srv.Addr())
+	busy.send(map[string]any{"hello": map[string]any{}})
+	busy.next("welcome")
+	busy.send(map[string]any{"open": map[string]any{}})
+	busyConv := busy.next("conversation")["conversationId"].(string)
+	busy.send(map[string]any{"send": map[string]any{"conversationId": busyConv, "clientMsgId": "b1", "text": "talk to a human"}})
+	a.wait("the first visitor's conversation", fmt.Sprintf(`document.querySelector('li[data-conv=%q][data-mine=true]')`, busyConv))
+
+	v := b.pageAt(t, "bot-visitor", origin)
+	v.do("open /demo", chromedp.Navigate(origin+"/demo"))
 	v.wait("widget connected", wBox+`.dataset.conn === 'online'`)
 	v.do("open the widget", chromedp.Click(chromedp.JSPath(wRoot+`.querySelector('.launcher')`)))
-	feed := func(env string) {
-		t.Helper()
-		evalJS[bool](v, `(() => { const c = window.UnigateWidget.widget.client; c._handle(c.ws, `+env+`); return true; })()`)
-	}
-	notes := `[...` + wRoot + `.querySelectorAll('.note')].map(n => n.textContent)`
-
-	// A: the bot answers, cannot help, hands off; queue with ETA; an agent.
-	feed(`{conversation: {conversationId: 'c-bot-a', state: 'STATE_BOT', visitorId: 'v', agentId: 'bot'}}`)
-	feed(`{deliver: {conversationId: 'c-bot-a', seq: '1', senderId: 'bot', senderRole: 'ROLE_BOT', text: 'Orders ship within 2 days.', timestampMilli: '1718100000123'}}`)
-	v.wait("bot state and answer", wBox+`.dataset.state === 'bot' && `+notes+`.includes('You are chatting with our virtual assistant.') && `+
-		wRoot+`.querySelector('.msg.bot .tag').textContent === 'Bot' && !`+wRoot+`.querySelector('.quick').hidden && `+
-		wRoot+`.querySelector('.human').textContent === 'Talk to a human'`)
+	v.do("ask", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), question+kb.Enter))
+	v.wait("the bot's answer", wBox+`.dataset.state === 'bot' && `+notes+`.includes('You are chatting with our virtual assistant.') && `+wHas(answer.Text)+` && `+
+		wRoot+`.querySelector('.msg.bot .who').textContent === 'AssistantBot' && `+wRoot+`.querySelector('.msg.bot .tag').textContent === 'Bot' && `+
+		`!`+wRoot+`.querySelector('.quick').hidden && `+wRoot+`.querySelector('.human').textContent === 'Talk to a human'`)
 	shots := t.TempDir()
 	v.screenshot(shots, "widget-bot.png")
-	feed(`{conversation: {conversationId: 'c-bot-a', state: 'STATE_QUEUED', visitorId: 'v', reason: 'low_confidence'}}`)
-	feed(`{queue: {conversationId: 'c-bot-a', position: 3, etaSeconds: 120}}`)
-	v.wait("hand-off notice, position and ETA", notes+`.includes('The assistant could not answer that. Connecting you to a human agent…') && `+
-		wRoot+`.querySelector('.banner').textContent === 'You are number 3 in the queue. Estimated wait: about 2 min.' && `+wRoot+`.querySelector('.quick').hidden`)
-	feed(`{queue: {conversationId: 'c-bot-a', position: 1, etaSeconds: 20}}`)
-	v.wait("next, under a minute", wRoot+`.querySelector('.banner').textContent === 'You are next in the queue. Estimated wait: under a minute.'`)
-	feed(`{conversation: {conversationId: 'c-bot-a', state: 'STATE_ASSIGNED', visitorId: 'v', agentId: 'a9'}}`)
-	feed(`{conversation: {conversationId: 'c-bot-a', state: 'STATE_CLOSED', visitorId: 'v', agentId: 'a9', reason: 'resolved'}}`)
-	v.wait("assigned, closed", notes+`.includes('Agent a9 joined the conversation.') && `+wBox+`.dataset.state === 'closed' && `+wRoot+`.querySelector('.restart')`)
 
-	// B: the bot hands off while no agent is online: leave a message, sent
-	// through the normal path (the contact first).
-	v.do("start a new conversation", chromedp.Click(chromedp.JSPath(wRoot+`.querySelector('.restart')`)))
-	feed(`{conversation: {conversationId: 'c-bot-b', state: 'STATE_BOT', visitorId: 'v', agentId: 'bot'}}`)
-	feed(`{conversation: {conversationId: 'c-bot-b', state: 'STATE_QUEUED', visitorId: 'v', reason: 'no_agent_online'}}`)
-	feed(`{queue: {conversationId: 'c-bot-b', position: 1}}`)
-	v.wait("leave-a-message form", wBox+`.dataset.leave === 'true' && !`+wRoot+`.querySelector('.leave').hidden && `+wRoot+`.querySelector('.banner').textContent === '' && `+
+	v.do("talk to a human", chromedp.Click(chromedp.JSPath(wRoot+`.querySelector('.human')`)))
+	human := "Talk to a human"
+	handoff := botAnswer(t, backends.AnswerRequest{Text: human, Language: "en",
+		History: []backends.HistoryMessage{{From: "visitor", Text: question}, {From: "bot", Text: answer.Text}}})
+	if !handoff.Handoff || handoff.Text == "" || handoff.Intent == "" {
+		t.Fatalf("the bot does not hand off on %q: %+v", human, handoff)
+	}
+	v.wait("queued behind the busy agent", wBox+`.dataset.state === 'queued' && `+wBox+`.dataset.position === '1' && `+wBox+`.dataset.leave !== 'true' && `+
+		notes+`.includes('Connecting you to a human agent…') && `+wHas(human)+` && `+wHas(handoff.Text)+` && `+
+		wRoot+`.querySelector('.banner').textContent === 'You are next in the queue.' && `+wRoot+`.querySelector('.quick').hidden`)
+	conv := evalJS[string](v, `window.UnigateWidget.widget.conv.id`)
+
+	a.do("make room", chromedp.SetValue(chromedp.ID("capacity"), "2"), chromedp.Click(chromedp.CSS("#presence button[type=submit]")))
+	a.wait("assigned", fmt.Sprintf(`document.querySelector('li[data-conv=%q][data-mine=true]')`, conv))
+	a.do("select it", chromedp.Click(chromedp.CSS(fmt.Sprintf(`li[data-conv=%q] button`, conv))))
+	a.wait("history, bot messages labelled", fmt.Sprintf(`document.body.dataset.selected === %q && `, conv)+cHas(question)+` && `+cHas(answer.Text)+` && `+cHas(human)+` && `+cHas(handoff.Text)+` && `+
+		`[...document.querySelectorAll('#log .msg')].filter(n => n.querySelector('.bubble').textContent === `+jsString(answer.Text)+`)[0].classList.contains('bot')`)
+	a.wait("what the bot understood, the router and the visitor", field("intent")+` === `+jsString(handoff.Intent)+` && `+
+		field("summary")+`.includes(`+jsString(question)+`) && `+field("summary")+`.includes(`+jsString(human)+`) && `+
+		field("routing")+`.includes('a-bot 0.') && `+field("language")+` !== '' && `+field("page")+` === `+jsString(origin+"/demo")+` && `+
+		`[...document.querySelectorAll('#ctx dt')].some(d => d.textContent === 'Why you (router)')`)
+	a.screenshot(shots, "console-bot.png")
+	v.wait("a human joined", wBox+`.dataset.state === 'assigned' && `+notes+`.includes('Agent a-bot joined the conversation.')`)
+	reply := "Hello, I am a human. We open at 9."
+	a.do("the agent answers", chromedp.SendKeys(chromedp.ID("input"), reply+kb.Enter))
+	v.wait("the agent's answer", wHas(reply))
+	checkOnce(t, "bot visitor", widgetTranscript(v), []string{question, answer.Text, human, handoff.Text, reply})
+
+	// The agent closes it; the visitor's next question is one the bot is
+	// not sure of.
+	a.do("close", chromedp.SetValue(chromedp.ID("disposition"), "resolved"), chromedp.Click(chromedp.ID("do-close")))
+	v.wait("closed", wBox+`.dataset.state === 'closed'`)
+	v.do("ask what the bot cannot answer", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), unsure+kb.Enter))
+	v.wait("handed over for low confidence", wBox+`.dataset.state !== 'closed' && `+notes+`.includes('The assistant could not answer that. Connecting you to a human agent…') && `+wHas(unsure))
+	conv2 := evalJS[string](v, `window.UnigateWidget.widget.conv.id`)
+	a.wait("the second conversation", fmt.Sprintf(`document.querySelector('li[data-conv=%q][data-mine=true]')`, conv2))
+	v.wait("assigned again", wBox+`.dataset.state === 'assigned'`)
+	if conv2 == conv {
+		t.Fatalf("the second question went to the closed conversation %s", conv)
+	}
+
+	// B: tenant shop2, nobody online: leave a message.
+	l := b.pageAt(t, "bot-leave", origin)
+	l.do("open the shop2 page", chromedp.Navigate(hosts.add("shop2", origin, `data-tenant="shop2" data-lang="en" data-open="true"`)))
+	l.wait("widget connected", wBox+`.dataset.conn === 'online'`)
+	l.do("ask", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), unsure+kb.Enter))
+	l.wait("leave-a-message form", wBox+`.dataset.leave === 'true' && !`+wRoot+`.querySelector('.leave').hidden && `+wRoot+`.querySelector('.banner').textContent === '' && `+
 		notes+`.some(n => n.startsWith('No agent is online right now.')) && `+wRoot+`.querySelector('label[for=ug-contact]').textContent === 'Email or phone (optional)'`)
-	v.do("contact", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('#ug-contact')`), "me@example.com"))
+	l.do("contact", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('#ug-contact')`), "me@example.com"))
 	left := "Please call me back about order 77."
-	v.do("message", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), left+kb.Enter))
-	v.wait("message left", notes+`.includes('Message left. An agent will reply when one is online.')`)
-	v.screenshot(shots, "widget-leave-message.png")
+	l.do("message", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), left+kb.Enter))
+	l.wait("message left", notes+`.includes('Message left. An agent will reply when one is online.') && `+wMsgs+`.every(n => n.dataset.seq !== '')`)
+	l.screenshot(shots, "widget-leave-message.png")
+	leaveConv := evalJS[string](l, `window.UnigateWidget.widget.conv.id`)
 	var texts []string
-	for _, env := range sentEnvelopes(t, b, "bot-visitor") {
+	for _, env := range sentEnvelopes(t, b, "bot-leave") {
 		var s struct{ ConversationID, Text string }
-		if raw, ok := env["send"]; ok && json.Unmarshal(raw, &s) == nil && s.ConversationID == "c-bot-b" {
+		if raw, ok := env["send"]; ok && json.Unmarshal(raw, &s) == nil && s.ConversationID == leaveConv {
 			texts = append(texts, s.Text)
 		}
 	}
-	if len(texts) != 2 || texts[0] != "Contact: me@example.com" || texts[1] != left {
-		t.Fatalf("left a message with sends %q, want the contact, then the message", texts)
+	if len(texts) != 3 || texts[0] != unsure || texts[1] != "Contact: me@example.com" || texts[2] != left {
+		t.Fatalf("sends %q, want the question, then the contact, then the message", texts)
 	}
+	sa := b.pageAt(t, "shop2-agent", origin)
+	sa.consoleLogin(agentTokenOf(t, g, "a-shop2", "shop2"))
+	sa.wait("the left message", fmt.Sprintf(`document.body.dataset.selected === %q && `, leaveConv)+cHas(unsure)+` && `+cHas("Contact: me@example.com")+` && `+cHas(left))
+	callback := "We will call you back today."
+	sa.do("answer", chromedp.SendKeys(chromedp.ID("input"), callback+kb.Enter))
+	l.wait("the answer", wBox+`.dataset.state === 'assigned' && `+wHas(callback))
+	checkOnce(t, "leave-a-message visitor", widgetTranscript(l), []string{unsure, "Contact: me@example.com", left, callback})
 
-	// The console shows what the bot, the router and the visitor's open say.
-	c := b.page(t, "ctx-agent")
-	c.do("open the console", chromedp.Navigate(b.origin+"/console/"))
-	c.do("sign in", chromedp.SendKeys(chromedp.ID("token"), agentToken(t, g, "a-ctx")), chromedp.Click(chromedp.ID("signin")))
-	c.wait("console connected", `document.body.dataset.conn === 'online'`)
-	evalJS[bool](c, `(() => { window.unigateConsole.onEvent({conversation: {conversationId: 'c-ctx', state: 'STATE_ASSIGNED', visitorId: 'v-ctx', agentId: 'a-ctx',
-		intent: 'billing/refund', summary: 'Wants a refund for order 77.\nPaid twice.', routing: 'a-ctx: skill billing 1.0, load 0.2, region cn-east',
-		region: 'cn-east', language: 'zh-CN', page: 'https://shop.example.com/checkout'}}); return true; })()`)
-	field := func(name string) string {
-		return `document.querySelector('#ctx dd[data-field=` + name + `]').textContent`
+	// C: ETA sentences, fed (the broker sends position only).
+	e := b.pageAt(t, "bot-eta", origin)
+	e.do("open /demo", chromedp.Navigate(origin+"/demo"))
+	e.wait("widget connected", wBox+`.dataset.conn === 'online'`)
+	feed := func(env string) {
+		t.Helper()
+		evalJS[bool](e, `(() => { const c = window.UnigateWidget.widget.client; c._handle(c.ws, `+env+`); return true; })()`)
 	}
-	c.wait("visitor context and routing", `document.body.dataset.selected === 'c-ctx' && `+field("intent")+` === 'billing/refund' && `+
-		field("summary")+` === 'Wants a refund for order 77.\nPaid twice.' && `+field("routing")+`.startsWith('a-ctx: skill billing') && `+
-		field("region")+` === 'cn-east' && `+field("language")+` === 'zh-CN' && `+field("page")+` === 'https://shop.example.com/checkout' && `+
-		`[...document.querySelectorAll('#ctx dt')].some(d => d.textContent === 'Why you (router)')`)
+	feed(`{conversation: {conversationId: 'c-eta', state: 'STATE_QUEUED', visitorId: 'v'}}`)
+	feed(`{queue: {conversationId: 'c-eta', position: 3, etaSeconds: 120}}`)
+	e.wait("position and ETA", wRoot+`.querySelector('.banner').textContent === 'You are number 3 in the queue. Estimated wait: about 2 min.'`)
+	feed(`{queue: {conversationId: 'c-eta', position: 1, etaSeconds: 20}}`)
+	e.wait("next, under a minute", wRoot+`.querySelector('.banner').textContent === 'You are next in the queue. Estimated wait: under a minute.'`)
 }
 
 // webRefusals: a gateway with tiny limits. A second anonymous visitor from
@@ -254,42 +345,73 @@ func webRefusals(t *testing.T, b *browser, hosts *hostPages) {
 	two.wait("room again", wBox+`.dataset.conn === 'online'`)
 }
 
-// webSecureGM: a gateway that requires the secure channel (crypto.required,
-// GM suites, an SM2 identity). The widget on another site's page pins the
-// gateway's key (data-crypto="gm", data-crypto-key), imports the GM client
-// (a separate asset, cross-origin with CORS), completes the handshake and
-// chats with an agent whose console learnt the key from
-// /console/config.json. Every WebSocket message of both pages is a secure
-// envelope and none carries the chat in clear. A page pinning another key
-// refuses the gateway and does not retry.
-func webSecureGM(t *testing.T, b *browser, hosts *hostPages) {
-	keyPath, sm2 := writeIdentity(t, crypto.SigSM2)
+// webSecure: the secure channel in the browser, every suite, against real
+// gateways.
+//
+// Gateway A requires the channel (crypto.required) and holds an SM2 and an
+// Ed25519 identity, suites GM-PQ, GM, INTL-PQ. Its console learns the
+// channel from /console/config.json and runs the gateway's preferred suite
+// (GM-PQ). Visitors on another site's page pin the gateway's key and ask
+// for GM (data-crypto="gm", the GM-only build), GM-PQ (the full build) and
+// INTL-PQ (Ed25519 key, the INTL-PQ-only build): each completes its
+// handshake, chats with the agent both ways, and every WebSocket message of
+// every page is a secure envelope with no chat text in clear (DevTools
+// frame events). /demo goes encrypted from its first dial with what the
+// widget script says (GM-PQ). A page pinning another key stops with the
+// verification sentence and does not retry.
+//
+// Gateway B allows INTL-PQ only (a post-quantum policy): a page that offers
+// GM alone is refused at the handshake (close 1008, "no cipher suite in
+// common"), shows so, never retries and never says hello in clear; a page
+// offering GM and INTL-PQ gets INTL-PQ; /demo runs INTL-PQ.
+//
+// In an insecure context (a page of http://insecure.test, mapped to
+// 127.0.0.1: no crypto.subtle) the client runs on its @noble fallbacks:
+// INTL-PQ (X25519, Ed25519, SHA-256/HMAC, AES-256-GCM) and GM (the key
+// id's SHA-256) both complete and chat.
+func webSecure(t *testing.T, b *browser, hosts *hostPages) {
+	sm2Path, sm2 := writeIdentity(t, crypto.SigSM2)
+	edPath, ed := writeIdentity(t, crypto.SigEd25519)
 	g := startGateway(t, func(c *config.Config) {
 		c.Crypto.Enabled = true
-		c.Crypto.IdentityKeys = []string{keyPath}
-		c.Crypto.Suites = []string{"GM-PQ", "GM"}
+		c.Crypto.IdentityKeys = []string{sm2Path, edPath}
+		c.Crypto.Suites = []string{"GM-PQ", "GM", "INTL-PQ"}
 		c.Crypto.Required = true
 	})
 	origin := b.allowGateway(g)
-	key := hex.EncodeToString(sm2.Public().Bytes())
+	sm2Key, edKey := hex.EncodeToString(sm2.Public().Bytes()), hex.EncodeToString(ed.Public().Bytes())
 
-	v := b.pageAt(t, "gm-visitor", origin)
-	v.do("open the host page", chromedp.Navigate(hosts.add("gm", origin, fmt.Sprintf(`data-crypto="gm" data-crypto-key=%q data-open="true"`, key))))
-	v.wait("encrypted and online", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.secure === 'GM' && `+wRoot+`.querySelector('.sub').textContent === 'Online · encrypted (GM)'`)
-	secret := "GM 加密测试: my card ends in 4242"
-	v.do("visitor writes", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), secret+kb.Enter))
-	v.wait("stored", wMsgs+`.length === 1 && `+wMsgs+`[0].dataset.seq === '1'`)
+	a := b.pageAt(t, "secure-agent", origin)
+	a.consoleLogin(agentToken(t, g, "a-secure"))
+	a.do("room for every visitor below", chromedp.SetValue(chromedp.ID("capacity"), "8"), chromedp.Click(chromedp.CSS("#presence button[type=submit]")))
+	a.wait("console encrypted with the gateway's first suite", `document.body.dataset.secure === 'GM-PQ' && document.getElementById('conn').textContent.includes('Encrypted (GM-PQ)')`)
 
-	a := b.pageAt(t, "gm-agent", origin)
-	a.consoleLogin(agentToken(t, g, "a-gm"))
-	a.wait("console encrypted", `document.body.dataset.secure === 'GM' && document.getElementById('conn').textContent.includes('Encrypted (GM)')`)
-	a.wait("the visitor's message", cHas(secret))
-	reply := "Received over SM4-GCM."
-	a.do("agent replies", chromedp.SendKeys(chromedp.ID("input"), reply+kb.Enter))
-	v.wait("reply", wHas(reply))
-	checkOnce(t, "GM visitor", widgetTranscript(v), []string{secret, reply})
-
-	for _, name := range []string{"gm-visitor", "gm-agent"} {
+	// chat: a visitor page (attrs pin keys and suites) completes the
+	// handshake with suite, writes, the agent answers, and nothing of it
+	// crossed the WebSocket in clear.
+	chat := func(name, page, suite, module string) *page {
+		t.Helper()
+		v := b.pageAt(t, name, origin)
+		v.do("open "+page, chromedp.Navigate(page))
+		v.wait("encrypted with "+suite, fmt.Sprintf(`%s.dataset.conn === 'online' && %s.dataset.secure === %q && %s.querySelector('.sub').textContent === 'Online · encrypted (%s)'`, wBox, wBox, suite, wRoot, suite))
+		secret := fmt.Sprintf("%s 加密测试: my card ends in 4242", suite)
+		v.do("visitor writes", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), secret+kb.Enter))
+		v.wait("stored", wMsgs+`.length === 1 && `+wMsgs+`[0].dataset.seq === '1'`)
+		conv := evalJS[string](v, `window.UnigateWidget.widget.conv.id`)
+		a.wait("assigned to the agent", fmt.Sprintf(`document.querySelector('li[data-conv=%q][data-mine=true]')`, conv))
+		a.do("select it", chromedp.Click(chromedp.CSS(fmt.Sprintf(`li[data-conv=%q] button`, conv))))
+		a.wait("the visitor's message", fmt.Sprintf(`document.body.dataset.selected === %q && `, conv)+cHas(secret))
+		reply := "Received over " + suite + ", card 4242."
+		a.do("agent replies", chromedp.SendKeys(chromedp.ID("input"), reply+kb.Enter))
+		v.wait("reply", wHas(reply))
+		checkOnce(t, name, widgetTranscript(v), []string{secret, reply})
+		if got := evalJS[[]string](v, `performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/widget/unigate-crypto'))`); len(got) != 1 || !strings.Contains(got[0], module+"?v=") {
+			t.Errorf("%s loaded the crypto client %v, want %s only", name, got, module)
+		}
+		return v
+	}
+	allSecure := func(name string) {
+		t.Helper()
 		frames := b.framesOf(name)
 		if len(frames) < 6 {
 			t.Fatalf("%s: %d WebSocket messages", name, len(frames))
@@ -299,17 +421,24 @@ func webSecureGM(t *testing.T, b *browser, hosts *hostPages) {
 			if err := json.Unmarshal([]byte(f.Data), &env); err != nil || len(env) != 1 || env["secure"] == nil {
 				t.Fatalf("%s: a WebSocket message that is not a secure envelope (sent %v): %.200s", name, f.Sent, f.Data)
 			}
-			if strings.Contains(f.Data, "4242") || strings.Contains(f.Data, "SM4-GCM") {
+			if strings.Contains(f.Data, "4242") || strings.Contains(f.Data, "Received over") {
 				t.Fatalf("%s: chat text in clear: %.200s", name, f.Data)
 			}
 		}
 	}
+	chat("gm-visitor", hosts.add("gm", origin, fmt.Sprintf(`data-crypto="gm" data-crypto-key=%q data-open="true"`, sm2Key)), "GM", web.CryptoGMPath)
+	chat("gmpq-visitor", hosts.add("gm-pq", origin, fmt.Sprintf(`data-crypto="gm-pq" data-crypto-key=%q data-open="true"`, sm2Key)), "GM-PQ", web.CryptoPath)
+	chat("intl-visitor", hosts.add("intl-pq", origin, fmt.Sprintf(`data-crypto="intl-pq" data-crypto-key=%q data-open="true"`, edKey)), "INTL-PQ", web.CryptoIntlPath)
+	for _, name := range []string{"gm-visitor", "gmpq-visitor", "intl-visitor", "secure-agent"} {
+		allSecure(name)
+	}
 
 	// The gateway's own demo page sets nothing: the widget learns from its
-	// script that the gateway requires the channel, and with which key.
-	d := b.pageAt(t, "gm-demo", origin)
+	// script that the gateway requires the channel, its preferred suite and
+	// keys.
+	d := b.pageAt(t, "secure-demo", origin)
 	d.do("open /demo", chromedp.Navigate(origin+"/demo"))
-	d.wait("encrypted because the gateway requires it", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.secure === 'GM'`)
+	d.wait("encrypted because the gateway requires it", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.secure === 'GM-PQ'`)
 	if n := evalJS[int](d, `window.UnigateWidget.widget.client.stats.dials`); n != 1 {
 		t.Errorf("demo page dialled %d times, want 1 (encrypted from the start)", n)
 	}
@@ -324,4 +453,66 @@ func webSecureGM(t *testing.T, b *browser, hosts *hostPages) {
 	if s := evalJS[map[string]any](w, `(() => { const c = window.UnigateWidget.widget.client; return {dials: c.stats.dials, timer: c.timer, code: c.failed && c.failed.message}; })()`); s["dials"] != 1.0 || s["timer"] != 0.0 {
 		t.Errorf("wrong pin: %v, want one dial and no retry", s)
 	}
+
+	// Gateway B: INTL-PQ only.
+	pq := startGateway(t, func(c *config.Config) {
+		c.Crypto.Enabled = true
+		c.Crypto.IdentityKeys = []string{sm2Path, edPath}
+		c.Crypto.Suites = []string{"INTL-PQ"}
+		c.Crypto.Required = true
+	})
+	pqOrigin := b.allowGateway(pq)
+	down := b.pageAt(t, "pq-only-gm", pqOrigin)
+	down.do("a page that offers GM alone", chromedp.Navigate(hosts.add("pq-only-gm", pqOrigin, fmt.Sprintf(`data-crypto="gm" data-crypto-key=%q data-open="true"`, sm2Key))))
+	down.wait("refused: no suite in common", wBox+`.dataset.wait === 'failed' && `+wRoot+`.querySelector('.alert').textContent.startsWith('The server refused the encryption this page asks for')`)
+	if s := evalJS[map[string]any](down, `(() => { const c = window.UnigateWidget.widget.client; return {dials: c.stats.dials, timer: c.timer, close: c.failed && c.failed.close, reason: c.failed && c.failed.message}; })()`); s["dials"] != 1.0 || s["timer"] != 0.0 || s["close"] != 1008.0 {
+		t.Errorf("GM page on an INTL-PQ-only gateway: %v, want one dial, close 1008, no retry", s)
+	}
+	frames := b.framesOf("pq-only-gm")
+	if len(frames) != 1 || !frames[0].Sent || !strings.HasPrefix(frames[0].Data, `{"secure":`) {
+		t.Errorf("GM page on an INTL-PQ-only gateway exchanged %d messages (%v), want its ClientHello alone", len(frames), frames)
+	}
+	both := b.pageAt(t, "pq-both", pqOrigin)
+	both.do("a page that offers GM, then INTL-PQ", chromedp.Navigate(hosts.add("pq-both", pqOrigin, fmt.Sprintf(`data-crypto="gm,intl-pq" data-crypto-key="%s,%s" data-open="true"`, sm2Key, edKey))))
+	both.wait("the gateway's policy picks INTL-PQ", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.secure === 'INTL-PQ'`)
+	both.do("visitor writes", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), "post-quantum only 4242"+kb.Enter))
+	both.wait("stored over INTL-PQ", wMsgs+`.length === 1 && `+wMsgs+`[0].dataset.seq === '1'`)
+	allSecureFew := func(name string) {
+		for _, f := range b.framesOf(name) {
+			if !strings.HasPrefix(f.Data, `{"secure":`) || strings.Contains(f.Data, "4242") {
+				t.Fatalf("%s: %.200s", name, f.Data)
+			}
+		}
+	}
+	allSecureFew("pq-both")
+	pd := b.pageAt(t, "pq-demo", pqOrigin)
+	pd.do("open /demo", chromedp.Navigate(pqOrigin+"/demo"))
+	pd.wait("INTL-PQ from the widget script", wBox+`.dataset.conn === 'online' && `+wBox+`.dataset.secure === 'INTL-PQ'`)
+
+	// An insecure context: no WebCrypto, the @noble fallbacks.
+	insecure := strings.Replace(hosts.URL, "127.0.0.1", "insecure.test", 1)
+	b.allow(insecure + "/")
+	for _, tc := range []struct{ name, attrs, suite, module, noble string }{
+		{"insecure-intl", fmt.Sprintf(`data-crypto="intl-pq" data-crypto-key=%q data-open="true"`, edKey), "INTL-PQ", web.CryptoIntlPath, "aesgcm,ed25519,sha256,x25519"},
+		{"insecure-gm", fmt.Sprintf(`data-crypto="gm" data-crypto-key=%q data-open="true"`, sm2Key), "GM", web.CryptoGMPath, "sha256"},
+	} {
+		hosts.add(tc.name, origin, tc.attrs)
+		v := chat(tc.name, insecure+"/page/"+tc.name, tc.suite, tc.module)
+		got := evalJS[string](v, `(() => { const u = window.UnigateWidget.widget.client.secureInfo.used; return Object.keys(u).filter(k => u[k] === 'noble').sort().join(','); })()`)
+		if ctx := evalJS[bool](v, `window.isSecureContext || !!(window.crypto && window.crypto.subtle)`); ctx || got != tc.noble {
+			t.Errorf("%s: secure context %v, primitives on @noble %q, want an insecure context and %q", tc.name, ctx, got, tc.noble)
+		}
+		allSecure(tc.name)
+	}
+}
+
+// agentTokenOf is agentToken for an agent of tenant.
+func agentTokenOf(t *testing.T, g *gateway, id, tenant string) string {
+	t.Helper()
+	now := time.Now()
+	tok, err := g.signer.Sign(token.Claims{Subject: id, Role: "agent", Tenant: tenant, IssuedAt: now, ExpiresAt: now.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }

@@ -81,6 +81,9 @@ func newBrowser(t *testing.T, origin string) *browser {
 		chromedp.Flag("no-pings", true),
 		chromedp.Flag("dns-prefetch-disable", true),
 		chromedp.Flag("lang", "en-US"),
+		// insecure.test is this machine under a name that is not a secure
+		// context (no crypto.subtle): the secure channel's fallbacks.
+		chromedp.Flag("host-resolver-rules", "MAP insecure.test 127.0.0.1"),
 		chromedp.WindowSize(1280, 800),
 	)
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
@@ -371,10 +374,11 @@ func TestWeb(t *testing.T) {
 	b.allow(hosts.URL + "/")
 	t.Run("KeyboardChinese", func(t *testing.T) { webKeyboardChinese(t, b) })
 	t.Run("HumanButtonContext", func(t *testing.T) { webHumanButton(t, b, hosts) })
-	t.Run("BotFirstRendering", func(t *testing.T) { webBotFirst(t, g, b) })
+	t.Run("BotFirst", func(t *testing.T) { webBotFirst(t, b, hosts) })
 	t.Run("Conversation", func(t *testing.T) { webConversation(t, g, b, apiKey) })
 	t.Run("Refusals", func(t *testing.T) { webRefusals(t, b, hosts) })
-	t.Run("SecureGM", func(t *testing.T) { webSecureGM(t, b, hosts) })
+	t.Run("PasswordReload", func(t *testing.T) { webPasswordReload(t, b) })
+	t.Run("Secure", func(t *testing.T) { webSecure(t, b, hosts) })
 
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -1,24 +1,35 @@
-// Command bundle builds the browser asset of the secure-channel client,
-// web/crypto/dist/unigate-crypto-gm.js, from web/crypto/unigate-crypto.mjs
-// and its vendored npm packages (web/crypto/node_modules, installed by
-// `npm ci` from the pinned package-lock.json), with esbuild's Go API.
+// Command bundle builds the browser assets of the secure-channel client
+// from web/crypto/unigate-crypto.mjs and its vendored npm packages
+// (web/crypto/node_modules, installed by `npm ci` from the pinned
+// package-lock.json), with esbuild's Go API:
 //
-// The output is committed, so that a clone builds and runs without Node;
+//   - dist/unigate-crypto.js, every suite: GM, GM-PQ and INTL-PQ (SM2, SM3
+//     and SM4 from sm-crypto and jsbn; ML-KEM-768 from @noble/post-quantum;
+//     X25519, Ed25519, SHA-256/HMAC and AES-GCM from WebCrypto, or from
+//     @noble/curves, @noble/hashes and @noble/ciphers where the browser has
+//     no WebCrypto or not these algorithms);
+//   - dist/unigate-crypto-gm.js, the GM suite only: the ML-KEM, X25519,
+//     Ed25519 and AES imports are replaced by stubs that throw, which keeps
+//     @noble/post-quantum, @noble/curves and @noble/ciphers out;
+//   - dist/unigate-crypto-intl.js, the INTL-PQ suite only: sm-crypto and
+//     jsbn are stubs.
+//
+// A page loads the smallest one that has the suites it offers.
+//
+// The outputs are committed, so that a clone builds and runs without Node;
 // `make generate-check` runs this command with -check, which rebuilds in
-// memory and fails when the committed file differs (generate-then-diff).
+// memory and fails when a committed file differs (generate-then-diff).
 //
-//	go -C web/bundle run .          # write the asset
-//	go -C web/bundle run . -check   # compare with the committed one
+//	go -C web/bundle run .          # write the assets
+//	go -C web/bundle run . -check   # compare with the committed ones
 //
 // It is a module of its own so that esbuild never enters the gateway's
 // module graph (nor its binary or SBOM).
 //
-// The asset carries the GM suite only (SM2, SM3, SM4-GCM from sm-crypto and
-// jsbn): the ML-KEM import of the module is replaced by a stub that throws,
-// which keeps @noble/post-quantum out (20 KB gzipped instead of 27 KB).
 // Licences of everything bundled are appended as a comment; legal comments
-// of the sources are dropped (some name web sites, and embedded assets may
-// not name any host: deploy/offline_test.go).
+// of the sources are dropped, and the URL schemes in the licence texts
+// (the authors' home pages) are removed: embedded assets may not name any
+// host (deploy/offline_test.go, web's TestWebNoExternalHost).
 package main
 
 import (
@@ -34,66 +45,143 @@ import (
 	"github.com/evanw/esbuild/pkg/api"
 )
 
-const (
-	entry = "unigate-crypto.mjs"
-	out   = "dist/unigate-crypto-gm.js"
+const entry = "unigate-crypto.mjs"
+
+// pkg is an npm package that ends up in an asset, with the file holding
+// its licence.
+type pkg struct{ name, licence string }
+
+var (
+	smCrypto     = pkg{"sm-crypto", "LICENCE_MIT"}
+	jsbn         = pkg{"jsbn", "LICENSE"}
+	noblePQ      = pkg{"@noble/post-quantum", "LICENSE"}
+	nobleCurves  = pkg{"@noble/curves", "LICENSE"}
+	nobleCiphers = pkg{"@noble/ciphers", "LICENSE"}
+	nobleHashes  = pkg{"@noble/hashes", "LICENSE"}
 )
 
-// bundled are the npm packages that end up in the GM asset, with the file
-// holding each one's licence.
-var bundled = []struct{ name, licence string }{
-	{"sm-crypto", "LICENCE_MIT"},
-	{"jsbn", "LICENSE"},
+// asset is one output file.
+type asset struct {
+	out     string // path under web/crypto
+	title   string // for the banner
+	bundled []pkg
+	stubs   []stub // imports replaced by stubs that throw
+}
+
+// stub replaces the module an import path names with one that exports
+// names ("default" for the default export), each throwing when used.
+type stub struct {
+	filter string // esbuild's (Go) regular expression on the import path
+	suite  string // the suite of the asset, for the error
+	names  []string
+}
+
+// analyze prints esbuild's analysis of each asset's metafile.
+var analyze bool
+
+var assets = []asset{
+	{
+		out:     "dist/unigate-crypto.js",
+		title:   "GM, GM-PQ and INTL-PQ suites",
+		bundled: []pkg{smCrypto, jsbn, noblePQ, nobleCurves, nobleCiphers, nobleHashes},
+	},
+	{
+		out:     "dist/unigate-crypto-gm.js",
+		title:   "GM suite",
+		bundled: []pkg{smCrypto, jsbn, nobleHashes},
+		stubs: []stub{
+			{`^@noble/post-quantum/`, "GM", []string{"ml_kem768"}},
+			{`^@noble/curves/`, "GM", []string{"x25519", "ed25519"}},
+			{`^@noble/ciphers/`, "GM", []string{"gcm"}},
+		},
+	},
+	{
+		out:     "dist/unigate-crypto-intl.js",
+		title:   "INTL-PQ suite",
+		bundled: []pkg{noblePQ, nobleCurves, nobleCiphers, nobleHashes},
+		stubs: []stub{
+			{`^(sm-crypto|jsbn)(/|$)`, "INTL-PQ", []string{"default"}},
+		},
+	},
 }
 
 func main() {
 	dir := flag.String("dir", "../crypto", "the web/crypto directory")
-	check := flag.Bool("check", false, "compare with the committed asset instead of writing it")
+	check := flag.Bool("check", false, "compare with the committed assets instead of writing them")
+	flag.BoolVar(&analyze, "analyze", false, "print what each asset is made of (bytes per source file)")
 	flag.Parse()
-	got, err := build(*dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bundle:", err)
-		os.Exit(1)
-	}
-	path := filepath.Join(*dir, out)
-	if *check {
-		have, err := os.ReadFile(path)
-		if err != nil || !bytes.Equal(have, got) {
-			fmt.Fprintf(os.Stderr, "bundle: %s is not what web/bundle builds (%d bytes committed, %d built; err %v): run `go -C web/bundle run .` and commit it\n", path, len(have), len(got), err)
-			os.Exit(1)
+	failed := false
+	for _, a := range assets {
+		if err := run(*dir, a, *check); err != nil {
+			fmt.Fprintln(os.Stderr, "bundle:", err)
+			failed = true
 		}
-		fmt.Printf("bundle: %s is up to date (%d bytes)\n", path, len(got))
-		return
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		fmt.Fprintln(os.Stderr, "bundle:", err)
+	if failed {
 		os.Exit(1)
 	}
-	if err := os.WriteFile(path, got, 0o644); err != nil {
-		fmt.Fprintln(os.Stderr, "bundle:", err)
-		os.Exit(1)
-	}
-	fmt.Printf("bundle: wrote %s (%d bytes)\n", path, len(got))
 }
 
-// noMLKEM replaces @noble/post-quantum's ML-KEM with a stub: the GM suite
-// does not use it, and asking for GM-PQ or INTL-PQ fails with a clear error.
-var noMLKEM = api.Plugin{Name: "no-ml-kem", Setup: func(b api.PluginBuild) {
-	b.OnResolve(api.OnResolveOptions{Filter: `^@noble/post-quantum/`}, func(api.OnResolveArgs) (api.OnResolveResult, error) {
-		return api.OnResolveResult{Path: "ml-kem-stub", Namespace: "stub"}, nil
-	})
-	b.OnLoad(api.OnLoadOptions{Filter: `.*`, Namespace: "stub"}, func(api.OnLoadArgs) (api.OnLoadResult, error) {
-		s := "export const ml_kem768 = { keygen () { throw new Error('unigate-crypto-gm: the GM suite only; ML-KEM is not in this build') } }\n"
-		return api.OnLoadResult{Contents: &s, Loader: api.LoaderJS}, nil
-	})
-}}
+// run builds a and writes it, or with check compares it with the
+// committed file.
+func run(dir string, a asset, check bool) error {
+	got, err := build(dir, a)
+	if err != nil {
+		return fmt.Errorf("%s: %w", a.out, err)
+	}
+	path := filepath.Join(dir, a.out)
+	if check {
+		have, err := os.ReadFile(path)
+		if err != nil || !bytes.Equal(have, got) {
+			return fmt.Errorf("%s is not what web/bundle builds (%d bytes committed, %d built; err %v): run `go -C web/bundle run .` and commit it", path, len(have), len(got), err)
+		}
+		fmt.Printf("bundle: %s is up to date (%d bytes)\n", path, len(got))
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, got, 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("bundle: wrote %s (%d bytes)\n", path, len(got))
+	return nil
+}
 
-var hostRE = regexp.MustCompile(`(?i)\b[a-z][a-z0-9+.-]*://`)
+// stubs replaces the imports a one-suite asset does not need by modules
+// whose exports throw when touched: asking that asset for another suite
+// fails with a clear error.
+func stubs(list []stub) api.Plugin {
+	return api.Plugin{Name: "stubs", Setup: func(b api.PluginBuild) {
+		for i, st := range list {
+			path := fmt.Sprintf("stub-%d", i)
+			b.OnResolve(api.OnResolveOptions{Filter: st.filter}, func(api.OnResolveArgs) (api.OnResolveResult, error) {
+				return api.OnResolveResult{Path: path, Namespace: "stub"}, nil
+			})
+			var src strings.Builder
+			fmt.Fprintf(&src, "const no = () => { throw new Error('this build of the Unigate secure-channel client has the %s suite only; unigate-crypto.js has them all') }\n", st.suite)
+			for _, n := range st.names {
+				if n == "default" {
+					src.WriteString("export default new Proxy({}, { get: no })\n")
+				} else {
+					fmt.Fprintf(&src, "export const %s = new Proxy({}, { get: no })\n", n)
+				}
+			}
+			contents := src.String()
+			b.OnLoad(api.OnLoadOptions{Filter: "^" + regexp.QuoteMeta(path) + "$", Namespace: "stub"}, func(api.OnLoadArgs) (api.OnLoadResult, error) {
+				return api.OnLoadResult{Contents: &contents, Loader: api.LoaderJS}, nil
+			})
+		}
+	}}
+}
 
-func build(dir string) ([]byte, error) {
+// schemeRE finds a URL scheme (https://): licence texts lose theirs.
+var schemeRE = regexp.MustCompile(`(?i)\b[a-z][a-z0-9+.-]*://`)
+
+func build(dir string, a asset) ([]byte, error) {
 	var banner, licences strings.Builder
 	var names []string
-	for _, p := range bundled {
+	for _, p := range a.bundled {
 		meta, err := os.ReadFile(filepath.Join(dir, "node_modules", p.name, "package.json"))
 		if err != nil {
 			return nil, fmt.Errorf("%w (run `npm ci` in web/crypto)", err)
@@ -106,15 +194,15 @@ func build(dir string) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if hostRE.Match(text) {
-			return nil, fmt.Errorf("the licence of %s names a URL: embedded assets may not (deploy/offline_test.go)", p.name)
-		}
+		// "Copyright (c) 2022 Paul Miller (https://…)": the notice stays,
+		// without the scheme that would make it a URL.
+		text = schemeRE.ReplaceAll(text, nil)
 		names = append(names, fmt.Sprintf("%s %s (%s)", p.name, pkg.Version, pkg.License))
 		fmt.Fprintf(&licences, "\n---- %s %s ----\n%s\n", p.name, pkg.Version, strings.ReplaceAll(strings.TrimSpace(string(text)), "*/", "* /"))
 	}
-	fmt.Fprintf(&banner, "/*! Unigate secure-channel client, GM suite (docs/crypto.md). Apache-2.0.\n"+
+	fmt.Fprintf(&banner, "/*! Unigate secure-channel client, %s (docs/crypto.md). Apache-2.0.\n"+
 		" * Generated by web/bundle from web/crypto/unigate-crypto.mjs with %s;\n"+
-		" * do not edit (go -C web/bundle run .). Licences at the end. */", strings.Join(names, ", "))
+		" * do not edit (go -C web/bundle run .). Licences at the end. */", a.title, strings.Join(names, ", "))
 	r := api.Build(api.BuildOptions{
 		AbsWorkingDir:     mustAbs(dir),
 		EntryPoints:       []string{entry},
@@ -129,11 +217,15 @@ func build(dir string) ([]byte, error) {
 		Charset:           api.CharsetASCII,
 		Banner:            map[string]string{"js": banner.String()},
 		Footer:            map[string]string{"js": "/* Licences of the bundled packages:\n" + licences.String() + "*/"},
-		Plugins:           []api.Plugin{noMLKEM},
-		Outfile:           out,
+		Plugins:           []api.Plugin{stubs(a.stubs)},
+		Outfile:           a.out,
 		Write:             false,
 		LogLevel:          api.LogLevelWarning,
+		Metafile:          analyze,
 	})
+	if analyze {
+		fmt.Fprintln(os.Stderr, api.AnalyzeMetafile(r.Metafile, api.AnalyzeMetafileOptions{}))
+	}
 	if len(r.Errors) > 0 {
 		msgs := api.FormatMessages(r.Errors, api.FormatMessagesOptions{Kind: api.ErrorMessage})
 		return nil, fmt.Errorf("esbuild:\n%s", strings.Join(msgs, "\n"))

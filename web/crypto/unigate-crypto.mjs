@@ -11,7 +11,13 @@
 //            over AES, against WebCrypto's AES-GCM.
 //   GM-PQ    the GM suite with SM2 ECDH || ML-KEM-768 (@noble/post-quantum).
 //   INTL-PQ  ML-KEM-768 || X25519, Ed25519, SHA-256/HMAC/HKDF and AES-256-GCM from
-//            WebCrypto.
+//            WebCrypto where the browser has them; otherwise from the audited pure
+//            JavaScript @noble packages (@noble/curves X25519 and Ed25519, @noble/hashes
+//            SHA-256 and HMAC, @noble/ciphers AES-GCM). WebCrypto is missing in an
+//            insecure context (a page served over http:// from another host than
+//            localhost has no crypto.subtle), and X25519/Ed25519 arrived in Chromium 133
+//            and 137; the fallbacks are checked against WebCrypto (test/vectors.mjs).
+//            The GM key ids (SHA-256) take the same path.
 //
 // The module is transport-agnostic, like the Go package: the caller carries the
 // handshake messages and records (one WebSocket message each). Everything is
@@ -31,10 +37,14 @@ import smCrypto from 'sm-crypto'
 import smUtils from 'sm-crypto/src/sm2/utils.js'
 import jsbn from 'jsbn'
 import { ml_kem768 } from '@noble/post-quantum/ml-kem.js'
+import { x25519 as nobleX25519, ed25519 as nobleEd25519 } from '@noble/curves/ed25519.js'
+import { gcm as nobleGCM } from '@noble/ciphers/aes.js'
+import { sha256 as nobleSHA256 } from '@noble/hashes/sha2.js'
+import { hmac as nobleHMAC } from '@noble/hashes/hmac.js'
 
-const { sm2, sm3, sm4 } = smCrypto
-const { BigInteger } = jsbn
-const subtle = globalThis.crypto.subtle
+// sm-crypto and jsbn are reached through smCrypto, smUtils and jsbn at the
+// time of use, never at load: web/bundle builds an INTL-PQ-only asset in
+// which they are stubs.
 const utf8 = new TextEncoder()
 const EMPTY = new Uint8Array(0)
 
@@ -96,21 +106,61 @@ class Reader {
   empty () { return this.off === this.b.length }
 }
 
+// ---- WebCrypto, or the @noble fallbacks ----
+
+// subtle is WebCrypto's SubtleCrypto, or null: absent in insecure contexts,
+// or turned off with setWebCrypto(false) (tests of the fallbacks).
+let subtle = globalThis.crypto?.subtle ?? null
+const probes = new Map() // algorithm name -> Promise<boolean>
+
+// setWebCrypto(false) makes every primitive use its @noble fallback;
+// setWebCrypto(true) goes back to WebCrypto where the runtime has it.
+export function setWebCrypto (on) {
+  subtle = on ? (globalThis.crypto?.subtle ?? null) : null
+  probes.clear()
+}
+
+// used records which implementation each primitive last ran on
+// ('webcrypto' or 'noble'), for tests and diagnostics.
+export const used = {}
+
+// pick returns the SubtleCrypto to run alg with, or null for the @noble
+// fallback, and records the choice under name in used. X25519 and Ed25519
+// are probed once (older browsers throw NotSupportedError).
+async function pick (name, alg) {
+  const s = subtle
+  let ok = !!s
+  if (ok && (alg === 'X25519' || alg === 'Ed25519')) {
+    if (!probes.has(alg)) {
+      probes.set(alg, s.generateKey({ name: alg }, false, alg === 'X25519' ? ['deriveBits'] : ['sign', 'verify']).then(() => true, () => false))
+    }
+    ok = await probes.get(alg)
+  }
+  used[name] = ok ? 'webcrypto' : 'noble'
+  return ok ? s : null
+}
+
 // ---- hashes, HMAC, HKDF (RFC 5869) ----
 
 const SM3 = {
   name: 'SM3',
   size: 32,
-  async digest (data) { return fromHex(sm3(Array.from(data))) },
-  async hmac (key, data) { return fromHex(sm3(Array.from(data), { key: Array.from(key) })) },
+  async digest (data) { return fromHex(smCrypto.sm3(Array.from(data))) },
+  async hmac (key, data) { return fromHex(smCrypto.sm3(Array.from(data), { key: Array.from(key) })) },
 }
 const SHA256 = {
   name: 'SHA-256',
   size: 32,
-  async digest (data) { return new Uint8Array(await subtle.digest('SHA-256', data)) },
+  async digest (data) {
+    const s = await pick('sha256', 'SHA-256')
+    if (!s) return nobleSHA256(data)
+    return new Uint8Array(await s.digest('SHA-256', data))
+  },
   async hmac (key, data) {
-    const k = await subtle.importKey('raw', key, { name: 'HMAC', hash: 'SHA-256' }, false, ['sign'])
-    return new Uint8Array(await subtle.sign('HMAC', k, data))
+    const s = await pick('sha256', 'SHA-256')
+    if (!s) return nobleHMAC(nobleSHA256, key, data)
+    const k = await s.importKey('raw', key, { name: 'HMAC', hash: 'SHA-256' }, false, ['sign'])
+    return new Uint8Array(await s.sign('HMAC', k, data))
   },
 }
 export const hashes = { SM3, SHA256 }
@@ -207,7 +257,7 @@ export function makeGCM (encryptBlocks) {
 // SM4 (GB/T 32907) in ECB over whole blocks, from sm-crypto.
 export function sm4Blocks (key) {
   const k = Array.from(key)
-  return (blocks) => Uint8Array.from(sm4.encrypt(Array.from(blocks), k, { padding: 'none', output: 'array' }))
+  return (blocks) => Uint8Array.from(smCrypto.sm4.encrypt(Array.from(blocks), k, { padding: 'none', output: 'array' }))
 }
 
 const SM4GCM = {
@@ -222,11 +272,21 @@ const AES256GCM = {
   name: 'AES-256-GCM',
   keySize: 32,
   async create (key) {
-    const k = await subtle.importKey('raw', key, 'AES-GCM', false, ['encrypt', 'decrypt'])
+    const s = await pick('aesgcm', 'AES-GCM')
+    if (!s) {
+      // A copy of the key for the connection's life (the caller wipes its
+      // own), as WebCrypto keeps one inside its CryptoKey.
+      const k = key.slice()
+      return {
+        async seal (iv, pt, ad) { return nobleGCM(k, iv, ad).encrypt(pt) },
+        async open (iv, ct, ad) { try { return nobleGCM(k, iv, ad).decrypt(ct) } catch { return null } },
+      }
+    }
+    const k = await s.importKey('raw', key, 'AES-GCM', false, ['encrypt', 'decrypt'])
     return {
-      async seal (iv, pt, ad) { return new Uint8Array(await subtle.encrypt({ name: 'AES-GCM', iv, additionalData: ad, tagLength: 128 }, k, pt)) },
+      async seal (iv, pt, ad) { return new Uint8Array(await s.encrypt({ name: 'AES-GCM', iv, additionalData: ad, tagLength: 128 }, k, pt)) },
       async open (iv, ct, ad) {
-        try { return new Uint8Array(await subtle.decrypt({ name: 'AES-GCM', iv, additionalData: ad, tagLength: 128 }, k, ct)) } catch { return null }
+        try { return new Uint8Array(await s.decrypt({ name: 'AES-GCM', iv, additionalData: ad, tagLength: 128 }, k, ct)) } catch { return null }
       },
     }
   },
@@ -235,7 +295,7 @@ export const aeads = { SM4GCM, AES256GCM }
 
 // ---- KEMs (client side: generate a share, decapsulate the server's ciphertext) ----
 
-const sm2Curve = smUtils.getGlobalCurve()
+let sm2Curve = null
 const SM2ECDH = {
   publicKeySize: 65,
   ciphertextSize: 65,
@@ -243,13 +303,14 @@ const SM2ECDH = {
     // The private key comes from crypto.getRandomValues (320 bits reduced
     // mod n-1, bias below 2^-64), not from sm-crypto's default generator,
     // an ARC4 stream seeded once per page.
-    const kp = sm2.generateKeyPairHex(toHex(random(40)), 16)
+    const kp = smCrypto.sm2.generateKeyPairHex(toHex(random(40)), 16)
     return {
       publicKey: fromHex(kp.publicKey),
       async decapsulate (ct) {
         const hex = toHex(ct)
-        if (ct.length !== 65 || ct[0] !== 4 || !sm2.verifyPublicKey(hex)) throw new Error('bad SM2 point')
-        const p = sm2Curve.decodePointHex(hex).multiply(new BigInteger(kp.privateKey, 16))
+        if (ct.length !== 65 || ct[0] !== 4 || !smCrypto.sm2.verifyPublicKey(hex)) throw new Error('bad SM2 point')
+        sm2Curve ??= smUtils.getGlobalCurve()
+        const p = sm2Curve.decodePointHex(hex).multiply(new jsbn.BigInteger(kp.privateKey, 16))
         if (p.isInfinity()) throw new Error('SM2 ECDH at infinity')
         return fromHex(p.getX().toBigInteger().toString(16).padStart(64, '0'))
       },
@@ -274,16 +335,31 @@ const X25519 = {
   publicKeySize: 32,
   ciphertextSize: 32,
   async generate () {
-    const kp = await subtle.generateKey({ name: 'X25519' }, false, ['deriveBits'])
+    const s = await pick('x25519', 'X25519')
+    if (!s) {
+      const { secretKey, publicKey } = nobleX25519.keygen()
+      return {
+        publicKey,
+        async decapsulate (ct) {
+          if (ct.length !== 32) throw new Error('bad X25519 share length')
+          try { return nobleX25519.getSharedSecret(secretKey, ct) } finally { wipe(secretKey) }
+        },
+      }
+    }
+    const kp = await s.generateKey({ name: 'X25519' }, false, ['deriveBits'])
     return {
-      publicKey: new Uint8Array(await subtle.exportKey('raw', kp.publicKey)),
+      publicKey: new Uint8Array(await s.exportKey('raw', kp.publicKey)),
       async decapsulate (ct) {
-        const peer = await subtle.importKey('raw', ct, { name: 'X25519' }, false, [])
-        return new Uint8Array(await subtle.deriveBits({ name: 'X25519', public: peer }, kp.privateKey, 256))
+        const peer = await s.importKey('raw', ct, { name: 'X25519' }, false, [])
+        return new Uint8Array(await s.deriveBits({ name: 'X25519', public: peer }, kp.privateKey, 256))
       },
     }
   },
 }
+// kems are the key agreements on their own (test/vectors.mjs checks them
+// against Go).
+export const kems = { SM2ECDH, MLKEM768, X25519 }
+
 // hybrid: shares, ciphertexts and secrets are first || second.
 function hybrid (a, b) {
   return {
@@ -311,13 +387,20 @@ const SigEd25519 = 2
 const sigByName = { SM2: SigSM2, Ed25519: SigEd25519 }
 export const DEFAULT_SM2_UID = '1234567812345678'
 
-async function verifySignature (alg, pub, msg, sig) {
+// verifySignature checks a server signature: alg is 1 (SM2, with the Z
+// value of DEFAULT_SM2_UID) or 2 (Ed25519); pub the raw public key.
+export async function verifySignature (alg, pub, msg, sig) {
   if (alg === SigSM2) {
-    return sm2.doVerifySignature(Array.from(msg), toHex(sig), toHex(pub), { der: true, hash: true, userId: DEFAULT_SM2_UID })
+    return smCrypto.sm2.doVerifySignature(Array.from(msg), toHex(sig), toHex(pub), { der: true, hash: true, userId: DEFAULT_SM2_UID })
   }
-  if (sig.length !== 64) return false
-  const k = await subtle.importKey('raw', pub, { name: 'Ed25519' }, false, ['verify'])
-  return subtle.verify({ name: 'Ed25519' }, k, sig, msg)
+  if (sig.length !== 64 || pub.length !== 32) return false
+  const s = await pick('ed25519', 'Ed25519')
+  if (!s) {
+    // RFC 8032 / FIPS 186-5 rules (zip215: false), as Go's crypto/ed25519.
+    try { return nobleEd25519.verify(sig, msg, pub, { zip215: false }) } catch { return false }
+  }
+  const k = await s.importKey('raw', pub, { name: 'Ed25519' }, false, ['verify'])
+  return s.verify({ name: 'Ed25519' }, k, sig, msg)
 }
 
 // keyId = first 8 bytes of SHA-256(u8 algorithm || public key).

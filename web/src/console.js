@@ -85,7 +85,15 @@ function Console() {
     self.server = c || {};
     self.fillCanned();
     var token = self.storage.getItem('unigate.console.token');
-    if (token) { self.login(token); } else { self.showLogin(); }
+    if (token) {
+      self.login(token);
+    } else if (self.storage.getItem('unigate.console.auth') === 'password') {
+      // A password session before this reload: it resumes with its resume
+      // token (kept with the session); the password was never stored.
+      self.login('');
+    } else {
+      self.showLogin();
+    }
   });
 }
 
@@ -184,31 +192,38 @@ Console.prototype.fillCanned = function () {
 Console.prototype.showLogin = function () {
   document.body.setAttribute('data-view', 'login');
   $('username').value = this.storage.getItem('unigate.console.user') || '';
-  $('token').focus();
+  ($('username').value ? $('password') : $('token')).focus();
 };
 
 // secure returns the client's secure options from the gateway's
 // configuration: the channel from the start when the gateway requires it,
 // and as the fallback when it refuses a plaintext hello for our tenant.
+// The console offers the gateway's preferred suite alone.
 Console.prototype.secure = function () {
   var sc = this.server.crypto;
-  if (!sc || !sc.module) { return { on: null, fallback: null }; }
-  var o = { module: sc.module, suites: sc.suites, keys: sc.keys };
+  if (!sc || !sc.modules || !sc.suites || !sc.suites.length) { return { on: null, fallback: null }; }
+  var o = secureFor(sc.modules, [sc.suites[0]], sc.keys);
   return { on: sc.required ? o : null, fallback: o };
 };
 
 // login signs in with a token, or with credentials for the gateway's
-// authentication hook. A token is kept for the tab (sessionStorage); a
-// password never is: after a reload the session resumes with its resume
-// token or the form asks again.
+// authentication hook, or (neither) resumes the password session of this
+// tab. A token is kept for the tab (sessionStorage); a password never is:
+// it stays in this page's memory for its reconnects, and after a reload
+// the session resumes with its resume token alone (the gateway accepts
+// that for sessions its hook signed in); when the gateway no longer knows
+// the session, the form asks for the password again.
 Console.prototype.login = function (token, cred) {
   var self = this, sec = this.secure();
   this.token = token;
   if (token) { this.storage.setItem('unigate.console.token', token); }
-  if (cred) { this.storage.setItem('unigate.console.user', cred.username); $('password').value = ''; }
+  if (cred) {
+    this.storage.setItem('unigate.console.user', cred.username);
+    $('password').value = '';
+  }
   document.body.setAttribute('data-view', 'main');
   this.client = new Client({
-    url: wsURL(location.origin), token: token, credentials: cred, clientName: 'console/1.1.0',
+    url: wsURL(location.origin), token: token, credentials: cred, resumeOnly: !token && !cred, clientName: 'console/1.1.0',
     secure: sec.on, secureFallback: sec.fallback,
     storage: this.storage, storageKey: 'unigate.console.session',
     onStatus: function (s, d) { self.onStatus(s, d); },
@@ -227,6 +242,7 @@ Console.prototype.logout = function () {
     this.client.stop(true);
   }
   this.storage.removeItem('unigate.console.token');
+  this.storage.removeItem('unigate.console.auth');
   this.storage.removeItem('unigate.console');
   this.convs = {};
   this.sel = '';
@@ -261,10 +277,13 @@ Console.prototype.onWelcome = function (w) {
     // authentication hook made this an anonymous visitor): back to the form.
     this.client.stop(true);
     this.storage.removeItem('unigate.console.token');
+    this.storage.removeItem('unigate.console.auth');
     this.showLogin();
     this.flash(errorText(this.t, { code: 2003 }));
     return;
   }
+  // A password session resumes after a reload (see login).
+  if (this.client.o.credentials) { this.storage.setItem('unigate.console.auth', 'password'); }
   this.flash('');
   if (this.presence) { this.client.notify({ presence: this.presence }); }
   this.render();

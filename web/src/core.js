@@ -11,18 +11,21 @@
 //     honouring "retry in N s" on close 1013 / 1008 (N plus a random quarter)
 //     and spreading a drain (close 1001) over one second; no retry for what
 //     retrying cannot fix (2000-2003, close 1008 without "retry in");
-//   - bad_resume_token (2004): hello again without it;
+//   - bad_resume_token (2004): hello again without it (with o.resumeOnly,
+//     a password session resuming after a reload, there is nothing else to
+//     sign in with: failed, code 2000);
 //   - every send stays pending until acked and is sent again, with the same
 //     clientMsgId, after a reconnect; a replayed deliver at or below the
 //     cursor is dropped, so the page sees each message once.
 // Resume token, cursors and pending sends live in the storage given
 // (sessionStorage by default), so a page reload continues the session.
 //
-// With o.secure ({module, suites, keys}) the connection runs the
-// application-layer secure channel of docs/protocol.md ("Encrypted
-// connections"): the client module (web/crypto, GM suite) is imported on
-// first use, the handshake runs right after the upgrade, and from then on
-// every envelope travels sealed in a record. A server that refuses a
+// With o.secure ({module, suites, keys}; see secureFor) the connection
+// runs the application-layer secure channel of docs/protocol.md
+// ("Encrypted connections"): the client module (web/crypto: the build
+// carrying the suites offered) is imported on first use, the handshake
+// runs right after the upgrade, and from then on every envelope travels
+// sealed in a record. A server that refuses a
 // plaintext hello because it wants encryption (2003, "encrypt…") makes the
 // client switch to o.secureFallback (the gateway's own keys) at once.
 
@@ -91,6 +94,16 @@ function loadCrypto(url) {
     cryptoModules[url].catch(function () { delete cryptoModules[url]; }); // try again on the next dial
   }
   return cryptoModules[url];
+}
+
+// secureFor returns a client's secure options: the suites to offer (names,
+// in preference order), the server keys to pin ([{alg, publicKey (hex)}])
+// and the build of the crypto client that carries those suites, from
+// mods = {all, gm, intl} (URLs): GM alone and INTL-PQ alone have smaller
+// builds than all three.
+function secureFor(mods, suites, keys) {
+  var only = function (name) { return suites.length > 0 && suites.every(function (s) { return s === name; }); };
+  return { module: only('GM') ? mods.gm : only('INTL-PQ') ? mods.intl : mods.all, suites: suites, keys: keys || [] };
 }
 
 // wantsEncryption: a hello refused because the server wants the channel.
@@ -269,7 +282,9 @@ Client.prototype._secureIn = function (ws, link, data, gotEnv) {
     return s.hs.handleServerHello(msg).then(function (r) {
       if (self.ws !== ws) { return; }
       s.conn = r.conn;
-      self.secureInfo = { suite: r.conn.suite.name, resumed: !!r.conn.resumed };
+      // used: which primitives ran on WebCrypto and which on the @noble
+      // fallbacks (no WebCrypto in an insecure context, or an old browser).
+      self.secureInfo = { suite: r.conn.suite.name, resumed: !!r.conn.resumed, used: Object.assign({}, s.mod.used || {}) };
       ws.send(JSON.stringify({ secure: { data: b64(r.finished) } }));
       self._hello(ws);
     }).catch(function (e) { if (self.ws === ws) { self._secureFailed(e); } });
@@ -318,6 +333,9 @@ Client.prototype._hello = function (ws) {
     // Checked by the gateway's authentication hook (docs/backends.md).
     h.username = cred.username;
     h.password = cred.password;
+  } else if (this.o.resumeOnly) {
+    // A session the hook signed in, after a reload: the resume token alone.
+    if (!this.resume) { this._fail({ code: 2000, message: 'no session to resume' }); return; }
   } else if (this.o.tenant) {
     h.tenant = this.o.tenant;
   }
@@ -372,6 +390,12 @@ Client.prototype._closed = function (ev, link) {
     d = 1000 + Math.random() * 250;
     this.serverWait = true;
     kind = 'busy';
+  } else if ((code === 1008 || code === 1002) && link && link.sec && /^secure channel:/.test(reason)) {
+    // The gateway ended the handshake: no suite in common with what this
+    // page offers (1008; e.g. a post-quantum-only policy), or a handshake
+    // it could not accept (1002). Never a reason to fall back to clear.
+    this._fail({ close: code, secure: true, refused: code === 1008, policy: code === 1008, message: reason });
+    return;
   } else if (code === 1008 || code === 1002 || code === 1007 || code === 1009 || code === 1003) {
     this._fail({ close: code, message: reason, policy: code === 1008 });
     return;
@@ -409,6 +433,13 @@ Client.prototype._handle = function (ws, env) {
   if (env.welcome) { this._welcomed(ws, env.welcome); return; }
   if (env.error && env.id && env.id === this.helloId && !this.ready) {
     var e = env.error;
+    if (e.code === 2004 && this.o.resumeOnly) {
+      // The session is gone and there is nothing else to sign in with.
+      this.resume = '';
+      this._save();
+      this._fail({ code: 2000, message: e.message });
+      return;
+    }
     if (e.code === 2004) {
       // The session is gone: start a new one on this connection.
       this.resume = '';
@@ -569,7 +600,7 @@ Client.prototype.lastSeq = function (conv) { return num(this.cursors[conv]); };
 function errorText(t, e) {
   if (!e) { return ''; }
   if (e.disconnected) { return t.err_disconnected; }
-  if (e.secure) { return e.plaintext ? t.err_secure_unsupported : t.err_secure; }
+  if (e.secure) { return e.refused ? t.err_secure_refused : e.plaintext ? t.err_secure_unsupported : t.err_secure; }
   if (e.needsSecure) { return t.err_needs_secure; }
   if (e.policy) { return t.err_policy; }
   if (e.close) { return t['err_close'] || t.err_2000; }
@@ -617,6 +648,7 @@ var ERRORS = {
     err_policy: 'The service does not allow this connection (not allowed from this page, or the sign-in was refused).',
     err_secure: 'The encrypted connection could not be verified, so it was not used. Please contact the site owner.',
     err_secure_unsupported: 'The server did not accept an encrypted connection.',
+    err_secure_refused: 'The server refused the encryption this page asks for (no cipher suite in common). Please contact the site owner.',
     err_needs_secure: 'This service accepts encrypted connections only, and this page does not set one up.',
     err_1000: 'The request was not understood.', err_1003: 'That message is too long.',
     err_2000: 'Please sign in again.', err_2001: 'Your sign-in is not valid.', err_2002: 'Your sign-in has expired. Please sign in again.',
@@ -632,6 +664,7 @@ var ERRORS = {
     err_policy: '服务不允许此连接（不允许从此页面访问，或登录被拒绝）。',
     err_secure: '加密连接未能通过验证，已停止使用。请联系网站管理员。',
     err_secure_unsupported: '服务器不接受加密连接。',
+    err_secure_refused: '服务器拒绝了本页面请求的加密方式（没有共同支持的加密套件）。请联系网站管理员。',
     err_needs_secure: '此服务只接受加密连接，但本页面未配置加密。',
     err_1000: '请求无法识别。', err_1003: '消息太长。',
     err_2000: '请重新登录。', err_2001: '登录凭证无效。', err_2002: '登录已过期，请重新登录。',

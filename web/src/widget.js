@@ -5,11 +5,14 @@
 // from), data-tenant, data-lang (zh-CN or en; default: the browser's),
 // data-token (a signed visitor token; default: anonymous), data-skill,
 // data-region (sent in open, for routing), data-title, data-color,
-// data-open ("true": start opened), data-crypto ("gm": run the GM secure
-// channel) with data-crypto-key (the gateway's SM2 public key, hex, from
-// unigate keygen; several separated by commas).
+// data-open ("true": start opened), data-crypto (run the secure channel
+// with these suites: "gm", "gm-pq", "intl-pq", several separated by
+// commas, in preference order) with data-crypto-key (the gateway's public
+// keys to pin, hex, from unigate keygen: SM2 for the GM suites, Ed25519
+// for INTL-PQ; several separated by commas).
 // SERVER (bound by web.go) is what the gateway says of itself: whether it
-// requires the secure channel, its keys, the crypto client's URL.
+// requires the secure channel, its suites and keys, the crypto client's
+// builds (URLs).
 // Everything lives in an open shadow root, so the host page's CSS cannot
 // reach it; styles are a constructed stylesheet (no inline style, so a
 // strict style-src works).
@@ -132,15 +135,32 @@ function svgIcon() {
   return svg;
 }
 
+// The suites data-crypto may name.
+var SUITES = { gm: 'GM', 'gm-pq': 'GM-PQ', 'intl-pq': 'INTL-PQ' };
+
 // secureConfig returns the client's secure options: the page's choice
-// (data-crypto, pinned keys) and the gateway's (SERVER.crypto).
+// (data-crypto, pinned keys) and the gateway's (SERVER.crypto: the suites
+// it accepts with a key, its keys, the client builds). Driven by the
+// gateway, the widget offers the gateway's preferred suite alone (its
+// build is the smallest that carries it).
 function secureConfig(cfg) {
   var sc = (typeof SERVER === 'object' && SERVER && SERVER.crypto) || null;
-  var server = sc && sc.module ? { module: cfg.server + sc.module, suites: sc.suites, keys: sc.keys } : null;
+  var m = sc && sc.modules;
+  var mods = m ? { all: cfg.server + m.all, gm: cfg.server + m.gm, intl: cfg.server + m.intl }
+    : { all: cfg.server + '/widget/unigate-crypto.js', gm: cfg.server + '/widget/unigate-crypto-gm.js', intl: cfg.server + '/widget/unigate-crypto-intl.js' };
+  var server = m && sc.suites && sc.suites.length ? secureFor(mods, [sc.suites[0]], sc.keys) : null;
   var page = null;
-  if (/^gm$/i.test(cfg.crypto)) {
-    var pinned = (cfg.cryptoKey || '').split(/[\s,]+/).filter(Boolean).map(function (k) { return { alg: 'SM2', publicKey: k.toLowerCase() }; });
-    page = { module: server ? server.module : cfg.server + '/widget/unigate-crypto-gm.js', suites: ['GM'], keys: pinned.length ? pinned : server ? server.keys : [] };
+  var names = (cfg.crypto || '').split(/[\s,]+/).filter(Boolean);
+  if (names.length) {
+    // An unknown name is kept: the client refuses it (a configuration
+    // error on screen) rather than the widget talking in clear.
+    var suites = names.map(function (n) { return SUITES[n.toLowerCase()] || n; });
+    // The key's length says its algorithm: 65 bytes (an SM2 point) or 32
+    // (Ed25519).
+    var pinned = (cfg.cryptoKey || '').split(/[\s,]+/).filter(Boolean).map(function (k) {
+      return { alg: k.length === 64 ? 'Ed25519' : 'SM2', publicKey: k.toLowerCase() };
+    });
+    page = secureFor(mods, suites, pinned.length ? pinned : sc ? sc.keys : []);
   }
   return { secure: page || (sc && sc.required ? server : null), fallback: page || server };
 }

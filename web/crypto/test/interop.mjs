@@ -5,10 +5,22 @@
 //
 //   node test/interop.mjs '{"port":1234,"suites":["GM"],"serverKeys":[{"alg":"SM2","publicKey":"04..."}],
 //                           "messages":["hi"],"resume":true}'
+//
+// Optional: "module" runs another build of the client (a path relative to
+// web/crypto, e.g. the bundled dist/unigate-crypto.js the browsers load);
+// "webCrypto": false runs it on the @noble fallbacks instead of WebCrypto.
+// Each line then also says which implementations ran ("used").
 import net from 'node:net'
-import { ClientHandshake, ChannelError, Code, fromHex, isNewSessionTicket } from '../unigate-crypto.mjs'
+import { resolve } from 'node:path'
+import { pathToFileURL } from 'node:url'
 
 const cfg = JSON.parse(process.argv[2])
+const mod = await import(cfg.module ? pathToFileURL(resolve(cfg.module)).href : '../unigate-crypto.mjs')
+const { ClientHandshake, ChannelError, Code, fromHex, isNewSessionTicket } = mod
+if (cfg.webCrypto === false) {
+  if (!mod.setWebCrypto) throw new Error(`${cfg.module} has no setWebCrypto`)
+  mod.setWebCrypto(false)
+}
 const enc = new TextEncoder()
 const dec = new TextDecoder()
 
@@ -70,7 +82,7 @@ async function session (prev) {
   let closed = false
   try { await conn.open(await t.recv()) } catch (e) { closed = e instanceof ChannelError && e.code === Code.Closed; if (!closed) throw e }
   t.close()
-  console.log(JSON.stringify({ suite: conn.suite.name, resumed: conn.resumed, echoed: n, closed, ticket: next !== null }))
+  console.log(JSON.stringify({ suite: conn.suite.name, resumed: conn.resumed, echoed: n, closed, ticket: next !== null, used: { ...mod.used } }))
   return next
 }
 

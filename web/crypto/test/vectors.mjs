@@ -4,8 +4,13 @@
 // SM4-GCM by this module's GCM) as JSON on stdout for Go to check. Also checks the
 // generic GCM code over an AES block against WebCrypto's AES-GCM. Exits 1 on any
 // mismatch. Driven by crypto/interop_node_test.go.
+//
+// The INTL-PQ primitives (SHA-256/HMAC through ExpandLabel, AES-256-GCM,
+// Ed25519, X25519) run twice: on WebCrypto, then on the @noble fallbacks
+// (setWebCrypto(false)), each against Go's vectors; X25519 also the other
+// way (Go computes the secret with this module's public keys).
 import smCrypto from 'sm-crypto'
-import { aeads, expandLabel, fromHex, hashes, makeGCM, toHex, DEFAULT_SM2_UID } from '../unigate-crypto.mjs'
+import { aeads, expandLabel, fromHex, hashes, kems, makeGCM, setWebCrypto, toHex, used, verifySignature, DEFAULT_SM2_UID } from '../unigate-crypto.mjs'
 
 const { sm2, sm3 } = smCrypto
 const subtle = globalThis.crypto.subtle
@@ -31,11 +36,41 @@ for (const v of go.sm4gcm) {
   const bad = fromHex(v.ct); bad[bad.length - 1] ^= 1
   check((await a.open(fromHex(v.nonce), bad, fromHex(v.ad))) === null, 'sm4-gcm tampered tag')
 }
-for (const v of go.expandLabel) {
-  const H = hashes[v.hash]
-  const got = await expandLabel(H, fromHex(v.secret), v.label, fromHex(v.ctx), v.n)
-  check(toHex(got) === v.out, `expandLabel ${v.hash} ${v.label}`)
+const x25519Out = []
+const backends = []
+for (const webCrypto of [true, false]) {
+  setWebCrypto(webCrypto)
+  const via = webCrypto ? 'webcrypto' : 'noble'
+  for (const k of Object.keys(used)) delete used[k]
+  for (const v of go.expandLabel) {
+    const H = hashes[v.hash]
+    const got = await expandLabel(H, fromHex(v.secret), v.label, fromHex(v.ctx), v.n)
+    check(toHex(got) === v.out, `expandLabel ${v.hash} ${v.label} (${via})`)
+  }
+  for (const v of go.aesgcm ?? []) {
+    const a = await aeads.AES256GCM.create(fromHex(v.key))
+    const ct = await a.seal(fromHex(v.nonce), fromHex(v.pt), fromHex(v.ad))
+    check(toHex(ct) === v.ct, `aes-256-gcm seal ${v.pt.length / 2} bytes (${via})`)
+    const pt = await a.open(fromHex(v.nonce), fromHex(v.ct), fromHex(v.ad))
+    check(pt !== null && toHex(pt) === v.pt, `aes-256-gcm open ${v.pt.length / 2} bytes (${via})`)
+    const bad = fromHex(v.ct); bad[0] ^= 1
+    check((await a.open(fromHex(v.nonce), bad, fromHex(v.ad))) === null, `aes-256-gcm tampered (${via})`)
+  }
+  for (const v of go.ed25519 ?? []) {
+    const [pub, msg, sig] = [fromHex(v.pub), fromHex(v.msg), fromHex(v.sig)]
+    check(await verifySignature(2, pub, msg, sig), `ed25519 verify ${v.msg} (${via})`)
+    const other = sig.slice(); other[5] ^= 1
+    check(!(await verifySignature(2, pub, msg, other)), `ed25519 tampered signature ${v.msg} (${via})`)
+    check(!(await verifySignature(2, pub, fromHex(v.msg + '00'), sig)), `ed25519 another message ${v.msg} (${via})`)
+  }
+  for (const v of go.x25519 ?? []) {
+    const priv = await kems.X25519.generate()
+    const shared = await priv.decapsulate(fromHex(v.pub))
+    x25519Out.push({ goPub: v.pub, pub: toHex(priv.publicKey), shared: toHex(shared), via })
+  }
+  backends.push({ ...used })
 }
+setWebCrypto(true)
 
 // The GCM code over an AES block (ECB through one-block CBC with a zero IV)
 // against WebCrypto's AES-GCM, for lengths around block boundaries.
@@ -60,7 +95,7 @@ for (const n of [0, 1, 15, 16, 17, 31, 32, 33, 100]) {
 
 // Our own vectors for Go: sm-crypto signatures and SM4-GCM by this module.
 const kp = sm2.generateKeyPairHex()
-const out = { sm2: [], sm4gcm: [] }
+const out = { sm2: [], sm4gcm: [], x25519: x25519Out, backends }
 for (const msg of ['', '756e6967617465', toHex(new TextEncoder().encode('你好, 坐席'))]) {
   out.sm2.push({ pub: kp.publicKey, msg, sig: sm2.doSignature(Array.from(fromHex(msg)), kp.privateKey, { der: true, hash: true, userId: DEFAULT_SM2_UID, publicKey: kp.publicKey }) })
 }
