@@ -130,6 +130,18 @@ func TestBotOutOfScope(t *testing.T) {
 	if r := b.Classify(""); r.Intent != LabelNone || r.Confidence != 0 {
 		t.Errorf("empty text: %+v", r)
 	}
+	// Gibberish whose nearest intent is one that always goes to a human:
+	// not that intent's reply and skill (a complaint desk for "asdf"), a
+	// hand-off for low confidence.
+	for _, text := range []string{"asdf qwerty", "asdkjh qwpoei"} {
+		a, _ := b.Answer(context.Background(), backends.AnswerRequest{Text: text, Language: "en"})
+		if r := b.Classify(text); r.Handoff && r.Confidence < weakIntentConfidence && (a.Handoff || a.Skill != "") {
+			t.Errorf("%q (%s at %.2f): handoff %v skill %q, want a low-confidence hand-off without a skill", text, r.Intent, r.Confidence, a.Handoff, a.Skill)
+		}
+	}
+	if r := b.Classify("asdf qwerty"); !r.Handoff || r.Confidence >= weakIntentConfidence {
+		t.Errorf("precondition: %q classifies as %s at %.2f (handoff %v), no longer a weak hand-off intent: pick another text", "asdf qwerty", r.Intent, r.Confidence, r.Handoff)
+	}
 }
 
 func TestBotSummary(t *testing.T) {
