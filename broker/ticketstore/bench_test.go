@@ -6,15 +6,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/unigate/unigate/crypto"
 )
 
-// benchSeen returns the seen sets compared: "local" (crypto.MemorySeenSet,
-// one process, what a node without JetStream uses) and "kv" (this
-// package's bucket on an embedded NATS server with its file store, as in
-// the gateway).
-func benchSeen(b *testing.B) map[string]crypto.SeenSet {
+// benchSeen is a SeenSet on an embedded NATS server with its file store,
+// as in the gateway.
+func benchSeen(b *testing.B) *SeenSet {
 	b.Helper()
 	n := startNATS(b, b.TempDir())
 	_, js := connect(b, n)
@@ -22,7 +18,7 @@ func benchSeen(b *testing.B) map[string]crypto.SeenSet {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return map[string]crypto.SeenSet{"local": crypto.NewMemorySeenSet(nil), "kv": kv}
+	return kv
 }
 
 // processCPU is the process's user+system CPU time. The benchmarks report
@@ -40,20 +36,34 @@ func reportCPU(b *testing.B, start time.Duration) {
 	b.ReportMetric(float64(processCPU()-start)/float64(b.N), "cpu-ns/op")
 }
 
-// BenchmarkSeenSetUse is the single-use check alone: one fresh ticket id
-// per operation.
+// BenchmarkSeenSetUse is the single-use check alone, from 2 goroutines per
+// GOMAXPROCS: "fresh" creates an entry per operation (one JetStream
+// publish round trip), "reused" presents an id already used (the failed
+// create and the read of the existing key: two round trips). The resumed
+// handshake with it is BenchmarkResumedHandshake in package broker.
 func BenchmarkSeenSetUse(b *testing.B) {
-	for _, name := range []string{"local", "kv"} {
-		b.Run(name, func(b *testing.B) {
-			s := benchSeen(b)[name]
+	for _, mode := range []string{"fresh", "reused"} {
+		b.Run(mode, func(b *testing.B) {
+			s := benchSeen(b)
 			exp := time.Now().Add(time.Hour)
+			used := []byte("used-ticket-id-0")
+			if _, err := s.Use(used, exp); err != nil {
+				b.Fatal(err)
+			}
 			var next atomic.Uint64
 			b.ReportAllocs()
+			b.SetParallelism(2)
 			cpu := processCPU()
 			defer reportCPU(b, cpu)
 			b.RunParallel(func(pb *testing.PB) {
 				id := make([]byte, 16)
 				for pb.Next() {
+					if mode == "reused" {
+						if ok, err := s.Use(used, exp); ok || err != nil {
+							b.Fatalf("fresh %v, %v", ok, err)
+						}
+						continue
+					}
 					binary.BigEndian.PutUint64(id, next.Add(1))
 					if ok, err := s.Use(id, exp); !ok || err != nil {
 						b.Fatalf("fresh %v, %v", ok, err)
@@ -61,121 +71,5 @@ func BenchmarkSeenSetUse(b *testing.B) {
 				}
 			})
 		})
-	}
-}
-
-// resumer is a client that resumes again and again, each time with the
-// ticket of its previous connection (tickets are single use).
-type resumer struct {
-	cfg  *crypto.ClientConfig
-	srv  *crypto.ServerConfig
-	sess *crypto.Session
-}
-
-func newResumer(tb testing.TB, suite *crypto.Suite, signer crypto.Signer, srv *crypto.ServerConfig) *resumer {
-	tb.Helper()
-	r := &resumer{cfg: &crypto.ClientConfig{Suites: []*crypto.Suite{suite}, ServerKeys: []crypto.Verifier{signer.Public()}}, srv: srv}
-	r.round(tb, false)
-	return r
-}
-
-// round runs one handshake, both sides, and keeps the new ticket; it
-// returns the time the server's part took.
-func (r *resumer) round(tb testing.TB, resumed bool) time.Duration {
-	cfg := *r.cfg
-	cfg.Session = r.sess
-	c, err := crypto.NewClientHandshake(&cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	t0 := time.Now()
-	s := crypto.NewServerHandshake(r.srv)
-	sh, err := s.HandleClientHello(c.Hello())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	server := time.Since(t0)
-	fin, conn, err := c.HandleServerHello(sh)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	t0 = time.Now()
-	_, nst, err := s.HandleClientFinished(fin)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	server += time.Since(t0)
-	if conn.Resumed() != resumed {
-		tb.Fatalf("resumed %v, want %v (%v)", conn.Resumed(), resumed, s.TicketError())
-	}
-	if r.sess, err = c.HandleNewSessionTicket(nst); err != nil {
-		tb.Fatal(err)
-	}
-	return server
-}
-
-// BenchmarkResumedHandshake is the server's side of a resumed handshake
-// (ClientHello with a ticket in, ServerHello out, Finished in, the next
-// ticket out) with the single-use check in the process ("local") or in the
-// cluster's bucket ("kv": one JetStream round trip more). The client runs
-// in the same loop; the server's share is reported as server-ns/op and as
-// resumed/s for one handshake worker. "parallel" runs 8 clients per
-// GOMAXPROCS at once, as the gateway's handshake workers do, and reports
-// complete rounds (client and server, on the same cores) per second of the
-// whole process: whether the bucket's round trip is hidden by concurrency.
-func BenchmarkResumedHandshake(b *testing.B) {
-	sm2, err := crypto.GenerateSigner(crypto.SigSM2)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ed, err := crypto.GenerateSigner(crypto.SigEd25519)
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, suite := range []*crypto.Suite{crypto.GM, crypto.IntlPQ} {
-		signer := sm2
-		if suite.Signature == crypto.SigEd25519 {
-			signer = ed
-		}
-		for _, seen := range []string{"local", "kv"} {
-			newServer := func(b *testing.B) *crypto.ServerConfig {
-				ring, err := crypto.NewTicketKeyring(suite.AEAD, 2)
-				if err != nil {
-					b.Fatal(err)
-				}
-				return &crypto.ServerConfig{Suites: []*crypto.Suite{suite}, Identities: []crypto.Signer{signer},
-					Tickets: ring, Seen: benchSeen(b)[seen]}
-			}
-			b.Run(suite.Name+"/"+seen, func(b *testing.B) {
-				r := newResumer(b, suite, signer, newServer(b))
-				var server time.Duration
-				b.ReportAllocs()
-				b.ResetTimer()
-				cpu := processCPU()
-				defer reportCPU(b, cpu)
-				for range b.N {
-					server += r.round(b, true)
-				}
-				perOp := float64(server.Nanoseconds()) / float64(b.N)
-				b.ReportMetric(perOp, "server-ns/op")
-				b.ReportMetric(1e9/perOp, "resumed/s")
-			})
-			b.Run(suite.Name+"/"+seen+"/parallel", func(b *testing.B) {
-				srv := newServer(b)
-				b.SetParallelism(8)
-				b.ReportAllocs()
-				b.ResetTimer()
-				cpu := processCPU()
-				defer reportCPU(b, cpu)
-				start := time.Now()
-				b.RunParallel(func(pb *testing.PB) {
-					r := newResumer(b, suite, signer, srv)
-					for pb.Next() {
-						r.round(b, true)
-					}
-				})
-				b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "rounds/s")
-			})
-		}
 	}
 }
