@@ -348,6 +348,11 @@ func (r *Ring) check(ctx context.Context, force bool) error {
 		if next := newest.Add(r.o.Rotation); !force && next.After(active) {
 			active = next
 		}
+		if !active.After(newest) {
+			// Forced while the next key waits for its activation: the
+			// new one follows it, so the ring stays newest first.
+			active = newest.Add(time.Millisecond)
+		}
 	}
 	aead := r.ring.AEAD()
 	secret := make([]byte, aead.KeySize())

@@ -108,6 +108,31 @@ func TestRingSharedAndRotated(t *testing.T) {
 	}
 }
 
+// TestRingForcedRotationAfterPublication: a forced rotation while the next
+// key is published but not active yet puts the new key after it (the
+// ring stays newest first and readable).
+func TestRingForcedRotationAfterPublication(t *testing.T) {
+	n := startNATS(t, t.TempDir())
+	_, js := connect(t, n)
+	c := newClock()
+	r := openTestRing(t, js, newWrapper(t), crypto.SM4GCM, ringOpts(c))
+	c.add(testRotation - testLead) // due: the next key activates a lead from now
+	r.checkNow()
+	if err := r.Rotate(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	e, _ := readEntry(t, js, r.Name())
+	if len(e.Keys) != 3 || e.Keys[0].Active <= e.Keys[1].Active {
+		t.Fatalf("ring after a forced rotation: %+v", e.Keys)
+	}
+	if got := r.counter("unigate_ticketstore_ring_errors_total"); got != 0 {
+		t.Fatalf("%d errors: the node could not read its own ring", got)
+	}
+	if !slices.Equal(r.Keyring().KeyIDs(), entryIDs(e)) {
+		t.Fatal("the keyring is not the bucket's ring")
+	}
+}
+
 // TestRingKeepsKeysForLiveTickets: a key stays on the ring until every
 // ticket it sealed has expired (its successor's activation + lifetime +
 // margin), and no longer; the ring stays bounded.
