@@ -135,3 +135,38 @@ func TestTicketSeenUnavailable(t *testing.T) {
 		t.Fatalf("after the outage: %v", r.sh.TicketError())
 	}
 }
+
+// BenchmarkMemorySeenSet: one fresh id per call into a set that keeps
+// growing (ids live an hour); the sweep of expired ids must stay amortized
+// O(1), whatever the set's size.
+func BenchmarkMemorySeenSet(b *testing.B) {
+	s := NewMemorySeenSet(nil)
+	exp := time.Now().Add(time.Hour)
+	id := make([]byte, 16)
+	b.ReportAllocs()
+	for i := range b.N {
+		binary.BigEndian.PutUint64(id, uint64(i))
+		if ok, _ := s.Use(id, exp); !ok {
+			b.Fatal("not fresh")
+		}
+	}
+}
+
+// TestMemorySeenSetSweeps: expired ids leave the set.
+func TestMemorySeenSetSweeps(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	s := NewMemorySeenSet(func() time.Time { return now })
+	id := make([]byte, 16)
+	for i := range 3000 {
+		binary.BigEndian.PutUint64(id, uint64(i))
+		s.Use(id, now.Add(time.Minute))
+	}
+	now = now.Add(2 * time.Minute)
+	for i := range 3000 {
+		binary.BigEndian.PutUint64(id, uint64(1_000_000+i))
+		s.Use(id, now.Add(time.Minute))
+	}
+	if got := s.Len(); got >= 6000 {
+		t.Fatalf("%d ids held: the expired ones were never swept", got)
+	}
+}
