@@ -25,8 +25,9 @@
 // answer, Use fails (an error wrapping [ErrUnavailable]); the server then
 // refuses the ticket and completes a full, signed handshake: the set fails
 // closed, never open. After a failure Use fails at once for
-// SeenOptions.Backoff, so an outage does not hold a handshake worker for a
-// timeout per resumption.
+// SeenOptions.Backoff, doubled for each failure in a row up to
+// SeenOptions.MaxBackoff, so an outage does not hold a handshake worker
+// for a timeout per resumption.
 //
 // # Shared, rotating keys
 //

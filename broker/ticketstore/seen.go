@@ -38,10 +38,14 @@ var (
 const (
 	// DefaultSeenBucket is the bucket of used ticket ids.
 	DefaultSeenBucket = "UNIGATE_TICKETS_SEEN"
-	// DefaultSeenTimeout bounds one Use.
-	DefaultSeenTimeout = 2 * time.Second
-	// DefaultBackoff is how long Use fails at once after a failure.
+	// DefaultSeenTimeout bounds one Use: a healthy bucket answers in
+	// milliseconds, and a handshake worker waits this long at most.
+	DefaultSeenTimeout = 500 * time.Millisecond
+	// DefaultBackoff is how long Use fails at once after a failure; it
+	// doubles with each failure in a row, up to DefaultMaxBackoff.
 	DefaultBackoff = time.Second
+	// DefaultMaxBackoff caps the backoff.
+	DefaultMaxBackoff = 30 * time.Second
 	// DefaultMargin is kept beyond a ticket's expiry: nodes' clocks may
 	// differ by up to this much.
 	DefaultMargin = time.Minute
@@ -58,9 +62,12 @@ type SeenOptions struct {
 	Replicas int
 	// Timeout bounds one Use (default DefaultSeenTimeout).
 	Timeout time.Duration
-	// Backoff: after a failure, Use fails at once for this long (default
-	// DefaultBackoff; negative: never).
+	// Backoff: after a failure, Use fails at once for this long, doubled
+	// for each failure in a row up to MaxBackoff (default DefaultBackoff;
+	// negative: never).
 	Backoff time.Duration
+	// MaxBackoff caps the backoff (default DefaultMaxBackoff).
+	MaxBackoff time.Duration
 	// Margin is added to each entry's lifetime, for clock skew between
 	// nodes (default DefaultMargin; negative: none).
 	Margin time.Duration
@@ -79,6 +86,7 @@ type SeenSet struct {
 	nc        *nats.Conn
 	o         SeenOptions
 	downUntil atomic.Int64 // unix nanoseconds (wall clock): fail at once until then
+	failures  atomic.Int64 // in a row
 
 	fresh, reused, unavailable *metrics.Counter
 	duration                   *metrics.Histogram
@@ -100,6 +108,9 @@ func OpenSeenSet(ctx context.Context, js jetstream.JetStream, o SeenOptions) (*S
 	}
 	if o.Backoff == 0 {
 		o.Backoff = DefaultBackoff
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = DefaultMaxBackoff
 	}
 	if o.Margin == 0 {
 		o.Margin = DefaultMargin
@@ -147,7 +158,7 @@ func (s *SeenSet) Use(id []byte, expiry time.Time) (bool, error) {
 	wall := time.Now()
 	if until := s.downUntil.Load(); until != 0 && wall.UnixNano() < until {
 		s.unavailable.Inc()
-		return false, fmt.Errorf("%w: bucket %s failed less than %v ago", ErrUnavailable, s.o.Bucket, s.o.Backoff)
+		return false, fmt.Errorf("%w: bucket %s failed, next try in %v", ErrUnavailable, s.o.Bucket, time.Duration(until-wall.UnixNano()).Round(time.Millisecond))
 	}
 	if st := s.nc.Status(); st != nats.CONNECTED {
 		s.down(wall)
@@ -163,9 +174,11 @@ func (s *SeenSet) Use(id []byte, expiry time.Time) (bool, error) {
 	s.duration.UpdateDuration(wall)
 	switch {
 	case err == nil:
+		s.failures.Store(0)
 		s.fresh.Inc()
 		return true, nil
 	case errors.Is(err, jetstream.ErrKeyExists):
+		s.failures.Store(0)
 		s.reused.Inc()
 		return false, nil
 	}
@@ -175,7 +188,12 @@ func (s *SeenSet) Use(id []byte, expiry time.Time) (bool, error) {
 
 func (s *SeenSet) down(now time.Time) {
 	s.unavailable.Inc()
-	if s.o.Backoff > 0 {
-		s.downUntil.Store(now.Add(s.o.Backoff).UnixNano())
+	if s.o.Backoff <= 0 {
+		return
 	}
+	d := s.o.Backoff
+	for n := s.failures.Add(1); n > 1 && d < s.o.MaxBackoff; n-- {
+		d *= 2
+	}
+	s.downUntil.Store(now.Add(min(d, s.o.MaxBackoff)).UnixNano())
 }

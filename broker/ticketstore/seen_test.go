@@ -192,3 +192,29 @@ func TestSeenSetBadID(t *testing.T) {
 		}
 	}
 }
+
+// TestSeenSetBackoffGrows: each failure in a row doubles the backoff up to
+// MaxBackoff; a success starts again from Backoff.
+func TestSeenSetBackoffGrows(t *testing.T) {
+	n := startNATS(t, t.TempDir())
+	_, js := connect(t, n)
+	s, err := OpenSeenSet(ctxT(t), js, SeenOptions{Backoff: time.Second, MaxBackoff: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1_800_000_000, 0)
+	for i, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second} {
+		s.down(now)
+		if got := time.Duration(s.downUntil.Load() - now.UnixNano()); got != want {
+			t.Fatalf("failure %d: backoff %v, want %v", i+1, got, want)
+		}
+	}
+	s.downUntil.Store(0)
+	if ok, err := s.Use(ticketID(1), time.Now().Add(time.Hour)); !ok || err != nil {
+		t.Fatalf("after the outage: %v, %v", ok, err)
+	}
+	s.down(now)
+	if got := time.Duration(s.downUntil.Load() - now.UnixNano()); got != time.Second {
+		t.Fatalf("after a success the backoff starts at %v, want 1s", got)
+	}
+}
