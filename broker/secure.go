@@ -48,7 +48,11 @@ type SecureOptions struct {
 	// Server is the handshake configuration: suites, identity keys or
 	// certificates, tickets (Tickets and Seen), rekey limit. Required. When
 	// Tickets is set and Seen is nil, Seen is the session cache
-	// (Options.Sessions) when there is one, else an in-memory set.
+	// (Options.Sessions) when there is one, else an in-memory set: single
+	// use per node. When Seen is set (the cluster's set,
+	// broker/ticketstore.SeenSet) and there is a session cache, the cache
+	// is asked first: a ticket this node already saw is refused without a
+	// round trip to the shared set, which decides every other ticket.
 	Server *crypto.ServerConfig
 
 	// Required refuses plaintext connections: a first envelope that is not
@@ -69,7 +73,8 @@ type SecureOptions struct {
 
 	// TicketRotation, when positive, rotates Server.Tickets at this period
 	// (keep it at least the ticket lifetime divided by the ring's size
-	// minus one, or live tickets stop opening).
+	// minus one, or live tickets stop opening). Leave it 0 when the ring
+	// is shared and rotated by broker/ticketstore.Ring.
 	TicketRotation time.Duration
 }
 
@@ -100,7 +105,7 @@ type secureMetrics struct {
 	plaintext      *metrics.Counter // plaintext envelope on an encrypted connection
 	refused        *metrics.Counter // plaintext refused by Required / RequiredTenants
 	overload       *metrics.Counter
-	ticketsRefused *metrics.Counter
+	ticketsRefused map[crypto.Code]*metrics.Counter // why an offered ticket was not used
 }
 
 // secureClient is the per-client part, a field of client.
@@ -141,11 +146,15 @@ func newSecure(b *Broker, o *SecureOptions) (*secureBroker, error) {
 	if sb.o.QueueSize <= 0 {
 		sb.o.QueueSize = DefaultSecureQueueSize
 	}
-	if cfg := sb.o.Server; cfg.Tickets != nil && cfg.Seen == nil {
+	if cfg := sb.o.Server; cfg.Tickets != nil {
 		c := *cfg
-		if b.o.Sessions != nil {
+		switch {
+		case c.Seen != nil && b.o.Sessions != nil:
+			c.Seen = &localFirstSeen{local: &cacheSeenSet{c: b.o.Sessions, now: b.o.Now}, shared: c.Seen}
+		case c.Seen != nil:
+		case b.o.Sessions != nil:
 			c.Seen = &cacheSeenSet{c: b.o.Sessions, now: b.o.Now}
-		} else {
+		default:
 			c.Seen = crypto.NewMemorySeenSet(b.o.Now)
 		}
 		sb.o.Server = &c
@@ -177,7 +186,13 @@ func newSecure(b *Broker, o *SecureOptions) (*secureBroker, error) {
 	m.plaintext = set.NewCounter(`unigate_broker_secure_plaintext_closes_total`)
 	m.refused = set.NewCounter(`unigate_broker_secure_required_refusals_total`)
 	m.overload = set.NewCounter(`unigate_broker_secure_handshake_overload_total`)
-	m.ticketsRefused = set.NewCounter(`unigate_broker_secure_tickets_refused_total`)
+	m.ticketsRefused = map[crypto.Code]*metrics.Counter{}
+	for c, reason := range map[crypto.Code]string{
+		crypto.CodeTicketInvalid: "invalid", crypto.CodeTicketExpired: "expired",
+		crypto.CodeTicketReused: "reused", crypto.CodeTicketUnavailable: "unavailable",
+	} {
+		m.ticketsRefused[c] = set.NewCounter(`unigate_broker_secure_tickets_refused_total{reason="` + reason + `"}`)
+	}
 	return sb, nil
 }
 
@@ -321,8 +336,10 @@ func (sb *secureBroker) serverHello(it *item) {
 		sc.fail(err)
 		return
 	}
-	if hs.TicketError() != nil {
-		sb.m.ticketsRefused.Inc()
+	if err := hs.TicketError(); err != nil {
+		if c := sb.m.ticketsRefused[crypto.CodeOf(err)]; c != nil {
+			c.Inc()
+		}
 	}
 	sc.hs = hs
 	if !sc.phase.CompareAndSwap(phaseHello, phaseFinished) { // publishes hs to the event loop
@@ -527,6 +544,27 @@ func (s *cacheSeenSet) Use(id []byte, expiry time.Time) (bool, error) {
 }
 
 var _ crypto.SeenSet = (*cacheSeenSet)(nil)
+
+// localFirstSeen puts the node's session cache in front of the cluster's
+// seen set, as a fast negative path: the cache only holds tickets this
+// node saw presented (it may forget some, never invent one), so its "used"
+// is always right and saves the shared set a round trip; its "not seen"
+// proves nothing, and the shared set decides. The local mark is made
+// first: a ticket whose shared check failed (refused, full handshake)
+// stays refused on this node, which costs an honest client nothing since
+// it received a new ticket from that full handshake.
+type localFirstSeen struct {
+	local, shared crypto.SeenSet
+}
+
+func (s *localFirstSeen) Use(id []byte, expiry time.Time) (bool, error) {
+	if fresh, err := s.local.Use(id, expiry); err == nil && !fresh {
+		return false, nil
+	}
+	return s.shared.Use(id, expiry)
+}
+
+var _ crypto.SeenSet = (*localFirstSeen)(nil)
 
 // helloTenant is the tenant a hello acts for: the resumed session's, the
 // token's, or an anonymous hello's; the default tenant when empty.

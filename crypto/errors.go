@@ -31,6 +31,10 @@ const (
 	CodeTicketInvalid Code = 20 // corrupted ticket, unknown ticket key, or wrong suite
 	CodeTicketExpired Code = 21 // ticket past its expiry
 	CodeTicketReused  Code = 22 // ticket already seen (single use)
+	// CodeTicketUnavailable: the single-use check could not be made (the
+	// SeenSet failed, e.g. the cluster's store is unreachable); the ticket
+	// is refused, never accepted unchecked.
+	CodeTicketUnavailable Code = 23
 
 	CodeRecordAuth     Code = 30 // record failed authentication (tamper, replay, reorder, reflection)
 	CodeRecordTooShort Code = 31 // record shorter than header + tag
@@ -51,8 +55,8 @@ var codeNames = map[Code]string{
 	CodeBadTicketMessage: "bad ticket message", CodeBadCertificate: "bad certificate",
 	CodeUnknownAuthority: "unknown certificate authority", CodeCertExpired: "certificate expired",
 	CodeTicketInvalid: "invalid ticket", CodeTicketExpired: "expired ticket",
-	CodeTicketReused: "reused ticket",
-	CodeRecordAuth:   "record authentication failed", CodeRecordTooShort: "record too short",
+	CodeTicketReused: "reused ticket", CodeTicketUnavailable: "ticket check unavailable",
+	CodeRecordAuth: "record authentication failed", CodeRecordTooShort: "record too short",
 	CodeRecordType: "unknown record type", CodeClosed: "closed", CodeConnFailed: "connection failed",
 	CodeConfig: "configuration", CodeInternal: "internal",
 }
@@ -109,6 +113,7 @@ var (
 	ErrTicketInvalid     = &Error{Code: CodeTicketInvalid}
 	ErrTicketExpired     = &Error{Code: CodeTicketExpired}
 	ErrTicketReused      = &Error{Code: CodeTicketReused}
+	ErrTicketUnavailable = &Error{Code: CodeTicketUnavailable}
 	ErrRecordAuth        = &Error{Code: CodeRecordAuth}
 	ErrRecordTooShort    = &Error{Code: CodeRecordTooShort}
 	ErrRecordType        = &Error{Code: CodeRecordType}

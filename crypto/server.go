@@ -72,8 +72,8 @@ func NewServerHandshake(cfg *ServerConfig) *ServerHandshake {
 }
 
 // TicketError reports why an offered ticket was not used (CodeTicketInvalid,
-// CodeTicketExpired, CodeTicketReused), or nil. The handshake still succeeds as a
-// full one.
+// CodeTicketExpired, CodeTicketReused, CodeTicketUnavailable), or nil. The
+// handshake still succeeds as a full one.
 func (s *ServerHandshake) TicketError() error {
 	if s.ticketErr == nil {
 		return nil
@@ -149,7 +149,7 @@ func (s *ServerHandshake) tryTicket(ch *clientHello, raw []byte) (*ticketState, 
 	}
 	fresh, err := s.cfg.Seen.Use(id, exp)
 	if err != nil {
-		s.ticketErr = newErr(CodeTicketInvalid, "ticket", err)
+		s.ticketErr = newErr(CodeTicketUnavailable, "ticket", err)
 		return nil, nil, nil
 	}
 	if !fresh {
@@ -327,7 +327,7 @@ func (s *ServerHandshake) newSessionTicket(master, th4 []byte) ([]byte, error) {
 	}
 	pt := ts.marshal()
 	wipe(ts.psk)
-	ticket, err := s.cfg.Tickets.seal(pt)
+	ticket, err := s.cfg.Tickets.seal(pt, now)
 	wipe(pt)
 	if err != nil {
 		return nil, err

@@ -22,17 +22,21 @@ type Session struct {
 
 // SeenSet enforces single use of tickets. Use records id as used until expiry and
 // reports whether it was unused before; it must be atomic (across the cluster, for
-// single use to hold there). In production it is the broker's session cache.
+// single use to hold there). An error means the check could not be made: the
+// ticket is then refused (CodeTicketUnavailable) and the handshake falls back to a
+// full one. The gateway uses a JetStream key-value bucket shared by the cluster
+// (package broker/ticketstore), consulted after the node's session cache.
 type SeenSet interface {
 	Use(id []byte, expiry time.Time) (fresh bool, err error)
 }
 
 // MemorySeenSet is an in-process SeenSet; expired ids are swept as it goes.
 type MemorySeenSet struct {
-	mu    sync.Mutex
-	now   func() time.Time
-	ids   map[string]time.Time
-	calls int
+	mu      sync.Mutex
+	now     func() time.Time
+	ids     map[string]time.Time
+	calls   int // since the last sweep
+	sweepAt int // calls that trigger the next sweep
 }
 
 // NewMemorySeenSet returns an empty set; now may be nil (time.Now).
@@ -40,7 +44,7 @@ func NewMemorySeenSet(now func() time.Time) *MemorySeenSet {
 	if now == nil {
 		now = time.Now
 	}
-	return &MemorySeenSet{now: now, ids: make(map[string]time.Time)}
+	return &MemorySeenSet{now: now, ids: make(map[string]time.Time), sweepAt: 1024}
 }
 
 // Use implements SeenSet.
@@ -48,12 +52,18 @@ func (m *MemorySeenSet) Use(id []byte, expiry time.Time) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
-	if m.calls++; m.calls%1024 == 0 {
+	// Sweep after as many calls as ids were left by the last sweep (at
+	// least 1024): a sweep visits at most twice the calls since the last
+	// one, so it is amortized O(1) per call. (A sweep every 1024 calls
+	// cost O(len/1024) per call: ~5 µs at a million ids.)
+	if m.calls++; m.calls >= m.sweepAt {
+		m.calls = 0
 		for k, exp := range m.ids {
 			if now.After(exp) {
 				delete(m.ids, k)
 			}
 		}
+		m.sweepAt = max(1024, len(m.ids))
 	}
 	if exp, ok := m.ids[string(id)]; ok && !now.After(exp) {
 		return false, nil
@@ -69,20 +79,34 @@ func (m *MemorySeenSet) Len() int {
 	return len(m.ids)
 }
 
-// TicketKeyring seals and opens tickets. The first key seals; every key on the ring
-// opens, so rotation never invalidates tickets still within their lifetime as long
-// as the ring keeps enough old keys. Safe for concurrent use. All gateway nodes that
-// may receive a resumption must share the ring (SetKeys from a common secret).
+// TicketKeyring seals and opens tickets. The sealing key is the newest key whose
+// activation time has come; every key on the ring opens, so rotation never
+// invalidates tickets still within their lifetime as long as the ring keeps enough
+// old keys. Safe for concurrent use. All gateway nodes that may receive a
+// resumption must share the ring: SetSharedKeys installs keys from a common store
+// (broker/ticketstore keeps them in the cluster and rotates them there).
 type TicketKeyring struct {
 	mu   sync.RWMutex
 	aead AEAD
 	keep int
-	keys []ticketKey
+	keys []ticketKey // newest (latest activation) first
 }
 
 type ticketKey struct {
-	id   uint32
-	aead cipher.AEAD
+	id     uint32
+	active time.Time // seals from then on; zero: at once
+	aead   cipher.AEAD
+}
+
+// TicketKey is one key of a ring shared by several servers (SetSharedKeys).
+type TicketKey struct {
+	// Secret is the AEAD key, of the ring AEAD's KeySize. It is secret:
+	// never log it; wipe it after SetSharedKeys.
+	Secret []byte
+	// Active is when the key starts sealing; until then it only opens.
+	// Zero: at once. Publishing a key ahead of its activation lets every
+	// node learn it before any node seals with it.
+	Active time.Time
 }
 
 const ticketNonceSize = 12
@@ -103,22 +127,40 @@ func NewTicketKeyring(aead AEAD, keep int) (*TicketKeyring, error) {
 	return k, nil
 }
 
-func (k *TicketKeyring) makeKey(secret []byte) (ticketKey, error) {
-	sum := sha256.Sum256(append([]byte("unigate ticket key id\x00"), secret...))
+// AEAD is the cipher the ring seals tickets with.
+func (k *TicketKeyring) AEAD() AEAD { return k.aead }
+
+// TicketKeyID is the id a ticket key goes by (the first four bytes of every
+// ticket it seals): the first 4 bytes of SHA-256("unigate ticket key id" ‖ 0x00 ‖
+// secret). Every node derives the same id from the same secret.
+func TicketKeyID(secret []byte) uint32 {
+	h := sha256.New()
+	h.Write([]byte("unigate ticket key id\x00"))
+	h.Write(secret)
+	var sum [sha256.Size]byte
+	return binary.BigEndian.Uint32(h.Sum(sum[:0]))
+}
+
+func (k *TicketKeyring) makeKey(secret []byte, active time.Time) (ticketKey, error) {
+	if len(secret) != k.aead.KeySize() {
+		return ticketKey{}, newErr(CodeConfig, "ticket key", errLength)
+	}
 	a, err := k.aead.New(secret)
 	if err != nil {
 		return ticketKey{}, newErr(CodeConfig, "ticket key", err)
 	}
-	return ticketKey{id: binary.BigEndian.Uint32(sum[:4]), aead: a}, nil
+	return ticketKey{id: TicketKeyID(secret), active: active, aead: a}, nil
 }
 
-// Rotate puts a fresh random key in front; the oldest key beyond keep falls off.
+// Rotate puts a fresh random key in front, sealing at once; the oldest key beyond
+// keep falls off. For a ring of one process only: a shared ring rotates in its
+// store (broker/ticketstore) and arrives through SetSharedKeys.
 func (k *TicketKeyring) Rotate() error {
 	secret := make([]byte, k.aead.KeySize())
 	if _, err := rand.Read(secret); err != nil {
 		return newErr(CodeInternal, "ticket key", err)
 	}
-	tk, err := k.makeKey(secret)
+	tk, err := k.makeKey(secret, time.Time{})
 	wipe(secret)
 	if err != nil {
 		return err
@@ -133,28 +175,82 @@ func (k *TicketKeyring) Rotate() error {
 }
 
 // SetKeys replaces the ring with keys derived from shared secrets (newest first),
-// each of the AEAD's key size. Use it to share tickets across a cluster.
+// each of the AEAD's key size, all sealing at once (so the first one seals).
 func (k *TicketKeyring) SetKeys(secrets [][]byte) error {
-	if len(secrets) == 0 {
+	keys := make([]TicketKey, len(secrets))
+	for i, s := range secrets {
+		keys[i] = TicketKey{Secret: s}
+	}
+	return k.SetSharedKeys(keys)
+}
+
+// SetSharedKeys replaces the ring with keys shared by several servers, newest
+// first (non-increasing Active). Each seals from its Active time until a newer
+// key's comes, and opens as long as it is on the ring. Duplicate keys (by
+// TicketKeyID) are refused. It does not retain the secrets.
+func (k *TicketKeyring) SetSharedKeys(keys []TicketKey) error {
+	if len(keys) == 0 {
 		return newErr(CodeConfig, "ticket key", errNoKey)
 	}
-	keys := make([]ticketKey, 0, len(secrets))
-	for _, s := range secrets {
-		tk, err := k.makeKey(s)
+	out := make([]ticketKey, 0, len(keys))
+	for i, key := range keys {
+		if i > 0 && key.Active.After(keys[i-1].Active) {
+			return newErr(CodeConfig, "ticket key", errKeyOrder)
+		}
+		tk, err := k.makeKey(key.Secret, key.Active)
 		if err != nil {
 			return err
 		}
-		keys = append(keys, tk)
+		for _, o := range out {
+			if o.id == tk.id {
+				return newErr(CodeConfig, "ticket key", errKeyDup)
+			}
+		}
+		out = append(out, tk)
 	}
 	k.mu.Lock()
-	k.keys = keys
+	k.keys = out
 	k.mu.Unlock()
 	return nil
 }
 
-func (k *TicketKeyring) seal(plaintext []byte) ([]byte, error) {
+var (
+	errKeyOrder = errors.New("keys not newest first")
+	errKeyDup   = errors.New("the same key twice")
+)
+
+// KeyIDs returns the ids of the keys on the ring, newest first.
+func (k *TicketKeyring) KeyIDs() []uint32 {
 	k.mu.RLock()
-	tk := k.keys[0]
+	defer k.mu.RUnlock()
+	ids := make([]uint32, len(k.keys))
+	for i, tk := range k.keys {
+		ids[i] = tk.id
+	}
+	return ids
+}
+
+// SealingKeyID is the id of the key that seals a ticket issued at now.
+func (k *TicketKeyring) SealingKeyID(now time.Time) uint32 {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.sealingKey(now).id
+}
+
+// sealingKey is the newest key active at now (the oldest one if none is yet,
+// which only a ring whose every key was published ahead can be). k.mu is held.
+func (k *TicketKeyring) sealingKey(now time.Time) ticketKey {
+	for _, tk := range k.keys {
+		if !tk.active.After(now) {
+			return tk
+		}
+	}
+	return k.keys[len(k.keys)-1]
+}
+
+func (k *TicketKeyring) seal(plaintext []byte, now time.Time) ([]byte, error) {
+	k.mu.RLock()
+	tk := k.sealingKey(now)
 	k.mu.RUnlock()
 	out := binary.BigEndian.AppendUint32(nil, tk.id)
 	nonce := make([]byte, ticketNonceSize)

@@ -95,6 +95,17 @@ func (ar *atRest) openKeyring(ctx context.Context, js jetstream.JetStream) error
 	return nil
 }
 
+// currentMaster is the master key that wraps new keys, or nil when this
+// node has no master key file.
+func (ar *atRest) currentMaster() atrest.KeyWrapper {
+	ar.mu.Lock()
+	defer ar.mu.Unlock()
+	if ar.masters == nil {
+		return nil
+	}
+	return ar.masters.Current()
+}
+
 // fatal reports errors that no retry of openStores can fix.
 func (ar *atRest) fatal(err error) bool {
 	return errors.Is(err, atrest.ErrWrongMasterKey) || errors.Is(err, atrest.ErrMalformed)

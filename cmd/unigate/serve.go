@@ -123,6 +123,7 @@ type gateway struct {
 	atRest *atRest
 	admin  *http.Server
 
+	tickets    *tickets // the secure channel's tickets in JetStream; nil when off
 	limiter    *limiter.Limiter
 	limiterSet *metrics.Set
 	origins    *atomic.Pointer[originPolicy] // swapped by reload
@@ -246,6 +247,14 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		closeStores()
 		return nil, err
 	}
+	tks, err := openTickets(cfg, node.JetStream(), ar, sec, log)
+	if err != nil {
+		closeStores()
+		return nil, err
+	}
+	closeStores = func(close func()) func() {
+		return func() { tks.close(); close() }
+	}(closeStores)
 	origins := new(atomic.Pointer[originPolicy])
 	origins.Store(newOriginPolicy(cfg.WebSocket))
 	limSet := metrics.NewSet()
@@ -347,7 +356,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		stopBroker()
 		return nil, err
 	}
-	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, sess: sess, atRest: ar, limiter: lim, limiterSet: limSet, origins: origins, backends: bks}, nil
+	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, sess: sess, atRest: ar, tickets: tks, limiter: lim, limiterSet: limSet, origins: origins, backends: bks}, nil
 }
 
 func (g *gateway) start() error {
@@ -359,6 +368,9 @@ func (g *gateway) start() error {
 	metrics.RegisterSet(g.broker.Metrics())
 	metrics.RegisterSet(g.limiterSet)
 	metrics.RegisterSet(g.backends.metrics)
+	if s := g.tickets.metrics(); s != nil {
+		metrics.RegisterSet(s)
+	}
 	if g.cfg.Admin.Listen != "" {
 		admin, err := startAdmin(g.cfg.Admin, g.log, adminRoute{"/keys", g.atRest.adminHandler()})
 		if err != nil {
@@ -380,6 +392,9 @@ func (g *gateway) stop(ctx context.Context) error {
 	metrics.UnregisterSet(g.broker.Metrics(), false)
 	metrics.UnregisterSet(g.limiterSet, false)
 	metrics.UnregisterSet(g.backends.metrics, false)
+	if s := g.tickets.metrics(); s != nil {
+		metrics.UnregisterSet(s, false)
+	}
 	if g.admin != nil {
 		_ = g.admin.Close()
 	}
@@ -401,6 +416,7 @@ func (g *gateway) closeBroker() {
 		}
 	}
 	g.sess.Close()
+	g.tickets.close()
 	_ = g.hist.Close()
 	g.atRest.close()
 	g.node.Shutdown()

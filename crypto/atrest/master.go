@@ -228,13 +228,21 @@ func LoadMasterKeyFile(path string) (*MasterKeys, error) {
 // place), so processes starting together end up with the same key.
 // created reports whether this call created the file.
 func LoadOrCreateMasterKeyFile(path string) (m *MasterKeys, created bool, err error) {
+	return LoadOrCreateKeyFile(path, keyFileHeader)
+}
+
+// LoadOrCreateKeyFile is LoadOrCreateMasterKeyFile for a wrapping key of
+// another purpose (the ticket key file): the same format, with header
+// (comment lines, each starting with '#' and ending with a newline) at
+// the top of a file it creates.
+func LoadOrCreateKeyFile(path, header string) (m *MasterKeys, created bool, err error) {
 	m, err = LoadMasterKeyFile(path)
 	if !errors.Is(err, fs.ErrNotExist) {
 		return m, false, err
 	}
 	material := make([]byte, MasterKeySize)
 	rand.Read(material)
-	content := keyFileHeader + hex.EncodeToString(material) + "\n"
+	content := header + hex.EncodeToString(material) + "\n"
 	clear(material)
 	err = writeKeyFile(path, []byte(content), false)
 	if errors.Is(err, fs.ErrExist) {

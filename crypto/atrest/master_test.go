@@ -76,6 +76,28 @@ func TestMasterKeyFile(t *testing.T) {
 	}
 }
 
+// TestKeyFileHeader: a wrapping key file of another purpose carries its
+// own header, 0600, and loads like a master key file.
+func TestKeyFileHeader(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys", "ticket.key")
+	const header = "# Unigate ticket key file.\n"
+	m, created, err := LoadOrCreateKeyFile(path, header)
+	if err != nil || !created {
+		t.Fatalf("create: created=%v err=%v", created, err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil || !strings.HasPrefix(string(data), header) || strings.Contains(string(data), "master key") {
+		t.Fatalf("file %q (%v)", data, err)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v", fi.Mode())
+	}
+	again, err := LoadMasterKeyFile(path)
+	if err != nil || again.Current().ID() != m.Current().ID() {
+		t.Fatalf("reload: %v", err)
+	}
+}
+
 // TestMasterKeyFileRace: processes starting together share one key.
 func TestMasterKeyFileRace(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "master.key")

@@ -190,11 +190,25 @@ type CryptoConfig struct {
 	// which both sides move to the next key.
 	RekeyAfter int `yaml:"rekey_after"`
 	// Tickets lets clients resume (no server signature on a reconnect)
-	// with a single-use ticket; the ticket keys live in memory and rotate
-	// every TicketTTL, so a restart ends resumption once.
+	// with a single-use ticket. The ticket keys and the tickets already
+	// used are kept in JetStream (docs/crypto.md, "Resumption across the
+	// cluster"): a ticket resumes once, on any node that shares the ticket
+	// key wrapper (TicketKeyFile, or the at-rest master key), across
+	// restarts.
 	Tickets bool `yaml:"tickets"`
 	// TicketTTL is the lifetime of a ticket.
 	TicketTTL time.Duration `yaml:"ticket_ttl"`
+	// TicketRotation is how long a ticket key seals before the cluster
+	// moves to the next one; older keys stay until their tickets expire.
+	// 0 means TicketTTL (at least a minute); otherwise at least a minute
+	// and TicketTTL/32. See TicketRotationPeriod.
+	TicketRotation time.Duration `yaml:"ticket_rotation"`
+	// TicketKeyFile holds the key that wraps the ticket keys kept in
+	// JetStream when this node has no at-rest master key file (with one,
+	// the master key wraps them): one hex line, mode 0600, created on the
+	// first start. Every node of a cluster needs the same file, or nodes
+	// do not resume each other's tickets. Empty: <data_dir>/ticket.key.
+	TicketKeyFile string `yaml:"ticket_key_file"`
 	// AtRest is encryption at rest of the history and the session
 	// snapshot (crypto/atrest); independent of Enabled.
 	AtRest AtRestConfig `yaml:"at_rest"`
@@ -214,6 +228,27 @@ type AtRestConfig struct {
 	// Enabled; refused when group or others can access it. Every node of
 	// a cluster needs the same file. Empty: <data_dir>/master.key.
 	MasterKeyFile string `yaml:"master_key_file"`
+}
+
+// TicketKeyPath returns Crypto.TicketKeyFile, or ticket.key in DataDir
+// when it is empty.
+func (c Config) TicketKeyPath() string {
+	if c.Crypto.TicketKeyFile != "" {
+		return c.Crypto.TicketKeyFile
+	}
+	return filepath.Join(c.DataDir, "ticket.key")
+}
+
+// MinTicketRotation is the shortest ticket key rotation period.
+const MinTicketRotation = time.Minute
+
+// TicketRotationPeriod returns TicketRotation, or TicketTTL (at least
+// MinTicketRotation) when it is 0.
+func (c CryptoConfig) TicketRotationPeriod() time.Duration {
+	if c.TicketRotation > 0 {
+		return c.TicketRotation
+	}
+	return max(c.TicketTTL, MinTicketRotation)
 }
 
 // MasterKeyPath returns Crypto.AtRest.MasterKeyFile, or master.key in

@@ -250,6 +250,10 @@ func (c Config) Validate() error {
 	if cr.Tickets && cr.TicketTTL <= 0 {
 		bad("crypto.ticket_ttl", "must be positive when crypto.tickets is set, got %v", cr.TicketTTL)
 	}
+	if r := cr.TicketRotation; r < 0 || r > 0 && (r < MinTicketRotation || r < cr.TicketTTL/32) {
+		bad("crypto.ticket_rotation", "must be 0 (= crypto.ticket_ttl) or at least %v and crypto.ticket_ttl/32 (%v), got %v",
+			MinTicketRotation, cr.TicketTTL/32, r)
+	}
 
 	bk := c.Backends
 	switch bk.Bot {
