@@ -109,7 +109,9 @@ type tickets struct {
 // openTickets makes sec's tickets cluster-wide and restart-proof: the
 // keyring follows the bucket's ring for this node's wrapper (the at-rest
 // master key when there is a master key file, else the ticket key file)
-// and single use is checked in the seen bucket. Nil when the channel or
+// and, in a cluster, single use is checked in the seen bucket (a single
+// node keeps it in its session cache, snapshotted on shutdown). Nil when
+// the channel or
 // its tickets are off. Like openStores, it retries while a clustered
 // JetStream is not ready to create the buckets.
 func openTickets(cfg config.Config, js jetstream.JetStream, ar *atRest, sec *broker.SecureOptions, log *slog.Logger) (*tickets, error) {
@@ -139,7 +141,7 @@ func openTickets(cfg config.Config, js jetstream.JetStream, ar *atRest, sec *bro
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		var err error
-		if seen == nil {
+		if seen == nil && cfg.Clustered() {
 			seen, err = ticketstore.OpenSeenSet(ctx, js, ticketstore.SeenOptions{Replicas: cfg.NATS.Replicas, Metrics: t.set})
 		}
 		if err == nil {
@@ -162,7 +164,12 @@ func openTickets(cfg config.Config, js jetstream.JetStream, ar *atRest, sec *bro
 		log.Info("waiting for JetStream (ticket buckets)", "err", err)
 		time.Sleep(500 * time.Millisecond)
 	}
-	sec.Server.Seen = seen
+	if seen != nil {
+		// A single node keeps single use in its session cache: the bucket
+		// would double the cost of a resumption for nothing another node
+		// could replay.
+		sec.Server.Seen = seen
+	}
 	sec.TicketRotation = 0 // the ring rotates in the cluster
 	log.Info("resumption tickets shared through JetStream", "ring", t.ring.Name(), "wrapped_by", source,
 		"rotation", cfg.Crypto.TicketRotationPeriod())
