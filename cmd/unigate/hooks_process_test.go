@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -366,27 +364,6 @@ func TestHookPluginThroughGateway(t *testing.T) {
 
 var adminRE = regexp.MustCompile(`admin listening.* addr=(\S+)`)
 
-// metricValue reads one sample from the node's admin /metrics.
-func metricValue(t *testing.T, admin, name string) float64 {
-	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			v, err := strconv.ParseFloat(rest, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return v
-		}
-	}
-	return 0
-}
-
 // killPlugins ends the hook processes a killed gateway left behind.
 func killPlugins(t *testing.T, dir string) {
 	entries, _ := os.ReadDir(dir)
@@ -465,13 +442,13 @@ func TestHookEventsSurviveKill9(t *testing.T) {
 	// messages; one closed.
 	const stored = convs*(1+1+1+3) + 1
 	waitUntil(t, 20*time.Second, "the events to be stored", func() bool {
-		return metricValue(t, admin, "unigate_broker_hook_events_stored_total") >= stored
+		return metricOf(t, admin, "unigate_broker_hook_events_stored_total") >= stored
 	})
-	if v := metricValue(t, admin, "unigate_broker_hook_events_delivered_total"); v != 0 {
+	if v := metricOf(t, admin, "unigate_broker_hook_events_delivered_total"); v != 0 {
 		t.Fatalf("%v events delivered while the hook refuses them", v)
 	}
 	waitUntil(t, 20*time.Second, "a refused delivery", func() bool {
-		return metricValue(t, admin, "unigate_broker_hook_events_retried_total") > 0
+		return metricOf(t, admin, "unigate_broker_hook_events_retried_total") > 0
 	})
 
 	n.kill9()
