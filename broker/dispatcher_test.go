@@ -445,12 +445,7 @@ func BenchmarkAssignOverAgents(b *testing.B) {
 			var last ctrl
 			d := newDispatcher(1<<20, func(_ int, c ctrl) { last = c })
 			d.useRouters(tc.router, nil, nil, 0, nil)
-			regions := []string{"cn-east", "cn-north", "cn-south", "us-west"}
-			for i := range 1000 {
-				u := newAgentUser(fmt.Sprintf("a%04d", i), "t", "billing", "sales")
-				d.presence(u, protocol.StatusOnline, 5, 5, nil, regions[i%len(regions)])
-			}
-			ri := routeInfo{skill: "billing/refund", region: "cn-east", sentiment: -0.5}
+			ri := benchAgents(d)
 			lat := make([]time.Duration, 0, b.N)
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -600,4 +595,16 @@ func TestETAMoved(t *testing.T) {
 			t.Errorf("etaMoved(%d, %d) = %v, want %v", c.was, c.now, got, c.want)
 		}
 	}
+}
+
+// benchAgents puts 1,000 agents of tenant "t" online on d (skills billing
+// and sales, capacity 5, four regions) and returns the waiting
+// conversation the routing benchmarks assign among them.
+func benchAgents(d *dispatcher) routeInfo {
+	regions := []string{"cn-east", "cn-north", "cn-south", "us-west"}
+	for i := range 1000 {
+		u := newAgentUser(fmt.Sprintf("a%04d", i), "t", "billing", "sales")
+		d.presence(u, protocol.StatusOnline, 5, 5, nil, regions[i%len(regions)])
+	}
+	return routeInfo{skill: "billing/refund", region: "cn-east", sentiment: -0.5}
 }

@@ -636,12 +636,7 @@ func BenchmarkAssignTwoPhase(b *testing.B) {
 		return true
 	}
 	d.useRouters(&builtin.ScoringRouter{}, &builtin.ScoringRouter{}, submit, 32, metrics.NewSet())
-	regions := []string{"cn-east", "cn-north", "cn-south", "us-west"}
-	for i := range 1000 {
-		u := newAgentUser(fmt.Sprintf("a%04d", i), "t", "billing", "sales")
-		d.presence(u, protocol.StatusOnline, 5, 5, nil, regions[i%len(regions)])
-	}
-	ri := routeInfo{skill: "billing/refund", region: "cn-east", sentiment: -0.5}
+	ri := benchAgents(d)
 	lat := make([]time.Duration, 0, b.N)
 	b.ReportAllocs()
 	b.ResetTimer()
