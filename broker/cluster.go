@@ -35,6 +35,13 @@ type Cluster struct {
 	loadPub  string             // "$KV.<load bucket>."
 	ttl      time.Duration
 	fwdSeq   atomic.Uint64 // ids of forwarded sends (cluster_write.go)
+	grace    time.Duration // reserveGrace; tests shorten it
+
+	// owed: agents whose slot this node failed to give back, and from
+	// when their load may be pruned of it (the reservation's grace over):
+	// the heartbeat does it (see Broker.unreserve).
+	owedMu sync.Mutex
+	owed   map[string]time.Time
 }
 
 // ClusterOptions configures OpenCluster.
@@ -123,7 +130,8 @@ func OpenCluster(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o C
 		nc: nc, js: js, node: o.Node, prefix: o.SubjectPrefix + ".",
 		conv: o.Conversations, load: load, presence: pres, nodes: nodes, inc: newID("i_"),
 		loadPub: "$KV." + DefaultLoadBucket + ".", ttl: o.PresenceTTL,
-		open: convIndex{m: make(map[string]indexed)},
+		open:  convIndex{m: make(map[string]indexed)},
+		grace: reserveGrace, owed: make(map[string]time.Time),
 	}, nil
 }
 
@@ -172,7 +180,10 @@ type agentLoad struct {
 // being written) from being pruned as stale by another node.
 const reserveGrace = 10 * time.Second
 
-var errAgentFull = errors.New("broker: agent has no free slot")
+var (
+	errAgentFull     = errors.New("broker: agent has no free slot")
+	errLoadContended = errors.New("broker: agent load contended")
+)
 
 func (cl *Cluster) getLoad(ctx context.Context, agent string) (*agentLoad, uint64, error) {
 	e, err := cl.load.Get(ctx, userKey("l", agent))
@@ -207,11 +218,18 @@ func isCASConflict(err error) bool {
 }
 
 // prune drops the conversations agent no longer holds (closed, queued
-// again, given to another agent, or forgotten), except fresh ones.
-func (cl *Cluster) prune(ctx context.Context, agent string, l *agentLoad, now time.Time) bool {
-	changed := false
+// again, given to another agent, or forgotten), except fresh ones
+// (reserved less than the grace ago: their record may still be being
+// written). A conversation this node's watch shows held by agent is kept
+// without reading its record; any other is read, and kept when the read
+// fails. It returns the number dropped.
+func (cl *Cluster) prune(ctx context.Context, agent string, l *agentLoad, now time.Time) int {
+	dropped := 0
 	for conv, at := range l.Convs {
-		if now.Sub(time.UnixMilli(at)) < reserveGrace {
+		if now.Sub(time.UnixMilli(at)) < cl.grace {
+			continue
+		}
+		if m, _, ok := cl.open.get(conv); ok && agentOf(m) == agent {
 			continue
 		}
 		m, _, err := cl.conv.Get(ctx, conv)
@@ -220,73 +238,128 @@ func (cl *Cluster) prune(ctx context.Context, agent string, l *agentLoad, now ti
 		}
 		if m == nil || m.AgentID != agent || m.State == protocol.StateClosed || m.State == protocol.StateQueued {
 			delete(l.Convs, conv)
-			changed = true
+			dropped++
 		}
 	}
-	return changed
+	return dropped
 }
 
 // reserve takes one of agent's slots for conv, unless it holds capacity
 // conversations already (errAgentFull). added is false when conv had a
 // slot already (another node's attempt, which the caller must not give
-// back).
-func (cl *Cluster) reserve(ctx context.Context, agent, conv string, capacity int, now time.Time) (added bool, err error) {
+// back); at is the time the slot was reserved (its identity, see
+// unreserve).
+func (cl *Cluster) reserve(ctx context.Context, agent, conv string, capacity int, now time.Time) (added bool, at int64, err error) {
 	for range 16 {
 		l, rev, err := cl.getLoad(ctx, agent)
 		if err != nil {
-			return false, err
+			return false, 0, err
 		}
-		if _, ok := l.Convs[conv]; ok {
-			return false, nil
+		if t, ok := l.Convs[conv]; ok {
+			return false, t, nil
 		}
 		if len(l.Convs) >= capacity {
 			cl.prune(ctx, agent, l, now)
 			if len(l.Convs) >= capacity {
-				return false, errAgentFull
+				return false, 0, errAgentFull
 			}
 		}
-		l.Convs[conv] = now.UnixMilli()
+		at = now.UnixMilli()
+		l.Convs[conv] = at
 		err = cl.putLoad(ctx, agent, l, rev)
 		if isCASConflict(err) {
 			continue
 		}
-		return err == nil, err
+		return err == nil, at, err
 	}
-	return false, errors.New("broker: agent load contended")
+	return false, 0, errLoadContended
 }
 
-// unreserve gives conv's slot of agent back (best effort: prune repairs
-// what a failure leaves).
-func (cl *Cluster) unreserve(ctx context.Context, agent, conv string) {
+// unreserve gives conv's slot of agent back: any slot (at 0), or only the
+// one reserved at time at (a later reservation of the same pair is
+// another attempt's). A slot that is not there is no error; a failure is
+// (see Broker.unreserve for what the caller does with it).
+func (cl *Cluster) unreserve(ctx context.Context, agent, conv string, at int64) error {
 	for range 16 {
 		l, rev, err := cl.getLoad(ctx, agent)
-		if err != nil || rev == 0 {
-			return
+		if err != nil {
+			return err
 		}
-		if _, ok := l.Convs[conv]; !ok {
-			return
+		t, ok := l.Convs[conv]
+		if rev == 0 || !ok || (at != 0 && t != at) {
+			return nil
 		}
 		delete(l.Convs, conv)
-		if err := cl.putLoad(ctx, agent, l, rev); !isCASConflict(err) {
-			return
+		err = cl.putLoad(ctx, agent, l, rev)
+		if !isCASConflict(err) {
+			return err
 		}
 	}
+	return errLoadContended
 }
 
-// agentConvs returns the conversations agent holds cluster-wide (pruned).
+// agentConvs returns the conversations agent holds cluster-wide, pruned
+// of stale slots (see pruneLoad).
 func (cl *Cluster) agentConvs(ctx context.Context, agent string, now time.Time) ([]string, error) {
+	convs, _, err := cl.pruneLoad(ctx, agent, now)
+	return convs, err
+}
+
+// pruneLoad returns the conversations agent holds cluster-wide and how
+// many stale slots it dropped (written back; a conflict means somebody
+// else wrote a fresher load, which the next read sees).
+func (cl *Cluster) pruneLoad(ctx context.Context, agent string, now time.Time) (convs []string, dropped int, err error) {
 	l, rev, err := cl.getLoad(ctx, agent)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	if rev != 0 && cl.prune(ctx, agent, l, now) {
-		_ = cl.putLoad(ctx, agent, l, rev) // a conflict: somebody else wrote a fresher one
+	if rev != 0 {
+		if dropped = cl.prune(ctx, agent, l, now); dropped > 0 {
+			if err := cl.putLoad(ctx, agent, l, rev); err != nil && !isCASConflict(err) {
+				return nil, 0, err
+			}
+		}
 	}
-	out := make([]string, 0, len(l.Convs))
+	convs = make([]string, 0, len(l.Convs))
 	for c := range l.Convs {
-		out = append(out, c)
+		convs = append(convs, c)
 	}
-	return out, nil
+	return convs, dropped, nil
+}
+
+// owe notes that agent's slot for a conversation could not be given
+// back: its load is pruned (which drops a slot whose conversation the
+// agent does not hold, once the slot is older than the grace) from due,
+// the latest due of its owed slots.
+func (cl *Cluster) owe(agent string, due time.Time) {
+	cl.owedMu.Lock()
+	if d, ok := cl.owed[agent]; !ok || due.After(d) {
+		cl.owed[agent] = due
+	}
+	cl.owedMu.Unlock()
+}
+
+// owedDue returns the agents whose owed prune is due at now.
+func (cl *Cluster) owedDue(now time.Time) []string {
+	cl.owedMu.Lock()
+	defer cl.owedMu.Unlock()
+	var out []string
+	for a, due := range cl.owed {
+		if !now.Before(due) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// paid forgets agent's owed prune, done at time at, unless a slot owed
+// since is due later.
+func (cl *Cluster) paid(agent string, at time.Time) {
+	cl.owedMu.Lock()
+	if due, ok := cl.owed[agent]; ok && !at.Before(due) {
+		delete(cl.owed, agent)
+	}
+	cl.owedMu.Unlock()
 }
 
 // presenceRecord is an agent's presence as the cluster sees it.

@@ -608,9 +608,7 @@ func (s *shard) closeConversation(c *conversation, reason string, requester *cli
 			return false
 		}
 		if c.agent != nil {
-			ctx, cancel := s.ioCtx()
-			cl.unreserve(ctx, c.agent.id, c.id)
-			cancel()
+			s.b.unreserve(c.agent.id, c.id, 0)
 		}
 	}
 	switch {
