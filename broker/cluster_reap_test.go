@@ -150,3 +150,89 @@ func (c *tclient) waitStateWithin(d time.Duration, conv string, st protocol.Stat
 		return e.Kind == protocol.KindConversation && e.Conversation.ConversationID == conv && e.Conversation.State == st && e.Conversation.AgentID == agent
 	}).Conversation
 }
+
+// TestClusterSeenRecords: a user's seen record (the node that decides its
+// departure) is written only for users that can have something to close
+// or requeue: an agent at its hello, a visitor when it opens a
+// conversation, or at a hello while it takes part in one that is not
+// closed (its session's, or any the node's watch knows). A visitor's
+// hello without one writes nothing: those records were most of the
+// memory of an idle clustered connection (docs/benchmarks.md, "What the
+// gateway did under load", item 8). A node's records are published in
+// order on its one connection, so once a later record of that node is
+// visible, an earlier one that is not was never written.
+func TestClusterSeenRecords(t *testing.T) {
+	nodes := startCluster(t, 2, Options{AllowAnonymous: true})
+	A, B := nodes[0].env, nodes[1].env
+	ctx := context.Background()
+	seenAt := func(id string) string {
+		t.Helper()
+		s, _, err := nodes[0].cl.getSeen(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s == nil {
+			return ""
+		}
+		return s.Node
+	}
+	waitSeen := func(id, node string) {
+		t.Helper()
+		if !waitFor(t, 10*time.Second, func() bool { return seenAt(id) == node }) {
+			t.Fatalf("%s's seen record names %q, want %q", id, seenAt(id), node)
+		}
+	}
+	agentHello := func(env *testEnv, id, node string) {
+		t.Helper()
+		a := env.dial(id, pbProto)
+		a.hello(protocol.Hello{Token: env.token(id, token.RoleAgent)})
+		waitSeen(id, node)
+	}
+
+	// Idle visitors on A, anonymous and identified: no record.
+	anon := A.dial("anonymous@A", jsonProto)
+	anonID := anon.hello(protocol.Hello{}).UserID
+	idle := A.dial("idle@A", jsonProto)
+	idle.hello(protocol.Hello{Token: A.token("vis-idle", token.RoleVisitor)})
+	agentHello(A, "agent-seen-1", "n0")
+	for _, id := range []string{anonID, "vis-idle"} {
+		if n := seenAt(id); n != "" {
+			t.Fatalf("visitor %s without a conversation has a seen record (%s)", id, n)
+		}
+	}
+
+	// A visitor's open writes it.
+	v := A.dial("visitor@A", jsonProto)
+	w := v.hello(protocol.Hello{Token: A.token("vis-seen", token.RoleVisitor)})
+	if n := seenAt("vis-seen"); n != "" {
+		t.Fatalf("seen record at the hello of a visitor without a conversation: %s", n)
+	}
+	cid := v.open(protocol.Open{}).ConversationID
+	waitSeen("vis-seen", "n0")
+	// A new session on B (no resume token, no cursor) of that visitor: B
+	// never held the conversation, but its watch knows it.
+	if !waitFor(t, 10*time.Second, func() bool { return nodes[1].cl.open.hasVisitor("vis-seen") }) {
+		t.Fatal("B's watch does not index the visitor's conversation")
+	}
+	vb := B.dial("visitor@B", jsonProto)
+	vb.hello(protocol.Hello{Token: B.token("vis-seen", token.RoleVisitor)})
+	waitSeen("vis-seen", "n1")
+	// A resume on A moves it back.
+	va := A.dial("visitor-again@A", jsonProto)
+	va.hello(protocol.Hello{Token: A.token("vis-seen", token.RoleVisitor), ResumeToken: w.ResumeToken, Cursors: []protocol.Cursor{{ConversationID: cid}}})
+	va.waitState(cid, protocol.StateQueued)
+	waitSeen("vis-seen", "n0")
+
+	// Closed: its next hello (on B) leaves the record alone.
+	va.send(protocol.Envelope{Kind: protocol.KindClose, Close: protocol.Close{ConversationID: cid}})
+	va.waitState(cid, protocol.StateClosed)
+	if !waitFor(t, 10*time.Second, func() bool { return !nodes[1].cl.open.hasVisitor("vis-seen") }) {
+		t.Fatal("B's watch still indexes the closed conversation")
+	}
+	v3 := B.dial("visitor-later@B", jsonProto)
+	v3.hello(protocol.Hello{Token: B.token("vis-seen", token.RoleVisitor)})
+	agentHello(B, "agent-seen-2", "n1")
+	if n := seenAt("vis-seen"); n != "n0" {
+		t.Fatalf("a hello without an open conversation moved the record to %q", n)
+	}
+}

@@ -242,6 +242,11 @@ func (s *shard) create(r *ctrl) {
 	}
 	s.adopt(c, u)
 	durable := b.o.History != nil
+	if cl := b.o.Cluster; cl != nil {
+		// This node decides the visitor's departure now that it has
+		// something to close (its hello may not have said so: helloSeen).
+		cl.markSeen(u, b.now())
+	}
 	if cs := b.o.Conversations; cs != nil {
 		// The record exists before anybody hears of the conversation.
 		m := c.meta()
