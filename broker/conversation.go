@@ -57,6 +57,7 @@ type conversation struct {
 	streamSeq    uint64        // stream sequence of the last stored message
 	inflight     bool          // queue[0] is being appended
 	queue        []pendingSend // messages waiting for their append, bounded
+	sends        uint64        // serials of the queued sends (pendingSend.serial)
 	rev          uint64        // revision of the metadata record
 	createdMilli int64
 	closedMilli  int64

@@ -16,7 +16,7 @@ var knownCodes = []protocol.Code{
 	protocol.CodeUnknownConversation, protocol.CodeConversationClosed, protocol.CodeNotParticipant,
 	protocol.CodeSeqFromFuture, protocol.CodeNoAgent, protocol.CodeAlreadyOpen, protocol.CodeBadTransition,
 	protocol.CodeRateLimited, protocol.CodeQueueFull, protocol.CodeOverloaded,
-	protocol.CodeInternal, protocol.CodeUnavailable, protocol.CodeShuttingDown,
+	protocol.CodeInternal, protocol.CodeUnavailable, protocol.CodeShuttingDown, protocol.CodeUnconfirmed,
 }
 
 // brokerMetrics are the broker's unigate_broker_* metrics, in a Set of its
