@@ -242,13 +242,7 @@ func (s *shard) forwardTick(c *conversation) {
 			// Stored, says the writer, but this node cannot read it (a
 			// replica far behind): ack it now, the message follows (to
 			// everybody but the connection acked: learn).
-			s.ackStored(c, p, p.fwdAns.Seq)
-			if p.cl != nil {
-				if c.cw.early == nil {
-					c.cw.early = make(map[uint64]*client)
-				}
-				c.cw.early[p.fwdAns.Seq] = p.cl
-			}
+			s.ackAhead(c, p, p.fwdAns.Seq)
 			s.removeSend(c, i)
 			continue
 		case p.fwdAns != nil && now.After(p.fwdBy):
@@ -374,7 +368,7 @@ func (s *shard) forwardAnswered(a *fwdAnswer) {
 		s.failSend(c, p, code, msg)
 		s.removeSend(c, i)
 	case a.Dup:
-		s.ackStored(c, p, a.Seq)
+		s.ackAhead(c, p, a.Seq)
 		s.removeSend(c, i)
 	case a.Seq <= c.lastSeq:
 		// Learned already without being recognised (its notice was taken
@@ -389,6 +383,19 @@ func (s *shard) forwardAnswered(a *fwdAnswer) {
 		s.learnAnswered(c)
 	}
 	s.pump(c)
+}
+
+// ackAhead acks p as stored at seq, which this node may not have learned
+// yet: when it does, the connection that has the Ack is left out of the
+// Deliver (learn).
+func (s *shard) ackAhead(c *conversation, p *pendingSend, seq uint64) {
+	s.ackStored(c, p, seq)
+	if p.cl != nil && seq > c.lastSeq {
+		if c.cw.early == nil {
+			c.cw.early = make(map[uint64]*client)
+		}
+		c.cw.early[seq] = p.cl
+	}
 }
 
 // takeBack makes the i-th queued send, forwarded to a writer that did not
