@@ -200,17 +200,17 @@ func (cl *Cluster) getLoad(ctx context.Context, agent string) (*agentLoad, uint6
 	return &l, e.Revision(), nil
 }
 
-func (cl *Cluster) putLoad(ctx context.Context, agent string, l *agentLoad, rev uint64) error {
+// putLoad writes agent's load if its revision is still rev (0: absent)
+// and returns the new revision.
+func (cl *Cluster) putLoad(ctx context.Context, agent string, l *agentLoad, rev uint64) (uint64, error) {
 	b, err := json.Marshal(l)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if rev == 0 {
-		_, err = cl.load.Create(ctx, userKey("l", agent), b)
-	} else {
-		_, err = cl.load.Update(ctx, userKey("l", agent), b, rev)
+		return cl.load.Create(ctx, userKey("l", agent), b)
 	}
-	return err
+	return cl.load.Update(ctx, userKey("l", agent), b, rev)
 }
 
 func isCASConflict(err error) bool {
@@ -244,56 +244,80 @@ func (cl *Cluster) prune(ctx context.Context, agent string, l *agentLoad, now ti
 	return dropped
 }
 
+// slot is a reservation in an agent's load: when it was made (its
+// identity) and the revision of the load record that holds it.
+type slot struct {
+	at  int64
+	rev uint64
+}
+
+// casBackoff is the pause before the next attempt of a revision-checked
+// update of an agent's load that conflicted, or whose read was older than
+// a revision this node wrote: the KV reads of a node are answered by its
+// own replica of the bucket (direct gets), which may not have applied
+// the latest revisions yet (a few milliseconds behind the leader).
+func casBackoff(attempt int) {
+	time.Sleep(time.Duration(min(attempt+1, 8)) * time.Millisecond)
+}
+
 // reserve takes one of agent's slots for conv, unless it holds capacity
 // conversations already (errAgentFull). added is false when conv had a
 // slot already (another node's attempt, which the caller must not give
-// back); at is the time the slot was reserved (its identity, see
-// unreserve).
-func (cl *Cluster) reserve(ctx context.Context, agent, conv string, capacity int, now time.Time) (added bool, at int64, err error) {
-	for range 16 {
+// back); s is the slot (see unreserve).
+func (cl *Cluster) reserve(ctx context.Context, agent, conv string, capacity int, now time.Time) (added bool, s slot, err error) {
+	for attempt := range 16 {
 		l, rev, err := cl.getLoad(ctx, agent)
 		if err != nil {
-			return false, 0, err
+			return false, slot{}, err
 		}
 		if t, ok := l.Convs[conv]; ok {
-			return false, t, nil
+			return false, slot{at: t, rev: rev}, nil
 		}
 		if len(l.Convs) >= capacity {
 			cl.prune(ctx, agent, l, now)
 			if len(l.Convs) >= capacity {
-				return false, 0, errAgentFull
+				return false, slot{}, errAgentFull
 			}
 		}
-		at = now.UnixMilli()
-		l.Convs[conv] = at
-		err = cl.putLoad(ctx, agent, l, rev)
+		s.at = now.UnixMilli()
+		l.Convs[conv] = s.at
+		s.rev, err = cl.putLoad(ctx, agent, l, rev)
 		if isCASConflict(err) {
+			casBackoff(attempt)
 			continue
 		}
-		return err == nil, at, err
+		return err == nil, s, err
 	}
-	return false, 0, errLoadContended
+	return false, slot{}, errLoadContended
 }
 
-// unreserve gives conv's slot of agent back: any slot (at 0), or only the
-// one reserved at time at (a later reservation of the same pair is
-// another attempt's). A slot that is not there is no error; a failure is
-// (see Broker.unreserve for what the caller does with it).
-func (cl *Cluster) unreserve(ctx context.Context, agent, conv string, at int64) error {
-	for range 16 {
+// unreserve gives conv's slot of agent back: any slot (s.at 0), or only
+// the one reserved at time s.at (a later reservation of the same pair is
+// another attempt's). A read of the load older than s.rev (this node's
+// replica has not applied the reservation yet) is read again: it would
+// not show the slot, and the slot would stay. A slot that is not there is
+// no error; a failure is (see Broker.unreserve for what the caller does
+// with it).
+func (cl *Cluster) unreserve(ctx context.Context, agent, conv string, s slot) error {
+	for attempt := range 16 {
 		l, rev, err := cl.getLoad(ctx, agent)
 		if err != nil {
 			return err
 		}
+		if rev < s.rev {
+			casBackoff(attempt)
+			continue
+		}
 		t, ok := l.Convs[conv]
-		if rev == 0 || !ok || (at != 0 && t != at) {
+		if rev == 0 || !ok || (s.at != 0 && t != s.at) {
 			return nil
 		}
 		delete(l.Convs, conv)
-		err = cl.putLoad(ctx, agent, l, rev)
+		_, err = cl.putLoad(ctx, agent, l, rev)
 		if !isCASConflict(err) {
 			return err
 		}
+		casBackoff(attempt)
 	}
 	return errLoadContended
 }
@@ -315,7 +339,7 @@ func (cl *Cluster) pruneLoad(ctx context.Context, agent string, now time.Time) (
 	}
 	if rev != 0 {
 		if dropped = cl.prune(ctx, agent, l, now); dropped > 0 {
-			if err := cl.putLoad(ctx, agent, l, rev); err != nil && !isCASConflict(err) {
+			if _, err := cl.putLoad(ctx, agent, l, rev); err != nil && !isCASConflict(err) {
 				return nil, 0, err
 			}
 		}

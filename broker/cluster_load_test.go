@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"slices"
 	"strings"
@@ -101,7 +102,7 @@ func TestClusterStaleSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 	planted := &agentLoad{Convs: map[string]int64{other.ID: clock.now().UnixMilli()}}
-	if err := nodes[0].cl.putLoad(ctx, "agent-stale", planted, 0); err != nil {
+	if _, err := nodes[0].cl.putLoad(ctx, "agent-stale", planted, 0); err != nil {
 		t.Fatal(err)
 	}
 
@@ -143,15 +144,14 @@ func TestClusterStaleSlot(t *testing.T) {
 
 // racingKV is a conversation bucket where the next assignment (an Update
 // to state ASSIGNED) loses a race: just before it, another node's
-// assignment of the same conversation to rival is written. Then the
-// agent load bucket fails its next reads (failLoad), so that giving the
-// loser's slot back fails.
+// assignment of the same conversation to rival is written. Then lost
+// runs (it makes giving the loser's slot back difficult).
 type racingKV struct {
 	jetstream.KeyValue
-	rival    string
-	armed    atomic.Bool
-	failLoad *failingKV
-	lost     atomic.Value // conversation id of the lost assignment
+	rival  string
+	armed  atomic.Bool
+	onLose func()
+	lost   atomic.Value // conversation id of the lost assignment
 }
 
 func (k *racingKV) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
@@ -164,7 +164,7 @@ func (k *racingKV) Update(ctx context.Context, key string, value []byte, rev uin
 			return 0, err
 		}
 		k.lost.Store(key)
-		k.failLoad.fail.Store(1)
+		k.onLose()
 	}
 	return k.KeyValue.Update(ctx, key, value, rev)
 }
@@ -197,11 +197,13 @@ func TestClusterGiveBackFails(t *testing.T) {
 	clock := newManualClock()
 	logs := &logBuffer{}
 	var race *racingKV
+	var failing *failingKV
 	nodes := startClusterHook(t, 2, 1, Options{Now: clock.now, Logger: logs.logger()}, func(i int, cn *clusterNode) {
 		if i == 0 {
 			fl := &failingKV{KeyValue: cn.cl.load}
+			failing = fl
 			cn.cl.load = fl
-			race = &racingKV{KeyValue: cn.conv.kv, rival: "agent-rival", failLoad: fl}
+			race = &racingKV{KeyValue: cn.conv.kv, rival: "agent-rival", onLose: func() { fl.fail.Store(1) }}
 			cn.conv.kv = race
 		}
 	})
@@ -224,8 +226,8 @@ func TestClusterGiveBackFails(t *testing.T) {
 	if !waitFor(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), "agent slot not given back") }) {
 		t.Fatalf("no warning for the slot not given back; logs:\n%s", logs.String())
 	}
-	if race.failLoad.fails.Load() != 1 || A.b.m.clusterSlotsOwed.Get() != 1 {
-		t.Fatalf("%d failed load reads, %d slots owed; want 1 and 1", race.failLoad.fails.Load(), A.b.m.clusterSlotsOwed.Get())
+	if failing.fails.Load() != 1 || A.b.m.clusterSlotsOwed.Get() != 1 {
+		t.Fatalf("%d failed load reads, %d slots owed; want 1 and 1", failing.fails.Load(), A.b.m.clusterSlotsOwed.Get())
 	}
 	if got := loadOf(t, nodes[0].cl, "agent-give"); !slices.Equal(got, []string{cid1}) {
 		t.Fatalf("agent-give's load %v, want the slot that was not given back (%s)", got, cid1)
@@ -261,5 +263,90 @@ func TestClusterGiveBackFails(t *testing.T) {
 		return e.Kind == protocol.KindConversation && e.Conversation.ConversationID == cid1
 	})); n != 0 {
 		t.Fatalf("agent-give was told about the conversation it lost %d times", n)
+	}
+}
+
+// laggingKV answers the next stale reads of an agent's load with the
+// entry the read before them returned, as a node's own replica of the
+// bucket does before it has applied the node's latest write (KV reads are
+// direct gets, answered by the local replica).
+type laggingKV struct {
+	jetstream.KeyValue
+	stale  atomic.Int32
+	served atomic.Int32
+	mu     sync.Mutex
+	last   map[string]jetstream.KeyValueEntry // nil: not found
+}
+
+func (k *laggingKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	k.mu.Lock()
+	old, ok := k.last[key]
+	k.mu.Unlock()
+	if ok && strings.HasPrefix(key, "l.") && k.stale.Load() > 0 && k.stale.Add(-1) >= 0 {
+		k.served.Add(1)
+		if old == nil {
+			return nil, jetstream.ErrKeyNotFound
+		}
+		return old, nil
+	}
+	e, err := k.KeyValue.Get(ctx, key)
+	if err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
+		k.mu.Lock()
+		k.last[key] = e
+		k.mu.Unlock()
+	}
+	return e, err
+}
+
+// TestClusterGiveBackStaleRead: node A loses an assignment race and gives
+// agent-give's slot back, but its first reads of the agent's load come
+// from a replica that has not applied the reservation yet. That read
+// shows no slot, and giving back used to stop there, silently: the slot
+// stayed (the leaks of the 3-node rehearsals, R3, where every node reads
+// its own replica). Now a read older than the reservation's revision is
+// read again, and the slot is given back at once: the clock stands still
+// (no prune can repair anything), and the next conversation is assigned.
+func TestClusterGiveBackStaleRead(t *testing.T) {
+	clock := newManualClock()
+	logs := &logBuffer{}
+	var race *racingKV
+	var lag *laggingKV
+	nodes := startClusterHook(t, 2, 1, Options{Now: clock.now, Logger: logs.logger()}, func(i int, cn *clusterNode) {
+		if i == 0 {
+			lag = &laggingKV{KeyValue: cn.cl.load, last: make(map[string]jetstream.KeyValueEntry)}
+			cn.cl.load = lag
+			race = &racingKV{KeyValue: cn.conv.kv, rival: "agent-rival", onLose: func() { lag.stale.Store(2) }}
+			cn.conv.kv = race
+		}
+	})
+	A, B := nodes[0].env, nodes[1].env
+
+	ag := A.dial("agent@A", pbProto)
+	ag.hello(protocol.Hello{Token: A.token("agent-lag", token.RoleAgent)})
+	ag.online(1)
+	race.armed.Store(true)
+	v1 := B.dial("visitor-1@B", jsonProto)
+	v1.hello(protocol.Hello{Token: B.token("vis-lag-1", token.RoleVisitor)})
+	cid1 := v1.open(protocol.Open{Text: "first"}).ConversationID
+	if c := v1.waitStateWithin(30*time.Second, cid1, protocol.StateAssigned, "agent-rival"); c.AgentID != "agent-rival" {
+		t.Fatalf("conversation 1 assigned to %q, want the rival that won the race", c.AgentID)
+	}
+	if !waitFor(t, 10*time.Second, func() bool { return lag.served.Load() >= 1 }) {
+		t.Fatal("no stale read served")
+	}
+	v2 := B.dial("visitor-2@B", jsonProto)
+	v2.hello(protocol.Hello{Token: B.token("vis-lag-2", token.RoleVisitor)})
+	cid2 := v2.open(protocol.Open{Text: "second"}).ConversationID
+	if c := v2.waitStateWithin(30*time.Second, cid2, protocol.StateAssigned, "agent-lag"); c.AgentID != "agent-lag" {
+		t.Fatalf("conversation 2 assigned to %q", c.AgentID)
+	}
+	if n := lag.served.Load(); n != 2 {
+		t.Fatalf("%d stale reads served, want 2 (both read again)", n)
+	}
+	if got := loadOf(t, nodes[0].cl, "agent-lag"); !slices.Equal(got, []string{cid2}) {
+		t.Fatalf("agent-lag's load %v, want only %s", got, cid2)
+	}
+	if n := A.b.m.clusterSlotsOwed.Get() + A.b.m.clusterStaleSlots.Get(); n != 0 || strings.Contains(logs.String(), "not given back") {
+		t.Fatalf("the slot was repaired, not given back (%d); logs:\n%s", n, logs.String())
 	}
 }

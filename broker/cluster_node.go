@@ -231,7 +231,7 @@ func (s *shard) clusterTake(c *conversation, toAgent string, st protocol.State, 
 		return nil, protocol.NewError(protocol.CodeNoAgent, "the agent is not available")
 	}
 	from := c.agent
-	added, at, err := cl.reserve(ctx, toAgent, c.id, p.Capacity, b.now())
+	added, sl, err := cl.reserve(ctx, toAgent, c.id, p.Capacity, b.now())
 	if err != nil {
 		if errors.Is(err, errAgentFull) {
 			return nil, protocol.NewError(protocol.CodeNoAgent, "the agent is not available")
@@ -241,11 +241,11 @@ func (s *shard) clusterTake(c *conversation, toAgent string, st protocol.State, 
 	m := c.meta()
 	m.State, m.Event, m.AgentID, m.Reason, m.Boost = st, st, toAgent, note, false
 	if !s.commit(c, m) {
-		s.giveBack(c, toAgent, added, at)
+		s.giveBack(c, toAgent, added, sl)
 		return nil, protocol.NewError(protocol.CodeBadTransition, "the conversation changed meanwhile, retry")
 	}
 	if from != nil {
-		b.unreserve(from.id, c.id, 0)
+		b.unreserve(from.id, c.id, slot{})
 	}
 	return to, nil
 }
@@ -260,7 +260,7 @@ func (s *shard) clusterQueue(c *conversation, skill string, ev protocol.State, r
 		return false
 	}
 	if c.agent != nil {
-		s.b.unreserve(c.agent.id, c.id, 0)
+		s.b.unreserve(c.agent.id, c.id, slot{})
 	}
 	return true
 }
@@ -449,7 +449,7 @@ func (s *shard) clusterAssign(c *conversation, a *user) bool {
 		return false
 	}
 	ctx, cancel := s.ioCtx()
-	added, at, err := cl.reserve(ctx, a.id, c.id, capacity, b.now())
+	added, sl, err := cl.reserve(ctx, a.id, c.id, capacity, b.now())
 	cancel()
 	if err != nil {
 		b.disp.release(a.id, c.id)
@@ -471,7 +471,7 @@ func (s *shard) clusterAssign(c *conversation, a *user) bool {
 	m := c.meta()
 	m.State, m.Event, m.AgentID, m.Reason, m.Boost = protocol.StateAssigned, protocol.StateAssigned, a.id, "", false
 	if !s.commit(c, m) {
-		s.giveBack(c, a.id, added, at)
+		s.giveBack(c, a.id, added, sl)
 		b.disp.release(a.id, c.id)
 		if c.state == protocol.StateQueued {
 			b.disp.requeueMirror(c.meta(), c.rev)
@@ -518,27 +518,27 @@ func (s *shard) runRechecks() {
 	s.rechecks = kept
 }
 
-// giveBack returns the slot of agent a failed commit had reserved for c
-// at time at, unless it was not this attempt's (added false) or c, as
-// re-read by the failed commit, is held by that very agent after all
-// (another node's attempt for the same agent won).
-func (s *shard) giveBack(c *conversation, agent string, added bool, at int64) {
+// giveBack returns the slot sl of agent that a failed commit had reserved
+// for c, unless it was not this attempt's (added false) or c, as re-read
+// by the failed commit, is held by that very agent after all (another
+// node's attempt for the same agent won).
+func (s *shard) giveBack(c *conversation, agent string, added bool, sl slot) {
 	if !added || (c.agent != nil && c.agent.id == agent && c.state != protocol.StateClosed) {
 		return
 	}
-	s.b.unreserve(agent, c.id, at)
+	s.b.unreserve(agent, c.id, sl)
 }
 
-// unreserve gives agent's slot for conv back (the one reserved at time
-// at, or any when at is 0), with a context of its own: the caller's may
-// have been spent by the reservation and the commit before it. A failure
-// is logged and the slot owed: the heartbeat prunes the agent's load once
-// the slot is older than the reservation grace (payOwed), so a slot
-// nobody gives back cannot keep an agent full.
-func (b *Broker) unreserve(agent, conv string, at int64) {
+// unreserve gives agent's slot for conv back (sl, or any when sl is
+// zero), with a context of its own: the caller's may have been spent by
+// the reservation and the commit before it. A failure is logged and the
+// slot owed: the heartbeat prunes the agent's load once the slot is older
+// than the reservation grace (payOwed), so a slot nobody gives back
+// cannot keep an agent full.
+func (b *Broker) unreserve(agent, conv string, sl slot) {
 	cl := b.o.Cluster
 	ctx, cancel := b.ioCtx()
-	err := cl.unreserve(ctx, agent, conv, at)
+	err := cl.unreserve(ctx, agent, conv, sl)
 	cancel()
 	if err != nil {
 		b.log.Warn("broker: agent slot not given back, pruning it later", "agent", agent, "conversation", conv, "err", err)

@@ -614,7 +614,7 @@ func (s *shard) closeConversation(c *conversation, reason string, requester *cli
 			return false
 		}
 		if c.agent != nil {
-			s.b.unreserve(c.agent.id, c.id, 0)
+			s.b.unreserve(c.agent.id, c.id, slot{})
 		}
 	}
 	switch {
