@@ -486,8 +486,16 @@ func (s *shard) learn(c *conversation, m message, streamSeq uint64) {
 		mm = &m
 	}
 	if i := pendingAs(c, mm); i >= 0 {
+		// Not a forward: this node's own append stored it (or a writer
+		// it was taken back from), and no stored-message event was
+		// emitted for it here (its ID names the seq: a second one is the
+		// same event).
+		own := c.queue[i].fwd == 0
 		s.complete(c, &c.queue[i], mm, 0)
 		s.removeSend(c, i)
+		if own {
+			s.stored(c, mm)
+		}
 		return
 	}
 	var acked *client // has the Ack already (forwardTick)
