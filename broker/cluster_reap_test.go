@@ -33,7 +33,9 @@ func (cn *clusterNode) crash(t *testing.T) {
 // Its agent a2, whose visitor v2 is on A, never comes back either: the
 // conversation is queued again (agent_left, seen by v2) and given to the
 // agent on A. Its visitor v3 resumes on B in time: its conversation stays
-// assigned and its seen record is left alone.
+// assigned and its seen record is left alone. Seen records are written by
+// the visitors' opens and the agents' hellos only: an idle visitor on C
+// never has one (TestClusterSeenRecords).
 func TestClusterDeadNodeUsers(t *testing.T) {
 	const resumeTTL = 4 * time.Second
 	nodes := startClusterR(t, 3, 3, Options{ResumeTTL: resumeTTL, OfflineGrace: time.Second})
@@ -47,6 +49,9 @@ func TestClusterDeadNodeUsers(t *testing.T) {
 	v1.hello(protocol.Hello{Token: C.token("v1", token.RoleVisitor)})
 	conv1 := v1.open(protocol.Open{Text: "from C"}).ConversationID
 	a0.waitState(conv1, protocol.StateAssigned)
+	// An idle visitor on C: nothing to depart, no seen record.
+	idle := C.dial("idle@C", jsonProto)
+	idle.hello(protocol.Hello{Token: C.token("v-idle", token.RoleVisitor)})
 	v3 := C.dial("v3@C", jsonProto)
 	w3 := v3.hello(protocol.Hello{Token: C.token("v3", token.RoleVisitor)})
 	conv3 := v3.open(protocol.Open{}).ConversationID
@@ -115,6 +120,11 @@ func TestClusterDeadNodeUsers(t *testing.T) {
 	}
 	if s, _, err := nodes[0].cl.getSeen(ctx, "v1"); err != nil || s != nil {
 		t.Fatalf("v1's seen record %+v %v, want deleted", s, err)
+	}
+	// v1's record came from its open (its hello wrote none); the idle
+	// visitor never had one.
+	if s, _, err := nodes[0].cl.getSeen(ctx, "v-idle"); err != nil || s != nil {
+		t.Fatalf("the idle visitor's seen record %+v %v, want none", s, err)
 	}
 	for _, c := range []*tclient{v3b} {
 		if n := len(c.all(func(e *protocol.Envelope) bool {
