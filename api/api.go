@@ -509,7 +509,7 @@ func statusOf(c protocol.Code) int {
 		return http.StatusBadRequest
 	case protocol.CodeRateLimited:
 		return http.StatusTooManyRequests
-	case protocol.CodeQueueFull, protocol.CodeOverloaded, protocol.CodeUnavailable, protocol.CodeShuttingDown:
+	case protocol.CodeQueueFull, protocol.CodeOverloaded, protocol.CodeUnavailable, protocol.CodeShuttingDown, protocol.CodeUnconfirmed:
 		return http.StatusServiceUnavailable
 	case protocol.CodeInternal:
 		return http.StatusInternalServerError

@@ -397,8 +397,8 @@ func (r *ChatReport) WriteSummary(w io.Writer) {
 		f       FlowResult
 		l, svcl Latency
 	}{{"visitor→agent", r.V2A, r.V2ALatency, r.V2AFromWrite}, {"agent→visitor", r.A2V, r.A2VLatency, r.A2VFromWrite}} {
-		fmt.Fprintf(w, "%s: sent %d, acked %d, refused %d, unanswered %d, delivered %d (measured %d); lost %d, duplicates %d, out of order %d\n",
-			d.name, d.f.Sent, d.f.Acked, d.f.Refused, d.f.Unanswered, d.f.Delivered, d.f.DeliveredMeasured, d.f.Lost, d.f.Duplicates, d.f.OutOfOrder)
+		fmt.Fprintf(w, "%s: sent %d, acked %d, refused %d, unconfirmed %d (stored %d), unanswered %d, delivered %d (measured %d); lost %d, duplicates %d, out of order %d\n",
+			d.name, d.f.Sent, d.f.Acked, d.f.Refused, d.f.Unconfirmed, d.f.UnconfirmedStored, d.f.Unanswered, d.f.Delivered, d.f.DeliveredMeasured, d.f.Lost, d.f.Duplicates, d.f.OutOfOrder)
 		writeLatency(w, "  latency from due time", d.l)
 		writeLatency(w, "  latency from write   ", d.svcl)
 	}

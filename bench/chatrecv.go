@@ -110,6 +110,9 @@ func (w *chatWorker) agentDeliver(a *agent, e *protocol.Envelope) {
 	}
 	f := &c.v2a
 	if d.SenderRole != protocol.RoleVisitor || d.SenderID != c.visitorID {
+		if d.SenderRole == protocol.RoleAgent && d.SenderID == a.userID && w.echo(&c.a2v, d, "a") {
+			return
+		}
 		f.mu.Lock()
 		f.misrouted++
 		f.mu.Unlock()
@@ -138,6 +141,25 @@ func (w *chatWorker) agentDeliver(a *agent, e *protocol.Envelope) {
 		w.repliesQueued.Add(1)
 		a.replies <- reply{c: c, k: k, decided: now}
 	}
+}
+
+// echo reports whether d, delivered to the sender of flow f itself, is one
+// of its messages refused with 5003 unconfirmed (the outcome unknown): a
+// Deliver of its own client message id tells the sender it was stored
+// after all (docs/protocol.md). It records it as such. Any other message
+// delivered back to its sender is misrouted.
+func (w *chatWorker) echo(f *flow, d *protocol.Deliver, prefix string) bool {
+	p, ok := parsePayload(d.Text, w.job.Size)
+	if !ok || d.ClientMsgID != prefix+strconv.Itoa(p.k) {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.unconfirmed.has(p.k) {
+		return false
+	}
+	f.echoed.set(p.k)
+	return true
 }
 
 // deliver records message k of flow f as delivered with server sequence
@@ -270,6 +292,9 @@ func (w *chatWorker) visitorDeliver(c *chatConv, e *protocol.Envelope) {
 			w.events.add("visitor_deliver_during_setup", nil)
 			return
 		}
+		if d.ConversationID == c.id && d.SenderRole == protocol.RoleVisitor && d.SenderID == c.visitorID && w.echo(&c.v2a, d, "v") {
+			return
+		}
 		f.mu.Lock()
 		f.misrouted++
 		f.mu.Unlock()
@@ -375,6 +400,11 @@ func (w *chatWorker) serverError(e *protocol.Envelope, v *visitor, a *agent, set
 		w.refusedA2V.Add(1)
 	}
 	f.mu.Lock()
-	f.refused.set(k)
+	if e.Error.Code == protocol.CodeUnconfirmed {
+		// Not a refusal: the outcome is unknown (stored or not).
+		f.unconfirmed.set(k)
+	} else {
+		f.refused.set(k)
+	}
 	f.mu.Unlock()
 }

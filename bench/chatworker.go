@@ -85,11 +85,17 @@ type FlowResult struct {
 	// (visitor direction only: agent replies follow deliveries).
 	Offered int64 `json:"offered,omitempty"`
 	// Sent messages were written to the socket; Acked got an Ack;
-	// Refused got an Error envelope instead; Unanswered got neither.
-	Sent       int64 `json:"sent"`
-	Acked      int64 `json:"acked"`
-	Refused    int64 `json:"refused"`
-	Unanswered int64 `json:"unanswered"`
+	// Refused got an Error envelope instead (a definitive one: not
+	// stored, never delivered); Unconfirmed got 5003 unconfirmed (the
+	// outcome unknown), UnconfirmedStored of those were delivered after
+	// all (to the other side, or to the sender as its own message);
+	// Unanswered got neither an Ack nor an Error.
+	Sent              int64 `json:"sent"`
+	Acked             int64 `json:"acked"`
+	Refused           int64 `json:"refused"`
+	Unconfirmed       int64 `json:"unconfirmed"`
+	UnconfirmedStored int64 `json:"unconfirmed_stored"`
+	Unanswered        int64 `json:"unanswered"`
 	// Delivered is unique messages received by the other side;
 	// DeliveredMeasured those due after the warmup (the latency histogram
 	// holds exactly these); DeliveredInWindow those received inside the
@@ -101,7 +107,7 @@ type FlowResult struct {
 	Lost             int64 `json:"lost"`              // acked, never delivered
 	Duplicates       int64 `json:"duplicates"`        // delivered more than once
 	OutOfOrder       int64 `json:"out_of_order"`      // delivered after a later message
-	DeliveredUnacked int64 `json:"delivered_unacked"` // delivered, never acked
+	DeliveredUnacked int64 `json:"delivered_unacked"` // delivered, never acked (unconfirmed ones aside)
 	RefusedDelivered int64 `json:"refused_delivered"` // refused with an error, delivered anyway
 	DuplicateAcks    int64 `json:"duplicate_acks"`
 	SeqRegressions   int64 `json:"seq_regressions"` // a Deliver or Ack seq not above the previous one
@@ -114,6 +120,8 @@ func (f *FlowResult) add(o FlowResult) {
 	f.Sent += o.Sent
 	f.Acked += o.Acked
 	f.Refused += o.Refused
+	f.Unconfirmed += o.Unconfirmed
+	f.UnconfirmedStored += o.UnconfirmedStored
 	f.Unanswered += o.Unanswered
 	f.Delivered += o.Delivered
 	f.DeliveredMeasured += o.DeliveredMeasured
@@ -185,13 +193,15 @@ type chatResult struct {
 type flow struct {
 	mu                                     sync.Mutex
 	sent, acked, refused, delivered        bitset
+	unconfirmed, echoed                    bitset // answered 5003; delivered back to their sender
 	maxDelivered                           int
 	lastAckSeq, lastDeliverSeq             uint64
 	dups, ooo, dupAcks, seqRegr, misrouted int64
 }
 
 func newFlow(n int) flow {
-	return flow{sent: newBitset(n), acked: newBitset(n), refused: newBitset(n), delivered: newBitset(n), maxDelivered: -1}
+	return flow{sent: newBitset(n), acked: newBitset(n), refused: newBitset(n), delivered: newBitset(n),
+		unconfirmed: newBitset(n), echoed: newBitset(n), maxDelivered: -1}
 }
 
 // chatConv is one conversation: its visitor, its agent and both flows.
@@ -563,21 +573,23 @@ func (w *chatWorker) result(setup, drain time.Duration) *chatResult {
 func flowResultOf(f *flow) FlowResult {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	answered := f.acked.or(f.refused)
+	answered := f.acked.or(f.refused).or(f.unconfirmed)
 	return FlowResult{
-		Sent:             int64(f.sent.count()),
-		Acked:            int64(f.acked.count()),
-		Refused:          int64(f.refused.count()),
-		Unanswered:       int64(f.sent.andNotCount(answered)),
-		Delivered:        int64(f.delivered.count()),
-		Lost:             int64(f.acked.andNotCount(f.delivered)),
-		Duplicates:       f.dups,
-		OutOfOrder:       f.ooo,
-		DeliveredUnacked: int64(f.delivered.andNotCount(f.acked)),
-		RefusedDelivered: int64(f.refused.andCount(f.delivered)),
-		DuplicateAcks:    f.dupAcks,
-		SeqRegressions:   f.seqRegr,
-		Misrouted:        f.misrouted,
+		Sent:              int64(f.sent.count()),
+		Acked:             int64(f.acked.count()),
+		Refused:           int64(f.refused.count()),
+		Unconfirmed:       int64(f.unconfirmed.count()),
+		UnconfirmedStored: int64(f.unconfirmed.andCount(f.delivered.or(f.echoed))),
+		Unanswered:        int64(f.sent.andNotCount(answered)),
+		Delivered:         int64(f.delivered.count()),
+		Lost:              int64(f.acked.andNotCount(f.delivered)),
+		Duplicates:        f.dups,
+		OutOfOrder:        f.ooo,
+		DeliveredUnacked:  int64(f.delivered.andNotCount(f.acked.or(f.unconfirmed))),
+		RefusedDelivered:  int64(f.refused.andCount(f.delivered)),
+		DuplicateAcks:     f.dupAcks,
+		SeqRegressions:    f.seqRegr,
+		Misrouted:         f.misrouted,
 	}
 }
 

@@ -35,6 +35,13 @@ type Cluster struct {
 	loadPub  string             // "$KV.<load bucket>."
 	ttl      time.Duration
 	fwdSeq   atomic.Uint64 // ids of forwarded sends (cluster_write.go)
+	grace    time.Duration // reserveGrace; tests shorten it
+
+	// owed: agents whose slot this node failed to give back, and from
+	// when their load may be pruned of it (the reservation's grace over):
+	// the heartbeat does it (see Broker.unreserve).
+	owedMu sync.Mutex
+	owed   map[string]time.Time
 }
 
 // ClusterOptions configures OpenCluster.
@@ -123,7 +130,8 @@ func OpenCluster(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o C
 		nc: nc, js: js, node: o.Node, prefix: o.SubjectPrefix + ".",
 		conv: o.Conversations, load: load, presence: pres, nodes: nodes, inc: newID("i_"),
 		loadPub: "$KV." + DefaultLoadBucket + ".", ttl: o.PresenceTTL,
-		open: convIndex{m: make(map[string]indexed)},
+		open:  convIndex{m: make(map[string]indexed), visitors: make(map[string]int)},
+		grace: reserveGrace, owed: make(map[string]time.Time),
 	}, nil
 }
 
@@ -172,7 +180,10 @@ type agentLoad struct {
 // being written) from being pruned as stale by another node.
 const reserveGrace = 10 * time.Second
 
-var errAgentFull = errors.New("broker: agent has no free slot")
+var (
+	errAgentFull     = errors.New("broker: agent has no free slot")
+	errLoadContended = errors.New("broker: agent load contended")
+)
 
 func (cl *Cluster) getLoad(ctx context.Context, agent string) (*agentLoad, uint64, error) {
 	e, err := cl.load.Get(ctx, userKey("l", agent))
@@ -189,17 +200,17 @@ func (cl *Cluster) getLoad(ctx context.Context, agent string) (*agentLoad, uint6
 	return &l, e.Revision(), nil
 }
 
-func (cl *Cluster) putLoad(ctx context.Context, agent string, l *agentLoad, rev uint64) error {
+// putLoad writes agent's load if its revision is still rev (0: absent)
+// and returns the new revision.
+func (cl *Cluster) putLoad(ctx context.Context, agent string, l *agentLoad, rev uint64) (uint64, error) {
 	b, err := json.Marshal(l)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if rev == 0 {
-		_, err = cl.load.Create(ctx, userKey("l", agent), b)
-	} else {
-		_, err = cl.load.Update(ctx, userKey("l", agent), b, rev)
+		return cl.load.Create(ctx, userKey("l", agent), b)
 	}
-	return err
+	return cl.load.Update(ctx, userKey("l", agent), b, rev)
 }
 
 func isCASConflict(err error) bool {
@@ -207,11 +218,18 @@ func isCASConflict(err error) bool {
 }
 
 // prune drops the conversations agent no longer holds (closed, queued
-// again, given to another agent, or forgotten), except fresh ones.
-func (cl *Cluster) prune(ctx context.Context, agent string, l *agentLoad, now time.Time) bool {
-	changed := false
+// again, given to another agent, or forgotten), except fresh ones
+// (reserved less than the grace ago: their record may still be being
+// written). A conversation this node's watch shows held by agent is kept
+// without reading its record; any other is read, and kept when the read
+// fails. It returns the number dropped.
+func (cl *Cluster) prune(ctx context.Context, agent string, l *agentLoad, now time.Time) int {
+	dropped := 0
 	for conv, at := range l.Convs {
-		if now.Sub(time.UnixMilli(at)) < reserveGrace {
+		if now.Sub(time.UnixMilli(at)) < cl.grace {
+			continue
+		}
+		if m, _, ok := cl.open.get(conv); ok && agentOf(m) == agent {
 			continue
 		}
 		m, _, err := cl.conv.Get(ctx, conv)
@@ -220,73 +238,152 @@ func (cl *Cluster) prune(ctx context.Context, agent string, l *agentLoad, now ti
 		}
 		if m == nil || m.AgentID != agent || m.State == protocol.StateClosed || m.State == protocol.StateQueued {
 			delete(l.Convs, conv)
-			changed = true
+			dropped++
 		}
 	}
-	return changed
+	return dropped
+}
+
+// slot is a reservation in an agent's load: when it was made (its
+// identity) and the revision of the load record that holds it.
+type slot struct {
+	at  int64
+	rev uint64
+}
+
+// casBackoff is the pause before the next attempt of a revision-checked
+// update of an agent's load that conflicted, or whose read was older than
+// a revision this node wrote: the KV reads of a node are answered by its
+// own replica of the bucket (direct gets), which may not have applied
+// the latest revisions yet (a few milliseconds behind the leader).
+func casBackoff(attempt int) {
+	time.Sleep(time.Duration(min(attempt+1, 8)) * time.Millisecond)
 }
 
 // reserve takes one of agent's slots for conv, unless it holds capacity
 // conversations already (errAgentFull). added is false when conv had a
 // slot already (another node's attempt, which the caller must not give
-// back).
-func (cl *Cluster) reserve(ctx context.Context, agent, conv string, capacity int, now time.Time) (added bool, err error) {
-	for range 16 {
+// back); s is the slot (see unreserve).
+func (cl *Cluster) reserve(ctx context.Context, agent, conv string, capacity int, now time.Time) (added bool, s slot, err error) {
+	for attempt := range 16 {
 		l, rev, err := cl.getLoad(ctx, agent)
 		if err != nil {
-			return false, err
+			return false, slot{}, err
 		}
-		if _, ok := l.Convs[conv]; ok {
-			return false, nil
+		if t, ok := l.Convs[conv]; ok {
+			return false, slot{at: t, rev: rev}, nil
 		}
 		if len(l.Convs) >= capacity {
 			cl.prune(ctx, agent, l, now)
 			if len(l.Convs) >= capacity {
-				return false, errAgentFull
+				return false, slot{}, errAgentFull
 			}
 		}
-		l.Convs[conv] = now.UnixMilli()
-		err = cl.putLoad(ctx, agent, l, rev)
+		s.at = now.UnixMilli()
+		l.Convs[conv] = s.at
+		s.rev, err = cl.putLoad(ctx, agent, l, rev)
 		if isCASConflict(err) {
+			casBackoff(attempt)
 			continue
 		}
-		return err == nil, err
+		return err == nil, s, err
 	}
-	return false, errors.New("broker: agent load contended")
+	return false, slot{}, errLoadContended
 }
 
-// unreserve gives conv's slot of agent back (best effort: prune repairs
-// what a failure leaves).
-func (cl *Cluster) unreserve(ctx context.Context, agent, conv string) {
-	for range 16 {
+// unreserve gives conv's slot of agent back: any slot (s.at 0), or only
+// the one reserved at time s.at (a later reservation of the same pair is
+// another attempt's). A read of the load older than s.rev (this node's
+// replica has not applied the reservation yet) is read again: it would
+// not show the slot, and the slot would stay. A slot that is not there is
+// no error; a failure is (see Broker.unreserve for what the caller does
+// with it).
+func (cl *Cluster) unreserve(ctx context.Context, agent, conv string, s slot) error {
+	for attempt := range 16 {
 		l, rev, err := cl.getLoad(ctx, agent)
-		if err != nil || rev == 0 {
-			return
+		if err != nil {
+			return err
 		}
-		if _, ok := l.Convs[conv]; !ok {
-			return
+		if rev < s.rev {
+			casBackoff(attempt)
+			continue
+		}
+		t, ok := l.Convs[conv]
+		if rev == 0 || !ok || (s.at != 0 && t != s.at) {
+			return nil
 		}
 		delete(l.Convs, conv)
-		if err := cl.putLoad(ctx, agent, l, rev); !isCASConflict(err) {
-			return
+		_, err = cl.putLoad(ctx, agent, l, rev)
+		if !isCASConflict(err) {
+			return err
 		}
+		casBackoff(attempt)
 	}
+	return errLoadContended
 }
 
-// agentConvs returns the conversations agent holds cluster-wide (pruned).
+// agentConvs returns the conversations agent holds cluster-wide, pruned
+// of stale slots (see pruneLoad).
 func (cl *Cluster) agentConvs(ctx context.Context, agent string, now time.Time) ([]string, error) {
+	convs, _, err := cl.pruneLoad(ctx, agent, now)
+	return convs, err
+}
+
+// pruneLoad returns the conversations agent holds cluster-wide and how
+// many stale slots it dropped (written back; a conflict means somebody
+// else wrote a fresher load, which the next read sees).
+func (cl *Cluster) pruneLoad(ctx context.Context, agent string, now time.Time) (convs []string, dropped int, err error) {
 	l, rev, err := cl.getLoad(ctx, agent)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	if rev != 0 && cl.prune(ctx, agent, l, now) {
-		_ = cl.putLoad(ctx, agent, l, rev) // a conflict: somebody else wrote a fresher one
+	if rev != 0 {
+		if dropped = cl.prune(ctx, agent, l, now); dropped > 0 {
+			if _, err := cl.putLoad(ctx, agent, l, rev); err != nil && !isCASConflict(err) {
+				return nil, 0, err
+			}
+		}
 	}
-	out := make([]string, 0, len(l.Convs))
+	convs = make([]string, 0, len(l.Convs))
 	for c := range l.Convs {
-		out = append(out, c)
+		convs = append(convs, c)
 	}
-	return out, nil
+	return convs, dropped, nil
+}
+
+// owe notes that agent's slot for a conversation could not be given
+// back: its load is pruned (which drops a slot whose conversation the
+// agent does not hold, once the slot is older than the grace) from due,
+// the latest due of its owed slots.
+func (cl *Cluster) owe(agent string, due time.Time) {
+	cl.owedMu.Lock()
+	if d, ok := cl.owed[agent]; !ok || due.After(d) {
+		cl.owed[agent] = due
+	}
+	cl.owedMu.Unlock()
+}
+
+// owedDue returns the agents whose owed prune is due at now.
+func (cl *Cluster) owedDue(now time.Time) []string {
+	cl.owedMu.Lock()
+	defer cl.owedMu.Unlock()
+	var out []string
+	for a, due := range cl.owed {
+		if !now.Before(due) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// paid forgets agent's owed prune, done at time at, unless a slot owed
+// since is due later.
+func (cl *Cluster) paid(agent string, at time.Time) {
+	cl.owedMu.Lock()
+	if due, ok := cl.owed[agent]; ok && !at.Before(due) {
+		delete(cl.owed, agent)
+	}
+	cl.owedMu.Unlock()
 }
 
 // presenceRecord is an agent's presence as the cluster sees it.
@@ -331,6 +428,29 @@ type seenRecord struct {
 	Inc       string `json:"i,omitempty"`
 	Connected bool   `json:"c"`
 	At        int64  `json:"at"`
+}
+
+// helloSeen records, at u's hello, that u connected to this node, if u
+// can have something for its node to close or requeue when it leaves: an
+// agent, or a visitor taking part in a conversation that is not closed
+// (its own on this node, one its restored session names (restored), or
+// one of the cluster's as this node's watch last saw them). An anonymous
+// visitor's hello writes nothing: in a 100k-connection cluster those
+// records were most of the memory per idle connection on each replica
+// of UNIGATE_AGENT_LOAD. A visitor's open writes it (shard.create).
+func (cl *Cluster) helloSeen(u *user, restored bool, now time.Time) {
+	if u.role != protocol.RoleAgent && !restored && !u.hasOpen() && !cl.open.hasVisitor(u.id) {
+		return
+	}
+	cl.markSeen(u, now)
+}
+
+// hasOpen reports whether u (a visitor) has a conversation on this node
+// that is not closed.
+func (u *user) hasOpen() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.open > 0
 }
 
 // markSeen records (asynchronously; one node's records stay in order)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"time"
 
@@ -230,7 +231,7 @@ func (s *shard) clusterTake(c *conversation, toAgent string, st protocol.State, 
 		return nil, protocol.NewError(protocol.CodeNoAgent, "the agent is not available")
 	}
 	from := c.agent
-	added, err := cl.reserve(ctx, toAgent, c.id, p.Capacity, b.now())
+	added, sl, err := cl.reserve(ctx, toAgent, c.id, p.Capacity, b.now())
 	if err != nil {
 		if errors.Is(err, errAgentFull) {
 			return nil, protocol.NewError(protocol.CodeNoAgent, "the agent is not available")
@@ -240,11 +241,11 @@ func (s *shard) clusterTake(c *conversation, toAgent string, st protocol.State, 
 	m := c.meta()
 	m.State, m.Event, m.AgentID, m.Reason, m.Boost = st, st, toAgent, note, false
 	if !s.commit(c, m) {
-		s.giveBack(ctx, c, toAgent, added)
+		s.giveBack(c, toAgent, added, sl)
 		return nil, protocol.NewError(protocol.CodeBadTransition, "the conversation changed meanwhile, retry")
 	}
 	if from != nil {
-		cl.unreserve(ctx, from.id, c.id)
+		b.unreserve(from.id, c.id, slot{})
 	}
 	return to, nil
 }
@@ -259,9 +260,7 @@ func (s *shard) clusterQueue(c *conversation, skill string, ev protocol.State, r
 		return false
 	}
 	if c.agent != nil {
-		ctx, cancel := s.ioCtx()
-		s.b.o.Cluster.unreserve(ctx, c.agent.id, c.id)
-		cancel()
+		s.b.unreserve(c.agent.id, c.id, slot{})
 	}
 	return true
 }
@@ -405,6 +404,7 @@ func (b *Broker) heartbeat() {
 		cancel()
 	}()
 	var r reaper
+	fullRead := make(map[string]time.Time) // recheckFull's memory
 	beat := func() {
 		ctx, cancel := b.ioCtx()
 		if err := cl.putBeat(ctx, time.Now()); err != nil {
@@ -424,6 +424,8 @@ func (b *Broker) heartbeat() {
 			if b.clusterReady.Load() {
 				b.reap(&r, b.now())
 			}
+			b.payOwed(b.now())
+			b.recheckFull(fullRead, b.now())
 			for id, p := range b.disp.localPresence() {
 				p.Node = cl.node
 				ctx, cancel := b.ioCtx()
@@ -447,15 +449,19 @@ func (s *shard) clusterAssign(c *conversation, a *user) bool {
 		return false
 	}
 	ctx, cancel := s.ioCtx()
-	defer cancel()
-	added, err := cl.reserve(ctx, a.id, c.id, capacity, b.now())
+	added, sl, err := cl.reserve(ctx, a.id, c.id, capacity, b.now())
+	cancel()
 	if err != nil {
 		b.disp.release(a.id, c.id)
 		if errors.Is(err, errAgentFull) {
-			// Busy on another node: learn its real load.
+			// Busy on another node: learn its real load. (If one of its
+			// slots is stale, too fresh to prune yet, the heartbeat prunes
+			// it later: Broker.recheckFull.)
+			ctx, cancel := s.ioCtx()
 			if convs, err := cl.agentConvs(ctx, a.id, b.now()); err == nil {
 				b.disp.setLoad(a.id, convs)
 			}
+			cancel()
 		} else {
 			b.log.Warn("broker: agent load not reserved", "agent", a.id, "err", err)
 		}
@@ -465,7 +471,7 @@ func (s *shard) clusterAssign(c *conversation, a *user) bool {
 	m := c.meta()
 	m.State, m.Event, m.AgentID, m.Reason, m.Boost = protocol.StateAssigned, protocol.StateAssigned, a.id, "", false
 	if !s.commit(c, m) {
-		s.giveBack(ctx, c, a.id, added)
+		s.giveBack(c, a.id, added, sl)
 		b.disp.release(a.id, c.id)
 		if c.state == protocol.StateQueued {
 			b.disp.requeueMirror(c.meta(), c.rev)
@@ -512,15 +518,105 @@ func (s *shard) runRechecks() {
 	s.rechecks = kept
 }
 
-// giveBack returns the slot of agent a failed commit had reserved for c,
-// unless it was not this attempt's (added false) or c, as re-read by the
-// failed commit, is held by that very agent after all (another node's
-// attempt for the same agent won).
-func (s *shard) giveBack(ctx context.Context, c *conversation, agent string, added bool) {
+// giveBack returns the slot sl of agent that a failed commit had reserved
+// for c, unless it was not this attempt's (added false) or c, as re-read
+// by the failed commit, is held by that very agent after all (another
+// node's attempt for the same agent won).
+func (s *shard) giveBack(c *conversation, agent string, added bool, sl slot) {
 	if !added || (c.agent != nil && c.agent.id == agent && c.state != protocol.StateClosed) {
 		return
 	}
-	s.b.o.Cluster.unreserve(ctx, agent, c.id)
+	s.b.unreserve(agent, c.id, sl)
+}
+
+// unreserve gives agent's slot for conv back (sl, or any when sl is
+// zero), with a context of its own: the caller's may have been spent by
+// the reservation and the commit before it. A failure is logged and the
+// slot owed: the heartbeat prunes the agent's load once the slot is older
+// than the reservation grace (payOwed), so a slot nobody gives back
+// cannot keep an agent full.
+func (b *Broker) unreserve(agent, conv string, sl slot) {
+	cl := b.o.Cluster
+	ctx, cancel := b.ioCtx()
+	err := cl.unreserve(ctx, agent, conv, sl)
+	cancel()
+	if err != nil {
+		b.log.Warn("broker: agent slot not given back, pruning it later", "agent", agent, "conversation", conv, "err", err)
+		b.m.clusterSlotsOwed.Inc()
+		cl.owe(agent, b.now().Add(cl.grace))
+	}
+}
+
+// payOwed prunes the loads of the agents whose slots this node could not
+// give back (see unreserve), and updates their local load.
+func (b *Broker) payOwed(now time.Time) {
+	cl := b.o.Cluster
+	for _, agent := range cl.owedDue(now) {
+		ctx, cancel := b.ioCtx()
+		convs, dropped, err := cl.pruneLoad(ctx, agent, now)
+		cancel()
+		if err != nil {
+			b.log.Warn("broker: agent load not pruned, retrying", "agent", agent, "err", err)
+			continue
+		}
+		cl.paid(agent, now)
+		if dropped > 0 {
+			b.log.Info("broker: owed agent slots given back", "agent", agent, "slots", dropped)
+			b.m.clusterStaleSlots.Add(dropped)
+		}
+		b.disp.setLoad(agent, convs)
+	}
+}
+
+// recheckFull re-reads (and prunes) the cluster-wide load of every agent
+// of this node that looks full while conversations of its tenant wait, at
+// once and then once per reservation grace while that lasts. Nothing else
+// would: the dispatcher offers nothing to an agent it believes full, so a
+// stale slot (a reservation another node's assignment made pointless,
+// never given back) would keep the agent full and the queue waiting for
+// good. read is the heartbeat's memory of each full agent's last re-read.
+func (b *Broker) recheckFull(read map[string]time.Time, now time.Time) {
+	cl := b.o.Cluster
+	full := b.disp.fullAgents()
+	for id := range read {
+		if !slices.Contains(full, id) {
+			delete(read, id)
+		}
+	}
+	for _, id := range full {
+		if t, ok := read[id]; ok && now.Sub(t) < cl.grace {
+			continue
+		}
+		read[id] = now
+		ctx, cancel := b.ioCtx()
+		convs, dropped, err := cl.pruneLoad(ctx, id, now)
+		cancel()
+		if err != nil {
+			b.log.Warn("broker: agent load not read", "agent", id, "err", err)
+			continue
+		}
+		if dropped > 0 {
+			b.log.Warn("broker: stale agent slots dropped (reserved, never given back)", "agent", id, "slots", dropped)
+			b.m.clusterStaleSlots.Add(dropped)
+		}
+		b.disp.setLoad(id, convs) // a freed slot takes the head of the queue
+	}
+}
+
+// fullAgents returns this node's online agents that are at capacity while
+// conversations of their tenant wait (cluster mode, for recheckFull).
+func (d *dispatcher) fullAgents() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []string
+	for id, a := range d.agents {
+		if a.status == protocol.StatusOnline && a.load >= a.capacity {
+			if p := d.pools[a.tenant]; p != nil && len(p.queue) > 0 {
+				out = append(out, id)
+			}
+		}
+	}
+	return out
 }
 
 // requeueUnloaded puts conversation id back in the dispatcher's queue

@@ -38,8 +38,9 @@ import (
 // when a read of the bucket answers from a replica that has not applied
 // that revision yet (KV reads go to any replica).
 type convIndex struct {
-	mu sync.Mutex
-	m  map[string]indexed
+	mu       sync.Mutex
+	m        map[string]indexed
+	visitors map[string]int // visitor id → its conversations in m
 }
 
 type indexed struct {
@@ -51,18 +52,45 @@ func (x *convIndex) observe(m *ConvMeta, rev uint64) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if m.State == protocol.StateClosed {
-		delete(x.m, m.ID)
+		x.removeLocked(m.ID)
 		return
 	}
-	if cur, ok := x.m[m.ID]; !ok || rev > cur.rev {
-		x.m[m.ID] = indexed{meta: m, rev: rev}
+	cur, ok := x.m[m.ID]
+	if ok && rev <= cur.rev {
+		return
 	}
+	if ok {
+		x.removeLocked(m.ID)
+	}
+	x.m[m.ID] = indexed{meta: m, rev: rev}
+	x.visitors[m.VisitorID]++
 }
 
 func (x *convIndex) forget(id string) {
 	x.mu.Lock()
-	delete(x.m, id)
+	x.removeLocked(id)
 	x.mu.Unlock()
+}
+
+func (x *convIndex) removeLocked(id string) {
+	e, ok := x.m[id]
+	if !ok {
+		return
+	}
+	delete(x.m, id)
+	if n := x.visitors[e.meta.VisitorID]; n > 1 {
+		x.visitors[e.meta.VisitorID] = n - 1
+	} else {
+		delete(x.visitors, e.meta.VisitorID)
+	}
+}
+
+// hasVisitor reports whether visitor id takes part in a conversation of
+// the cluster that is not closed (as the watch last saw it).
+func (x *convIndex) hasVisitor(id string) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.visitors[id] > 0
 }
 
 // get returns a copy of conversation id's record and its revision.

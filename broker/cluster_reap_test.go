@@ -33,7 +33,9 @@ func (cn *clusterNode) crash(t *testing.T) {
 // Its agent a2, whose visitor v2 is on A, never comes back either: the
 // conversation is queued again (agent_left, seen by v2) and given to the
 // agent on A. Its visitor v3 resumes on B in time: its conversation stays
-// assigned and its seen record is left alone.
+// assigned and its seen record is left alone. Seen records are written by
+// the visitors' opens and the agents' hellos only: an idle visitor on C
+// never has one (TestClusterSeenRecords).
 func TestClusterDeadNodeUsers(t *testing.T) {
 	const resumeTTL = 4 * time.Second
 	nodes := startClusterR(t, 3, 3, Options{ResumeTTL: resumeTTL, OfflineGrace: time.Second})
@@ -47,6 +49,9 @@ func TestClusterDeadNodeUsers(t *testing.T) {
 	v1.hello(protocol.Hello{Token: C.token("v1", token.RoleVisitor)})
 	conv1 := v1.open(protocol.Open{Text: "from C"}).ConversationID
 	a0.waitState(conv1, protocol.StateAssigned)
+	// An idle visitor on C: nothing to depart, no seen record.
+	idle := C.dial("idle@C", jsonProto)
+	idle.hello(protocol.Hello{Token: C.token("v-idle", token.RoleVisitor)})
 	v3 := C.dial("v3@C", jsonProto)
 	w3 := v3.hello(protocol.Hello{Token: C.token("v3", token.RoleVisitor)})
 	conv3 := v3.open(protocol.Open{}).ConversationID
@@ -116,6 +121,11 @@ func TestClusterDeadNodeUsers(t *testing.T) {
 	if s, _, err := nodes[0].cl.getSeen(ctx, "v1"); err != nil || s != nil {
 		t.Fatalf("v1's seen record %+v %v, want deleted", s, err)
 	}
+	// v1's record came from its open (its hello wrote none); the idle
+	// visitor never had one.
+	if s, _, err := nodes[0].cl.getSeen(ctx, "v-idle"); err != nil || s != nil {
+		t.Fatalf("the idle visitor's seen record %+v %v, want none", s, err)
+	}
 	for _, c := range []*tclient{v3b} {
 		if n := len(c.all(func(e *protocol.Envelope) bool {
 			return e.Kind == protocol.KindConversation && e.Conversation.State == protocol.StateClosed
@@ -149,4 +159,90 @@ func (c *tclient) waitStateWithin(d time.Duration, conv string, st protocol.Stat
 	return &c.waitForWithin(d, "conversation "+st.String()+" to "+agent, func(e *protocol.Envelope) bool {
 		return e.Kind == protocol.KindConversation && e.Conversation.ConversationID == conv && e.Conversation.State == st && e.Conversation.AgentID == agent
 	}).Conversation
+}
+
+// TestClusterSeenRecords: a user's seen record (the node that decides its
+// departure) is written only for users that can have something to close
+// or requeue: an agent at its hello, a visitor when it opens a
+// conversation, or at a hello while it takes part in one that is not
+// closed (its session's, or any the node's watch knows). A visitor's
+// hello without one writes nothing: those records were most of the
+// memory of an idle clustered connection (docs/benchmarks.md, "What the
+// gateway did under load", item 8). A node's records are published in
+// order on its one connection, so once a later record of that node is
+// visible, an earlier one that is not was never written.
+func TestClusterSeenRecords(t *testing.T) {
+	nodes := startCluster(t, 2, Options{AllowAnonymous: true})
+	A, B := nodes[0].env, nodes[1].env
+	ctx := context.Background()
+	seenAt := func(id string) string {
+		t.Helper()
+		s, _, err := nodes[0].cl.getSeen(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s == nil {
+			return ""
+		}
+		return s.Node
+	}
+	waitSeen := func(id, node string) {
+		t.Helper()
+		if !waitFor(t, 10*time.Second, func() bool { return seenAt(id) == node }) {
+			t.Fatalf("%s's seen record names %q, want %q", id, seenAt(id), node)
+		}
+	}
+	agentHello := func(env *testEnv, id, node string) {
+		t.Helper()
+		a := env.dial(id, pbProto)
+		a.hello(protocol.Hello{Token: env.token(id, token.RoleAgent)})
+		waitSeen(id, node)
+	}
+
+	// Idle visitors on A, anonymous and identified: no record.
+	anon := A.dial("anonymous@A", jsonProto)
+	anonID := anon.hello(protocol.Hello{}).UserID
+	idle := A.dial("idle@A", jsonProto)
+	idle.hello(protocol.Hello{Token: A.token("vis-idle", token.RoleVisitor)})
+	agentHello(A, "agent-seen-1", "n0")
+	for _, id := range []string{anonID, "vis-idle"} {
+		if n := seenAt(id); n != "" {
+			t.Fatalf("visitor %s without a conversation has a seen record (%s)", id, n)
+		}
+	}
+
+	// A visitor's open writes it.
+	v := A.dial("visitor@A", jsonProto)
+	w := v.hello(protocol.Hello{Token: A.token("vis-seen", token.RoleVisitor)})
+	if n := seenAt("vis-seen"); n != "" {
+		t.Fatalf("seen record at the hello of a visitor without a conversation: %s", n)
+	}
+	cid := v.open(protocol.Open{}).ConversationID
+	waitSeen("vis-seen", "n0")
+	// A new session on B (no resume token, no cursor) of that visitor: B
+	// never held the conversation, but its watch knows it.
+	if !waitFor(t, 10*time.Second, func() bool { return nodes[1].cl.open.hasVisitor("vis-seen") }) {
+		t.Fatal("B's watch does not index the visitor's conversation")
+	}
+	vb := B.dial("visitor@B", jsonProto)
+	vb.hello(protocol.Hello{Token: B.token("vis-seen", token.RoleVisitor)})
+	waitSeen("vis-seen", "n1")
+	// A resume on A moves it back.
+	va := A.dial("visitor-again@A", jsonProto)
+	va.hello(protocol.Hello{Token: A.token("vis-seen", token.RoleVisitor), ResumeToken: w.ResumeToken, Cursors: []protocol.Cursor{{ConversationID: cid}}})
+	va.waitState(cid, protocol.StateQueued)
+	waitSeen("vis-seen", "n0")
+
+	// Closed: its next hello (on B) leaves the record alone.
+	va.send(protocol.Envelope{Kind: protocol.KindClose, Close: protocol.Close{ConversationID: cid}})
+	va.waitState(cid, protocol.StateClosed)
+	if !waitFor(t, 10*time.Second, func() bool { return !nodes[1].cl.open.hasVisitor("vis-seen") }) {
+		t.Fatal("B's watch still indexes the closed conversation")
+	}
+	v3 := B.dial("visitor-later@B", jsonProto)
+	v3.hello(protocol.Hello{Token: B.token("vis-seen", token.RoleVisitor)})
+	agentHello(B, "agent-seen-2", "n1")
+	if n := seenAt("vis-seen"); n != "n0" {
+		t.Fatalf("a hello without an open conversation moved the record to %q", n)
+	}
 }

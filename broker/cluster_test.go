@@ -26,9 +26,12 @@ type clusterNode struct {
 	name string
 	node *natsnode.Node
 	hist *histstore.Store
-	conv *KVConvStore
-	cl   *Cluster
-	env  *testEnv
+	// history, when a test's prepare sets it (a wrapper of hist), is the
+	// broker's History instead of hist.
+	history History
+	conv    *KVConvStore
+	cl      *Cluster
+	env     *testEnv
 }
 
 // freeRoutePorts reserves n loopback ports for route listeners (every node
@@ -140,6 +143,9 @@ func startClusterHook(t *testing.T, n, replicas int, o Options, prepare func(i i
 		e := &testEnv{t: t, signer: testSigner(t)}
 		oo := o
 		oo.Signer, oo.History, oo.Conversations, oo.Cluster = e.signer, cn.hist, cn.conv, cn.cl
+		if cn.history != nil {
+			oo.History = cn.history
+		}
 		b, err := New(oo)
 		if err != nil {
 			t.Fatal(err)

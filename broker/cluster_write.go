@@ -40,10 +40,10 @@ const (
 	// this old, and keeps forwarding while that writer appended a message
 	// of its own clients within it.
 	forwardHold = 2 * time.Second
-	// forwardTimeout: a forward without an answer fails with
-	// CodeUnavailable (the writer died, or its append timed out; the
-	// message may be stored: the client's retry with the same client
-	// message id finds it).
+	// forwardTimeout: a forward without an answer by then is taken back
+	// and appended here, unchanged (the writer died, or is slow and may
+	// still store it: the stream's deduplication by message id, or the
+	// resync after a conflict, tells; see takeBack).
 	forwardTimeout = 2*ioTimeout - time.Second
 	// forwardTick: how often a conversation with forwards in flight checks
 	// them; an answered message that has not reached this node a tick
@@ -60,6 +60,10 @@ type convWriter struct {
 	peerAt time.Time // when its last notice came
 	ownAt  time.Time // when this node last appended a send of its own clients
 	timer  *time.Timer
+	// early: messages this node acked before it learned them (the
+	// writer said stored; forwardTick), by seq: the connection that has
+	// the Ack is left out when the message is delivered.
+	early map[uint64]*client
 }
 
 // remoteSend is a send another node forwarded to this one: where to
@@ -236,19 +240,21 @@ func (s *shard) forwardTick(c *conversation) {
 		case p.fwd == 0:
 		case p.fwdAns != nil && p.late >= maxLate:
 			// Stored, says the writer, but this node cannot read it (a
-			// replica far behind): ack it now, the message follows.
-			s.ackStored(c, p, p.fwdAns.Seq)
+			// replica far behind): ack it now, the message follows (to
+			// everybody but the connection acked: learn).
+			s.ackAhead(c, p, p.fwdAns.Seq)
 			s.removeSend(c, i)
 			continue
 		case p.fwdAns != nil && now.After(p.fwdBy):
 			late = true
 			p.late++
 		case p.fwdAns == nil && now.After(p.fwdBy):
-			// No answer: the writer may be gone. Append here from now on.
+			// No answer: the writer may be gone, or slow. Append here
+			// from now on, this send too.
 			c.cw.writer = ""
-			s.failSend(c, p, protocol.CodeUnavailable, "history unavailable, retry later")
-			s.removeSend(c, i)
-			continue
+			if s.takeBack(c, i) {
+				continue
+			}
 		default:
 			more = true
 		}
@@ -353,11 +359,16 @@ func (s *shard) forwardAnswered(a *fwdAnswer) {
 	case a.Refused:
 		c.cw.writer, c.cw.peerAt = "", time.Time{}
 		p.fwd, p.fwdAns = 0, nil
+	case a.Code == protocol.CodeUnconfirmed:
+		// The writer does not know whether it stored it: find out here.
+		c.cw.writer, c.cw.peerAt = "", time.Time{}
+		s.takeBack(c, i)
 	case a.Code != 0:
-		s.failSend(c, p, a.Code, a.Msg)
+		code, msg := unconfirmed(p, a.Code, a.Msg)
+		s.failSend(c, p, code, msg)
 		s.removeSend(c, i)
 	case a.Dup:
-		s.ackStored(c, p, a.Seq)
+		s.ackAhead(c, p, a.Seq)
 		s.removeSend(c, i)
 	case a.Seq <= c.lastSeq:
 		// Learned already without being recognised (its notice was taken
@@ -372,6 +383,38 @@ func (s *shard) forwardAnswered(a *fwdAnswer) {
 		s.learnAnswered(c)
 	}
 	s.pump(c)
+}
+
+// ackAhead acks p as stored at seq, which this node may not have learned
+// yet: when it does, the connection that has the Ack is left out of the
+// Deliver (learn).
+func (s *shard) ackAhead(c *conversation, p *pendingSend, seq uint64) {
+	s.ackStored(c, p, seq)
+	if p.cl != nil && seq > c.lastSeq {
+		if c.cw.early == nil {
+			c.cw.early = make(map[uint64]*client)
+		}
+		c.cw.early[seq] = p.cl
+	}
+}
+
+// takeBack makes the i-th queued send, forwarded to a writer that did not
+// say whether it stored it, an append of this node again: unchanged, so
+// that the stream's deduplication by message id (or the resync after a
+// conflict, which learn recognises it in) tells whether the writer stored
+// it first, and the writer's later attempt, if any, is a duplicate. After
+// maxUnknown unknown outcomes the sender gets CodeUnconfirmed instead
+// (removed: it reports true).
+func (s *shard) takeBack(c *conversation, i int) bool {
+	p := &c.queue[i]
+	p.fwd, p.fwdAns = 0, nil
+	p.fwdMaybe = true
+	if p.unknowns++; p.unknowns >= maxUnknown {
+		s.failSend(c, p, protocol.CodeUnconfirmed, msgUnconfirmed)
+		s.removeSend(c, i)
+		return true
+	}
+	return false
 }
 
 // learnAnswered takes in the answered forwards that are next in seq, and
@@ -398,19 +441,29 @@ func (s *shard) learnAnswered(c *conversation) {
 	}
 }
 
-// forwardedAs returns the index in c's queue of the forwarded send that
-// m is, or -1: the one the writer answered with m's seq, else the first
-// one with m's sender and client message id (a client may have re-sent
-// it while the first was in flight: the writer stores one, answers the
-// other as a duplicate).
-func forwardedAs(c *conversation, m *message) int {
+// pendingAs returns the index in c's queue of the send that m is, or -1:
+// the forwarded send the writer answered with m's seq, else the first
+// send with m's sender and client message id that is not in the append
+// in flight: a forward (a client may have re-sent it while the first was
+// in flight: the writer stores one, answers the other as a duplicate), a
+// send whose earlier append timed out but was stored, a forward taken
+// back that the writer stored after all, or a re-send of a message
+// another node stored. Each is that stored message: it gets its Ack.
+func pendingAs(c *conversation, m *message) int {
 	for i := range c.queue {
 		if p := &c.queue[i]; p.fwd != 0 && p.fwdAns != nil && p.fwdAns.Seq == m.seq {
 			return i
 		}
 	}
-	for i := range c.queue {
-		if p := &c.queue[i]; p.fwd != 0 && p.fwdAns == nil && p.cmid == m.cmid && p.u.id == m.senderID {
+	if m.cmid == "" {
+		return -1
+	}
+	from := 0
+	if c.inflight {
+		from = max(c.queue[0].batch, 1) // their append's answer settles them
+	}
+	for i := from; i < len(c.queue); i++ {
+		if p := &c.queue[i]; p.fwdAns == nil && p.cmid == m.cmid && p.u.id == m.senderID {
 			return i
 		}
 	}
@@ -418,9 +471,10 @@ func forwardedAs(c *conversation, m *message) int {
 }
 
 // learn takes m, the next message of c stored by another node (or by the
-// writer this node forwarded it to), into the ring and the seqs, and tells
-// the local connections: the Ack to its sender if it is one of this
-// node's forwarded sends, the Deliver to everybody else.
+// writer this node forwarded it to, or by an append of this node whose
+// answer was lost), into the ring and the seqs, and tells the local
+// connections: the Ack to its sender if it is one of this node's queued
+// sends (pendingAs), the Deliver to everybody else.
 func (s *shard) learn(c *conversation, m message, streamSeq uint64) {
 	c.hist.push(m, c.dedupe)
 	c.lastSeq = m.seq
@@ -431,15 +485,28 @@ func (s *shard) learn(c *conversation, m message, streamSeq uint64) {
 	if !ok {
 		mm = &m
 	}
-	if i := forwardedAs(c, mm); i >= 0 {
+	if i := pendingAs(c, mm); i >= 0 {
+		// Not a forward: this node's own append stored it (or a writer
+		// it was taken back from), and no stored-message event was
+		// emitted for it here (its ID names the seq: a second one is the
+		// same event).
+		own := c.queue[i].fwd == 0
 		s.complete(c, &c.queue[i], mm, 0)
 		s.removeSend(c, i)
+		if own {
+			s.stored(c, mm)
+		}
 		return
+	}
+	var acked *client // has the Ack already (forwardTick)
+	if cl, ok := c.cw.early[mm.seq]; ok {
+		acked = cl
+		delete(c.cw.early, mm.seq)
 	}
 	e := &s.out
 	e.Kind = protocol.KindDeliver
 	e.ID = 0
 	e.Deliver = deliverOf(c, mm)
-	s.b.fanout(c.attached, nil, e)
+	s.b.fanout(c.attached, acked, e)
 	e.Deliver = protocol.Deliver{}
 }

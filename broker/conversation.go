@@ -63,6 +63,7 @@ type conversation struct {
 	streamSeq    uint64        // stream sequence of the last stored message
 	inflight     bool          // queue[0] is being appended
 	queue        []pendingSend // messages waiting for their append, bounded
+	sends        uint64        // serials of the queued sends (pendingSend.serial)
 	rev          uint64        // revision of the metadata record
 	createdMilli int64
 	closedMilli  int64
@@ -248,6 +249,11 @@ func (s *shard) create(r *ctrl) {
 	}
 	s.adopt(c, u)
 	durable := b.o.History != nil
+	if cl := b.o.Cluster; cl != nil {
+		// This node decides the visitor's departure now that it has
+		// something to close (its hello may not have said so: helloSeen).
+		cl.markSeen(u, b.now())
+	}
 	if cs := b.o.Conversations; cs != nil {
 		// The record exists before anybody hears of the conversation.
 		m := c.meta()
@@ -614,9 +620,7 @@ func (s *shard) closeConversation(c *conversation, reason string, requester *cli
 			return false
 		}
 		if c.agent != nil {
-			ctx, cancel := s.ioCtx()
-			cl.unreserve(ctx, c.agent.id, c.id)
-			cancel()
+			s.b.unreserve(c.agent.id, c.id, slot{})
 		}
 	}
 	switch {

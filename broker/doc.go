@@ -144,11 +144,19 @@
 // bounded by the conversations); the shard then takes the seq
 // (lastSeq+1), stores the message in the ring (now a cache of the durable
 // history, and the dedupe table), sends the Ack and the Delivers. So
-// whatever a client has been acked or delivered is durable. A failed
-// append answers CodeUnavailable and consumes no seq; a conflict (the
-// stream holds messages the shard does not know, e.g. an append that timed
-// out but was stored) makes the shard resynchronise with Last + Replay,
-// deliver what it missed, and retry. The callback carries the
+// whatever a client has been acked or delivered is durable. An append
+// the store refused (histstore.ErrUnavailable) answers CodeUnavailable and
+// consumes no seq: every refusal of a send but one is definitive (not
+// stored, never delivered). An append whose outcome is unknown (an ack
+// timeout) is appended again unchanged, and the answer settles it; after
+// maxUnknown of them the sender gets CodeUnconfirmed, the one refusal
+// that means "may have been stored", as does any later refusal of a send
+// that may have been. A conflict (the stream holds messages the shard does
+// not know: another writer's, or this very send stored by an attempt whose
+// answer was lost) makes the shard resynchronise with Last + Replay,
+// deliver what it missed, and retry; a message it learns that is one of
+// its queued sends (same sender and client message id) is that send's Ack
+// (pendingAs), not a Deliver to its sender. The callback carries the
 // *conversation only as an identity to compare; only the shard touches it.
 //
 // Conversation metadata (ConvStore, a JetStream KV bucket) is written with
@@ -196,8 +204,11 @@
 //     the forwarding node acks its sender when the message comes back
 //     (notice, resync or answer). Forwarded sends stay in the forwarding
 //     shard's queue, in order; the answer is posted to the shard like an
-//     append's outcome. On a replicated stream the sends queued behind the
-//     head go in one atomic batch (histstore.AppendBatchAsync).
+//     append's outcome. A forward without an answer in time is taken back
+//     and appended by the forwarding node, unchanged: the stream's
+//     deduplication by message id decides which of the two stored it. On a
+//     replicated stream the sends queued behind the head go in one atomic
+//     batch (histstore.AppendBatchAsync).
 //   - State. Every change (assign, transfer, requeue, close) is a
 //     revision-checked update of the conversation record by the shard that
 //     makes it, before it changes anything in memory (ConvMeta.Event tells
@@ -218,12 +229,20 @@
 //     (unless it was not its own) and the conversation returns to its
 //     queue if it is still waiting. So a conversation is assigned once and
 //     an agent with consoles on several nodes never exceeds its capacity.
+//     A slot that could not be given back is owed (WARN) and pruned by the
+//     node's heartbeat once older than the reservation grace; the heartbeat
+//     also re-reads and prunes the load of each local agent that looks
+//     full while conversations wait, since the dispatcher offers nothing
+//     to it (Broker.unreserve, payOwed, recheckFull).
 //   - Presence. A presence change is written to UNIGATE_PRESENCE, whose
 //     records expire (PresenceTTL) unless the node heartbeats them: a
-//     transfer to an agent on another node checks it. A hello records the
-//     user's node and incarnation (UNIGATE_AGENT_LOAD, "u." keys); only
-//     the node a user last connected to decides its departure
-//     (visitor_left, agent_left), or the reaper if that node died.
+//     transfer to an agent on another node checks it. A user's node and
+//     incarnation are recorded (UNIGATE_AGENT_LOAD, "u." keys) when it
+//     can have something to close or requeue: at an agent's hello, at a
+//     visitor's hello while it takes part in an open conversation, and at
+//     a visitor's open (Cluster.helloSeen); only the node so recorded
+//     decides its departure (visitor_left, agent_left), or the reaper if
+//     that node died.
 //     An agent's hello lists the conversations of its cluster-wide load,
 //     and a resume token is accepted on any node (the session is rebuilt
 //     from the signed identity): clients of a dead node resume elsewhere.

@@ -259,6 +259,56 @@ type pendingSend struct {
 	// solo: refused in an atomic batch once, appended alone.
 	batch int
 	solo  bool
+
+	// serial names this send among c's (its index in the queue moves).
+	// unknowns counts its appends and forwards whose outcome was unknown
+	// (an ack timeout, a forward without an answer); maybe: an append of
+	// it may have been stored, which a later append's answer will tell;
+	// fwdMaybe: a writer it was forwarded to may still store it. A send
+	// refused while maybe or fwdMaybe gets CodeUnconfirmed, never a
+	// definitive code (unconfirmed).
+	serial          uint64
+	unknowns        int
+	maybe, fwdMaybe bool
+}
+
+// maxUnknown bounds the appends (and forwards) of one send whose outcome
+// was unknown: each is retried unchanged (same seq, same expected stream
+// sequence, same message id), so the next answer says whether the earlier
+// one was stored; after maxUnknown of them (an ack timeout each, so about
+// 10 s with histstore's default) the sender gets CodeUnconfirmed.
+const maxUnknown = 2
+
+// unconfirmed returns code, or CodeUnconfirmed (with its message) if p
+// may have been stored: a definitive refusal must mean "not stored, never
+// delivered".
+func unconfirmed(p *pendingSend, code protocol.Code, msg string) (protocol.Code, string) {
+	if p.maybe || p.fwdMaybe {
+		return protocol.CodeUnconfirmed, msgUnconfirmed
+	}
+	return code, msg
+}
+
+const msgUnconfirmed = "the message may have been stored: re-send it with the same client_msg_id to learn its outcome"
+
+// indexOfSend returns the index in c's queue of the send with serial, or
+// -1 (answered meanwhile).
+func indexOfSend(c *conversation, serial uint64) int {
+	for i := range c.queue {
+		if c.queue[i].serial == serial {
+			return i
+		}
+	}
+	return -1
+}
+
+// serialsOf returns the serials of c's first n queued sends.
+func serialsOf(c *conversation, n int) []uint64 {
+	out := make([]uint64, n)
+	for i := range n {
+		out[i] = c.queue[i].serial
+	}
+	return out
 }
 
 // appendResult is the outcome of an AppendAsync, posted to the shard.
@@ -285,6 +335,8 @@ func (s *shard) queueSend(c *conversation, p pendingSend) bool {
 			return false
 		}
 	}
+	c.sends++
+	p.serial = c.sends
 	c.queue = append(c.queue, p)
 	s.pump(c)
 	return true
@@ -328,6 +380,7 @@ func (s *shard) pump(c *conversation) {
 			err = s.b.o.History.AppendAsync(hm, c.streamSeq, done)
 		}
 		if err != nil {
+			// Nothing was sent.
 			code, msg := protocol.CodeUnavailable, "history unavailable, retry later"
 			switch {
 			case errors.Is(err, histstore.ErrInvalid):
@@ -335,6 +388,7 @@ func (s *shard) pump(c *conversation) {
 			case errors.Is(err, histstore.ErrBackpressure):
 				code, msg = protocol.CodeOverloaded, "history busy, retry later"
 			}
+			code, msg = unconfirmed(p, code, msg)
 			s.failSend(c, p, code, msg)
 			s.popSend(c)
 			continue
@@ -363,13 +417,18 @@ func (s *shard) batch(c *conversation, hm *histstore.Message) []*histstore.Messa
 	if !ok || len(c.queue) < 2 || c.queue[0].solo || !bh.Batches() {
 		return nil
 	}
+	if c.queue[0].cmid == "" {
+		return nil
+	}
 	ms := []*histstore.Message{hm}
 	for i := 1; i < len(c.queue) && len(ms) < histstore.MaxBatch; i++ {
 		q := &c.queue[i]
-		if q.fwd != 0 || q.solo {
+		// A send without a client message id could not be recognised if
+		// the batch's outcome were unknown: it goes alone.
+		if q.fwd != 0 || q.solo || q.cmid == "" {
 			break
 		}
-		if _, dup := c.dedupe[dedupeKey{q.u.id, q.cmid}]; dup && q.cmid != "" {
+		if _, dup := c.dedupe[dedupeKey{q.u.id, q.cmid}]; dup {
 			break
 		}
 		q.seq = hm.Seq + uint64(i)
@@ -512,24 +571,27 @@ func (s *shard) appended(r *appendResult) {
 		for i := range done {
 			s.stored(c, &done[i])
 		}
-	case r.err == nil && r.dup && n > 1:
-		// This very batch was stored before (a retry after a timeout):
-		// learn it from the stream, then ack each under its seq.
+	case r.err == nil && r.dup && (n > 1 || r.streamSeq > c.streamSeq):
+		// Stored before, after what this node knows: by an earlier attempt
+		// whose answer was lost (an ack timeout). Learn them from the
+		// stream: learn acks each of these sends as it comes by.
+		serials := serialsOf(c, n)
 		if err := s.resync(c); err != nil {
-			s.b.log.Warn("broker: resync after a stored batch failed", "conversation", c.id, "err", err)
+			s.b.log.Warn("broker: resync after a stored append failed", "conversation", c.id, "err", err)
 		}
-		for range n {
-			p := &c.queue[0]
-			if p.seq <= c.lastSeq {
-				s.ackStored(c, p, p.seq)
-			} else {
-				s.failSend(c, p, protocol.CodeUnavailable, "history unavailable, retry later")
+		// Those the resync did not reach (cut short) are stored all the
+		// same: they stay queued, and the next append's answer (a
+		// duplicate again) or a resync settles them.
+		for _, serial := range serials {
+			if i := indexOfSend(c, serial); i >= 0 {
+				c.queue[i].maybe = true
 			}
-			s.popSend(c)
 		}
+		s.unknownOutcome(c, serials)
 	case r.err == nil && r.dup:
-		// Stored before (a retry after a restart, within the duplicate
-		// window): the original Ack if the message is still in memory.
+		// Stored long before (a retry after a restart, within the
+		// duplicate window): the original Ack if the message is still in
+		// memory.
 		seq := c.dedupe[dedupeKey{p.u.id, p.cmid}]
 		s.ackStored(c, p, seq)
 		s.popSend(c)
@@ -539,36 +601,69 @@ func (s *shard) appended(r *appendResult) {
 			c.queue[i].solo = true
 		}
 	case errors.Is(r.err, histstore.ErrConflict):
-		// The stream holds messages this shard does not know: an earlier
-		// append that timed out but was stored, or another writer.
-		// Catch up (deliver them), then retry this one.
-		p.attempts++
+		// The stream holds messages this shard does not know: another
+		// writer's, or this very send's, stored by an attempt whose
+		// answer was lost. Catch up (deliver them; learn acks a send it
+		// recognises), then retry this one.
+		serial := p.serial
 		s.b.m.appendConflicts.Inc()
-		limit := maxAppendAttempts
-		if s.b.o.Cluster != nil {
-			limit = maxClusterAppendAttempts // two writers conflict by design
-		}
 		// A resync cut short (a replica lagging behind the one that
 		// answered Last, a timeout) leaves c consistent: the next attempt
 		// conflicts again and resyncs the rest.
 		err := s.resync(c)
+		i := indexOfSend(c, serial)
+		if i < 0 {
+			break // it was stored, and is answered
+		}
+		p := &c.queue[i]
+		p.attempts++
+		// (An earlier attempt of it that timed out stays "maybe": on a
+		// replicated stream it may still be a proposal that commits
+		// after this resync.)
+		limit := maxAppendAttempts
+		if s.b.o.Cluster != nil {
+			limit = maxClusterAppendAttempts // two writers conflict by design
+		}
 		if p.attempts >= limit {
 			s.b.log.Warn("broker: append conflict", "conversation", c.id, "err", r.err, "resync", err)
-			s.failSend(c, p, protocol.CodeUnavailable, "history out of sync, retry later")
-			s.popSend(c)
+			code, msg := unconfirmed(p, protocol.CodeUnavailable, "history out of sync, retry later")
+			s.failSend(c, p, code, msg)
+			s.removeSend(c, i)
 		} else if err == nil && s.b.o.Cluster != nil {
 			// Another node is writing: hand it this conversation's sends
 			// rather than racing it (cluster_write.go).
 			s.startForwarding(c)
 		}
-	default:
-		// Timeout, unavailable, closed: the messages may or may not be
-		// stored. Their seqs are not consumed; if they were stored, the
-		// next append conflicts and resync delivers them.
+	case errors.Is(r.err, histstore.ErrUnavailable):
+		// The store (or NATS) answered that it did not take them: nothing
+		// stored, no seq consumed.
 		for range n {
-			s.failSend(c, &c.queue[0], protocol.CodeUnavailable, "history unavailable, retry later")
+			p := &c.queue[0]
+			code, msg := unconfirmed(p, protocol.CodeUnavailable, "history unavailable, retry later")
+			s.failSend(c, p, code, msg)
 			s.popSend(c)
 		}
+	default:
+		// Ack timeout, store closed: they may or may not be stored. Kept
+		// at the head and appended again unchanged (same seqs, expected
+		// stream sequence and message ids): the answer tells. Stored by
+		// the first attempt, the retry is a duplicate, or a conflict
+		// whose resync brings them; not stored, the first attempt cannot
+		// be stored any more (the stream's last sequence moves past the
+		// one it expected, and its message id is taken).
+		serials := serialsOf(c, n)
+		for i := range n {
+			c.queue[i].maybe = true
+		}
+		if errors.Is(r.err, histstore.ErrClosed) {
+			// The store is closing (shutdown): no retry.
+			for range n {
+				s.failSend(c, &c.queue[0], protocol.CodeUnconfirmed, msgUnconfirmed)
+				s.popSend(c)
+			}
+			break
+		}
+		s.unknownOutcome(c, serials)
 	}
 	if c.resyncAfter {
 		c.resyncAfter = false
@@ -577,6 +672,26 @@ func (s *shard) appended(r *appendResult) {
 		}
 	}
 	s.pump(c)
+}
+
+// unknownOutcome counts one more unknown outcome for each queued send of
+// serials (an append whose answer did not settle it): those past
+// maxUnknown, or without a client message id (a retry could not be
+// recognised), get CodeUnconfirmed; the others stay queued for a retry.
+func (s *shard) unknownOutcome(c *conversation, serials []uint64) {
+	for _, serial := range serials {
+		i := indexOfSend(c, serial)
+		if i < 0 {
+			continue
+		}
+		p := &c.queue[i]
+		p.unknowns++
+		if p.unknowns >= maxUnknown || p.cmid == "" {
+			p.maybe = true
+			s.failSend(c, p, protocol.CodeUnconfirmed, msgUnconfirmed)
+			s.removeSend(c, i)
+		}
+	}
 }
 
 // complete answers p, now stored as mm (at stream sequence ss, known when

@@ -16,7 +16,7 @@ var knownCodes = []protocol.Code{
 	protocol.CodeUnknownConversation, protocol.CodeConversationClosed, protocol.CodeNotParticipant,
 	protocol.CodeSeqFromFuture, protocol.CodeNoAgent, protocol.CodeAlreadyOpen, protocol.CodeBadTransition,
 	protocol.CodeRateLimited, protocol.CodeQueueFull, protocol.CodeOverloaded,
-	protocol.CodeInternal, protocol.CodeUnavailable, protocol.CodeShuttingDown,
+	protocol.CodeInternal, protocol.CodeUnavailable, protocol.CodeShuttingDown, protocol.CodeUnconfirmed,
 }
 
 // brokerMetrics are the broker's unigate_broker_* metrics, in a Set of its
@@ -30,14 +30,16 @@ type brokerMetrics struct {
 	updatesDropped  *metrics.Counter
 	floodCloses     *metrics.Counter
 	// Cluster mode.
-	clusterNotices   *metrics.Counter                   // messages received from other nodes
-	clusterGaps      *metrics.Counter                   // notices after a gap (resync)
-	clusterConflicts *metrics.Counter                   // record updates lost to another node
-	appendConflicts  *metrics.Counter                   // appends that met another writer (resynced)
-	forwarded        *metrics.Counter                   // sends forwarded to another node's writer
-	batches          *metrics.Counter                   // atomic batch appends (several sends in one)
-	batched          *metrics.Counter                   // sends appended in those batches
-	errors           map[protocol.Code]*metrics.Counter // read-only after newMetrics
+	clusterNotices    *metrics.Counter                   // messages received from other nodes
+	clusterGaps       *metrics.Counter                   // notices after a gap (resync)
+	clusterConflicts  *metrics.Counter                   // record updates lost to another node
+	appendConflicts   *metrics.Counter                   // appends that met another writer (resynced)
+	forwarded         *metrics.Counter                   // sends forwarded to another node's writer
+	clusterSlotsOwed  *metrics.Counter                   // agent slots not given back at once (pruned later)
+	clusterStaleSlots *metrics.Counter                   // stale agent slots dropped by the heartbeat's prunes
+	batches           *metrics.Counter                   // atomic batch appends (several sends in one)
+	batched           *metrics.Counter                   // sends appended in those batches
+	errors            map[protocol.Code]*metrics.Counter // read-only after newMetrics
 }
 
 func newMetrics(b *Broker) *brokerMetrics {
@@ -51,14 +53,16 @@ func newMetrics(b *Broker) *brokerMetrics {
 		updatesDropped:  s.NewCounter("unigate_broker_updates_dropped_total"),
 		floodCloses:     s.NewCounter("unigate_broker_flood_closes_total"),
 
-		clusterNotices:   s.NewCounter("unigate_broker_cluster_notices_total"),
-		clusterGaps:      s.NewCounter("unigate_broker_cluster_gaps_total"),
-		clusterConflicts: s.NewCounter("unigate_broker_cluster_conflicts_total"),
-		appendConflicts:  s.NewCounter("unigate_broker_cluster_append_conflicts_total"),
-		forwarded:        s.NewCounter("unigate_broker_cluster_forwarded_total"),
-		batches:          s.NewCounter("unigate_broker_history_batches_total"),
-		batched:          s.NewCounter("unigate_broker_history_batched_total"),
-		errors:           make(map[protocol.Code]*metrics.Counter, len(knownCodes)),
+		clusterNotices:    s.NewCounter("unigate_broker_cluster_notices_total"),
+		clusterGaps:       s.NewCounter("unigate_broker_cluster_gaps_total"),
+		clusterConflicts:  s.NewCounter("unigate_broker_cluster_conflicts_total"),
+		appendConflicts:   s.NewCounter("unigate_broker_cluster_append_conflicts_total"),
+		forwarded:         s.NewCounter("unigate_broker_cluster_forwarded_total"),
+		clusterSlotsOwed:  s.NewCounter("unigate_broker_cluster_slots_owed_total"),
+		clusterStaleSlots: s.NewCounter("unigate_broker_cluster_stale_slots_total"),
+		batches:           s.NewCounter("unigate_broker_history_batches_total"),
+		batched:           s.NewCounter("unigate_broker_history_batched_total"),
+		errors:            make(map[protocol.Code]*metrics.Counter, len(knownCodes)),
 	}
 	for _, c := range knownCodes {
 		m.errors[c] = s.NewCounter(errorMetric(c))

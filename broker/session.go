@@ -292,7 +292,7 @@ func (s *shard) hello(it *item) bool {
 		return true
 	}
 	if c := b.o.Cluster; c != nil {
-		c.markSeen(u, now)
+		c.helloSeen(u, len(stored) > 0, now)
 		if u.role == protocol.RoleAgent {
 			// The agent may come from another node (or one that died):
 			// its conversations are in its cluster-wide load.

@@ -95,6 +95,14 @@ const (
 	// CodeShuttingDown: the server is shutting down; reconnect (to another
 	// instance).
 	CodeShuttingDown Code = 5002
+	// CodeUnconfirmed: the outcome of a Send is unknown: the history store
+	// did not answer in time, so the message may or may not have been
+	// stored (every other refusal of a Send means it was not stored and
+	// will not be delivered). Re-send it with the same client_msg_id: the
+	// answer is the original Ack if it was stored, else it is stored now.
+	// A Deliver carrying the sender's own client_msg_id (live, or in a
+	// replay) also says it was stored.
+	CodeUnconfirmed Code = 5003
 )
 
 var codeNames = map[Code]string{
@@ -127,6 +135,7 @@ var codeNames = map[Code]string{
 	CodeInternal:     "internal",
 	CodeUnavailable:  "unavailable",
 	CodeShuttingDown: "shutting_down",
+	CodeUnconfirmed:  "unconfirmed",
 }
 
 var rangeNames = [...]string{

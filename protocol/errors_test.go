@@ -38,6 +38,7 @@ func TestCodes(t *testing.T) {
 		{CodeInternal, 5000, "internal", true},
 		{CodeUnavailable, 5001, "unavailable", true},
 		{CodeShuttingDown, 5002, "shutting_down", true},
+		{CodeUnconfirmed, 5003, "unconfirmed", true},
 		// Codes without a constant.
 		{1999, 1999, "request_1999", false},
 		{2500, 2500, "auth_2500", false},
@@ -67,7 +68,7 @@ func TestCodes(t *testing.T) {
 		}
 		seen[tt.name] = true
 	}
-	if len(codeNames) != 25 {
+	if len(codeNames) != 26 {
 		t.Errorf("codeNames has %d entries; update this test", len(codeNames))
 	}
 }

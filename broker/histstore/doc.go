@@ -79,9 +79,17 @@
 // PubAck: the message has been written to the stream's file store (R1:
 // write(2) on the block file, fsynced every nats-server SyncInterval or
 // at once with SyncAlways; it survives kill -9 of the process) or to a
-// quorum of replicas (R3). An error means the message may or may not be
-// stored (ErrTimeout, ctx errors, ErrUnavailable): retry it unchanged. A
-// message that was acked is in every later Range, in order, once — until
+// quorum of replicas (R3). ErrTimeout, ErrBadAck, ErrClosed (from done)
+// and ctx errors mean the message may or may not be stored: retry it
+// unchanged (same Seq, ClientMsgID and expected stream sequence), and the
+// answer tells: dup=true if the first attempt stored it, or a conflict if
+// another message was stored after it (the conversation's history then
+// holds it), or success (the first attempt cannot be stored any more: the
+// expected sequence has moved, and its message id is taken). The other
+// errors are definitive: ErrUnavailable (no responders, or the server
+// answered with an error), ErrConflict, ErrBatch, and any error
+// AppendAsync itself returns mean the message was not stored. A message
+// that was acked is in every later Range, in order, once — until
 // retention discards it.
 //
 // # Retention

@@ -45,8 +45,12 @@ var (
 	// flight; nothing was sent.
 	ErrBackpressure = errors.New("histstore: too many pending appends")
 	// ErrUnavailable: no JetStream server answered for the stream (no
-	// responders), or it answered with an unexpected error.
+	// responders), or it answered with an error. For an append this is
+	// definitive: the message was not stored.
 	ErrUnavailable = errors.New("histstore: stream unavailable")
+	// ErrBadAck: the answer to an append is not a PubAck this package
+	// can read. The outcome is unknown, as with ErrTimeout.
+	ErrBadAck = errors.New("histstore: unreadable ack")
 	// ErrClosed: the Store was closed.
 	ErrClosed = errors.New("histstore: closed")
 	// ErrBatch: the server refused an atomic batch as a batch (batches
@@ -610,7 +614,7 @@ func (s *Store) outcome(p *pending, msg *nats.Msg) (uint64, bool, error) {
 	}
 	var a pubAck
 	if err := json.Unmarshal(msg.Data, &a); err != nil {
-		return 0, false, fmt.Errorf("%w: bad ack: %v", ErrUnavailable, err)
+		return 0, false, fmt.Errorf("%w: %v", ErrBadAck, err)
 	}
 	if a.Error != nil {
 		if a.Error.ErrCode == errCodeWrongLastSeq || a.Error.ErrCode == errCodeWrongLastSeqConstant {
@@ -629,7 +633,7 @@ func (s *Store) outcome(p *pending, msg *nats.Msg) (uint64, bool, error) {
 		return 0, false, fmt.Errorf("%w: %d %s", ErrUnavailable, a.Error.ErrCode, a.Error.Description)
 	}
 	if a.Stream == "" || a.Seq == 0 {
-		return 0, false, fmt.Errorf("%w: empty ack", ErrUnavailable)
+		return 0, false, fmt.Errorf("%w: empty", ErrBadAck)
 	}
 	return a.Seq, a.Duplicate, nil
 }
