@@ -625,20 +625,7 @@ type presenceResult struct {
 func (d *dispatcher) presence(u *user, status protocol.Status, capacity, defCapacity int, skills []string, region string) presenceResult {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	a := d.agents[u.id]
-	if a == nil {
-		a = &agentSlot{
-			id:       u.id,
-			tenant:   u.tenant,
-			status:   protocol.StatusOffline,
-			capacity: defCapacity,
-			skills:   u.skills,
-			convs:    make(map[string]struct{}),
-		}
-		d.agents[u.id] = a
-		p := d.pool(a.tenant)
-		p.agents = append(p.agents, a)
-	}
+	a := d.slotFor(u, defCapacity)
 	a.u = u
 	if capacity > 0 {
 		a.capacity = capacity
@@ -654,6 +641,27 @@ func (d *dispatcher) presence(u *user, status protocol.Status, capacity, defCapa
 		d.settle(d.pool(a.tenant))
 	}
 	return presenceResult{status: a.status, capacity: a.capacity, skills: a.skills, region: a.region}
+}
+
+// slotFor returns u's slot, creating it offline with defCapacity and the
+// token's skills (and adding it to its tenant's pool) if it has none.
+// d.mu is held.
+func (d *dispatcher) slotFor(u *user, defCapacity int) *agentSlot {
+	a := d.agents[u.id]
+	if a == nil {
+		a = &agentSlot{
+			id:       u.id,
+			tenant:   u.tenant,
+			status:   protocol.StatusOffline,
+			capacity: defCapacity,
+			skills:   u.skills,
+			convs:    make(map[string]struct{}),
+		}
+		d.agents[u.id] = a
+		p := d.pool(a.tenant)
+		p.agents = append(p.agents, a)
+	}
+	return a
 }
 
 func (d *dispatcher) setStatus(a *agentSlot, s protocol.Status) {
@@ -849,20 +857,9 @@ func (d *dispatcher) localPresence() map[string]presenceRecord {
 func (d *dispatcher) hold(u *user, conv string, defCapacity int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	a := d.agents[u.id]
-	if a == nil {
-		a = &agentSlot{
-			id:       u.id,
-			tenant:   u.tenant,
-			status:   protocol.StatusOffline,
-			capacity: defCapacity,
-			skills:   u.skills,
-			convs:    make(map[string]struct{}),
-			u:        u,
-		}
-		d.agents[u.id] = a
-		p := d.pool(a.tenant)
-		p.agents = append(p.agents, a)
+	a := d.slotFor(u, defCapacity)
+	if a.u == nil {
+		a.u = u
 	}
 	if _, ok := a.convs[conv]; !ok {
 		a.convs[conv] = struct{}{}

@@ -83,6 +83,19 @@ const ticketRingLead = 200 * time.Millisecond
 
 // startTicketNode starts a node on n: broker + netpoll server with the
 // secure channel, tickets shared through n's JetStream.
+// startTicketPair starts an embedded NATS server and two broker nodes A
+// and B on it sharing one server identity.
+func startTicketPair(t *testing.T) (*natsnode.Node, ticketIdentity, *ticketNode, *ticketNode) {
+	t.Helper()
+	n, err := natsnode.Start(natsnode.Options{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Shutdown)
+	id := newTicketIdentity(t)
+	return n, id, startTicketNode(t, n, "A", id), startTicketNode(t, n, "B", id)
+}
+
 func startTicketNode(t *testing.T, n *natsnode.Node, name string, id ticketIdentity) *ticketNode {
 	t.Helper()
 	tn := &ticketNode{name: name, seenSet: metrics.NewSet()}
@@ -217,14 +230,7 @@ func wantCount(t *testing.T, what string, got, want uint64) {
 // (close 1002, crypto 7); a ticket a node saw used is refused without asking
 // the cluster.
 func TestTicketsAcrossNodes(t *testing.T) {
-	n, err := natsnode.Start(natsnode.Options{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Shutdown)
-	id := newTicketIdentity(t)
-	a := startTicketNode(t, n, "A", id)
-	b := startTicketNode(t, n, "B", id)
+	_, id, a, b := startTicketPair(t)
 
 	first := a.connect(t, id, nil)
 	if first.resumed || a.sigs.Load() != 1 {
@@ -323,14 +329,7 @@ func TestTicketsSurviveRestart(t *testing.T) {
 // the bucket's watch before it seals; tickets B seals with it resume on A,
 // and tickets sealed before the rotation keep resuming.
 func TestTicketsRotationSeenByOtherNode(t *testing.T) {
-	n, err := natsnode.Start(natsnode.Options{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Shutdown)
-	id := newTicketIdentity(t)
-	a := startTicketNode(t, n, "A", id)
-	b := startTicketNode(t, n, "B", id)
+	_, id, a, b := startTicketPair(t)
 	old := b.connect(t, id, nil).next
 	oldKey := ticketKey(old)
 
@@ -371,14 +370,7 @@ func TestTicketsRotationSeenByOtherNode(t *testing.T) {
 // burnt for the rest of the cluster. With NATS gone for every node, every
 // node does the same.
 func TestTicketsNATSDown(t *testing.T) {
-	n, err := natsnode.Start(natsnode.Options{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Shutdown)
-	id := newTicketIdentity(t)
-	a := startTicketNode(t, n, "A", id)
-	b := startTicketNode(t, n, "B", id)
+	n, id, a, b := startTicketPair(t)
 	first := a.connect(t, id, nil)
 
 	b.nc.Close() // B loses NATS

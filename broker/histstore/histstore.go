@@ -432,18 +432,7 @@ func (s *Store) AppendAsync(m *Message, expectLastStreamSeq uint64, done func(st
 	})
 	// PublishMsg copied the body into the connection's buffer.
 	putBuf(bp, body)
-	if err != nil {
-		s.mu.Lock()
-		_, mine := s.pending[id]
-		delete(s.pending, id)
-		s.mu.Unlock()
-		if !mine {
-			// Already failed by Close or the sweeper: done was called.
-			return nil
-		}
-		return fmt.Errorf("histstore: publish: %w", err)
-	}
-	return nil
+	return s.publishFailed(id, err)
 }
 
 // encode appends m's body to b, its text sealed when the Store seals.
@@ -553,17 +542,24 @@ func (s *Store) AppendBatchAsync(ms []*Message, expectLastStreamSeq uint64, done
 		}
 	}
 	bufPool.Put(bp)
-	if err != nil {
-		s.mu.Lock()
-		_, mine := s.pending[id]
-		delete(s.pending, id)
-		s.mu.Unlock()
-		if !mine {
-			return nil
-		}
-		return fmt.Errorf("histstore: publish: %w", err)
+	return s.publishFailed(id, err)
+}
+
+// publishFailed takes the pending append id back after its publish failed
+// with err (nil: it did not) and returns the error for the caller; nil
+// when Close or the sweeper already failed it (done was called).
+func (s *Store) publishFailed(id uint64, err error) error {
+	if err == nil {
+		return nil
 	}
-	return nil
+	s.mu.Lock()
+	_, mine := s.pending[id]
+	delete(s.pending, id)
+	s.mu.Unlock()
+	if !mine {
+		return nil
+	}
+	return fmt.Errorf("histstore: publish: %w", err)
 }
 
 // batchErrCodes are the JetStream errors that refuse an atomic batch as a
