@@ -271,6 +271,38 @@ func TestConfigErrors(t *testing.T) {
 type gateway struct {
 	bin, dataDir, url string
 	cmd               *exec.Cmd
+
+	mu     sync.Mutex
+	log    []string // the last gatewayLogLines lines of its stderr
+	exited error    // set when it exits; nil while it runs
+	done   chan struct{}
+}
+
+// gatewayLogLines is how much of a gateway's log a failed test prints.
+const gatewayLogLines = 200
+
+func (g *gateway) logLine(l string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.log) == gatewayLogLines {
+		g.log = append(g.log[:0], g.log[1:]...)
+	}
+	g.log = append(g.log, l)
+}
+
+// report prints, for a failed test, whether the gateway is still running
+// and the end of its log: a test that sees "connection refused" learns
+// whether the process died and why.
+func (g *gateway) report(t *testing.T) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	state := "still running"
+	select {
+	case <-g.done:
+		state = fmt.Sprintf("exited: %v", g.exited)
+	default:
+	}
+	t.Logf("unigate (pid %d) %s; the last %d lines of its log:\n%s", g.cmd.Process.Pid, state, len(g.log), strings.Join(g.log, "\n"))
 }
 
 // startGateway runs ./cmd/unigate (built once, see gatewayBinary) on a
@@ -279,7 +311,7 @@ type gateway struct {
 func startGateway(t *testing.T, env ...string) *gateway {
 	t.Helper()
 	dir := t.TempDir()
-	g := &gateway{bin: gatewayBinary(t), dataDir: filepath.Join(dir, "data")}
+	g := &gateway{bin: gatewayBinary(t), dataDir: filepath.Join(dir, "data"), done: make(chan struct{})}
 	// The benchmark configuration turns the admission limits off: every
 	// client comes from 127.0.0.1, faster than a single visitor would.
 	g.cmd = exec.Command(g.bin, "-config", "testdata/unigate-bench.yaml",
@@ -295,20 +327,11 @@ func startGateway(t *testing.T, env ...string) *gateway {
 	if err := g.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = g.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = g.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			_ = g.cmd.Process.Kill()
-			<-done
-		}
-	})
 	addr := make(chan string, 1)
 	re := regexp.MustCompile(`msg="netpoll listening".* addr=(\S+)`)
+	logged := make(chan struct{})
 	go func() {
+		defer close(logged)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			if m := re.FindStringSubmatch(sc.Text()); m != nil {
@@ -317,12 +340,40 @@ func startGateway(t *testing.T, env ...string) *gateway {
 				default:
 				}
 			}
+			g.logLine(sc.Text())
 			if testing.Verbose() {
 				t.Logf("unigate: %s", sc.Text())
 			}
 		}
 		_, _ = io.Copy(io.Discard, stderr)
 	}()
+	go func() {
+		<-logged // Wait closes the pipe: read it to the end first
+		err := g.cmd.Wait()
+		g.mu.Lock()
+		g.exited = err
+		if err == nil {
+			g.exited = errors.New("exit status 0")
+		}
+		g.mu.Unlock()
+		close(g.done)
+	}()
+	t.Cleanup(func() {
+		if t.Failed() {
+			g.report(t)
+		}
+		_ = g.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-g.done:
+		case <-time.After(15 * time.Second):
+			_ = g.cmd.Process.Kill()
+			select {
+			case <-g.done:
+			case <-time.After(10 * time.Second):
+				t.Logf("unigate (pid %d) killed, its log still open: a child holds it", g.cmd.Process.Pid)
+			}
+		}
+	})
 	select {
 	case a := <-addr:
 		if _, err := netip.ParseAddrPort(a); err != nil {
