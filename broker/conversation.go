@@ -188,10 +188,21 @@ func (s *shard) drop(c *conversation, u *user) {
 }
 
 // replay sends the stored messages after seq to the connections in to,
-// encoding each message once per codec.
+// encoding each message once per codec. With History, the part older than
+// the ring (a cache of the newest messages) is read from the stream first,
+// at most MaxHistoryReplay messages of it (the newest ones): an agent given
+// a conversation sees its history, not only the cached tail.
 func (s *shard) replay(c *conversation, to []*client, after uint64) {
 	if len(to) == 0 {
 		return
+	}
+	if s.b.o.History != nil && after < c.lastSeq && (c.hist.len() == 0 || after+1 < c.hist.firstSeq()) {
+		upTo := c.lastSeq
+		if c.hist.len() > 0 {
+			upTo = c.hist.firstSeq() - 1
+		}
+		from := max(after, upTo-min(upTo, MaxHistoryReplay))
+		s.replayStream(c, to, from, upTo)
 	}
 	e := &s.out
 	e.Kind = protocol.KindDeliver

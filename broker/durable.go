@@ -816,6 +816,39 @@ func (s *shard) replayDurable(c *conversation, cl *client, after uint64) {
 	}
 }
 
+// MaxHistoryReplay bounds the messages older than a conversation's ring
+// that an assignment or transfer replays from the stream to the agent
+// (the newest of them; the REST history API pages through the rest).
+const MaxHistoryReplay = 1000
+
+// replayStream sends the stored messages after `after`, up to and
+// including upTo, from the durable history to the connections in to,
+// encoding each once per codec. A store failure is logged and told to
+// each of them (CodeUnavailable: resume to get them again).
+func (s *shard) replayStream(c *conversation, to []*client, after, upTo uint64) {
+	ctx, cancel := s.ioCtx()
+	defer cancel()
+	e := &s.out
+	e.Kind = protocol.KindDeliver
+	e.ID = 0
+	_, err := s.b.o.History.Replay(ctx, c.tenant, c.id, after, int(upTo-after), func(hm *histstore.Message) bool {
+		if hm.Seq > upTo {
+			return false
+		}
+		m := messageOf(hm)
+		e.Deliver = deliverOf(c, &m)
+		s.b.fanout(to, nil, e)
+		return true
+	})
+	e.Deliver = protocol.Deliver{}
+	if err != nil {
+		s.b.log.Warn("broker: history replay failed", "conversation", c.id, "err", err)
+		for _, cl := range to {
+			s.fail(cl, 0, protocol.CodeUnavailable, "history unavailable, resume again later")
+		}
+	}
+}
+
 // load rebuilds a conversation from the durable stores on a cold start
 // (first request or resume naming it). It returns nil if it does not
 // exist (or the stores fail: logged).

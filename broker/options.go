@@ -69,12 +69,17 @@ type Options struct {
 	OfflineGrace time.Duration
 
 	// HistoryPerConversation is the number of messages a conversation keeps
-	// in memory for replay (a ring: older ones are dropped). Default 1000.
+	// in memory for replay (a ring: older ones are dropped). Without
+	// History the ring is the whole history: default 1000. With History it
+	// is a cache of the newest messages (resumes within it are served from
+	// memory, older cursors from the stream; client message ids older than
+	// it are recognised by the stream's duplicate window): default 64.
 	HistoryPerConversation int
 
 	// HistoryBytesPerConversation bounds the bytes (texts and client
 	// message ids) of a conversation's in-memory history; older messages
-	// are dropped to stay within it. Default 1 MiB.
+	// are dropped to stay within it. Default 1 MiB without History, 64 KiB
+	// with it.
 	HistoryBytesPerConversation int
 
 	// HeartbeatMillis is announced in Welcome: the server's ping interval.
@@ -178,6 +183,8 @@ const (
 	DefaultOfflineGrace           = 10 * time.Second
 	DefaultHistoryPerConversation = 1000
 	DefaultHistoryBytes           = 1 << 20
+	DefaultCachePerConversation   = 64
+	DefaultCacheBytes             = 64 << 10
 	DefaultHeartbeatMillis        = 30000
 	DefaultMaxMessageBytes        = 64 << 10
 	DefaultServerVersion          = "unigate"
@@ -240,9 +247,15 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.HistoryPerConversation <= 0 {
 		o.HistoryPerConversation = DefaultHistoryPerConversation
+		if o.History != nil {
+			o.HistoryPerConversation = DefaultCachePerConversation
+		}
 	}
 	if o.HistoryBytesPerConversation <= 0 {
 		o.HistoryBytesPerConversation = DefaultHistoryBytes
+		if o.History != nil {
+			o.HistoryBytesPerConversation = DefaultCacheBytes
+		}
 	}
 	if o.HeartbeatMillis == 0 {
 		o.HeartbeatMillis = DefaultHeartbeatMillis

@@ -291,11 +291,13 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		MaxMessageBytes:      uint32(cfg.WebSocket.MaxMessageBytes),
 		ServerVersion:        "unigate/" + version,
 
-		History:                   hist,
-		Conversations:             convs,
-		Sessions:                  sess,
-		MaxPendingPerConversation: cfg.History.MaxPendingPerConversation,
-		ReplayLimit:               cfg.History.ReplayLimit,
+		History:                     hist,
+		Conversations:               convs,
+		Sessions:                    sess,
+		MaxPendingPerConversation:   cfg.History.MaxPendingPerConversation,
+		ReplayLimit:                 cfg.History.ReplayLimit,
+		HistoryPerConversation:      cfg.History.CacheMessages,
+		HistoryBytesPerConversation: cfg.History.CacheBytes,
 
 		Limits: lim,
 		OriginAllowed: func(tenant, origin string) bool {

@@ -570,6 +570,12 @@ type HistoryConfig struct {
 	// ReplayLimit caps the messages one resume replays after the client's
 	// cursor.
 	ReplayLimit int `yaml:"replay_limit"`
+	// CacheMessages and CacheBytes bound the newest messages each open
+	// conversation keeps in memory (a ring next to the stream): a resume
+	// within them replays from memory, an older cursor reads the stream.
+	// They bound the broker's memory per conversation.
+	CacheMessages int `yaml:"cache_messages"`
+	CacheBytes    int `yaml:"cache_bytes"`
 }
 
 // SessionsConfig is the resumable-session cache (in memory, snapshotted
@@ -641,6 +647,8 @@ func Default() Config {
 			DuplicateWindow:           2 * time.Minute,
 			MaxPendingPerConversation: 64,
 			ReplayLimit:               256,
+			CacheMessages:             64,
+			CacheBytes:                64 << 10,
 		},
 		Sessions: SessionsConfig{
 			MaxBytes: 64 << 20,

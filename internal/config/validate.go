@@ -135,6 +135,12 @@ func (c Config) Validate() error {
 	if c.History.ReplayLimit < 1 {
 		bad("history.replay_limit", "must be at least 1, got %d", c.History.ReplayLimit)
 	}
+	if c.History.CacheMessages < 1 {
+		bad("history.cache_messages", "must be at least 1, got %d", c.History.CacheMessages)
+	}
+	if c.History.CacheBytes < 1024 {
+		bad("history.cache_bytes", "must be at least 1024, got %d", c.History.CacheBytes)
+	}
 	if c.Sessions.MaxBytes < 1<<20 {
 		bad("sessions.max_bytes", "must be at least 1048576, got %d", c.Sessions.MaxBytes)
 	}
