@@ -67,6 +67,7 @@ type Conn struct {
 	remote      netip.Addr // the client: the TCP peer, or what a trusted proxy said
 
 	peer         netip.Addr // the TCP peer
+	peerPort     uint16     // the TCP peer's port (read off the loop: gc's addresses are not)
 	admitted     bool       // Admission.Admit said yes: Release on close
 	admittedAddr netip.Addr
 	proxyChecked bool // the first bytes were checked for a PROXY header

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -108,10 +107,14 @@ func (s *Server) runHandler(c *Conn, raw []byte, keep bool, client netip.Addr) (
 	if err != nil {
 		return appendResponse(nil, 400, "text/plain; charset=utf-8", nil, []byte("malformed request\n"), false, false)
 	}
-	// The client's address (see Conn.RemoteAddr) with the TCP peer's port.
-	req.RemoteAddr = c.gc.RemoteAddr().String()
-	if ta, ok := c.gc.RemoteAddr().(*net.TCPAddr); ok && client.IsValid() {
-		req.RemoteAddr = netip.AddrPortFrom(client, uint16(ta.Port)).String()
+	// The client's address (see Conn.RemoteAddr) with the TCP peer's
+	// port. Not from c.gc: this runs off the event loop, where the client
+	// may have closed the connection and gnet released its addresses.
+	if !client.IsValid() {
+		client = c.peer
+	}
+	if client.IsValid() {
+		req.RemoteAddr = netip.AddrPortFrom(client, c.peerPort).String()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -281,5 +282,33 @@ func TestHandshakeReceivedExtends(t *testing.T) {
 	r.expectClose(ws.StatusPolicyViolation)
 	if d := time.Since(start); d < 1500*time.Millisecond {
 		t.Fatalf("closed after %v: the received handshake did not extend the deadline", d)
+	}
+}
+
+// TestRunHandlerOffLoop: the HTTP handler runs on its own goroutine, where
+// the client may already have closed the connection and gnet released
+// it (its RemoteAddr is then nil). runHandler must take the client's
+// address from what the event loop recorded at open, never from the gnet
+// connection: here the Conn has none at all. (A wrk run that ended with
+// requests in flight crashed the gateway with a nil dereference there.)
+func TestRunHandlerOffLoop(t *testing.T) {
+	var got []string
+	api := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.RemoteAddr)
+		w.WriteHeader(204)
+	})
+	s, err := New(&echo{}, WithHTTPHandler(api))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Conn{srv: s, peer: netip.MustParseAddr("203.0.113.7"), peerPort: 4242} // no gnet connection
+	raw := []byte("GET /api/v1/x HTTP/1.1\r\nHost: h\r\n\r\n")
+	for _, client := range []netip.Addr{{}, netip.MustParseAddr("198.51.100.1")} {
+		if resp := s.runHandler(c, raw, true, client); !bytes.HasPrefix(resp, []byte("HTTP/1.1 204")) {
+			t.Fatalf("response %q", resp)
+		}
+	}
+	if want := []string{"203.0.113.7:4242", "198.51.100.1:4242"}; len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("RemoteAddr %q, want %q", got, want)
 	}
 }

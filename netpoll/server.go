@@ -258,6 +258,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok {
 			c.peer = ip.Unmap()
 		}
+		c.peerPort = uint16(a.Port)
 	}
 	c.remote = c.peer
 	// Only a trusted proxy may send a PROXY header; for everyone else the
