@@ -28,6 +28,11 @@ func newID(prefix string) string {
 const (
 	prefixConversation = "c_"
 	prefixSession      = "s_"
+	// A session the authentication hook signed in: "_" is not a base32
+	// character, so the mark cannot be a chance prefix of another id. The
+	// id is signed into the resume token, so a node knows from the token
+	// alone that the cluster keeps a record of the session (sessions.go).
+	prefixHookSession = "s_h_"
 	prefixVisitor      = "v_"
 )
 
