@@ -33,7 +33,7 @@ const (
 	// id is signed into the resume token, so a node knows from the token
 	// alone that the cluster keeps a record of the session (sessions.go).
 	prefixHookSession = "s_h_"
-	prefixVisitor      = "v_"
+	prefixVisitor     = "v_"
 )
 
 // hashString is 32-bit FNV-1a: the shard of a conversation id. It does

@@ -47,8 +47,8 @@ type session struct {
 	id         string
 	u          *user
 	hook       atomic.Bool // the authentication hook signed it in (password): it resumes with its resume token alone
-	conns      int       // guarded by u.mu
-	detachedAt time.Time // guarded by u.mu
+	conns      int         // guarded by u.mu
+	detachedAt time.Time   // guarded by u.mu
 }
 
 // registry maps user ids to users and session ids to sessions. The
