@@ -126,9 +126,13 @@ func (b *Broker) resolveResume(rt string, now time.Time) (sess *session, stored 
 		return nil, nil, false
 	}
 	sid, fromToken := parseResumeSubject(subj)
-	if sess = b.reg.lookupSession(sid, now, b.o.ResumeTTL); sess != nil {
+	if sess = b.reg.lookupSession(sid, now, b.o.ResumeTTL); sess != nil &&
+		(sess.hook.Load() || b.o.Cluster == nil || !strings.HasPrefix(sid, prefixHookSession)) {
 		return sess, nil, sess.hook.Load()
 	}
+	// Not in memory, or in a cluster a password session this node rebuilt
+	// without its record (a resume that came before the record): read
+	// the records again.
 	return b.restoreSession(sid, fromToken, now)
 }
 
