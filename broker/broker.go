@@ -135,6 +135,9 @@ func newBroker(o Options) (*Broker, error) {
 	b.disp = newDispatcher(o.MaxQueue, func(i int, c ctrl) { b.shards[i].mbox.post(c) })
 	b.disp.shardOf = func(conv string) int { return b.shardFor(conv).idx }
 	b.disp.mirror = o.Cluster != nil
+	if o.Cluster != nil {
+		o.Cluster.setResumeTTL(o.ResumeTTL) // before any seen record is written
+	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.m = newMetrics(b)
 	b.bk = newBackendRun(o.Backends, b.m.set, o.Now)

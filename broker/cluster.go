@@ -27,13 +27,14 @@ type Cluster struct {
 	node     string
 	prefix   string // "<SubjectPrefix>."
 	conv     *KVConvStore
-	load     jetstream.KeyValue // agent loads and users' last connection, no TTL
+	load     jetstream.KeyValue // agent loads (no TTL); users' last node and password sessions (per-key TTL)
 	presence jetstream.KeyValue // agent presence, expires after PresenceTTL
 	nodes    jetstream.KeyValue // node heartbeats, expire after PresenceTTL
 	inc      string             // this process's incarnation (a node name may restart)
 	open     convIndex          // the cluster's conversations that are not closed (cluster_reap.go)
 	loadPub  string             // "$KV.<load bucket>."
 	ttl      time.Duration
+	seenTTL  time.Duration // lifetime of a seen record (setResumeTTL)
 	fwdSeq   atomic.Uint64 // ids of forwarded sends (cluster_write.go)
 	grace    time.Duration // reserveGrace; tests shorten it
 
@@ -99,9 +100,12 @@ func OpenCluster(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o C
 		wg                        sync.WaitGroup
 	)
 	wg.Go(func() {
+		// Per-key TTLs (users' seen records, password sessions) need
+		// the stream's message TTLs, which LimitMarkerTTL turns on (an
+		// existing bucket is updated in place; NATS 2.11 or later).
 		load, loadErr = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: DefaultLoadBucket, Description: "Unigate agent loads and users' last node",
-			History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas,
+			Bucket: DefaultLoadBucket, Description: "Unigate agent loads, users' last node, password sessions",
+			History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, LimitMarkerTTL: loadMarkerTTL,
 		})
 	})
 	wg.Go(func() {
@@ -129,7 +133,7 @@ func OpenCluster(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o C
 	return &Cluster{
 		nc: nc, js: js, node: o.Node, prefix: o.SubjectPrefix + ".",
 		conv: o.Conversations, load: load, presence: pres, nodes: nodes, inc: newID("i_"),
-		loadPub: "$KV." + DefaultLoadBucket + ".", ttl: o.PresenceTTL,
+		loadPub: "$KV." + DefaultLoadBucket + ".", ttl: o.PresenceTTL, seenTTL: seenTTLFor(DefaultResumeTTL, o.PresenceTTL),
 		open:  convIndex{m: make(map[string]indexed), visitors: make(map[string]int)},
 		grace: reserveGrace, owed: make(map[string]time.Time),
 	}, nil
@@ -454,10 +458,75 @@ func (u *user) hasOpen() bool {
 }
 
 // markSeen records (asynchronously; one node's records stay in order)
-// that u connected to this node.
+// that u connected to this node. The record expires seenTTL after it was
+// written: while u stays connected here the heartbeat writes it again
+// (refreshSeen), so only the records of users gone for good expire.
 func (cl *Cluster) markSeen(u *user, now time.Time) {
 	b, _ := json.Marshal(&seenRecord{Node: cl.node, Inc: cl.inc, Connected: true, At: now.UnixMilli()})
-	_, _ = cl.js.PublishAsync(cl.loadPub+userKey("u", u.id), b)
+	u.mu.Lock()
+	u.seenAt = now
+	u.mu.Unlock()
+	cl.publishTTL(userKey("u", u.id), b, cl.seenTTL)
+}
+
+// publishTTL writes key of the load bucket asynchronously, to expire ttl
+// (rounded up to whole seconds, at least one: the server's unit) later.
+// A failure is not reported: the record is written again (a refresh, the
+// next welcome or disconnect) or its reader falls back.
+func (cl *Cluster) publishTTL(key string, value []byte, ttl time.Duration) {
+	m := nats.NewMsg(cl.loadPub + key)
+	m.Data = value
+	_, _ = cl.js.PublishMsgAsync(m, jetstream.WithMsgTTL(wholeSeconds(ttl)))
+}
+
+func wholeSeconds(d time.Duration) time.Duration {
+	return max(time.Second, (d+time.Second-1)/time.Second*time.Second)
+}
+
+// loadMarkerTTL is how long the load bucket keeps the marker of a key that
+// expired (nothing watches the bucket; the server's minimum is 1s).
+const loadMarkerTTL = 5 * time.Second
+
+// seenTTLFor is the lifetime of a seen record for a broker's ResumeTTL:
+// longer than anything reads one for (refreshSeen writes a connected
+// user's record every ResumeTTL/2; its node decides its departure
+// ResumeTTL after its disconnect; the reaper notices a dead node within
+// PresenceTTL and a heartbeat, and departs its users ResumeTTL later, one
+// ResumeTTL later again if the reaper itself died meanwhile). A record
+// that expired names nobody: its user left for good everywhere.
+func seenTTLFor(resumeTTL, presenceTTL time.Duration) time.Duration {
+	return 3*resumeTTL + 4*presenceTTL
+}
+
+// setResumeTTL sizes the seen records for the broker's ResumeTTL (New).
+func (cl *Cluster) setResumeTTL(d time.Duration) { cl.seenTTL = seenTTLFor(d, cl.ttl) }
+
+// seenRefresh is how old a connected user's seen record may get before the
+// heartbeat writes it again.
+func seenRefresh(resumeTTL time.Duration) time.Duration { return resumeTTL / 2 }
+
+// putSession writes the record of a password session (sessionRecord with
+// Hook), to expire ttl later, for the other nodes: the client may resume
+// there with its resume token alone (Broker.restoreSession).
+func (cl *Cluster) putSession(sid string, rec []byte, ttl time.Duration) {
+	cl.publishTTL("s."+sid, rec, ttl)
+}
+
+// getSession returns the record of password session sid; nil if there is
+// none (never written, or expired).
+func (cl *Cluster) getSession(ctx context.Context, sid string) (*sessionRecord, error) {
+	e, err := cl.load.Get(ctx, "s."+sid)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r sessionRecord
+	if json.Unmarshal(e.Value(), &r) != nil || !r.Hook {
+		return nil, nil
+	}
+	return &r, nil
 }
 
 // lastSeenHere reports whether u's last connection in the cluster was to

@@ -426,6 +426,7 @@ func (b *Broker) heartbeat() {
 			}
 			b.payOwed(b.now())
 			b.recheckFull(fullRead, b.now())
+			b.refreshSeen(b.now())
 			for id, p := range b.disp.localPresence() {
 				p.Node = cl.node
 				ctx, cancel := b.ioCtx()
@@ -435,6 +436,29 @@ func (b *Broker) heartbeat() {
 				cancel()
 			}
 		}
+	}
+}
+
+// refreshSeen writes again the seen records (markSeen) of the users
+// connected to this node whose record is older than seenRefresh, so that a
+// record expires (Cluster.seenTTL) only once its user is gone: a live
+// user's record is never lost, and the bucket does not keep a record for
+// every user that ever came.
+func (b *Broker) refreshSeen(now time.Time) {
+	cl, every := b.o.Cluster, seenRefresh(b.o.ResumeTTL)
+	var due []*user
+	r := &b.reg
+	r.mu.Lock()
+	for _, u := range r.users {
+		u.mu.Lock()
+		if len(u.conns) > 0 && !u.seenAt.IsZero() && now.Sub(u.seenAt) >= every {
+			due = append(due, u)
+		}
+		u.mu.Unlock()
+	}
+	r.mu.Unlock()
+	for _, u := range due {
+		cl.markSeen(u, now)
 	}
 }
 

@@ -246,3 +246,101 @@ func TestClusterSeenRecords(t *testing.T) {
 		t.Fatalf("a hello without an open conversation moved the record to %q", n)
 	}
 }
+
+// TestClusterSeenRecordsExpire: a seen record expires (Cluster.seenTTL,
+// from ResumeTTL) once its user has gone for good, so the bucket does not
+// keep one for every user that ever came; a connected user's record is
+// written again by its node's heartbeat and outlives the lifetime of its
+// first write.
+func TestClusterSeenRecordsExpire(t *testing.T) {
+	const resumeTTL = time.Second
+	nodes := startCluster(t, 2, Options{AllowAnonymous: true, ResumeTTL: resumeTTL})
+	A, B := nodes[0].env, nodes[1].env
+	ttl := nodes[0].cl.seenTTL
+	if ttl != seenTTLFor(resumeTTL, nodes[0].cl.ttl) || ttl <= 2*resumeTTL {
+		t.Fatalf("seen TTL %v for ResumeTTL %v", ttl, resumeTTL)
+	}
+	ctx := context.Background()
+	seen := func(id string) (*seenRecord, uint64) {
+		t.Helper()
+		s, rev, err := nodes[0].cl.getSeen(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, rev
+	}
+	live := B.dial("live@B", jsonProto)
+	live.hello(protocol.Hello{Token: B.token("vis-live", token.RoleVisitor)})
+	live.open(protocol.Open{})
+	var first uint64
+	if !waitFor(t, 10*time.Second, func() bool { _, first = seen("vis-live"); return first != 0 }) {
+		t.Fatal("no seen record for the live visitor")
+	}
+	written := time.Now()
+	gone := A.dial("gone@A", jsonProto)
+	gone.hello(protocol.Hello{Token: A.token("vis-gone", token.RoleVisitor)})
+	gone.open(protocol.Open{})
+	if !waitFor(t, 10*time.Second, func() bool { s, _ := seen("vis-gone"); return s != nil }) {
+		t.Fatal("no seen record for the visitor that leaves")
+	}
+	_ = gone.ws.Close()
+
+	if !waitFor(t, ttl+20*time.Second, func() bool { s, _ := seen("vis-gone"); return s == nil }) {
+		t.Fatalf("the record of a visitor gone for good is still there %v after its last write", ttl+20*time.Second)
+	}
+	if !waitFor(t, ttl, func() bool { return time.Since(written) > ttl }) {
+		t.Fatal("clock")
+	}
+	s, rev := seen("vis-live")
+	if s == nil || s.Node != "n1" || rev <= first {
+		t.Fatalf("the connected visitor's record after %v: %+v at revision %d (first %d), want n1's, written again", time.Since(written), s, rev, first)
+	}
+}
+
+// TestClusterPasswordSession: a password session signed in on node A
+// resumes on node B with its resume token alone (the cluster's record of
+// it), as the same agent with the hook's skills, without asking the hook
+// again. Once it has been gone for ResumeTTL the record has expired, and
+// the same token alone is refused on either node.
+func TestClusterPasswordSession(t *testing.T) {
+	const resumeTTL = 2 * time.Second
+	hook := &countHook{release: make(chan struct{})}
+	nodes := startCluster(t, 2, Options{ResumeTTL: resumeTTL, Backends: &Backends{Hook: hook}})
+	A, B := nodes[0].env, nodes[1].env
+	alice := A.dial("alice@A", jsonProto)
+	w := alice.hello(protocol.Hello{Username: "alice", Password: "secret"})
+	_ = alice.ws.Close()
+	detached(t, A, w.SessionID, time.Now)
+	ctx := context.Background()
+	if !waitFor(t, 10*time.Second, func() bool {
+		r, err := nodes[1].cl.getSession(ctx, w.SessionID)
+		return err == nil && r != nil
+	}) {
+		t.Fatal("no cluster record of the password session")
+	}
+
+	back := B.dial("alice@B", jsonProto)
+	w2 := back.hello(protocol.Hello{ResumeToken: w.ResumeToken})
+	if !w2.Resumed || w2.SessionID != w.SessionID || w2.UserID != "alice" || w2.Role != protocol.RoleAgent {
+		t.Fatalf("on B: %+v, want agent alice's session %s resumed", w2, w.SessionID)
+	}
+	if p := back.online(2); len(p.Skills) != 1 || p.Skills[0] != "billing" {
+		t.Fatalf("skills on B %v, want the hook's [billing]", p.Skills)
+	}
+	if n := hook.calls.Load(); n != 1 {
+		t.Fatalf("the hook was asked %d times, want once (the sign-in on A)", n)
+	}
+
+	_ = back.ws.Close()
+	detached(t, B, w.SessionID, time.Now)
+	if !waitFor(t, resumeTTL+15*time.Second, func() bool {
+		r, err := nodes[0].cl.getSession(ctx, w.SessionID)
+		return err == nil && r == nil
+	}) {
+		t.Fatal("the record of the password session outlived ResumeTTL")
+	}
+	for _, env := range []*testEnv{A, B} {
+		late := env.dial("alice-late", jsonProto)
+		late.waitError(late.send(protocol.Envelope{Kind: protocol.KindHello, Hello: protocol.Hello{ResumeToken: w2.ResumeToken}}), protocol.CodeUnauthenticated)
+	}
+}

@@ -173,7 +173,11 @@
 // each welcome and when a session loses its last connection. A resume
 // token signs the session id and the identity (user id, role, tenant), so
 // a session missing from the cache is rebuilt from the token within
-// ResumeTTL of the process start (a crash lost it), and refused later.
+// ResumeTTL of the process start (a crash lost it), and refused later. A
+// session the authentication hook signed in (id prefix s_h_) resumes with
+// its resume token alone only from its live session or a record that says
+// so (the cache's, or in a cluster the load bucket's "s." key, written
+// with the same lifetimes), never from the token's identity alone.
 //
 // # Cluster
 //
@@ -253,7 +257,9 @@
 //     open conversations whose incarnation died and, ResumeTTL later, if
 //     they came back nowhere, posts their departures (visitor_left,
 //     agent_left) to its own shards, which load the conversation and
-//     commit the change like any other.
+//     commit the change like any other. Seen records expire (per-key
+//     TTL, seenTTLFor: longer than any reader needs one); a node rewrites
+//     those of its connected users every ResumeTTL/2 (refreshSeen).
 //
 // # Seams
 //

@@ -3,11 +3,14 @@ package broker
 import (
 	"bytes"
 	"fmt"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/unigate/unigate/broker/sessionstore"
 	"github.com/unigate/unigate/internal/token"
 	"github.com/unigate/unigate/protocol"
 )
@@ -98,5 +101,105 @@ func TestPasswordSessionResume(t *testing.T) {
 			late := e.dial("alice-late", protocol.SubprotocolJSON)
 			late.waitError(late.send(protocol.Envelope{Kind: protocol.KindHello, Hello: protocol.Hello{ResumeToken: w2.ResumeToken}}), refused)
 		})
+	}
+}
+
+// TestPasswordSessionRestarted: a password session resumes with its
+// resume token alone after its broker restarted (the session cache went
+// through an encrypted snapshot, as on a gateway's SIGTERM), as the same
+// agent with the hook's tenant and skills, without asking the hook again.
+// A resume token signed with another key, and the session once its
+// ResumeTTL ran out (the cache's clock), are still refused; so is a token
+// session's resume token alone.
+func TestPasswordSessionRestarted(t *testing.T) {
+	var skew atomic.Int64
+	clock := func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	key := bytes.Repeat([]byte{3}, sessionstore.KeySize)
+	snap := filepath.Join(t.TempDir(), "sessions.snap")
+	store, err := sessionstore.New(sessionstore.Options{Now: clock}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1 := &countHook{release: make(chan struct{})}
+	e1 := startEnv(t, Options{Now: clock, Sessions: store, Backends: &Backends{Hook: h1}})
+	alice := e1.dial("alice", protocol.SubprotocolJSON)
+	w := alice.hello(protocol.Hello{Username: "alice", Password: "secret"})
+	if !strings.HasPrefix(w.SessionID, prefixHookSession) {
+		t.Fatalf("password session id %q, want the prefix %q", w.SessionID, prefixHookSession)
+	}
+	alice.online(2)
+	tokAgent := e1.dial("a1", protocol.SubprotocolJSON)
+	wt := tokAgent.hello(protocol.Hello{Token: e1.token("a1", token.RoleAgent)})
+	_ = alice.ws.Close()
+	_ = tokAgent.ws.Close()
+	detached(t, e1, w.SessionID, time.Now)
+	detached(t, e1, wt.SessionID, time.Now)
+	e1.b.Close()
+	if err := store.SaveSnapshot(snap); err != nil {
+		t.Fatal(err)
+	}
+
+	restored, err := sessionstore.LoadSnapshot(snap, sessionstore.Options{Now: clock}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2 := &countHook{release: make(chan struct{})}
+	e2 := startEnv(t, Options{Now: clock, Sessions: restored, Backends: &Backends{Hook: h2}})
+	back := e2.dial("alice-after-restart", protocol.SubprotocolJSON)
+	w2 := back.hello(protocol.Hello{ResumeToken: w.ResumeToken})
+	if !w2.Resumed || w2.SessionID != w.SessionID || w2.UserID != "alice" || w2.Role != protocol.RoleAgent {
+		t.Fatalf("after the restart: %+v, want agent alice's session %s resumed", w2, w.SessionID)
+	}
+	if p := back.online(2); !slices.Equal(p.Skills, []string{"billing"}) {
+		t.Fatalf("skills after the restart %v, want the hook's [billing]", p.Skills)
+	}
+	if n := h2.calls.Load(); n != 0 {
+		t.Fatalf("the hook was asked %d times", n)
+	}
+	v := e2.dial("visitor", protocol.SubprotocolJSON)
+	vt, err := e2.signer.Sign(token.Claims{Subject: "v1", Role: token.RoleVisitor, Tenant: "acme", IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.hello(protocol.Hello{Token: vt})
+	conv := v.open(protocol.Open{Skill: "billing"}).ConversationID
+	back.waitState(conv, protocol.StateAssigned) // alice's tenant (acme) and skill
+
+	// Still refused: a token session's resume token alone, a forged one.
+	noTok := e2.dial("a1-without-token", protocol.SubprotocolJSON)
+	noTok.waitError(noTok.send(protocol.Envelope{Kind: protocol.KindHello, Hello: protocol.Hello{ResumeToken: wt.ResumeToken}}), protocol.CodeUnauthenticated)
+	other, err := token.NewSigner(bytes.Repeat([]byte{9}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := other.SignResume(resumeSubject(w.SessionID, &user{id: "alice", role: protocol.RoleAgent, tenant: "acme"}), time.Now().Add(time.Hour))
+	f := e2.dial("forger", protocol.SubprotocolJSON)
+	f.waitError(f.send(protocol.Envelope{Kind: protocol.KindHello, Hello: protocol.Hello{ResumeToken: forged}}), protocol.CodeUnauthenticated)
+
+	// Gone for longer than ResumeTTL, then a third run: the record
+	// expired with the session.
+	_ = back.ws.Close()
+	detached(t, e2, w.SessionID, clock)
+	e2.b.Close()
+	skew.Store(int64(e2.b.o.ResumeTTL + time.Second))
+	e3 := startEnv(t, Options{Now: clock, Sessions: restored, Backends: &Backends{Hook: &countHook{release: make(chan struct{})}}})
+	late := e3.dial("alice-late", protocol.SubprotocolJSON)
+	late.waitError(late.send(protocol.Envelope{Kind: protocol.KindHello, Hello: protocol.Hello{ResumeToken: w2.ResumeToken}}), protocol.CodeUnauthenticated)
+}
+
+// detached waits until session sid of e's broker has no connection (and
+// so was cached as disconnected).
+func detached(t *testing.T, e *testEnv, sid string, clock func() time.Time) {
+	t.Helper()
+	if !waitFor(t, waitTimeout, func() bool {
+		s := e.b.reg.lookupSession(sid, clock(), time.Hour)
+		if s == nil {
+			return false
+		}
+		s.u.mu.Lock()
+		defer s.u.mu.Unlock()
+		return s.conns == 0
+	}) {
+		t.Fatalf("session %s still has a connection", sid)
 	}
 }

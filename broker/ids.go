@@ -28,7 +28,12 @@ func newID(prefix string) string {
 const (
 	prefixConversation = "c_"
 	prefixSession      = "s_"
-	prefixVisitor      = "v_"
+	// A session the authentication hook signed in: "_" is not a base32
+	// character, so the mark cannot be a chance prefix of another id. The
+	// id is signed into the resume token, so a node knows from the token
+	// alone that the cluster keeps a record of the session (sessions.go).
+	prefixHookSession = "s_h_"
+	prefixVisitor     = "v_"
 )
 
 // hashString is 32-bit FNV-1a: the shard of a conversation id. It does

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -36,6 +37,7 @@ type user struct {
 	goneDone    bool                // janitor: ResumeTTL handled since detachedAt
 	deleted     bool                // removed from the registry
 	local       bool                // cluster: connected to this node since it last left for another
+	seenAt      time.Time           // cluster: when this node last wrote u's seen record (markSeen)
 	sessions    int                 // sessions naming this user; guarded by registry.mu
 }
 
@@ -44,9 +46,9 @@ type user struct {
 type session struct {
 	id         string
 	u          *user
-	viaHook    bool      // the authentication hook signed it in (password); set at creation
-	conns      int       // guarded by u.mu
-	detachedAt time.Time // guarded by u.mu
+	hook       atomic.Bool // the authentication hook signed it in (password): it resumes with its resume token alone
+	conns      int         // guarded by u.mu
+	detachedAt time.Time   // guarded by u.mu
 }
 
 // registry maps user ids to users and session ids to sessions. The
@@ -152,35 +154,6 @@ func roleOf(s string) protocol.Role {
 	return protocol.RoleUnspecified
 }
 
-// hookSession reports whether rt, a resume token, names a live session
-// that the authentication hook signed in (a password hello), and if so
-// fills c with its identity. Such a session resumes with the resume token
-// alone: the client keeps no password to sign in with again (a browser
-// console reloading its page), and the token is what the server gave the
-// client that did sign in. Sessions signed in with a token still need it
-// (its expiry applies), and a session rebuilt from the cache or the
-// resume token after a restart, or on another node, is not one: its user
-// signs in again.
-func (s *shard) hookSession(rt string, now time.Time, c *token.Claims) bool {
-	b := s.b
-	subj, err := b.signer.VerifyResume(rt, now)
-	if err != nil {
-		return false
-	}
-	sid, _ := parseResumeSubject(subj)
-	sess := b.reg.lookupSession(sid, now, b.o.ResumeTTL)
-	if sess == nil || !sess.viaHook {
-		return false
-	}
-	u := sess.u
-	role := token.RoleVisitor
-	if u.role == protocol.RoleAgent {
-		role = token.RoleAgent
-	}
-	*c = token.Claims{Subject: u.id, Role: role, Tenant: u.tenant}
-	return true
-}
-
 // hello authenticates a connection (home shard).
 func (s *shard) hello(it *item) bool {
 	b, cl, h, id := s.b, it.cl, &it.env.Hello, it.env.ID
@@ -189,14 +162,35 @@ func (s *shard) hello(it *item) bool {
 		return true
 	}
 	now := b.now()
+	// The session a resume token names, resolved once: from memory, else
+	// rebuilt from the session cache, the cluster's record of a password
+	// session, or the signed identity (restoreSession). Not on the first
+	// pass of a password hello, which comes back here once the hook
+	// answered.
+	var sess *session
+	var stored []string // conversations a restored session remembered
+	hookResume := false // the session is one the hook signed in, still resumable
+	if h.ResumeToken != "" && (h.Username == "" || it.ident != nil) {
+		sess, stored, hookResume = b.resolveResume(h.ResumeToken, now)
+	}
 	var claims token.Claims
 	var role protocol.Role
 	byResume := false // a password session coming back with its resume token alone
 	switch {
 	case it.ident != nil:
 		claims, role = *it.ident, roleOf(it.ident.Role)
-	case h.Token == "" && h.Username == "" && h.ResumeToken != "" && s.hookSession(h.ResumeToken, now, &claims):
-		role, byResume = roleOf(claims.Role), true
+	case h.Token == "" && h.Username == "" && hookResume:
+		// Such a session resumes with the resume token alone: the client
+		// keeps no password to sign in with again (a browser console
+		// reloading its page), and the token is what the server gave the
+		// client that did sign in. Sessions signed in with a token still
+		// need it (its expiry applies).
+		u := sess.u
+		r := token.RoleVisitor
+		if u.role == protocol.RoleAgent {
+			r = token.RoleAgent
+		}
+		claims, role, byResume = token.Claims{Subject: u.id, Role: r, Tenant: u.tenant, Name: u.name, Skills: u.skills}, u.role, true
 	case h.Token == "" && h.Username != "":
 		if b.bk == nil || b.bk.o.Hook == nil {
 			s.fail(cl, id, protocol.CodeUnauthenticated, "password sign-in is not enabled on this server")
@@ -242,18 +236,8 @@ func (s *shard) hello(it *item) bool {
 	// Refusals that name a definite cause (bad resume token, origin,
 	// encryption required) come before the admission limits, so a client
 	// is never told "busy, retry" for a hello that can never succeed.
-	var sess *session
-	var stored []string // conversations a restored session remembered
 	resumed := false
 	if h.ResumeToken != "" {
-		subj, err := b.signer.VerifyResume(h.ResumeToken, now)
-		if err == nil {
-			sid, fromToken := parseResumeSubject(subj)
-			sess = b.reg.lookupSession(sid, now, b.o.ResumeTTL)
-			if sess == nil {
-				sess, stored = b.restoreSession(sid, fromToken, now)
-			}
-		}
 		if sess == nil || sess.u.role != role || (verified && sess.u.id != claims.Subject) {
 			s.fail(cl, id, protocol.CodeBadResumeToken, "unknown or expired resume token")
 			return true
@@ -539,10 +523,15 @@ func (r *registry) newVisitor(tenant string, now time.Time) *user {
 	return u
 }
 
-// newSession creates a session for u; viaHook: the authentication hook
-// signed u in.
-func (r *registry) newSession(u *user, viaHook bool, now time.Time) *session {
-	s := &session{id: newID(prefixSession), u: u, viaHook: viaHook, detachedAt: now}
+// newSession creates a session for u; hook: the authentication hook
+// signed u in (its id says so: prefixHookSession).
+func (r *registry) newSession(u *user, hook bool, now time.Time) *session {
+	prefix := prefixSession
+	if hook {
+		prefix = prefixHookSession
+	}
+	s := &session{id: newID(prefix), u: u, detachedAt: now}
+	s.hook.Store(hook)
 	r.mu.Lock()
 	r.sessions[s.id] = s
 	u.sessions++

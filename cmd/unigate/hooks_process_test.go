@@ -21,6 +21,7 @@ import (
 	"github.com/unigate/unigate/backends"
 	"github.com/unigate/unigate/backends/sdk"
 	"github.com/unigate/unigate/backends/supervisor"
+	"github.com/unigate/unigate/broker/natsnode"
 	"github.com/unigate/unigate/internal/config"
 )
 
@@ -496,4 +497,127 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// TestHookPasswordSessionRestart: `unigate serve` with the hook plugin
+// process. Agent alice signs in with her password; the gateway stops with
+// SIGTERM (its session cache goes to the encrypted snapshot) and starts
+// again; her resume token alone resumes the same session, as alice with
+// the hook's tenant and skills, and the hook is not asked again (its
+// auth.log). Then the same across two nodes of a cluster (an external NATS
+// server, like TestClusterExternalNATS): signed in on one node, resumed on
+// the other with the resume token alone.
+func TestHookPasswordSessionRestart(t *testing.T) {
+	bin := buildBinary(t)
+	hookDir := t.TempDir()
+	t.Cleanup(func() { killPlugins(t, hookDir) })
+	t.Setenv(testHookEnv, hookDir)
+	t.Setenv("UNIGATE_BACKENDS_HOOK_PLUGIN", os.Args[0])
+	authCalls := func() int {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(hookDir, "auth.log"))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		return strings.Count(string(b), "acme alice\n")
+	}
+	// signIn signs alice in, again while the plugin is starting (the
+	// hook is fail-closed: "authentication backend unavailable").
+	signIn := func(t *testing.T, addr string) map[string]any {
+		t.Helper()
+		var w map[string]any
+		waitUntil(t, 30*time.Second, "alice's sign-in", func() bool {
+			a := dialJSON(t, addr)
+			defer a.c.Close()
+			passwordHello(a, "alice", "pw-alice")
+			w = nextOf(t, a)
+			return w["welcome"] != nil
+		})
+		w = w["welcome"].(map[string]any)
+		if w["userId"] != "alice" || w["role"] != "ROLE_AGENT" {
+			t.Fatalf("sign-in welcome %v", w)
+		}
+		return w
+	}
+	resume := func(t *testing.T, addr string, w map[string]any) {
+		t.Helper()
+		a := dialJSON(t, addr)
+		a.send(map[string]any{"hello": map[string]any{"resumeToken": w["resumeToken"]}})
+		w2 := a.next("welcome")
+		if w2["resumed"] != true || w2["sessionId"] != w["sessionId"] || w2["userId"] != "alice" || w2["role"] != "ROLE_AGENT" {
+			t.Fatalf("resume with the token alone: %v, want alice's session %v", w2, w["sessionId"])
+		}
+		a.send(map[string]any{"presence": map[string]any{"status": "STATUS_ONLINE", "capacity": 2}})
+		p := a.next("presence")
+		if skills, _ := p["skills"].([]any); len(skills) != 1 || skills[0] != "billing" {
+			t.Fatalf("presence after the resume %v, want the hook's skills [billing]", p)
+		}
+	}
+
+	t.Run("Restart", func(t *testing.T) {
+		data := t.TempDir()
+		n := startNode(t, bin, data)
+		w := signIn(t, n.addr)
+		if c := authCalls(); c != 1 {
+			t.Fatalf("auth.log: %d sign-ins of alice, want 1", c)
+		}
+		n.term()
+		n2 := startNode(t, bin, data)
+		resume(t, n2.addr, w)
+		if c := authCalls(); c != 1 {
+			t.Fatalf("auth.log: %d sign-ins of alice after the resume, want still 1", c)
+		}
+	})
+
+	t.Run("Cluster", func(t *testing.T) {
+		base := t.TempDir()
+		ns, err := natsnode.Start(natsnode.Options{StoreDir: filepath.Join(base, "nats"), ClientListen: "127.0.0.1:-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(ns.Shutdown)
+		key := filepath.Join(base, "hmac.key")
+		clusterToken(t, bin, key, "agent", "unused") // writes the shared key
+		var addrs [2]string
+		for i := range addrs {
+			_, ready := launch(t, bin, filepath.Join(base, fmt.Sprint(i)), []string{
+				"UNIGATE_SHUTDOWN_DRAIN_TIMEOUT=2s",
+				"UNIGATE_BACKENDS_BOT=off",
+				"UNIGATE_AUTH_KEY_FILE=" + key,
+				"UNIGATE_NATS_URL=" + ns.ClientURL(),
+				fmt.Sprintf("UNIGATE_CLUSTER_NODE_NAME=h%d", i),
+			})
+			addrs[i] = ready()
+		}
+		before := authCalls()
+		w := signIn(t, addrs[0])
+		// The other node reads the session's record, written
+		// asynchronously at the welcome and again at the disconnect.
+		// A refusal meanwhile changes nothing (broker.resolveResume).
+		waitUntil(t, 20*time.Second, "a resume on the other node", func() bool {
+			a := dialJSON(t, addrs[1])
+			defer a.c.Close()
+			a.send(map[string]any{"hello": map[string]any{"resumeToken": w["resumeToken"]}})
+			return nextOf(t, a)["welcome"] != nil
+		})
+		resume(t, addrs[1], w)
+		if c := authCalls() - before; c != 1 {
+			t.Fatalf("auth.log: %d sign-ins of alice on the cluster, want 1", c)
+		}
+	})
+}
+
+// nextOf reads a's next welcome or error envelope.
+func nextOf(t *testing.T, a *jsonClient) map[string]any {
+	t.Helper()
+	_ = a.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		var env map[string]any
+		if err := a.c.ReadJSON(&env); err != nil {
+			t.Fatalf("waiting for a welcome or an error: %v", err)
+		}
+		if env["welcome"] != nil || env["error"] != nil {
+			return env
+		}
+	}
 }

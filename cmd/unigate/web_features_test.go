@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"html"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -150,10 +151,8 @@ func botAnswer(t *testing.T, req backends.AnswerRequest) backends.Answer {
 // B. On another site's page of tenant shop2, where no agent is online, the
 // bot hands the visitor over: the leave-a-message form; contact and message
 // leave as two sends, in that order; an agent of shop2 signs in later, gets
-// the conversation with the left message and answers.
-//
-// C. The broker sends no ETA yet: the widget's ETA sentences are checked by
-// feeding queue events to a page of its own.
+// the conversation with the left message and answers. (The queue's wait
+// estimate: webQueueETA.)
 func webBotFirst(t *testing.T, b *browser, hosts *hostPages) {
 	g := startGateway(t, func(c *config.Config) { c.Backends.Bot = "faq" })
 	origin := b.allowGateway(g)
@@ -267,20 +266,6 @@ func webBotFirst(t *testing.T, b *browser, hosts *hostPages) {
 	sa.do("answer", chromedp.SendKeys(chromedp.ID("input"), callback+kb.Enter))
 	l.wait("the answer", wBox+`.dataset.state === 'assigned' && `+wHas(callback))
 	checkOnce(t, "leave-a-message visitor", widgetTranscript(l), []string{unsure, "Contact: me@example.com", left, callback})
-
-	// C: ETA sentences, fed (the broker sends position only).
-	e := b.pageAt(t, "bot-eta", origin)
-	e.do("open /demo", chromedp.Navigate(origin+"/demo"))
-	e.wait("widget connected", wBox+`.dataset.conn === 'online'`)
-	feed := func(env string) {
-		t.Helper()
-		evalJS[bool](e, `(() => { const c = window.UnigateWidget.widget.client; c._handle(c.ws, `+env+`); return true; })()`)
-	}
-	feed(`{conversation: {conversationId: 'c-eta', state: 'STATE_QUEUED', visitorId: 'v'}}`)
-	feed(`{queue: {conversationId: 'c-eta', position: 3, etaSeconds: 120}}`)
-	e.wait("position and ETA", wRoot+`.querySelector('.banner').textContent === 'You are number 3 in the queue. Estimated wait: about 2 min.'`)
-	feed(`{queue: {conversationId: 'c-eta', position: 1, etaSeconds: 20}}`)
-	e.wait("next, under a minute", wRoot+`.querySelector('.banner').textContent === 'You are next in the queue. Estimated wait: under a minute.'`)
 }
 
 // webRefusals: a gateway with tiny limits. A second anonymous visitor from
@@ -515,4 +500,122 @@ func agentTokenOf(t *testing.T, g *gateway, id, tenant string) string {
 		t.Fatal(err)
 	}
 	return tok
+}
+
+// webQueueETA: the broker's wait estimate (Queue.eta_seconds) in the
+// widget, in zh-CN and en. Agent a-eta (capacity 1) handles a first
+// conversation for more than hold and closes it: the tenant's handling
+// time is known (> hold) and one conversation is being handled (the
+// second, which took the freed slot). A Chinese visitor
+// then waits first in the queue (estimate: 1 × handling time), gorilla
+// visitors queue behind it, and an English visitor waits at position
+// wantPos, whose estimate (wantPos × handling time > wantPos × hold) is
+// at least a minute. Each widget's banner is checked against the estimate
+// its page received (its WebSocket frames), as the widget renders it:
+// under a minute, or about m minutes (rounded).
+func webQueueETA(t *testing.T, b *browser) {
+	const hold = 2 * time.Second
+	const wantPos = 31 // wantPos × hold ≥ 60 s
+	g := startGateway(t)
+	origin := b.allowGateway(g)
+	agent := dialJSON(t, g.srv.Addr())
+	agent.send(map[string]any{"hello": map[string]any{"token": agentToken(t, g, "a-eta")}})
+	agent.next("welcome")
+	agent.send(map[string]any{"presence": map[string]any{"status": "STATUS_ONLINE", "capacity": 1}})
+	agent.next("presence")
+	queue := func(text string) (*jsonClient, string) {
+		t.Helper()
+		v := dialJSON(t, g.srv.Addr())
+		v.send(map[string]any{"hello": map[string]any{}})
+		v.next("welcome")
+		v.send(map[string]any{"open": map[string]any{"text": text}})
+		return v, v.next("conversation")["conversationId"].(string)
+	}
+	assignedTo := func(conv string) {
+		t.Helper()
+		for {
+			if c := agent.next("conversation"); c["conversationId"] == conv && c["state"] == "STATE_ASSIGNED" {
+				return
+			}
+		}
+	}
+	_, first := queue("first")
+	assignedTo(first)
+	seenAssigned := time.Now()
+	_, second := queue("second") // waits for the slot
+	// The handling time: at least hold (the assignment came before the
+	// test saw it, the close comes after).
+	waitUntil(t, 2*hold, "the handling time", func() bool { return time.Since(seenAssigned) > hold })
+	agent.send(map[string]any{"close": map[string]any{"conversationId": first, "reason": "resolved"}})
+	assignedTo(second) // the freed slot: the agent is full again
+
+	// etaOf returns the last wait estimate page p received for conv.
+	etaOf := func(p *page, conv string) (pos, eta float64) {
+		t.Helper()
+		for _, f := range b.framesOf(p.name) {
+			var env struct {
+				Queue *struct {
+					ConversationID string  `json:"conversationId"`
+					Position       float64 `json:"position"`
+					EtaSeconds     float64 `json:"etaSeconds"`
+				} `json:"queue"`
+			}
+			if !f.Sent && json.Unmarshal([]byte(f.Data), &env) == nil && env.Queue != nil && env.Queue.ConversationID == conv {
+				pos, eta = env.Queue.Position, env.Queue.EtaSeconds
+			}
+		}
+		return pos, eta
+	}
+	// The widget's sentences (web/src/widget.js).
+	type words struct{ next, queue, soon, about string }
+	zh := words{"下一位就是您。", "您前面还有 {n} 位，正在排队。", "预计等待不到 1 分钟。", "预计等待约 {m} 分钟。"}
+	en := words{"You are next in the queue.", "You are number {n} in the queue.", "Estimated wait: under a minute.", "Estimated wait: about {m} min."}
+	// queued opens p's widget on /demo, asks, and checks the banner once
+	// the page is queued at pos with an estimate: the banner is the
+	// widget's rendering of the estimate the page received.
+	queued := func(p *page, text string, pos int, w words) float64 {
+		t.Helper()
+		p.do("open /demo", chromedp.Navigate(origin+"/demo"))
+		p.wait("widget connected", wBox+`.dataset.conn === 'online'`)
+		p.do("open the widget", chromedp.Click(chromedp.JSPath(wRoot+`.querySelector('.launcher')`)))
+		p.do("ask", chromedp.SendKeys(chromedp.JSPath(wRoot+`.querySelector('textarea')`), text+kb.Enter))
+		p.wait("queued with an estimate", wBox+`.dataset.state === 'queued' && `+wBox+fmt.Sprintf(`.dataset.position === '%d'`, pos)+` && `+
+			`window.UnigateWidget.widget.conv.eta > 0`)
+		conv := evalJS[string](p, `window.UnigateWidget.widget.conv.id`)
+		gotPos, eta := etaOf(p, conv)
+		if int(gotPos) != pos || eta <= 0 {
+			t.Fatalf("%s: the page received position %v, estimate %v s; want position %d and an estimate", p.name, gotPos, eta, pos)
+		}
+		want := w.next
+		if pos != 1 {
+			want = strings.ReplaceAll(w.queue, "{n}", fmt.Sprint(pos))
+		}
+		if eta < 60 {
+			want += " " + w.soon
+		} else {
+			want += " " + strings.ReplaceAll(w.about, "{m}", fmt.Sprint(int(math.Round(eta/60))))
+		}
+		p.wait("the banner "+want, wRoot+`.querySelector('.banner').textContent === `+jsString(want))
+		return eta
+	}
+
+	zhPage := b.pageAt(t, "eta-zh", origin)
+	zhPage.chinese()
+	etaFirst := queued(zhPage, "您好，我想咨询订单", 1, zh)
+	if etaFirst < hold.Seconds() {
+		t.Fatalf("first in the queue: estimate %v s, want more than the handling time's lower bound %v", etaFirst, hold)
+	}
+	for i := 2; i < wantPos; i++ {
+		queue(fmt.Sprintf("waiting %d", i))
+	}
+	enPage := b.pageAt(t, "eta-en", origin)
+	etaLast := queued(enPage, "Hello, where is my order?", wantPos, en)
+	if etaLast < 60 {
+		t.Fatalf("position %d: estimate %v s, want at least a minute (%d × more than %v)", wantPos, etaLast, wantPos, hold)
+	}
+	if !evalJS[bool](enPage, wRoot+`.querySelector('.banner').textContent.includes('Estimated wait: about ')`) {
+		t.Fatal("the English banner does not say the wait in minutes")
+	}
+	t.Logf("estimates: %v s at position 1 (zh-CN), %v s at position %d (en)", etaFirst, etaLast, wantPos)
+	enPage.screenshot(t.TempDir(), "widget-queue-eta.png")
 }

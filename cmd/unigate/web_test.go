@@ -375,6 +375,7 @@ func TestWeb(t *testing.T) {
 	t.Run("KeyboardChinese", func(t *testing.T) { webKeyboardChinese(t, b) })
 	t.Run("HumanButtonContext", func(t *testing.T) { webHumanButton(t, b, hosts) })
 	t.Run("BotFirst", func(t *testing.T) { webBotFirst(t, b, hosts) })
+	t.Run("QueueETA", func(t *testing.T) { webQueueETA(t, b) })
 	t.Run("Conversation", func(t *testing.T) { webConversation(t, g, b, apiKey) })
 	t.Run("Refusals", func(t *testing.T) { webRefusals(t, b, hosts) })
 	t.Run("PasswordReload", func(t *testing.T) { webPasswordReload(t, b) })
