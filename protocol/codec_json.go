@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"encoding/base64"
+	"slices"
 	"strconv"
 	"unicode/utf8"
 	"unsafe"
@@ -253,6 +254,7 @@ func (jsonCodec) AppendEncode(dst []byte, env *Envelope) ([]byte, error) {
 		return dst, measureErr(env)
 	}
 	n0 := len(dst)
+	dst = slices.Grow(dst, 32+len(kindNames[env.Kind])+jsonSizeHint(jsonBodies[env.Kind], bodyPtr(env, env.Kind)))
 	dst = append(dst, '{')
 	if env.ID != 0 {
 		dst = append(dst, `"id":"`...)
@@ -267,6 +269,43 @@ func (jsonCodec) AppendEncode(dst []byte, env *Envelope) ([]byte, error) {
 		return dst[:n0], measureErr(env)
 	}
 	return append(dst, '}'), nil
+}
+
+// jsonSizeHint returns the encoded size of the message at p if no string
+// needs escapes, plus a little room for some: the encoder grows dst once.
+func jsonSizeHint(fields []jfield, p unsafe.Pointer) int {
+	n := 2
+	for i := range fields {
+		f := &fields[i]
+		fp := unsafe.Add(p, f.off)
+		switch f.kind {
+		case jString:
+			if l := len(*(*string)(fp)); l > 0 {
+				n += len(f.key) + 3 + l + l/16
+			}
+		case jStrings:
+			if ss := *(*[]string)(fp); len(ss) > 0 {
+				n += len(f.key) + 2
+				for _, s := range ss {
+					n += 3 + len(s) + len(s)/16
+				}
+			}
+		case jCursors:
+			if cs := *(*[]Cursor)(fp); len(cs) > 0 && len(cs) <= MaxRepeated {
+				n += len(f.key) + 2
+				for j := range cs {
+					n += 1 + jsonSizeHint(jsonCursor, unsafe.Pointer(&cs[j]))
+				}
+			}
+		case jBytes:
+			if l := len(*(*[]byte)(fp)); l > 0 {
+				n += len(f.key) + 3 + base64.StdEncoding.EncodedLen(l)
+			}
+		default: // numbers, bools, enum names
+			n += len(f.key) + 23
+		}
+	}
+	return n
 }
 
 // measureErr returns measureBody's error for an envelope the encoder could
