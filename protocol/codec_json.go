@@ -2,6 +2,8 @@ package protocol
 
 import (
 	"encoding/base64"
+	"encoding/binary"
+	"math/bits"
 	"slices"
 	"strconv"
 	"unicode/utf8"
@@ -464,12 +466,14 @@ func appendJSONString(dst []byte, s string) ([]byte, bool) {
 		return dst, false
 	}
 	dst = append(dst, '"')
+	b := unsafe.Slice(unsafe.StringData(s), len(s))
 	start := 0
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if jsonNoEscape[c] {
-			continue
+		i += plainLen(b[i:])
+		if i >= len(s) {
+			break
 		}
+		c := s[i]
 		dst = append(dst, s[start:i]...)
 		switch c {
 		case '"', '\\':
@@ -494,6 +498,28 @@ func appendJSONString(dst []byte, s string) ([]byte, bool) {
 }
 
 const hexDigits = "0123456789abcdef"
+
+// plainLen returns the number of bytes at the start of b that a JSON string
+// holds as they are (see jsonNoEscape). It tests eight bytes at a time: the
+// lowest flagged byte of a word is the first '"', '\\' or control
+// character, since the borrows of these tests only run towards later bytes.
+func plainLen(b []byte) int {
+	const (
+		lsb = 0x0101010101010101
+		msb = 0x8080808080808080
+	)
+	i := 0
+	for ; i+8 <= len(b); i += 8 {
+		x := binary.LittleEndian.Uint64(b[i:])
+		q, e := x^(lsb*'"'), x^(lsb*'\\')
+		if t := ((q - lsb) &^ q) | ((e - lsb) &^ e) | ((x - lsb*0x20) &^ x); t&msb != 0 {
+			return i + bits.TrailingZeros64(t&msb)/8
+		}
+	}
+	for ; i < len(b) && jsonNoEscape[b[i]]; i++ {
+	}
+	return i
+}
 
 func tooMany(k Kind) *Error {
 	return NewError(CodeTooMany, k.String()+": more than "+itoa(MaxRepeated)+" elements")

@@ -564,7 +564,11 @@ func (d *jsonDecoder) str() (string, bool) {
 func (d *jsonDecoder) scanString() (end int, esc bool, ok bool) {
 	data := d.data
 	i := d.pos + 1
-	for i < len(data) {
+	for {
+		i += plainLen(data[i:])
+		if i >= len(data) {
+			break
+		}
 		c := data[i]
 		if jsonNoEscape[c] {
 			i++

@@ -313,6 +313,17 @@ func jsonDiffCases() []string {
 		`[{"send":{}}]`,
 		`{"send":{"text":"a"},"ack":{"seq":1}}`,
 		`{"send":{},"send":{}}`,
+		// Invalid UTF-8 anywhere wins over everything.
+		"{\"trace\":\"\xff\",\"send\":{}}",
+		"{\"trace\":[\"a\",{\"\xc0\x80\":1}],\"send\":{}}",
+		"{\"send\":{}}\xff",
+		"{\"send\":{\"te\xffxt\":1}}",
+		"{\"send\":{\"text\":\"ok\"}\xed\xa0\x80}",
+		"{\"send\":{\"text\":\"\\n\xf4\x90\x80\x80\"}}",
+		"{\"send\":{\"text\":\"\xe4\xbd\"}}",
+		"{\"send\":{\"text\":\"\xe4\xbd\xa0\"}}",
+		"\xff",
+		strings.Replace(manyConvs, `[`, "[\"\xff\",", 1),
 		// Limits: a syntax error after them wins.
 		manyCursors,
 		manyCursors[:len(manyCursors)-2],
@@ -651,5 +662,23 @@ func TestJSONEncodeGrowsOnce(t *testing.T) {
 				t.Fatalf("%v allocations, want 1", allocs)
 			}
 		})
+	}
+}
+
+// TestJSONScanStringPositions puts each kind of byte a string scanner must
+// tell apart at every offset of the 8-byte words plainLen reads at once,
+// for the decoder and for the encoder.
+func TestJSONScanStringPositions(t *testing.T) {
+	specials := []string{`"`, `\n`, `\"`, `\\`, `\u00e9`, `\ud83d\ude4f`, "\x01", "\x1f", " ", "\x7f", "é", "€", "🙏", "!", "#", "[", "]", "\\", "\xff", "\xe2\x82"}
+	for _, sp := range specials {
+		for p := range 18 {
+			for _, tail := range []string{"", "abcdefghijklmnop", `"`, "\x00xyz"} {
+				text := strings.Repeat("a", p) + sp + tail
+				jsonDiff(t, []byte(`{"send":{"text":"`+text+`"}}`))
+				jsonDiff(t, []byte(`{"trace":"`+text+`","send":{"text":"`+text+`"}}`))
+				jsonDiff(t, []byte(`{"send":{"text":"`+text))
+				jsonEncodeDiff(t, &Envelope{Kind: KindSend, Send: Send{Text: text, ClientMsgID: sp}})
+			}
+		}
 	}
 }
