@@ -255,7 +255,7 @@ func (jsonCodec) AppendEncode(dst []byte, env *Envelope) ([]byte, error) {
 	if !env.Kind.Valid() {
 		return dst, measureErr(env)
 	}
-	n0 := len(dst)
+	orig := dst
 	dst = slices.Grow(dst, 32+len(kindNames[env.Kind])+jsonSizeHint(jsonBodies[env.Kind], bodyPtr(env, env.Kind)))
 	dst = append(dst, '{')
 	if env.ID != 0 {
@@ -268,7 +268,7 @@ func (jsonCodec) AppendEncode(dst []byte, env *Envelope) ([]byte, error) {
 	dst = append(dst, `":`...)
 	dst, ok := appendJSONMessage(dst, jsonBodies[env.Kind], bodyPtr(env, env.Kind))
 	if !ok {
-		return dst[:n0], measureErr(env)
+		return orig, measureErr(env)
 	}
 	return append(dst, '}'), nil
 }

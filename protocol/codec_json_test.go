@@ -487,8 +487,8 @@ func jsonEncodeDiff(t *testing.T, env *Envelope) {
 		if codeOf(err) == 0 || codeOf(err) != codeOf(refErr) {
 			t.Fatalf("AppendEncode(%s %+v):\n JSON      %v\n protojson %v", env.Kind, activeBody(env), err, refErr)
 		}
-		if string(out) != "pre" {
-			t.Fatalf("AppendEncode failed but changed dst: %q", out)
+		if string(out) != "pre" || unsafe.SliceData(out) != unsafe.SliceData(prefix) {
+			t.Fatalf("AppendEncode failed but did not return dst unchanged: %q", out)
 		}
 		return
 	}
