@@ -645,26 +645,6 @@ func aliases(s string, data []byte) bool {
 	return p >= start && p < start+uintptr(len(data))
 }
 
-// TestJSONEncodeGrowsOnce: encoding into an empty slice allocates once (the
-// size hint is enough when no string needs escapes).
-func TestJSONEncodeGrowsOnce(t *testing.T) {
-	if testing.CoverMode() != "" {
-		t.Skip("coverage instrumentation allocates")
-	}
-	for _, s := range samples() {
-		t.Run(s.name, func(t *testing.T) {
-			allocs := testing.AllocsPerRun(20, func() {
-				if _, err := JSON.AppendEncode(nil, &s.env); err != nil {
-					t.Fatal(err)
-				}
-			})
-			if allocs != 1 {
-				t.Fatalf("%v allocations, want 1", allocs)
-			}
-		})
-	}
-}
-
 // TestJSONScanStringPositions puts each kind of byte a string scanner must
 // tell apart at every offset of the 8-byte words plainLen reads at once,
 // for the decoder and for the encoder.
