@@ -42,8 +42,15 @@ import (
 //   - strings: every JSON escape, \uXXXX surrogate pairs included; a lone
 //     or broken surrogate escape is an error (protojson refuses it; it does
 //     not substitute U+FFFD);
-//   - unknown fields are skipped whatever their value, nested at most
-//     10000 levels deep as protojson allows.
+//   - unknown fields are skipped whatever their value, nested as deep as
+//     protojson allows (its recursion limit, 10000 levels, counts the
+//     enclosing messages too).
+//
+// The one difference: a field name in brackets ("[pkg.Name]", protojson's
+// syntax for extensions, which unigate.proto has none of) is skipped like
+// any unknown field. protojson looked it up in the binary's global type
+// registry and failed when some linked-in type had that name, so its
+// answer depended on the binary (TestJSONBracketName).
 //
 // Errors: invalid UTF-8 anywhere in the message is CodeInvalidUTF8; any
 // other syntax or type error CodeMalformed. Then the limits of the Proto
