@@ -32,11 +32,13 @@ type Codec interface {
 	// into it. It returns a *Error with a code from the 1xxx range for
 	// malformed input and never panics.
 	//
-	// Ownership: Proto's Decode does not copy strings; they alias data
+	// Ownership: Decode does not copy strings; they alias data
 	// (unsafe.String). The caller must not modify data while env is in use
 	// and must copy (strings.Clone) any string kept after that, e.g. before
-	// handing it to another goroutine. JSON's Decode allocates its strings.
-	// Both append repeated fields into env's existing capacity.
+	// handing it to another goroutine. (JSON's Decode allocates the strings
+	// that held an escape sequence, and Secure.Data, which is base64 in
+	// JSON; code must not rely on which.) Both append repeated fields into
+	// env's existing capacity.
 	//
 	// On error env holds a partial result; Reset or decode into it again.
 	Decode(data []byte, env *Envelope) error
@@ -57,9 +59,12 @@ var (
 	// byte-identical to deterministic proto.Marshal of the pb types.
 	Proto Codec = protoCodec{}
 
-	// JSON is the JSON codec (SubprotocolJSON): the proto3 JSON mapping of
-	// unigate.proto through protojson. It allocates; meant for browser
-	// clients and debugging.
+	// JSON is the JSON codec (SubprotocolJSON, browser clients): a
+	// hand-written scanner and encoder for the proto3 JSON mapping of
+	// unigate.proto that accepts and produces exactly what protojson does
+	// over the pb types (see jsonCodec for the rules and the one exception).
+	// Like Proto it allocates nothing for chat traffic once the envelope
+	// and the output buffer are warm, unless a string holds an escape.
 	JSON Codec = jsonCodec{}
 )
 

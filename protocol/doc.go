@@ -16,8 +16,10 @@
 //     parser and encoder, the hot path. It decodes and encodes chat traffic
 //     (Send, Deliver, Ack, Typing, Read) without allocating, and its output
 //     is byte-identical to deterministic proto.Marshal of the pb types.
-//   - JSON ("unigate.v1.json", text frames): the proto3 JSON mapping via
-//     protojson, for browsers and debugging. It allocates.
+//   - JSON ("unigate.v1.json", text frames, browsers): a hand-written
+//     scanner and encoder for the proto3 JSON mapping, held by differential
+//     tests and fuzzing to what protojson over the pb types accepts and
+//     writes. It allocates only for strings with escapes and Secure data.
 //
 // Decoders are strict where a mistake could hurt (invalid UTF-8, lengths
 // past the end, more than MaxRepeated elements in a repeated field, an
@@ -29,8 +31,9 @@
 //
 // # Ownership and aliasing
 //
-// Proto's Decode does not copy: every string of the decoded Envelope points
-// into the data slice (unsafe.String). The caller
+// Decode does not copy: every string of the decoded Envelope points into
+// the data slice (unsafe.String; with JSON, except strings that held an
+// escape sequence). The caller
 //
 //   - must not modify data while it uses the Envelope — with an event loop
 //     (gnet) that lends a read buffer, this means handling the Envelope

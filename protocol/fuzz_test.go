@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -166,9 +167,12 @@ func refusals(data []byte) map[Code]bool {
 	return r
 }
 
-// FuzzJSONDecode checks that JSON.Decode never panics, fails only with a
-// 1xxx *Error, and that whatever it accepts survives re-encoding with both
-// codecs unchanged.
+// FuzzJSONDecode is a differential fuzzer with the protojson path
+// (protojsonCodec) as the reference. For any input
+//   - JSON.Decode never panics and fails only with a 1xxx *Error;
+//   - both refuse it with the same code, or both accept it as the same
+//     envelope (jsonDiff; one documented exception, see TestJSONBracketName);
+//   - whatever JSON accepts survives re-encoding with both codecs.
 //
 // Seeds: testdata/fuzz/FuzzJSONDecode, plus the samples.
 func FuzzJSONDecode(f *testing.F) {
@@ -180,12 +184,9 @@ func FuzzJSONDecode(f *testing.F) {
 		f.Add(data)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		jsonDiff(t, data)
 		var env Envelope
-		if err := JSON.Decode(data, &env); err != nil {
-			var e *Error
-			if !errors.As(err, &e) || e.Code < 1000 || e.Code > 1999 || e.Temporary {
-				t.Fatalf("Decode error %v (%T) is not a 1xxx *Error", err, err)
-			}
+		if JSON.Decode(data, &env) != nil {
 			return
 		}
 		for _, c := range []Codec{JSON, Proto} {
@@ -202,12 +203,70 @@ func FuzzJSONDecode(f *testing.F) {
 	})
 }
 
+// FuzzJSONEncode is the encoding half of the differential check. The
+// envelope comes from the fuzzer's bytes through Proto.Decode (so every
+// kind, value and repeated length is reachable); s then replaces one of
+// its string fields (picked by s's length), so invalid UTF-8 and every
+// character that needs escaping reach the encoder. Then (jsonEncodeDiff)
+// JSON and protojson refuse it with the same code, or protojson reads
+// JSON's output as the same message, JSON reads protojson's output as the
+// same envelope, and the two outputs are equal once protojson's
+// whitespace is compacted.
+//
+// Seeds: testdata/fuzz/FuzzJSONEncode.
+func FuzzJSONEncode(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte, s string) {
+		var env Envelope
+		if Proto.Decode(data, &env) != nil {
+			return
+		}
+		if s != "" {
+			setStringField(&env, len(s), s)
+		}
+		jsonEncodeDiff(t, &env)
+	})
+}
+
+// setStringField sets the i-th string of env's body (counted over its
+// string fields, repeated elements and cursor ids, modulo their number).
+func setStringField(env *Envelope, i int, s string) {
+	var slots []*string
+	p := bodyPtr(env, env.Kind)
+	for _, f := range jsonBodies[env.Kind] {
+		fp := unsafe.Add(p, f.off)
+		switch f.kind {
+		case jString:
+			slots = append(slots, (*string)(fp))
+		case jStrings:
+			ss := *(*[]string)(fp)
+			for j := range ss {
+				slots = append(slots, &ss[j])
+			}
+		case jCursors:
+			cs := *(*[]Cursor)(fp)
+			for j := range cs {
+				slots = append(slots, &cs[j].ConversationID)
+			}
+		}
+	}
+	if len(slots) > 0 {
+		*slots[i%len(slots)] = s
+	}
+}
+
+// fuzzArgs are the two arguments of FuzzJSONEncode.
+type fuzzArgs struct {
+	data []byte
+	s    string
+}
+
 // TestWriteFuzzSeeds regenerates testdata/fuzz from the samples and the
 // error tables when UNIGATE_WRITE_FUZZ_SEEDS=1; otherwise it checks that
 // the committed seeds are there. Seeds found by fuzzing are added by hand
 // (they keep their hash names) and are left alone.
 func TestWriteFuzzSeeds(t *testing.T) {
 	seeds := map[string]map[string][]byte{"FuzzProtoDecode": {}, "FuzzJSONDecode": {}}
+	encodeSeeds := map[string]fuzzArgs{}
 	for _, s := range samples() {
 		bin, err := deterministic.Marshal(s.pb)
 		if err != nil {
@@ -233,7 +292,38 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	for i, c := range jsonErrorCases() {
 		seeds["FuzzJSONDecode"][fmt.Sprintf("error-%02d", i)] = []byte(c.data)
 	}
+	for i, c := range jsonDiffCases() {
+		if len(c) <= 4096 { // the deep-nesting cases stay in the table
+			seeds["FuzzJSONDecode"][fmt.Sprintf("diff-%03d", i)] = []byte(c)
+		}
+	}
+	for _, s := range samples() {
+		bin, err := deterministic.Marshal(s.pb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		encodeSeeds["sample-"+s.name] = fuzzArgs{bin, ""}
+	}
+	for i, env := range jsonEncodeCases() {
+		bin, err := Proto.AppendEncode(nil, &env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		encodeSeeds[fmt.Sprintf("case-%02d", i)] = fuzzArgs{bin, ""}
+	}
+	for i, s := range []string{"a\xffb", "\xed\xa0\x80", "\\\"\x00\x1f\u2028<&>", "\U0001F64F\ufffd", "\xc0"} {
+		sample := sampleEnv(t, []string{"send", "hello", "welcome", "deliver", "presence"}[i])
+		bin, err := deterministic.Marshal(sample.pb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		encodeSeeds[fmt.Sprintf("string-%02d", i)] = fuzzArgs{bin, s}
+	}
 	write := os.Getenv("UNIGATE_WRITE_FUZZ_SEEDS") == "1"
+	seeds["FuzzJSONEncode"] = map[string][]byte{}
+	for name, a := range encodeSeeds {
+		seeds["FuzzJSONEncode"][name] = fmt.Appendf(nil, "go test fuzz v1\n[]byte(%q)\nstring(%q)\n", a.data, a.s)
+	}
 	for target, files := range seeds {
 		dir := filepath.Join("testdata", "fuzz", target)
 		if write {
@@ -244,6 +334,9 @@ func TestWriteFuzzSeeds(t *testing.T) {
 		for name, data := range files {
 			path := filepath.Join(dir, name)
 			content := fmt.Appendf(nil, "go test fuzz v1\n[]byte(%q)\n", data)
+			if target == "FuzzJSONEncode" {
+				content = data // already a whole seed file
+			}
 			if write {
 				if err := os.WriteFile(path, content, 0o644); err != nil {
 					t.Fatal(err)
