@@ -163,6 +163,34 @@ func mintTokensWith(ctx context.Context, tokenCmd []string, prefix string, agent
 	return tokens, nil
 }
 
+// job returns worker i's part of the run.
+func (c *ChatConfig) job(i int, tokens []string, deadline time.Time) *chatJob {
+	job := &chatJob{
+		Common:        c.Common,
+		Index:         i,
+		Convs:         share(c.Conversations, c.Procs, i),
+		ConvOffset:    offset(c.Conversations, c.Procs, i),
+		TotalConvs:    c.Conversations,
+		Rate:          c.Rate,
+		AgentCapacity: c.AgentCapacity,
+		Skill:         c.skillFor(i),
+		Size:          c.Size,
+		Reply:         c.Reply,
+		Warmup:        c.Warmup,
+		Duration:      c.Duration,
+		Drain:         c.Drain,
+		SetupTimeout:  c.SetupTimeout,
+		ConnectRate:   c.ConnectRate / float64(c.Procs),
+		Deadline:      deadline.UnixNano(),
+	}
+	job.Progress = nil
+	ao := offset(c.Agents, c.Procs, i)
+	for n := ao; n < ao+share(c.Agents, c.Procs, i); n++ {
+		job.Agents = append(job.Agents, agentSpec{ID: c.AgentPrefix + strconv.Itoa(n), Token: tokens[n]})
+	}
+	return job
+}
+
 // RunChat runs the chat scenario and returns its report. The report is
 // returned with most errors too, as complete as it got; ErrIntegrity comes
 // with a complete report.
@@ -190,30 +218,7 @@ func RunChat(ctx context.Context, c ChatConfig) (*ChatReport, error) {
 	}
 	defer pool.stop(15 * time.Second)
 	for i, p := range pool.procs {
-		job := &chatJob{
-			Common:        c.Common,
-			Index:         i,
-			Convs:         share(c.Conversations, c.Procs, i),
-			ConvOffset:    offset(c.Conversations, c.Procs, i),
-			TotalConvs:    c.Conversations,
-			Rate:          c.Rate,
-			AgentCapacity: c.AgentCapacity,
-			Skill:         c.skillFor(i),
-			Size:          c.Size,
-			Reply:         c.Reply,
-			Warmup:        c.Warmup,
-			Duration:      c.Duration,
-			Drain:         c.Drain,
-			SetupTimeout:  c.SetupTimeout,
-			ConnectRate:   c.ConnectRate / float64(c.Procs),
-			Deadline:      deadline.UnixNano(),
-		}
-		job.Progress = nil
-		ao := offset(c.Agents, c.Procs, i)
-		for n := ao; n < ao+share(c.Agents, c.Procs, i); n++ {
-			job.Agents = append(job.Agents, agentSpec{ID: c.AgentPrefix + strconv.Itoa(n), Token: tokens[n]})
-		}
-		if err := p.send(wire{Cmd: cmdChat, Chat: job}); err != nil {
+		if err := p.send(wire{Cmd: cmdChat, Chat: c.job(i, tokens, deadline)}); err != nil {
 			return rep, err
 		}
 	}
@@ -282,7 +287,7 @@ func RunChat(ctx context.Context, c ChatConfig) (*ChatReport, error) {
 		rep.Notes = append(rep.Notes, ws.Note)
 	}
 
-	var v2a, a2v, ack, lag, v2aSvc, a2vSvc []histSnapshot
+	var col chatCollector
 	results := 0
 	err = co.pump(ctx, c.Drain+time.Minute, func(ev workerEvent) bool {
 		r := ev.w.ChatResult
@@ -290,47 +295,13 @@ func RunChat(ctx context.Context, c ChatConfig) (*ChatReport, error) {
 			return false
 		}
 		results++
-		rep.Setup.Agents += r.Setup.Agents
-		rep.Setup.Visitors += r.Setup.Visitors
-		rep.Setup.Assigned += r.Setup.Assigned
-		rep.Setup.Seconds = max(rep.Setup.Seconds, r.Setup.Seconds)
-		if rep.Setup.CapacityGranted == 0 || r.Setup.CapacityGranted < rep.Setup.CapacityGranted {
-			rep.Setup.CapacityGranted = r.Setup.CapacityGranted
-		}
-		rep.Setup.StaleConversations += r.Setup.StaleConversations
-		rep.Setup.StaleClosed += r.Setup.StaleClosed
-		rep.Setup.StaleReplayed += r.Setup.StaleReplayed
-		rep.Setup.Foreign += r.Setup.Foreign
-		rep.Setup.Closed += r.Setup.Closed
-		rep.V2A.add(r.V2A)
-		rep.A2V.add(r.A2V)
-		v2a, a2v, ack, lag = append(v2a, r.V2AHist), append(a2v, r.A2VHist), append(ack, r.AckHist), append(lag, r.SendLag)
-		v2aSvc, a2vSvc = append(v2aSvc, r.V2ASvc), append(a2vSvc, r.A2VSvc)
-		rep.Errors.merge(r.Errors)
-		rep.SetupErrors.merge(r.SetupErrors)
-		rep.Drops.merge(r.Drops)
-		rep.Events.merge(r.Events)
-		rep.WriteErrors.merge(r.WriteErrors)
-		rep.MaxBehind = max(rep.MaxBehind, r.MaxBehind)
-		rep.DrainTime = max(rep.DrainTime, r.DrainTime)
-		rep.Pings += r.Pings
-		rep.PongErrors += r.PongErrors
+		col.add(rep, r)
 		return results == c.Procs
 	})
 	if err != nil {
 		return rep, fmt.Errorf("collecting results: %w", err)
 	}
-	rep.V2ALatency = summarize(mergeHists(v2a))
-	rep.A2VLatency = summarize(mergeHists(a2v))
-	rep.AckLatency = summarize(mergeHists(ack))
-	rep.SendLag = summarize(mergeHists(lag))
-	rep.V2AFromWrite = summarize(mergeHists(v2aSvc))
-	rep.A2VFromWrite = summarize(mergeHists(a2vSvc))
-	d := c.Duration.Seconds()
-	rep.OfferedRate = float64(rep.V2A.Offered) / d
-	rep.V2ARate = float64(rep.V2A.DeliveredInWindow) / d
-	rep.A2VRate = float64(rep.A2V.DeliveredInWindow) / d
-	rep.DeliveredRate = rep.V2ARate + rep.A2VRate
+	col.finish(rep, c.Duration)
 	rep.Integrity = integrity(rep)
 	if rep.MaxBehind > int64(c.Rate/10) {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("the clients fell behind the schedule by up to %d messages: the load generator, not only the server, limited the run", rep.MaxBehind))
@@ -339,6 +310,57 @@ func RunChat(ctx context.Context, c ChatConfig) (*ChatReport, error) {
 		return rep, fmt.Errorf("%w: %s", ErrIntegrity, strings.Join(rep.Integrity, "; "))
 	}
 	return rep, nil
+}
+
+// chatCollector merges the chat workers' results into a ChatReport.
+type chatCollector struct {
+	v2a, a2v, ack, lag, v2aSvc, a2vSvc []histSnapshot
+}
+
+// add merges one worker's result into rep.
+func (col *chatCollector) add(rep *ChatReport, r *chatResult) {
+	rep.Setup.Agents += r.Setup.Agents
+	rep.Setup.Visitors += r.Setup.Visitors
+	rep.Setup.Assigned += r.Setup.Assigned
+	rep.Setup.Seconds = max(rep.Setup.Seconds, r.Setup.Seconds)
+	if rep.Setup.CapacityGranted == 0 || r.Setup.CapacityGranted < rep.Setup.CapacityGranted {
+		rep.Setup.CapacityGranted = r.Setup.CapacityGranted
+	}
+	rep.Setup.StaleConversations += r.Setup.StaleConversations
+	rep.Setup.StaleClosed += r.Setup.StaleClosed
+	rep.Setup.StaleReplayed += r.Setup.StaleReplayed
+	rep.Setup.Foreign += r.Setup.Foreign
+	rep.Setup.Closed += r.Setup.Closed
+	rep.V2A.add(r.V2A)
+	rep.A2V.add(r.A2V)
+	col.v2a, col.a2v = append(col.v2a, r.V2AHist), append(col.a2v, r.A2VHist)
+	col.ack, col.lag = append(col.ack, r.AckHist), append(col.lag, r.SendLag)
+	col.v2aSvc, col.a2vSvc = append(col.v2aSvc, r.V2ASvc), append(col.a2vSvc, r.A2VSvc)
+	rep.Errors.merge(r.Errors)
+	rep.SetupErrors.merge(r.SetupErrors)
+	rep.Drops.merge(r.Drops)
+	rep.Events.merge(r.Events)
+	rep.WriteErrors.merge(r.WriteErrors)
+	rep.MaxBehind = max(rep.MaxBehind, r.MaxBehind)
+	rep.DrainTime = max(rep.DrainTime, r.DrainTime)
+	rep.Pings += r.Pings
+	rep.PongErrors += r.PongErrors
+}
+
+// finish computes the latencies and rates of rep over a measured window
+// of duration.
+func (col *chatCollector) finish(rep *ChatReport, duration time.Duration) {
+	rep.V2ALatency = summarize(mergeHists(col.v2a))
+	rep.A2VLatency = summarize(mergeHists(col.a2v))
+	rep.AckLatency = summarize(mergeHists(col.ack))
+	rep.SendLag = summarize(mergeHists(col.lag))
+	rep.V2AFromWrite = summarize(mergeHists(col.v2aSvc))
+	rep.A2VFromWrite = summarize(mergeHists(col.a2vSvc))
+	d := duration.Seconds()
+	rep.OfferedRate = float64(rep.V2A.Offered) / d
+	rep.V2ARate = float64(rep.V2A.DeliveredInWindow) / d
+	rep.A2VRate = float64(rep.A2V.DeliveredInWindow) / d
+	rep.DeliveredRate = rep.V2ARate + rep.A2VRate
 }
 
 // integrity lists the integrity violations of a report.

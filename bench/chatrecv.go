@@ -133,6 +133,8 @@ func (w *chatWorker) agentDeliver(a *agent, e *protocol.Envelope) {
 	if measured {
 		w.v2aHist.record(now - p.due)
 		w.v2aSvc.record(now - p.sent)
+		w.v2aSamples.add(p.due-w.tl.Load().t0, now-p.due)
+		w.svcSamples.add(p.due-w.tl.Load().t0, now-p.sent)
 	}
 	if inWindow {
 		w.inWindowV2A.Add(1)
@@ -314,6 +316,7 @@ func (w *chatWorker) visitorDeliver(c *chatConv, e *protocol.Envelope) {
 	if measured {
 		w.a2vHist.record(now - p.due)
 		w.a2vSvc.record(now - p.sent)
+		w.a2vSamples.add(p.due-w.tl.Load().t0, now-p.due)
 	}
 	if inWindow {
 		w.inWindowA2V.Add(1)

@@ -38,6 +38,9 @@ type chatJob struct {
 	SetupTimeout  time.Duration `json:"setup_timeout"`
 	ConnectRate   float64       `json:"connect_rate"` // this worker's
 	Deadline      int64         `json:"deadline"`     // Unix nanoseconds
+	// Samples asks for every measured latency with its due time (the
+	// admission scenario splits them by phase after the run).
+	Samples bool `json:"samples,omitempty"`
 }
 
 // chatProgress is a worker's cumulative counters.
@@ -187,6 +190,14 @@ type chatResult struct {
 	DrainTime   float64      `json:"drain_s"`
 	Pings       int64        `json:"pings"`
 	PongErrors  int64        `json:"pong_errors"`
+	// V2ASamples and A2VSamples hold every measured latency with its due
+	// time, when the job asked for Samples.
+	V2ASamples *dueSamples `json:"v2a_samples,omitempty"`
+	A2VSamples *dueSamples `json:"a2v_samples,omitempty"`
+	// SvcSamples are the visitor→agent latencies from the write and
+	// LagSamples the visitor's send lags (write − due), by due time.
+	SvcSamples *dueSamples `json:"svc_samples,omitempty"`
+	LagSamples *dueSamples `json:"lag_samples,omitempty"`
 }
 
 // flow is the bookkeeping of one direction of one conversation.
@@ -280,6 +291,8 @@ type chatWorker struct {
 	v2aHist, a2vHist, ackHist, sendLag *latencyHist
 	v2aSvc, a2vSvc                     *latencyHist // from the actual write, not the due time
 	ivl                                *latencyHist // v2a latencies since the last progress event
+	v2aSamples, a2vSamples             *dueSamples  // nil unless the job asks for Samples
+	svcSamples, lagSamples             *dueSamples
 	errs, setupErrs, drops, events     *reasonCounter
 	writeErrs                          *reasonCounter
 }
@@ -320,6 +333,10 @@ func newChatWorker(job *chatJob) *chatWorker {
 		drops:        newReasonCounter(),
 		events:       newReasonCounter(),
 		writeErrs:    newReasonCounter(),
+	}
+	if job.Samples {
+		w.v2aSamples, w.a2vSamples = &dueSamples{}, &dueSamples{}
+		w.svcSamples, w.lagSamples = &dueSamples{}, &dueSamples{}
 	}
 	w.phase.Store("setup")
 	span := job.Warmup + job.Duration
@@ -503,6 +520,7 @@ func (w *chatWorker) sendSchedule(ctx context.Context, c *chatConv) {
 		w.sent.Add(1)
 		if due >= tl.wStart {
 			w.sendLag.record(sent - due)
+			w.lagSamples.add(due-tl.t0, sent-due)
 		}
 		if err := c.v.conn.send(&env); err != nil {
 			w.writeErrs.addErr(err)
@@ -532,6 +550,10 @@ func (w *chatWorker) result(setup, drain time.Duration) *chatResult {
 		DrainTime:  drain.Seconds(),
 		Pings:      w.dial.pings.Load(),
 		PongErrors: w.dial.pongErrors.Load(),
+		V2ASamples: w.v2aSamples.take(),
+		A2VSamples: w.a2vSamples.take(),
+		SvcSamples: w.svcSamples.take(),
+		LagSamples: w.lagSamples.take(),
 	}
 	for _, a := range w.agents {
 		if a == nil {

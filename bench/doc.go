@@ -25,6 +25,16 @@
 // RunStorm drops every visitor at once and checks their resume; RunSweep
 // runs RunChat at rising rates.
 //
+// RunAdmission runs RunChat's live load and, after a calm part of its
+// measured window, a connection storm beyond the node's cap from separate
+// worker processes (optionally under nice(1)): every attempt must be
+// admitted or refused with 503/429 and Retry-After, exactly the excess
+// refused when the cap is known. The chat workers keep every measured
+// latency with its due time, so the coordinator can split them into the
+// calm part, the storm (messages due between the first dial and the last
+// answer) and after it, and report the ratio of the p99s, with the CPU of
+// the server (user, system), the chat and the storm clients in each part.
+//
 // RunFanout measures one event delivered to many: visitors of a tenant
 // without agents wait in its queue, and on an open-loop schedule the
 // visitor at the head leaves, so the broker sends the visitors behind

@@ -121,27 +121,34 @@ const clockTicks = 100
 
 // ProcessCPU returns the user+system CPU time process pid has used.
 func ProcessCPU(pid int) (time.Duration, error) {
+	user, sys, err := ProcessCPUSplit(pid)
+	return user + sys, err
+}
+
+// ProcessCPUSplit returns the user and the system CPU time process pid has
+// used.
+func ProcessCPUSplit(pid int) (user, sys time.Duration, _ error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// The command name (field 2) may contain spaces: fields count from the
 	// last ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
 	// After ')': state(3) ppid(4) ... utime(14) stime(15) → indexes 11, 12.
 	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
 	}
 	ut, err1 := strconv.ParseInt(f[11], 10, 64)
 	st, err2 := strconv.ParseInt(f[12], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return time.Duration(ut+st) * time.Second / clockTicks, nil
+	return time.Duration(ut) * time.Second / clockTicks, time.Duration(st) * time.Second / clockTicks, nil
 }
 
 // SockStat is the TCP line of /proc/net/sockstat.

@@ -23,6 +23,7 @@ import (
 //	storm: → storm{job}  ← ready  → drop  ← dropped  → start{t0}  ← result
 //	fanout: → fanout{job} ← ready{positions} → start{t0} ← result → close{t0} ← closed
 //	echo:  → echo{job}   ← ready  (→ start{t0, step} ← step)…  → close ← result
+//	admit: → admit{job}  ← ready       → start{t0}  ← result  → close ← closed
 //
 // Workers send "progress" every second and "fatal" before giving up.
 type wire struct {
@@ -50,6 +51,9 @@ type wire struct {
 	EchoProgress   *echoProgress   `json:"echo_progress,omitempty"`
 	EchoStep       *echoStepResult `json:"echo_step,omitempty"`
 	EchoResult     *echoResult     `json:"echo_result,omitempty"`
+	Admit          *admitJob       `json:"admit,omitempty"`
+	AdmitProgress  *admitProgress  `json:"admit_progress,omitempty"`
+	AdmitResult    *admitResult    `json:"admit_result,omitempty"`
 	Err            string          `json:"err,omitempty"`
 }
 
@@ -108,9 +112,19 @@ type workerPool struct {
 // startWorkers starts n worker processes. Their events arrive on the
 // pool's channel; a worker whose stdout closes produces an evExit event.
 func startWorkers(c *Common, n int) (*workerPool, error) {
+	return startWorkersWith(c, n, nil)
+}
+
+// startWorkersWith is startWorkers with the command line of worker i
+// given by argv (nil: c.Worker for all), e.g. under nice(1).
+func startWorkersWith(c *Common, n int, argv func(i int) []string) (*workerPool, error) {
 	pool := &workerPool{events: make(chan workerEvent, 64*n)}
 	for i := range n {
-		cmd := exec.Command(c.Worker[0], c.Worker[1:]...)
+		args := c.Worker
+		if argv != nil {
+			args = argv(i)
+		}
+		cmd := exec.Command(args[0], args[1:]...)
 		cmd.Env = append(os.Environ(), c.WorkerEnv...)
 		cmd.Env = append(cmd.Env, "UNIGATE_BENCH_WORKER_INDEX="+strconv.Itoa(i))
 		cmd.Stderr = os.Stderr
@@ -126,7 +140,7 @@ func startWorkers(c *Common, n int) (*workerPool, error) {
 		}
 		if err := cmd.Start(); err != nil {
 			pool.stop(0)
-			return nil, fmt.Errorf("%w: start %s: %v", ErrWorker, c.Worker[0], err)
+			return nil, fmt.Errorf("%w: start %s: %v", ErrWorker, args[0], err)
 		}
 		p := &workerProc{idx: i, cmd: cmd, in: in, enc: json.NewEncoder(in), done: make(chan struct{})}
 		pool.procs = append(pool.procs, p)
@@ -271,6 +285,10 @@ func RunWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 		ctx, stop := context.WithDeadline(ctx, time.Unix(0, job.Echo.Deadline))
 		defer stop()
 		err = runEchoWorker(ctx, job.Echo, cmds, link)
+	case job.Cmd == cmdAdmit && job.Admit != nil:
+		ctx, stop := context.WithDeadline(ctx, time.Unix(0, job.Admit.Deadline))
+		defer stop()
+		err = runAdmitWorker(ctx, job.Admit, cmds, link)
 	case job.Cmd == cmdStorm && job.Storm != nil:
 		ctx, stop := context.WithDeadline(ctx, time.Unix(0, job.Storm.Deadline))
 		defer stop()

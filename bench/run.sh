@@ -8,19 +8,26 @@
 #   bench/run.sh fanout -visitors 5000 -procs 2 -rate 50 -json out.json
 #   bench/run.sh chat -conversations 1000 -agents 100 -rate 5000
 #   bench/run.sh wrk -t2 -c64 -d10s --latency -s bench/wrk/health.lua -- /healthz
+#   bench/run.sh admission -json admission.json -html admission.html
 #
 # The first argument is an unigate-bench scenario (idle, chat, storm, sweep,
-# fanout) or "wrk". unigate-bench gets -url and -server-pid (and, for chat,
-# sweep and storm, -token-cmd with the gateway's own key); wrk gets the URL
-# (inserted before "--", whose arguments go to the Lua script).
-# Environment: SERVER_GOMAXPROCS (default 2); KEEP=1 keeps the work
-# directory (gateway log in unigate.log). The echo scenario runs against
-# echo servers, not the gateway: bench/baselines/run.sh; the REST API under
-# wrk: bench/wrk/rest.sh; 100,000 connections: bench/host100k.sh.
+# fanout, admission) or "wrk". unigate-bench gets -url and -server-pid (and,
+# for chat, sweep, storm and admission, -token-cmd with the gateway's own
+# key); wrk gets the URL (inserted before "--", whose arguments go to the
+# Lua script). For admission the gateway runs with max_connections
+# MAX_CONNECTIONS (default 5000) and its admin listener (metrics, pprof) on
+# a free port; unigate-bench also gets -metrics, -pprof and -src-storm
+# 127.0.0.2-127.0.0.9 (later flags override these).
+# Environment: SERVER_GOMAXPROCS (default 2); SERVER_LISTEN (default
+# 127.0.0.1:0); KEEP=1 keeps the work directory (gateway log in
+# unigate.log). UNIGATE_* variables reach the gateway. The echo
+# scenario runs against echo servers, not the gateway:
+# bench/baselines/run.sh; the REST API under wrk: bench/wrk/rest.sh;
+# 100,000 connections: bench/host100k.sh.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
-	sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 fi
 scenario=$1
@@ -47,8 +54,14 @@ trap cleanup EXIT INT TERM
 
 (cd "$root" && go build -o "$work/unigate" ./cmd/unigate && go build -o "$work/unigate-bench" ./cmd/unigate-bench)
 
-GOMAXPROCS=${SERVER_GOMAXPROCS:-2} "$work/unigate" -config "$root/bench/testdata/unigate-bench.yaml" \
-	-listen 127.0.0.1:0 -admin-listen "" -data-dir "$work/data" -log-level info 2>"$work/unigate.log" &
+admin=""
+extra_env=()
+if [ "$scenario" = admission ]; then
+	admin=127.0.0.1:0
+	extra_env=(UNIGATE_MAX_CONNECTIONS="${MAX_CONNECTIONS:-5000}" UNIGATE_ADMIN_PPROF=true)
+fi
+env ${extra_env[@]+"${extra_env[@]}"} GOMAXPROCS="${SERVER_GOMAXPROCS:-2}" "$work/unigate" -config "$root/bench/testdata/unigate-bench.yaml" \
+	-listen "${SERVER_LISTEN:-127.0.0.1:0}" -admin-listen "$admin" -data-dir "$work/data" -log-level info 2>"$work/unigate.log" &
 pid=$!
 addr=
 for _ in $(seq 200); do
@@ -78,6 +91,19 @@ wrk)
 	else
 		wrk "${pre[@]}" "http://$addr"
 	fi
+	;;
+admission)
+	adminaddr=
+	for _ in $(seq 100); do
+		adminaddr=$(sed -n 's/.*msg="admin listening".* addr=\([^ ]*\).*/\1/p' "$work/unigate.log" | head -n1)
+		[ -n "$adminaddr" ] && break
+		sleep 0.1
+	done
+	[ -n "$adminaddr" ] || { echo "run.sh: the gateway did not log its admin address" >&2; exit 1; }
+	"$work/unigate-bench" admission -url "ws://$addr/ws" -server-pid "$pid" \
+		-token-cmd "$work/unigate token agent -data-dir $work/data" \
+		-metrics "http://$adminaddr/metrics" -pprof "http://$adminaddr/debug/pprof/profile" \
+		-src-storm 127.0.0.2-127.0.0.9 "$@"
 	;;
 chat | sweep | storm)
 	"$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" \

@@ -69,3 +69,22 @@ func BenchmarkXTimeRate(b *testing.B) {
 	}
 	b.ReportMetric(float64(unsafe.Sizeof(*l)), "bytes/limiter")
 }
+
+// BenchmarkAdmitRefused is the cost of refusing one connection at a full
+// node: the work a connection storm beyond the cap makes per attempt
+// (counted by reason, the sampled log line held back). It must not
+// allocate: a storm's garbage would be collected on the cores that serve
+// the live conversations.
+func BenchmarkAdmitRefused(b *testing.B) {
+	l, _ := mustNew(b, Settings{MaxConnections: 1})
+	if ok, _, _, _ := l.Admit(ip1); !ok {
+		b.Fatal("first connection refused")
+	}
+	l.Admit(ip1) // the first refusal writes the log line
+	b.ReportAllocs()
+	for b.Loop() {
+		if ok, _, _, _ := l.Admit(ip1); ok {
+			b.Fatal("admitted over the cap")
+		}
+	}
+}

@@ -149,6 +149,7 @@ type reasonStats struct {
 	name    string
 	counter *metrics.Counter
 	sampler Sampler
+	logArgs []any // "reason", name: boxed once, so a refusal allocates nothing
 }
 
 // New returns a Limiter with settings s. Its counters are created on set
@@ -170,7 +171,7 @@ func New(s Settings, set *metrics.Set, log *slog.Logger) (*Limiter, error) {
 	}
 	for _, r := range []string{ReasonFull, ReasonAcceptRate, ReasonIPConnections, ReasonIPRate,
 		ReasonIdentityConnections, ReasonIdentityRate, ReasonAnonymousConnections, ReasonAnonymousRate} {
-		l.refused[r] = &reasonStats{name: r, counter: set.NewCounter(`unigate_limiter_refused_total{reason="` + r + `"}`)}
+		l.refused[r] = &reasonStats{name: r, counter: set.NewCounter(`unigate_limiter_refused_total{reason="` + r + `"}`), logArgs: []any{"reason", r}}
 	}
 	set.NewGauge(`unigate_limiter_connections`, func() float64 { return float64(l.total.Load()) })
 	set.NewGauge(`unigate_limiter_max_connections`, func() float64 { return float64(l.cfg.Load().cap) })
@@ -414,7 +415,7 @@ func (c *compiled) allowed(ip netip.Addr) bool {
 func (l *Limiter) refuse(reason string, status int, retryAfter time.Duration) (bool, int, time.Duration, string) {
 	st := l.refused[reason]
 	st.counter.Inc()
-	st.sampler.Note(l.log, "limiter refused connections", "reason", reason)
+	st.sampler.Note(l.log, "limiter refused connections", st.logArgs...)
 	return false, status, RoundRetry(retryAfter), reason
 }
 

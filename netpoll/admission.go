@@ -202,16 +202,61 @@ func (s *Server) admit(c *Conn) bool {
 	if status != 429 && status != 503 {
 		status = 503
 	}
-	secs := int64(limiter.RoundRetry(retry) / time.Second)
+	resp := s.refusalResponse(status, int64(limiter.RoundRetry(retry)/time.Second), reason)
+	s.countStatus(resp)
+	_, _ = c.gc.Write(resp) // copies
+	return false
+}
+
+// refusalKey names one refusal response: its status, Retry-After seconds
+// and reason.
+type refusalKey struct {
+	status int
+	secs   int64
+	reason string
+}
+
+// maxCachedRefusals bounds the refusal responses kept: a reason comes with
+// one status and few Retry-After values, so a handful is the usual count.
+const maxCachedRefusals = 64
+
+// refusalResponse returns the complete HTTP response refusing an upgrade.
+// A storm answers the same few responses thousands of times a second:
+// each is built once and kept (copy on write, read without a lock), so a
+// refusal formats nothing and allocates nothing. The slice is shared:
+// never modify it.
+func (s *Server) refusalResponse(status int, secs int64, reason string) []byte {
+	k := refusalKey{status, secs, reason}
+	m := s.refusals.Load()
+	if m != nil {
+		if b, ok := (*m)[k]; ok {
+			return b
+		}
+	}
 	body := "too many connections, retry later (" + reason + ")\n"
 	if status == 503 {
 		body = "server is at capacity, retry later (" + reason + ")\n"
 	}
-	resp := appendResponse(respScratch(), status, "text/plain; charset=utf-8",
+	b := appendResponse(nil, status, "text/plain; charset=utf-8",
 		http.Header{"Retry-After": {strconv.FormatInt(secs, 10)}}, []byte(body), false, false)
-	s.countStatus(resp)
-	_, _ = c.gc.Write(resp)
-	return false
+	if m == nil || len(*m) < maxCachedRefusals {
+		nm := make(map[refusalKey][]byte, 1+lenOf(m))
+		if m != nil {
+			for k, v := range *m {
+				nm[k] = v
+			}
+		}
+		nm[k] = b
+		s.refusals.CompareAndSwap(m, &nm) // lost to another loop: built again next time
+	}
+	return b
+}
+
+func lenOf(m *map[refusalKey][]byte) int {
+	if m == nil {
+		return 0
+	}
+	return len(*m)
 }
 
 // overRate charges a complete frame of n bytes (a message end or a ping

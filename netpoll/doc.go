@@ -53,8 +53,9 @@
 //
 // WithAdmission gates upgrades: the Admission (package limiter) is asked
 // once the request head is complete, and a refusal is answered with 429 or
-// 503 and Retry-After; Release is called when an admitted connection
-// closes. While the Admission reports Overloaded, /readyz answers 503.
+// 503 and Retry-After (each distinct answer is built once and reused: a
+// storm of refusals formats and allocates nothing in this package);
+// Release is called when an admitted connection closes. While the Admission reports Overloaded, /readyz answers 503.
 // WithConnRates bounds each connection's messages and bytes per second
 // with two token buckets kept in the Conn (no allocation per message); a
 // connection over either is closed with 1008 "rate limit".

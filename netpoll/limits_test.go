@@ -2,6 +2,7 @@ package netpoll
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -483,4 +484,39 @@ func TestConnectionStorm(t *testing.T) {
 		c.Close()
 	}
 	waitFor(t, 10*time.Second, "released connections", func() bool { return lim.Connections() == 0 })
+}
+
+// TestRefusalResponses: a refusal's answer names its status, Retry-After
+// and reason exactly; the same answer is reused rather than rebuilt, and
+// the answers kept are bounded whatever Retry-After values the admission
+// comes up with.
+func TestRefusalResponses(t *testing.T) {
+	s, err := New(&echo{}, WithAddr("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for secs := int64(1); secs <= 3*maxCachedRefusals; secs++ {
+		for _, st := range []int{429, 503} {
+			got := s.refusalResponse(st, secs, limiter.ReasonIPRate)
+			resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(got)), nil)
+			if err != nil {
+				t.Fatalf("%d, %ds: %v\n%s", st, secs, err, got)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != st || resp.Header.Get("Retry-After") != strconv.FormatInt(secs, 10) ||
+				!resp.Close || !strings.Contains(string(body), "("+limiter.ReasonIPRate+")") {
+				t.Fatalf("%d, %ds: %q", st, secs, got)
+			}
+			if again := s.refusalResponse(st, secs, limiter.ReasonIPRate); !bytes.Equal(again, got) {
+				t.Fatalf("%d, %ds: %q, then %q", st, secs, got, again)
+			}
+		}
+	}
+	first := s.refusalResponse(503, 1, limiter.ReasonIPRate)
+	if again := s.refusalResponse(503, 1, limiter.ReasonIPRate); &again[0] != &first[0] {
+		t.Error("the same refusal was built twice")
+	}
+	if n := len(*s.refusals.Load()); n != maxCachedRefusals {
+		t.Errorf("%d refusal answers kept, want the bound %d", n, maxCachedRefusals)
+	}
 }

@@ -63,7 +63,9 @@ func WithAddr(addr string) Option { return func(o *options) { o.addr = addr } }
 func WithEventLoops(n int) Option { return func(o *options) { o.eventLoops = n } }
 
 // WithReusePort sets SO_REUSEPORT on the listener, so several processes can
-// share one port.
+// share one port; each event loop then accepts on a listener of its own
+// (no acceptor goroutine). With port 0, one free port is chosen for all of
+// them.
 func WithReusePort(on bool) Option { return func(o *options) { o.reusePort = on } }
 
 // WithMaxMessageBytes bounds a WebSocket message (all its fragments); a

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,10 +39,10 @@ type Server struct {
 	clock    atomic.Int64 // unix seconds, refreshed by the ticker
 	nextID   atomic.Uint64
 
-	loopsMu sync.Mutex
-	loops   map[gnet.EventLoop]*loopFlusher
+	loops sync.Map // gnet.EventLoop → *loopFlusher: read without a lock on every accept
 
 	reg      registry
+	refusals atomic.Pointer[map[refusalKey][]byte] // see refusalResponse
 	rates    atomic.Pointer[connRates]
 	rateLog  limiter.Sampler
 	httpSem  chan struct{}
@@ -80,7 +81,6 @@ func New(h Handler, opts ...Option) (*Server, error) {
 	case len(s.opts.subprotocols) == 0:
 		return nil, errors.New("netpoll: no subprotocol")
 	}
-	s.loops = make(map[gnet.EventLoop]*loopFlusher)
 	s.httpSem = make(chan struct{}, max(1, s.opts.httpConcurrency))
 	s.ping = NewStaticFrame(ws.OpPing, nil)
 	s.clock.Store(time.Now().Unix())
@@ -158,8 +158,22 @@ func (s *Server) Start() error {
 	if loops > 0 {
 		gopts = append(gopts, gnet.WithNumEventLoop(loops))
 	}
+	addr := s.opts.addr
+	if s.opts.reusePort {
+		// gnet binds each event loop's listener to the address as given:
+		// port 0 would give every loop a port of its own, and all clients
+		// would reach the first loop only. Choose the port once, and hold
+		// it (bound, not listening) until gnet has bound its first
+		// listener to it.
+		a, release, err := reservePort(addr)
+		if err != nil {
+			return fmt.Errorf("netpoll: choosing a port for %s: %w", addr, err)
+		}
+		defer release()
+		addr = a
+	}
 	go func() {
-		err := gnet.Run(s, "tcp://"+s.opts.addr, gopts...)
+		err := gnet.Run(s, "tcp://"+addr, gopts...)
 		s.runErr = err
 		select {
 		case s.started <- err: // failed before booting
@@ -168,6 +182,58 @@ func (s *Server) Start() error {
 		close(s.done)
 	}()
 	return <-s.started
+}
+
+// reservePort returns addr unchanged when its port is not 0; otherwise
+// addr with a free port the kernel chose, and a function that releases the
+// socket (SO_REUSEPORT, bound, not listening: it receives no connection)
+// holding that port meanwhile.
+func reservePort(addr string) (string, func(), error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port != "0" {
+		return addr, func() {}, nil // gnet reports a malformed address
+	}
+	ip := net.IPv4zero
+	if host != "" {
+		if ip = net.ParseIP(host); ip == nil {
+			ips, err := net.LookupIP(host)
+			if err != nil || len(ips) == 0 {
+				return "", nil, fmt.Errorf("resolving %q: %v", host, err)
+			}
+			ip = ips[0]
+		}
+	}
+	var sa unix.Sockaddr
+	family := unix.AF_INET
+	if ip4 := ip.To4(); ip4 != nil {
+		sa = &unix.SockaddrInet4{Addr: [4]byte(ip4)}
+	} else {
+		family = unix.AF_INET6
+		sa = &unix.SockaddrInet6{Addr: [16]byte(ip.To16())}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "", nil, err
+	}
+	release := func() { _ = unix.Close(fd) }
+	if err := errors.Join(unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1),
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1), unix.Bind(fd, sa)); err != nil {
+		release()
+		return "", nil, err
+	}
+	bound, err := unix.Getsockname(fd)
+	if err != nil {
+		release()
+		return "", nil, err
+	}
+	var p int
+	switch b := bound.(type) {
+	case *unix.SockaddrInet4:
+		p = b.Port
+	case *unix.SockaddrInet6:
+		p = b.Port
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p)), release, nil
 }
 
 // Addr returns the address the server listens on, with the real port when
@@ -250,7 +316,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	}
 	if s.opts.maxConns > 0 && s.reg.count() >= s.opts.maxConns {
 		s.metrics.refusedFull.Inc()
-		return []byte(fullResponse), gnet.Close
+		return fullResponse, gnet.Close // gnet copies what it cannot write at once
 	}
 	now := s.clock.Load()
 	c := &Conn{srv: s, gc: gc, id: s.nextID.Add(1), loop: s.loopFor(gc.EventLoop())}
@@ -273,14 +339,11 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 }
 
 func (s *Server) loopFor(el gnet.EventLoop) *loopFlusher {
-	s.loopsMu.Lock()
-	defer s.loopsMu.Unlock()
-	l := s.loops[el]
-	if l == nil {
-		l = &loopFlusher{el: el}
-		s.loops[el] = l
+	if l, ok := s.loops.Load(el); ok {
+		return l.(*loopFlusher)
 	}
-	return l
+	l, _ := s.loops.LoadOrStore(el, &loopFlusher{el: el})
+	return l.(*loopFlusher)
 }
 
 // OnClose implements gnet.EventHandler.
@@ -540,9 +603,10 @@ func (s *Server) fail(c *Conn, code ws.StatusCode, reason string) {
 	c.frag = nil
 }
 
-// fullResponse answers a connection over the cap, before reading anything.
-const fullResponse = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n" +
-	"Retry-After: 5\r\nContent-Length: 22\r\nConnection: close\r\n\r\nserver is at capacity\n"
+// fullResponse answers a connection over the open-file bound, before
+// reading anything. Shared by every such answer: never modify it.
+var fullResponse = []byte("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n" +
+	"Retry-After: 5\r\nContent-Length: 22\r\nConnection: close\r\n\r\nserver is at capacity\n")
 
 // upgrade performs the WebSocket handshake over exactly the request head.
 func (s *Server) upgrade(c *Conn, head []byte, req *request) gnet.Action {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/gorilla/websocket"
 )
 
 // echo is a Handler that sends every message back and records events.
@@ -86,5 +87,30 @@ func waitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool
 			tb.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestReusePortEveryLoop: with WithReusePort on port 0, every event loop
+// listens on the one port the server reports, so clients reach them all
+// (gnet alone would bind each loop's listener to a port of its own).
+func TestReusePortEveryLoop(t *testing.T) {
+	s := startServer(t, &echo{}, WithReusePort(true), WithEventLoops(2))
+	var conns []*websocket.Conn
+	d := websocket.Dialer{Subprotocols: []string{"unigate.v1.proto"}}
+	for range 32 {
+		c, _, err := d.Dial("ws://"+s.Addr()+"/ws", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	waitFor(t, 5*time.Second, "32 connections", func() bool { return s.Connections() == len(conns) })
+	loops := map[*loopFlusher]int{}
+	s.reg.each(func(c *Conn) { loops[c.loop]++ })
+	// The kernel spreads connections over the listeners by their address
+	// hash: all 32 on one of 2 loops has a chance of 2⁻³¹.
+	if len(loops) != 2 {
+		t.Fatalf("connections per event loop: %v; want both loops used", loops)
 	}
 }

@@ -6,6 +6,8 @@
 //	    -src 127.0.0.2-127.0.0.9 -server-pid PID -steps 5000,10000,15000,19900 -json idle.json
 //	unigate-bench chat -url ws://127.0.0.1:8080/ws -conversations 1000 -agents 100 \
 //	    -agent-capacity 10 -rate 20000 -duration 30s -token-cmd "unigate token agent -data-dir data"
+//	unigate-bench admission -url ws://127.0.0.1:8080/ws -src-storm 127.0.0.2-127.0.0.9 -server-pid PID \
+//	    -metrics http://127.0.0.1:9090/metrics -token-cmd "unigate token agent -data-dir data" -json admission.json
 //	unigate-bench fanout -url ws://127.0.0.1:8080/ws -visitors 10000 -rate 100 -duration 10s \
 //	    -procs 2 -src 127.0.0.2-127.0.0.9 -server-pid PID -json fanout.json
 //	unigate-bench echo -url ws://127.0.0.1:8090/ws -conns 1000 -rates 10000,20000 -closed 5s \
@@ -52,6 +54,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = chat(ctx, args[1:], stdout, stderr)
 	case "storm":
 		err = storm(ctx, args[1:], stdout, stderr)
+	case "admission":
+		err = admission(ctx, args[1:], stdout, stderr)
 	case "sweep":
 		err = sweep(ctx, args[1:], stdout, stderr)
 	case "fanout":
@@ -93,6 +97,7 @@ func usage(w io.Writer) {
   unigate-bench idle -url ws://HOST:PORT/ws -conns N [flags]   memory per idle connection
   unigate-bench chat -url ws://HOST:PORT/ws [flags]            chat relay rate and latency
   unigate-bench storm -url ws://HOST:PORT/ws [flags]           reconnect storm: resume, replay, gaps
+  unigate-bench admission -url ws://HOST:PORT/ws [flags]       live chat p99 during a connection storm beyond the cap
   unigate-bench sweep -url ws://HOST:PORT/ws -from R -to R -step R [chat flags]
                                                                chat at rising rates: saturation point
   unigate-bench fanout -url ws://HOST:PORT/ws -visitors N [flags]
@@ -351,6 +356,76 @@ func storm(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	rep, err := bench.RunStorm(ctx, c)
+	if rep != nil {
+		err = out.write(rep, stdout, err)
+	}
+	return err
+}
+
+func admission(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c bench.AdmissionConfig
+	var src, sub, stormSrc string
+	var out outputs
+	var quiet bool
+	fs := flag.NewFlagSet("unigate-bench admission", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `usage: unigate-bench admission -url ws://HOST:PORT/ws -token-cmd CMD [flags]
+
+Admission under a connection storm. A calm open-loop chat runs (-conversations
+at -rate, as in "chat"); -calm into its measured window, -storm-procs worker
+processes make -attempts connection attempts as fast as the node answers
+(-inflight each at a time, from -src-storm addresses) against a node whose
+limits.max_connections is below the attempts (bench/run.sh admission starts
+one with a cap of 5,000). Every attempt must be admitted (101; with -hello,
+then a Welcome) or refused with 503/429 and Retry-After; with the cap known
+(-cap, or -metrics) exactly the excess must be refused. Reports the live
+conversations' latency (from the due time) in the calm part of the window,
+during the storm (messages due between the first dial and the last answer)
+and after it, the ratio of the p99s, refusals per second, the answer
+latencies, the server's RSS and the CPU of the server (user, system), the
+chat clients and the storm clients in each phase. -nice N runs the storm
+workers under nice(1): on one machine they take the cores the node would
+have, which clients on other machines would not.
+
+`)
+		fs.PrintDefaults()
+	}
+	apply := chatFlags(fs, &c.Chat, &src, &sub, &out, &quiet)
+	for name, v := range map[string]string{"conversations": "100", "agents": "10"} {
+		f := fs.Lookup(name)
+		_ = f.Value.Set(v)
+		f.DefValue = v
+	}
+	fs.DurationVar(&c.Calm, "calm", 10*time.Second, "calm part of the measured window before the storm")
+	fs.IntVar(&c.Attempts, "attempts", 15000, "connection attempts of the storm, all storm workers together")
+	fs.IntVar(&c.StormProcs, "storm-procs", 3, "storm worker `processes`")
+	fs.StringVar(&stormSrc, "src-storm", "", "source `addresses` of the storm, e.g. 127.0.0.2-127.0.0.9 (default: the kernel's choice)")
+	fs.IntVar(&c.Inflight, "inflight", 256, "storm attempts in progress per storm worker")
+	fs.BoolVar(&c.Hello, "hello", true, "admitted storm connections say an anonymous hello and wait for the welcome")
+	fs.DurationVar(&c.StormTimeout, "storm-timeout", 20*time.Second, "bound on one storm attempt")
+	fs.IntVar(&c.Nice, "nice", 0, "run the storm workers under nice -n `N` (1..19; 0: not), modelling clients on other machines")
+	fs.IntVar(&c.Cap, "cap", 0, "the node's connection cap, to check that exactly the excess is refused (default: from -metrics)")
+	fs.StringVar(&c.PprofURL, "pprof", "", "the server's CPU profile `url` (http://ADMIN/debug/pprof/profile)")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the server from the start of the storm to `file` (needs -pprof)")
+	fs.IntVar(&c.ProfileSeconds, "profile-seconds", 5, "length of the CPU profile")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := finish(&c.Chat.Common, src, sub, quiet, stderr); err != nil {
+		return err
+	}
+	if err := apply(); err != nil {
+		return err
+	}
+	if stormSrc != "" {
+		addrs, err := bench.ParseAddrRange(stormSrc)
+		if err != nil {
+			return err
+		}
+		c.StormSrc = addrs
+	}
+	rep, err := bench.RunAdmission(ctx, c)
 	if rep != nil {
 		err = out.write(rep, stdout, err)
 	}

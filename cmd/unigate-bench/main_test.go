@@ -9,7 +9,7 @@ import (
 
 // TestHelp: every subcommand explains its flags with -h and exits 0.
 func TestHelp(t *testing.T) {
-	for _, cmd := range []string{"idle", "chat", "storm", "sweep", "fanout", "echo", "open", "compare"} {
+	for _, cmd := range []string{"idle", "chat", "storm", "admission", "sweep", "fanout", "echo", "open", "compare"} {
 		var out, errOut bytes.Buffer
 		if code := run(context.Background(), []string{cmd, "-h"}, strings.NewReader(""), &out, &errOut); code != 0 {
 			t.Errorf("%s -h: exit %d\n%s", cmd, code, errOut.String())

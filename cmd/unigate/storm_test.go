@@ -149,8 +149,9 @@ func pct(d []time.Duration, p float64) time.Duration {
 // client processes open 15,000 as fast as they can while 100 conversations
 // chat. Exactly the excess is refused, each with 503 and Retry-After; the
 // node's memory stays bounded; the conversations deliver every message.
-// The visitor→agent p99 before and during the storm is logged (figures for
-// docs/limits.md come from a run without -race).
+// The visitor→agent p99 before and during the storm is logged; the
+// figures in docs/limits.md come from the benchmark of the same storm,
+// unigate-bench admission (bench/run.sh admission).
 func TestConnectionStormCap(t *testing.T) {
 	const (
 		capConns  = 5000
