@@ -32,7 +32,9 @@ import (
 // it as the connection's netpoll.Sealer with the NewSessionTicket as the
 // unsealed preamble, and from then on
 //
-//   - inbound: the loop opens each secure{record} in place (Open is ~1 µs
+//   - inbound: the loop takes the record out of each secure{record}
+//     (securewire.go: straight from the bytes for the shape clients send,
+//     the codec otherwise), opens it in the item's buffer (Open is ~1 µs
 //     and the loop is the connection's only reader) and the plaintext, the
 //     inner envelope, takes the normal path (decode, route);
 //   - outbound: every data frame queued on the connection, including the
