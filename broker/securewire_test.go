@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/unigate/unigate/crypto"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -185,4 +186,47 @@ func BenchmarkSecureOuter(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestSecureRecordCodecFallback: records in secure envelopes the fast
+// path leaves to the codec (an id, URL-safe or unpadded base64, escapes,
+// proto fields it does not expect) still open and chat, interleaved with
+// records that take the fast path.
+func TestSecureRecordCodecFallback(t *testing.T) {
+	keys := newSecureKeys(t)
+	e := startEnv(t, Options{AllowAnonymous: true, Secure: &SecureOptions{Server: keys.server()}})
+	t.Run("json", func(t *testing.T) {
+		r := e.dialSecure(jsonProto, keys.client(crypto.GM))
+		r.t = t
+		odd := func(rec []byte) []byte {
+			b64 := base64.RawURLEncoding.EncodeToString(rec)
+			return []byte(`{"id":"77", "secure": {"data": "` + strings.ReplaceAll(b64, "A", `\u0041`) + `"}}`)
+		}
+		if _, ok := secureRecordJSON(nil, odd(bytes.Repeat([]byte{0xfb}, 40))); ok {
+			t.Fatal("the odd shape takes the fast path")
+		}
+		r.write(odd(r.seal(protocol.Envelope{Kind: protocol.KindHello})))
+		if w := r.next(); w.Kind != protocol.KindWelcome {
+			t.Fatalf("hello: %s %+v", w.Kind, w.Error)
+		}
+		if c := r.request(protocol.Envelope{Kind: protocol.KindOpen, Open: protocol.Open{Text: "fast"}}); c.Kind != protocol.KindConversation {
+			t.Fatalf("open: %s %+v", c.Kind, c.Error)
+		}
+	})
+	t.Run("proto", func(t *testing.T) {
+		r := e.dialSecure(pbProto, keys.client(crypto.IntlPQ))
+		r.t = t
+		rec := r.seal(protocol.Envelope{Kind: protocol.KindHello})
+		odd := encode(t, r.codec, protocol.Envelope{Kind: protocol.KindSecure, ID: 5, Secure: protocol.Secure{Data: rec}})
+		if _, ok := secureRecordProto(odd); ok {
+			t.Fatal("an envelope with an id takes the fast path")
+		}
+		r.write(odd)
+		if w := r.next(); w.Kind != protocol.KindWelcome {
+			t.Fatalf("hello: %s %+v", w.Kind, w.Error)
+		}
+		if c := r.request(protocol.Envelope{Kind: protocol.KindOpen, Open: protocol.Open{Text: "fast"}}); c.Kind != protocol.KindConversation {
+			t.Fatalf("open: %s %+v", c.Kind, c.Error)
+		}
+	})
 }
