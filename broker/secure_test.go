@@ -103,6 +103,12 @@ func (r *rawSecure) write(msg []byte) {
 // record seals env (its ID set to the next id) into one secure envelope.
 func (r *rawSecure) record(env protocol.Envelope) []byte {
 	r.t.Helper()
+	return r.outer(r.seal(env))
+}
+
+// seal seals env (its ID set to the next id) into one record.
+func (r *rawSecure) seal(env protocol.Envelope) []byte {
+	r.t.Helper()
 	r.id++
 	env.ID = r.id
 	inner, err := r.codec.AppendEncode(nil, &env)
@@ -113,7 +119,7 @@ func (r *rawSecure) record(env protocol.Envelope) []byte {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	return r.outer(rec)
+	return rec
 }
 
 // readSecure reads one secure envelope and returns its data.
@@ -226,6 +232,30 @@ func TestSecureAttacks(t *testing.T) {
 		}, websocket.CloseProtocolError, failureMetric(crypto.CodeRecordTooShort)},
 		{"plaintext envelope on an encrypted connection", pbProto, func(r *rawSecure) {
 			r.write(encode(r.t, r.codec, hello))
+		}, websocket.CloseProtocolError, "unigate_broker_secure_plaintext_closes_total"},
+		// JSON records take another path (base64 into a scratch buffer).
+		{"tampered record, JSON", jsonProto, func(r *rawSecure) {
+			rec := r.seal(hello)
+			rec[len(rec)-3] ^= 0x40
+			r.writeSecure(rec)
+		}, websocket.CloseProtocolError, failureMetric(crypto.CodeRecordAuth)},
+		{"reordered records, JSON", jsonProto, func(r *rawSecure) {
+			first := r.record(hello)
+			second := r.record(protocol.Envelope{Kind: protocol.KindOpen})
+			r.write(second)
+			r.write(first)
+		}, websocket.CloseProtocolError, failureMetric(crypto.CodeRecordAuth)},
+		{"truncated record, JSON", jsonProto, func(r *rawSecure) {
+			r.writeSecure([]byte{0x17, 1, 2, 3})
+		}, websocket.CloseProtocolError, failureMetric(crypto.CodeRecordTooShort)},
+		{"empty record, JSON", jsonProto, func(r *rawSecure) {
+			r.write([]byte(`{"secure":{"data":""}}`))
+		}, websocket.CloseProtocolError, failureMetric(crypto.CodeRecordTooShort)},
+		{"plaintext envelope on an encrypted connection, JSON", jsonProto, func(r *rawSecure) {
+			r.write(encode(r.t, r.codec, hello))
+		}, websocket.CloseProtocolError, "unigate_broker_secure_plaintext_closes_total"},
+		{"record with broken base64, JSON", jsonProto, func(r *rawSecure) {
+			r.write([]byte(`{"secure":{"data":"A==="}}`))
 		}, websocket.CloseProtocolError, "unigate_broker_secure_plaintext_closes_total"},
 	}
 	for _, tt := range tests {
