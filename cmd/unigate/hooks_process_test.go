@@ -32,7 +32,9 @@ import (
 //   - auth.log: one line per Authenticate call, "tenant username";
 //   - mode: "ok" (default) takes events, "fail" refuses them;
 //   - pid.N: one file per plugin process started, so that a test can end
-//     the processes a killed gateway left behind.
+//     the processes a killed gateway left behind;
+//   - args.N, env.N: the command-line arguments (after the program) and the
+//     environment of process N, one a line.
 const testHookEnv = "UGTEST_HOOK_DIR" // not UNIGATE_*: `unigate serve` refuses unknown variables of its own prefix
 
 // fileHook is that plugin.
@@ -52,7 +54,10 @@ var hookUsers = map[string]struct {
 }
 
 func serveTestHook(dir string) {
-	_ = os.WriteFile(filepath.Join(dir, "pid."+strconv.Itoa(os.Getpid())), nil, 0o600)
+	pid := strconv.Itoa(os.Getpid())
+	_ = os.WriteFile(filepath.Join(dir, "args."+pid), []byte(strings.Join(os.Args[1:], "\n")), 0o600)
+	_ = os.WriteFile(filepath.Join(dir, "env."+pid), []byte(strings.Join(os.Environ(), "\n")), 0o600)
+	_ = os.WriteFile(filepath.Join(dir, "pid."+pid), nil, 0o600)
 	sdk.ServeHook(&fileHook{dir: dir})
 }
 
@@ -364,17 +369,38 @@ func TestHookPluginThroughGateway(t *testing.T) {
 
 var adminRE = regexp.MustCompile(`admin listening.* addr=(\S+)`)
 
-// killPlugins ends the hook processes a killed gateway left behind.
+// killPlugins ends the hook processes a killed gateway left behind: those
+// of its pid files that are still plugins of dir. A plugin that exited
+// leaves a stale pid, which the system may have given to an unrelated
+// process since: only a process whose environment names dir
+// (UGTEST_HOOK_DIR) is signalled.
 func killPlugins(t *testing.T, dir string) {
+	t.Helper()
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
 		if pid, ok := strings.CutPrefix(e.Name(), "pid."); ok {
-			if n, err := strconv.Atoi(pid); err == nil {
+			if n, err := strconv.Atoi(pid); err == nil && isHookPlugin(n, dir) {
 				_ = syscall.Kill(n, syscall.SIGKILL)
 			}
 			_ = os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}
+}
+
+// isHookPlugin reports whether process pid is a hook plugin of dir (its
+// environment says so). False when it is gone or not ours to read.
+func isHookPlugin(pid int, dir string) bool {
+	env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return false
+	}
+	want := testHookEnv + "=" + dir
+	for kv := range strings.SplitSeq(string(env), "\x00") {
+		if kv == want {
+			return true
+		}
+	}
+	return false
 }
 
 // TestHookEventsSurviveKill9 runs `unigate serve` with the hook plugin
