@@ -166,7 +166,9 @@
 // by the shard once its append is stored, and its Ack, Delivers, cluster
 // notice and the bot's turn wait (held, in order) until JetStream stored
 // them; a re-send of a stored message (same client message id) publishes
-// them again with the same ids before its Ack. A state change writes its
+// them again with the same ids before its Ack, and a cold load publishes
+// those of the newest MaxPendingPerConversation messages again before any
+// replay (held messages count against that bound). A state change writes its
 // event into the conversation record with the change (ConvMeta.Hooks, an
 // outbox), stores it synchronously (bounded by ioTimeout) and then
 // announces it; a node loading a record, or applying another node's,

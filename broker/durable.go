@@ -327,6 +327,12 @@ type appendResult struct {
 
 // queueSend queues a message for its durable append.
 func (s *shard) queueSend(c *conversation, p pendingSend) bool {
+	if len(c.held) > 0 && len(c.queue)+len(c.held) >= s.b.o.MaxPendingPerConversation {
+		// Stored messages waiting for their hook events count too: so at
+		// most that many can be in History without their events
+		// (repairMessages).
+		return false
+	}
 	if limit := s.b.o.MaxPendingPerConversation; len(c.queue) >= limit {
 		// The writer of a conversation several nodes write to holds their
 		// sends too (cluster_write.go): this node's clients and the
@@ -942,6 +948,7 @@ func (s *shard) load(id string) *conversation {
 	// The events of its last changes, if a crash came before they were
 	// stored: before anybody is told of its state.
 	s.repairNotes(c, meta.Hooks)
+	s.repairMessages(c)
 	s.setState(c, meta.State)
 	for _, u := range []*user{c.visitor, c.agent} {
 		if u == nil {

@@ -389,6 +389,38 @@ func (s *shard) repairNotes(c *conversation, notes []HookNote) {
 	}
 }
 
+// repairMessages stores again the message_stored events of c's newest
+// messages, just loaded from History, before any replay shows them: a
+// crash may have come after their append and before their events. At
+// most MaxPendingPerConversation of them can be in that state (held
+// messages count against that bound in queueSend), so as many are
+// published again, pipelined, with their ids (within the stream's
+// duplicate window a repeat is dropped; later the hook gets it again,
+// same id). Those JetStream does not take now are retried in the
+// background.
+func (s *shard) repairMessages(c *conversation) {
+	r := s.b.bk
+	if !s.b.strictHooks() || !r.o.HookMessages || c.hist.len() == 0 {
+		return
+	}
+	n := c.hist.len()
+	k := min(n, s.b.o.MaxPendingPerConversation)
+	evs := make([]backends.Event, 0, k)
+	for i := n - k; i < n; i++ {
+		evs = append(evs, storedEvent(c, c.hist.at(i)))
+	}
+	out := make([]pubOutcome, k)
+	errs := make([]error, k)
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	r.hev.publish(ctx, evs, out, errs)
+	cancel()
+	for i := range evs {
+		if !s.settled(&evs[i], out[i], errs[i]) {
+			s.publishConv(c, evs[i], func(*shard) {})
+		}
+	}
+}
+
 // heldMsg is a stored message whose hook events are being stored: its Ack
 // (and, for a new message, its Delivers, cluster notice and the bot's
 // turn) wait for them.
