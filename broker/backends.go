@@ -248,8 +248,12 @@ func (r *backendRun) start(b *Broker) {
 	}
 	switch {
 	case r.hev != nil:
-		b.wg.Add(1 + r.hev.Partitions())
+		b.wg.Add(2 + r.hev.Partitions())
 		go r.spool(b)
+		go func() {
+			defer b.wg.Done()
+			r.hev.awaitPubs(b.done)
+		}()
 		for p := range r.hev.Partitions() {
 			go r.consume(b, p)
 		}
@@ -340,60 +344,36 @@ func convEvent(c *conversation, t backends.EventType, id string) backends.Event 
 	}
 }
 
-// emitConv emits an event of c's lifecycle. Its ID names the conversation,
-// the event, the record revision (unique in a cluster) and c's own count of
-// events (unique without a ConvStore, where the revision stays 0): a second
-// assignment after a transfer is a new event, a retry of one is not.
-func (s *shard) emitConv(c *conversation, t backends.EventType, fromAgent string) {
-	if !s.b.hooked() {
-		return
-	}
-	c.events++
-	ev := convEvent(c, t, c.id+":"+t.String()+":"+strconv.FormatUint(c.rev, 10)+":"+strconv.FormatUint(c.events, 10))
-	ev.FromAgentID = fromAgent
-	if c.reason != "" {
-		ev.Attributes = map[string]string{"reason": c.reason}
-	}
-	if t == backends.EventConversationQueued && (c.intent != "" || c.summary != "") {
-		if ev.Attributes == nil {
-			ev.Attributes = make(map[string]string, 2)
-		}
-		ev.Attributes["intent"], ev.Attributes["summary"] = c.intent, c.summary
-	}
-	s.b.emit(ev)
-}
-
 // stored runs after a message of c is stored (durably when History is
 // set): the hook's message_stored event, and the bot's turn when the
 // visitor wrote to a conversation in STATE_BOT.
 func (s *shard) stored(c *conversation, m *message) {
-	s.leftMessage(c, m)
+	if ev, ok := s.leftEvent(c, m); ok {
+		s.b.emit(ev)
+	}
 	r := s.b.bk
 	if r == nil {
 		return
 	}
 	if r.events != nil && r.o.HookMessages {
-		ev := convEvent(c, backends.EventMessageStored, c.id+":message:"+strconv.FormatUint(m.seq, 10))
-		ev.MessageID = strconv.FormatUint(m.seq, 10)
-		ev.Text = m.text
-		ev.Attributes = map[string]string{"sender": m.senderID, "role": m.senderRole.String()}
-		s.b.emit(ev)
+		s.b.emit(storedEvent(c, m))
 	}
 	if c.state == protocol.StateBot && m.senderRole == protocol.RoleVisitor && r.o.Bot != nil {
 		s.askBot(c)
 	}
 }
 
-// leftMessage notes a visitor message stored while c waits in the queue
+// leftEvent notes a visitor message stored while c waits in the queue
 // with no agent of its tenant online (leave-a-message): c counts it for
 // the integrator API (ConversationInfo.LeftMessages; the first one is
 // saved with the metadata), and the hook gets a message_left event with
-// the text. Not in a cluster, where this node does not see every agent
-// (nor does the visitor get reason no_agent_online there).
-func (s *shard) leftMessage(c *conversation, m *message) {
+// the text (returned, ok, when there is a hook). Not in a cluster, where
+// this node does not see every agent (nor does the visitor get reason
+// no_agent_online there).
+func (s *shard) leftEvent(c *conversation, m *message) (backends.Event, bool) {
 	if m.senderRole != protocol.RoleVisitor || c.state != protocol.StateQueued ||
 		s.b.o.Cluster != nil || s.b.disp.anyOnline(c.tenant) {
-		return
+		return backends.Event{}, false
 	}
 	c.left++
 	c.leftMilli = m.ts
@@ -401,7 +381,7 @@ func (s *shard) leftMessage(c *conversation, m *message) {
 		s.persist(c)
 	}
 	if !s.b.hooked() {
-		return
+		return backends.Event{}, false
 	}
 	seq := strconv.FormatUint(m.seq, 10)
 	ev := convEvent(c, backends.EventMessageLeft, c.id+":message_left:"+seq)
@@ -411,7 +391,7 @@ func (s *shard) leftMessage(c *conversation, m *message) {
 	if c.intent != "" {
 		ev.Attributes["intent"] = c.intent
 	}
-	s.b.emit(ev)
+	return ev, true
 }
 
 // botResult is a bot's answer on its way back to the conversation's shard.
@@ -554,6 +534,7 @@ func (s *shard) handoff(c *conversation, ans backends.Answer, reason string) {
 		m := c.meta()
 		m.State, m.Event, m.Reason, m.Skill = protocol.StateQueued, protocol.StateQueued, reason, skill
 		m.Intent, m.Summary = intent, summary
+		s.noteConv(c, m, backends.EventConversationQueued, "")
 		if !s.commit(c, m) {
 			return // another node changed it first; its record was applied
 		}
@@ -561,15 +542,16 @@ func (s *shard) handoff(c *conversation, ans backends.Answer, reason string) {
 	c.intent, c.summary, c.skill, c.reason = intent, summary, skill, reason
 	s.setState(c, protocol.StateQueued)
 	if s.b.o.Cluster == nil {
+		s.noteConv(c, nil, backends.EventConversationQueued, "")
 		s.persist(c)
 	}
+	s.emitConv(c)
 	s.b.disp.handoff(c.tenant, c.id, s.idx, s.routeInfo(c))
 	s.recheckLater(c)
 	if s.b.o.Cluster == nil && !s.b.disp.anyOnline(c.tenant) {
 		reason = ReasonNoAgentOnline
 	}
 	s.announce(c, protocol.StateQueued, reason, nil, 0)
-	s.emitConv(c, backends.EventConversationQueued, "")
 }
 
 // routeInfo is what the dispatcher and the router know of a waiting c.

@@ -219,31 +219,46 @@ func BenchmarkRelayParallel(b *testing.B) {
 // conversation measures the append round trip; 64 conversations pipeline
 // across conversations. Messages carry no client message id (the
 // benchmark would reuse them within the store's duplicate window).
+//
+// The hook_messages variants add a hook with HookMessages on and the
+// durable event queue (Backends.Events, a nopHook taking every event):
+// one message_stored event per message, in JetStream too.
 func BenchmarkRelayDurable(b *testing.B) {
-	for _, n := range []int{1, 64} {
-		b.Run(fmt.Sprintf("%s/conversations=%d", pbProto, n), func(b *testing.B) {
-			st := startStores(b, b.TempDir())
-			br, pairs, agents := setupRelayWith(b, n, pbProto, Options{
-				History: st.hist, Conversations: st.conv, MaxPendingPerConversation: 64,
-			}, false)
-			base := br.Stats().MessagesRelayed
-			const window = 32
-			for i := range 256 {
-				pairs[i%n].relay(br, window)
+	for _, hooks := range []bool{false, true} {
+		for _, n := range []int{1, 64} {
+			name := fmt.Sprintf("%s/conversations=%d", pbProto, n)
+			if hooks {
+				name += "/hook_messages"
 			}
-			for _, pr := range pairs {
-				pr.drain()
-			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := range b.N {
-				pairs[i%n].relay(br, window)
-			}
-			for _, pr := range pairs {
-				pr.drain()
-			}
-			b.StopTimer()
-			checkRelayed(b, br, agents, base+uint64(256+b.N))
-		})
+			b.Run(name, func(b *testing.B) { benchRelayDurable(b, n, hooks) })
+		}
 	}
+}
+
+func benchRelayDurable(b *testing.B, n int, hooks bool) {
+	st := startStores(b, b.TempDir())
+	o := Options{History: st.hist, Conversations: st.conv, MaxPendingPerConversation: 64}
+	if hooks {
+		hev := openHookEventsT(b, st.node.JetStream(), HookEventsOptions{MaxEvents: 1 << 30, DuplicateWindow: time.Second})
+		o.Backends = &Backends{Hook: &nopHook{}, HookMessages: true, Events: hev}
+	}
+	br, pairs, agents := setupRelayWith(b, n, pbProto, o, false)
+	base := br.Stats().MessagesRelayed
+	const window = 32
+	for i := range 256 {
+		pairs[i%n].relay(br, window)
+	}
+	for _, pr := range pairs {
+		pr.drain()
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		pairs[i%n].relay(br, window)
+	}
+	for _, pr := range pairs {
+		pr.drain()
+	}
+	b.StopTimer()
+	checkRelayed(b, br, agents, base+uint64(256+b.N))
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/unigate/unigate/backends"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -101,6 +102,7 @@ func (s *shard) commit(c *conversation, m *ConvMeta) bool {
 	rev, err := cs.Update(ctx, m, c.rev)
 	if err == nil {
 		c.rev = rev
+		c.notes = m.Hooks
 		return true
 	}
 	if s.b.o.Cluster == nil {
@@ -127,6 +129,10 @@ func (s *shard) applyMeta(c *conversation, m *ConvMeta, rev uint64) {
 		return
 	}
 	c.rev = rev
+	// Its changes' events are stored before they are announced here too
+	// (the node that wrote it may have died before it stored them); the
+	// same ids, so a duplicate within the stream's window is dropped.
+	s.repairNotes(c, m.Hooks)
 	ev := m.Event
 	if ev == protocol.StateUnspecified {
 		ev = m.State
@@ -215,7 +221,7 @@ func (s *shard) attachLocal(c *conversation, ev protocol.State) {
 // clusterTake gives c to agent toAgent (online somewhere in the cluster,
 // same tenant, with a free slot) in state st, committing the record; it
 // returns the agent's user. Nothing changed on error.
-func (s *shard) clusterTake(c *conversation, toAgent string, st protocol.State, note string) (*user, *protocol.Error) {
+func (s *shard) clusterTake(c *conversation, toAgent string, st protocol.State, note string, ev backends.EventType, hookFrom string) (*user, *protocol.Error) {
 	b, cl := s.b, s.b.o.Cluster
 	ctx, cancel := s.ioCtx()
 	defer cancel()
@@ -240,6 +246,9 @@ func (s *shard) clusterTake(c *conversation, toAgent string, st protocol.State, 
 	}
 	m := c.meta()
 	m.State, m.Event, m.AgentID, m.Reason, m.Boost = st, st, toAgent, note, false
+	if ev != backends.EventUnspecified {
+		s.noteConv(c, m, ev, hookFrom)
+	}
 	if !s.commit(c, m) {
 		s.giveBack(c, toAgent, added, sl)
 		return nil, protocol.NewError(protocol.CodeBadTransition, "the conversation changed meanwhile, retry")
@@ -253,9 +262,12 @@ func (s *shard) clusterTake(c *conversation, toAgent string, st protocol.State, 
 // clusterQueue commits c back into the queue (transfer to a skill, a
 // departed agent): boosted, with event ev and reason. Nothing changed if
 // it returns false.
-func (s *shard) clusterQueue(c *conversation, skill string, ev protocol.State, reason string) bool {
+func (s *shard) clusterQueue(c *conversation, skill string, ev protocol.State, reason string, hev backends.EventType, from string) bool {
 	m := c.meta()
 	m.State, m.Event, m.AgentID, m.Skill, m.Reason, m.Boost = protocol.StateQueued, ev, "", skill, reason, true
+	if hev != backends.EventUnspecified {
+		s.noteConv(c, m, hev, from)
+	}
 	if !s.commit(c, m) {
 		return false
 	}
@@ -494,6 +506,7 @@ func (s *shard) clusterAssign(c *conversation, a *user) bool {
 	}
 	m := c.meta()
 	m.State, m.Event, m.AgentID, m.Reason, m.Boost = protocol.StateAssigned, protocol.StateAssigned, a.id, "", false
+	s.noteConv(c, m, backends.EventConversationAssigned, "")
 	if !s.commit(c, m) {
 		s.giveBack(c, a.id, added, sl)
 		b.disp.release(a.id, c.id)

@@ -491,6 +491,14 @@ func (s *shard) learn(c *conversation, m message, streamSeq uint64) {
 		// emitted for it here (its ID names the seq: a second one is the
 		// same event).
 		own := c.queue[i].fwd == 0
+		if own && s.b.strictHooks() {
+			if evs := s.msgEvents(c, mm, true); len(evs) > 0 {
+				p := c.queue[i]
+				s.removeSend(c, i)
+				s.hold(c, heldMsg{m: *mm, p: p, deliver: true, own: true}, evs)
+				return
+			}
+		}
 		s.complete(c, &c.queue[i], mm, 0)
 		s.removeSend(c, i)
 		if own {

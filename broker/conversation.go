@@ -52,7 +52,16 @@ type conversation struct {
 	page            string
 	botBusy         bool   // a question to the bot is in flight
 	events          uint64 // hook events emitted for c (their IDs)
-	botAgain        bool   // the visitor wrote again meanwhile
+	// Hook events that follow durable state (hookstrict.go): the notes
+	// of changes whose event is not known to be stored (written with the
+	// record), the one emitConv stores next, and the stored messages
+	// whose Ack waits for their events (serials from holds).
+	notes    []HookNote
+	next     *HookNote
+	held     []heldMsg
+	holds    uint64
+	evq      []convEv // events being retried, and those behind them
+	botAgain bool     // the visitor wrote again meanwhile
 
 	// Leave-a-message: visitor messages stored while queued with no agent
 	// online, and the time of the last one (leftMessage).
@@ -207,7 +216,11 @@ func (s *shard) replay(c *conversation, to []*client, after uint64) {
 	e := &s.out
 	e.Kind = protocol.KindDeliver
 	e.ID = 0
+	visible := c.visibleSeq()
 	c.hist.after(after, func(m *message) {
+		if m.seq > visible {
+			return // its hook events are being stored: delivered live
+		}
 		e.Deliver = deliverOf(c, m)
 		s.b.fanout(to, nil, e)
 	})
@@ -265,6 +278,8 @@ func (s *shard) create(r *ctrl) {
 		// something to close (its hello may not have said so: helloSeen).
 		cl.markSeen(u, b.now())
 	}
+	// The record carries the opened event until it is stored (hookstrict.go).
+	s.noteConv(c, nil, backends.EventConversationOpened, "")
 	if cs := b.o.Conversations; cs != nil {
 		// The record exists before anybody hears of the conversation.
 		m := c.meta()
@@ -313,8 +328,8 @@ func (s *shard) create(r *ctrl) {
 	s.follow(c)
 	s.recheckLater(c)
 	s.setState(c, st)
+	s.emitConv(c)
 	s.announce(c, st, reason, r.cl, r.id)
-	s.emitConv(c, backends.EventConversationOpened, "")
 	if first != nil {
 		s.stored(c, first) // the bot's turn, the hook's event
 	}
@@ -354,12 +369,13 @@ func (s *shard) assign(r *ctrl) {
 	c.routing = r.note
 	s.setState(c, protocol.StateAssigned)
 	if s.b.o.Cluster == nil {
+		s.noteConv(c, nil, backends.EventConversationAssigned, "")
 		s.persist(c)
 	}
+	s.emitConv(c)
 	fresh := s.adopt(c, r.u)
 	s.announce(c, protocol.StateAssigned, "", nil, 0)
 	s.replay(c, fresh, 0)
-	s.emitConv(c, backends.EventConversationAssigned, "")
 }
 
 // position tells a waiting visitor its place in the queue.
@@ -474,6 +490,11 @@ func (s *shard) send(c *conversation, it *item) {
 	e := &s.out
 	if req.ClientMsgID != "" {
 		if seq, dup := c.dedupe[dedupeKey{u.id, req.ClientMsgID}]; dup {
+			if s.b.strictHooks() {
+				cmid := strings.Clone(req.ClientMsgID)
+				s.holdAck(c, &pendingSend{cl: cl, id: it.env.ID, u: u, cmid: cmid}, seq)
+				return
+			}
 			m, _ := c.hist.get(seq)
 			e.Kind = protocol.KindAck
 			e.ID = it.env.ID
@@ -560,7 +581,7 @@ func (s *shard) transfer(c *conversation, it *item) {
 		var to *user
 		if clustered {
 			var perr *protocol.Error
-			if to, perr = s.clusterTake(c, t.ToAgentID, protocol.StateTransferred, t.Note); perr != nil {
+			if to, perr = s.clusterTake(c, t.ToAgentID, protocol.StateTransferred, t.Note, backends.EventConversationTransferred, u.id); perr != nil {
 				s.fail(cl, id, perr.Code, perr.Message)
 				return
 			}
@@ -580,17 +601,18 @@ func (s *shard) transfer(c *conversation, it *item) {
 		c.agent = to
 		s.setState(c, protocol.StateTransferred)
 		if !clustered {
+			s.noteConv(c, nil, backends.EventConversationTransferred, u.id)
 			s.persist(c)
 		}
+		s.emitConv(c)
 		c.routing = "transferred by " + u.id
 		fresh := s.adopt(c, to)
 		s.announce(c, protocol.StateTransferred, t.Note, cl, id)
 		s.replay(c, fresh, 0) // before drop: fresh is a view of c.attached
 		s.drop(c, u)
-		s.emitConv(c, backends.EventConversationTransferred, u.id)
 		return
 	}
-	if clustered && !s.clusterQueue(c, t.ToSkill, protocol.StateTransferred, t.Note) {
+	if clustered && !s.clusterQueue(c, t.ToSkill, protocol.StateTransferred, t.Note, backends.EventConversationTransferred, u.id) {
 		s.fail(cl, id, protocol.CodeBadTransition, "the conversation changed meanwhile, retry")
 		return
 	}
@@ -599,12 +621,13 @@ func (s *shard) transfer(c *conversation, it *item) {
 	c.position = 0
 	s.setState(c, protocol.StateQueued)
 	if !clustered {
+		s.noteConv(c, nil, backends.EventConversationTransferred, u.id)
 		s.persist(c)
 	}
+	s.emitConv(c)
 	s.announce(c, protocol.StateTransferred, t.Note, cl, id)
 	s.drop(c, u)
 	s.b.disp.requeue(c.tenant, c.id, s.idx, s.routeInfo(c), u.id)
-	s.emitConv(c, backends.EventConversationTransferred, u.id)
 }
 
 // closeRequest closes a conversation at a participant's request.
@@ -624,6 +647,7 @@ func (s *shard) closeConversation(c *conversation, reason string, requester *cli
 	if cl := s.b.o.Cluster; cl != nil {
 		m := c.meta()
 		m.State, m.Event, m.Reason, m.ClosedMilli = protocol.StateClosed, protocol.StateClosed, reason, s.b.now().UnixMilli()
+		s.noteConv(c, m, backends.EventConversationClosed, "")
 		if !s.commit(c, m) {
 			if requester != nil && !requester.closed.Load() {
 				s.fail(requester, reqID, protocol.CodeBadTransition, "the conversation changed meanwhile, retry")
@@ -645,14 +669,15 @@ func (s *shard) closeConversation(c *conversation, reason string, requester *cli
 	c.closedAt = s.b.now()
 	c.closedMilli = c.closedAt.UnixMilli()
 	if s.b.o.Cluster == nil {
+		s.noteConv(c, nil, backends.EventConversationClosed, "")
 		s.persist(c)
 	}
+	s.emitConv(c)
 	c.visitor.mu.Lock()
 	c.visitor.open--
 	c.visitor.mu.Unlock()
 	s.announce(c, protocol.StateClosed, c.reason, requester, reqID)
 	s.closed = append(s.closed, c)
-	s.emitConv(c, backends.EventConversationClosed, "")
 	return true
 }
 
@@ -673,7 +698,7 @@ func (s *shard) agentGone(r *ctrl) {
 	if c == nil || c.agent != r.u || c.state == protocol.StateClosed || r.u.connected() {
 		return
 	}
-	if s.b.o.Cluster != nil && !s.clusterQueue(c, c.skill, protocol.StateQueued, reasonAgentLeft) {
+	if s.b.o.Cluster != nil && !s.clusterQueue(c, c.skill, protocol.StateQueued, reasonAgentLeft, backends.EventUnspecified, "") {
 		return
 	}
 	c.agent = nil

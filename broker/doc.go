@@ -59,8 +59,9 @@
 // events leave the shards as values on a bounded channel (full: dropped
 // and counted), read by one delivering goroutine, or with Backends.Events
 // by a spooler that stores them in JetStream and one deliverer per
-// partition that pulls them back (hookevents.go). None of them touches
-// conversation state. The authentication cache (authcache.go) is a leaf
+// partition that pulls them back (hookevents.go), and one goroutine that
+// answers the shards' own event publishes in order (awaitPubs,
+// hookstrict.go). None of them touches conversation state. The authentication cache (authcache.go) is a leaf
 // mutex taken by shards (lookup) and workers (settle).
 //
 // Cross-shard notifications (a conversation created by a home shard, an
@@ -158,6 +159,24 @@
 // its queued sends (same sender and client message id) is that send's Ack
 // (pendingAs), not a Deliver to its sender. The callback carries the
 // *conversation only as an identity to compare; only the shard touches it.
+//
+// Hook events that follow durable state (Backends.Events with History;
+// hookstrict.go) are stored before anybody is told of that state. A
+// stored message's message_stored and message_left events are published
+// by the shard once its append is stored, and its Ack, Delivers, cluster
+// notice and the bot's turn wait (held, in order) until JetStream stored
+// them; a re-send of a stored message (same client message id) publishes
+// them again with the same ids before its Ack, and a cold load publishes
+// those of the newest MaxPendingPerConversation messages again before any
+// replay (held messages count against that bound). A state change writes its
+// event into the conversation record with the change (ConvMeta.Hooks, an
+// outbox), stores it synchronously (bounded by ioTimeout) and then
+// announces it; a node loading a record, or applying another node's,
+// stores the events it carries again before telling anybody. Events of
+// one conversation are published in order; a refused one holds back the
+// later ones of its conversation (evq) and is retried until stored, never
+// dropped for room. The publish callbacks only post ctrlCall closures to
+// the shard; only the shard touches the conversation.
 //
 // Conversation metadata (ConvStore, a JetStream KV bucket) is written with
 // revision-checked updates on creation and on every state change. On a cold

@@ -62,6 +62,11 @@ type ConvMeta struct {
 	// with the first one and with later state changes; leftMessage).
 	Left      uint32 `json:"left,omitempty"`
 	LeftMilli int64  `json:"left_at,omitempty"`
+	// Hooks are the hook events of changes not known to be stored in the
+	// hook stream yet, oldest first (at most maxNotes): written with the
+	// change, stored again by the node that loads the record
+	// (hookstrict.go).
+	Hooks []HookNote `json:"hooks,omitempty"`
 }
 
 // ErrConvNotFound is returned by ConvStore.Get for an unknown conversation.
@@ -203,6 +208,7 @@ func (c *conversation) meta() *ConvMeta {
 	m.Intent, m.Summary = c.intent, c.summary
 	m.Region, m.Language, m.Page = c.region, c.language, c.page
 	m.Left, m.LeftMilli = c.left, c.leftMilli
+	m.Hooks = c.notes
 	return m
 }
 
@@ -321,6 +327,12 @@ type appendResult struct {
 
 // queueSend queues a message for its durable append.
 func (s *shard) queueSend(c *conversation, p pendingSend) bool {
+	if len(c.held) > 0 && len(c.queue)+len(c.held) >= s.b.o.MaxPendingPerConversation {
+		// Stored messages waiting for their hook events count too: so at
+		// most that many can be in History without their events
+		// (repairMessages).
+		return false
+	}
 	if limit := s.b.o.MaxPendingPerConversation; len(c.queue) >= limit {
 		// The writer of a conversation several nodes write to holds their
 		// sends too (cluster_write.go): this node's clients and the
@@ -483,8 +495,19 @@ func (s *shard) failSend(c *conversation, p *pendingSend, code protocol.Code, ms
 	}
 }
 
-// ackStored answers p with the Ack of the stored message seq.
+// ackStored answers p with the Ack of the stored message seq: at once, or,
+// when hook events follow durable state, once the message's events are
+// stored (holdAck).
 func (s *shard) ackStored(c *conversation, p *pendingSend, seq uint64) {
+	if s.b.strictHooks() {
+		s.holdAck(c, p, seq)
+		return
+	}
+	s.ackNow(c, p, seq)
+}
+
+// ackNow answers p with the Ack of the stored message seq.
+func (s *shard) ackNow(c *conversation, p *pendingSend, seq uint64) {
 	if p.remote != nil {
 		ans := fwdAnswer{Seq: seq, TS: p.ts, Dup: true}
 		if m, ok := c.hist.get(seq); ok {
@@ -558,11 +581,20 @@ func (s *shard) appended(r *appendResult) {
 			if p.remote == nil {
 				c.cw.ownAt = time.Now()
 			}
+			s.b.m.relayed.Inc()
+			if s.b.strictHooks() {
+				if evs := s.msgEvents(c, mm, true); len(evs) > 0 {
+					// Acked, delivered and noticed once its events
+					// are stored (hookstrict.go).
+					s.hold(c, heldMsg{m: *mm, ss: ss, p: *p, deliver: true, own: true}, evs)
+					s.popSend(c)
+					continue
+				}
+			}
 			s.complete(c, p, mm, ss)
 			if cl := s.b.o.Cluster; cl != nil {
 				cl.publish(c, mm, ss)
 			}
-			s.b.m.relayed.Inc()
 			s.popSend(c)
 			if s.b.bk != nil || c.state == protocol.StateQueued { // hooks, the bot, leave-a-message
 				done = append(done, *mm)
@@ -801,7 +833,7 @@ func (s *shard) replayDurable(c *conversation, cl *client, after uint64) {
 	e.ID = 0
 	to := []*client{cl}
 	_, err := s.b.o.History.Replay(ctx, c.tenant, c.id, after, s.b.o.ReplayLimit, func(hm *histstore.Message) bool {
-		if hm.Seq > c.lastSeq {
+		if hm.Seq > c.visibleSeq() {
 			return false // in flight: delivered live when acked
 		}
 		m := messageOf(hm)
@@ -946,6 +978,10 @@ func (s *shard) load(id string) *conversation {
 		}
 	}
 	s.convs[c.id] = c
+	// The events of its last changes, if a crash came before they were
+	// stored: before anybody is told of its state.
+	s.repairNotes(c, meta.Hooks)
+	s.repairMessages(c)
 	s.setState(c, meta.State)
 	for _, u := range []*user{c.visitor, c.agent} {
 		if u == nil {

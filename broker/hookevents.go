@@ -46,6 +46,9 @@ type HookEvents struct {
 	sealer  histstore.Sealer
 	seal    bool
 	ackWait time.Duration
+	// waits: the asynchronous publishes (publishAsync) waiting for their
+	// PubAck, in order, for awaitPubs.
+	waits chan asyncPub
 }
 
 // HookEventsOptions configures OpenHookEvents. Zero values select the
@@ -100,6 +103,10 @@ const (
 // read: not one of ours, truncated, or out of bounds.
 var ErrBadHookEvent = errors.New("broker: malformed hook event record")
 
+// maxAsyncPubs bounds the events published and not answered yet (the
+// spooler's batches and publishAsync's).
+const maxAsyncPubs = 4096
+
 // errHookFull: the stream holds MaxEvents events.
 var errHookFull = errors.New("broker: hook event stream full")
 
@@ -130,7 +137,7 @@ func OpenHookEvents(ctx context.Context, js jetstream.JetStream, o HookEventsOpt
 	if o.SealText && o.Sealer == nil {
 		return nil, errors.New("broker: hook events: SealText without a Sealer")
 	}
-	own, err := jetstream.New(js.Conn(), jetstream.WithPublishAsyncMaxPending(2*spoolBatch))
+	own, err := jetstream.New(js.Conn(), jetstream.WithPublishAsyncMaxPending(maxAsyncPubs))
 	if err != nil {
 		return nil, err
 	}
@@ -151,6 +158,7 @@ func OpenHookEvents(ctx context.Context, js jetstream.JetStream, o HookEventsOpt
 	h := &HookEvents{
 		js: own, stream: o.Stream, prefix: o.SubjectPrefix + ".",
 		sealer: o.Sealer, seal: o.SealText, ackWait: o.AckWait,
+		waits: make(chan asyncPub, maxAsyncPubs),
 	}
 	for p := range o.Partitions {
 		c, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{

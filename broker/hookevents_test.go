@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -300,9 +301,11 @@ func TestDurableHookEventsOneNodeDelivers(t *testing.T) {
 	t.Logf("with both nodes up: delivered by %v", nodes)
 }
 
-// TestDurableHookEventsFull: the stream holds at most MaxEvents; beyond
-// it new events are dropped and counted, the stored ones are delivered
-// once the hook is back.
+// TestDurableHookEventsFull: the stream holds at most MaxEvents. An event
+// that follows durable state is never dropped for room: a message stored
+// in History while the stream is full is not acked (nor delivered) until
+// its message_stored event is stored, which happens once the hook drains
+// the stream; then every event is delivered, in order, none dropped.
 func TestDurableHookEventsFull(t *testing.T) {
 	st := startStores(t, t.TempDir())
 	log := &eventLog{}
@@ -312,26 +315,45 @@ func TestDurableHookEventsFull(t *testing.T) {
 	e, _ := startDurable(t, Options{AllowAnonymous: true, Backends: &Backends{
 		Hook: h, HookMessages: true, Events: hev, EventRetry: 10 * time.Millisecond,
 	}}, st.hist, st.conv)
-	want := chat(t, e, "a1", 2)
+	a := e.dial("a1", protocol.SubprotocolJSON)
+	a.hello(protocol.Hello{Token: e.token("a1", "agent")})
+	a.online(1)
+	v := e.dial("visitor", protocol.SubprotocolJSON)
+	v.hello(protocol.Hello{}) // visitor_connected: 1
+	id := v.open(protocol.Open{}).ConversationID
+	a.waitState(id, protocol.StateAssigned) // opened, assigned: 3
+	v.say(id, "m1", "hello")                // message 1: 4, the stream is full
+	send := v.send(protocol.Envelope{Kind: protocol.KindSend, Send: protocol.Send{ConversationID: id, ClientMsgID: "m2", Text: "still there?"}})
+	// Message 2 is stored in History, its event is refused (full).
 	if !waitFor(t, waitTimeout, func() bool {
-		return counter(e.b, "unigate_broker_hook_events_dropped_total")+counter(e.b, "unigate_broker_hook_events_stored_total") == uint64(want)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		last, _, ok, err := st.hist.Last(ctx, "default", id)
+		return err == nil && ok && last.Seq == 2
 	}) {
-		t.Fatalf("dropped %d + stored %d, want %d events in all", counter(e.b, "unigate_broker_hook_events_dropped_total"),
-			counter(e.b, "unigate_broker_hook_events_stored_total"), want)
+		t.Fatal("message 2 not stored in History")
 	}
-	if n := pending(t, hev); n != 4 {
-		t.Fatalf("%d events stored, want the limit 4", n)
+	if !waitFor(t, waitTimeout, func() bool { return pending(t, hev) == 4 }) {
+		t.Fatalf("%d events stored, want the limit 4", pending(t, hev))
 	}
-	if d := counter(e.b, "unigate_broker_hook_events_dropped_total"); d != uint64(want-4) {
-		t.Fatalf("dropped %d, want %d", d, want-4)
+	isAck := func(e *protocol.Envelope) bool { return e.ID == send && e.Kind == protocol.KindAck }
+	// Its Ack waits for the event (the refusal is retried every 50ms up
+	// to 5s; a few rounds of the spool have run once the stream was full
+	// and the message stored).
+	if len(v.all(isAck)) != 0 || slices.Contains(a.delivers(id), 2) {
+		t.Fatalf("message 2 was acked or delivered while its event was not stored: acks %d, agent delivers %v",
+			len(v.all(isAck)), a.delivers(id))
 	}
 	h.failing.Store(false)
-	if !waitFor(t, waitTimeout, func() bool { return log.unique() == 4 }) {
-		t.Fatalf("%d delivered after the hook came back, want the 4 stored", log.unique())
+	v.waitFor("the ack of message 2", isAck)
+	a.waitDeliver(id, 2)
+	if !waitFor(t, waitTimeout, func() bool { return log.unique() == 5 }) {
+		t.Fatalf("%d delivered after the hook came back, want 5", log.unique())
 	}
 	evs, _ := log.snapshot()
-	if evs[0].Type != backends.EventVisitorConnected && evs[0].Type != backends.EventConversationOpened {
-		t.Fatalf("the first events were not the ones kept: %v", evs)
+	checkOrder(t, evs)
+	if d := counter(e.b, "unigate_broker_hook_events_dropped_total"); d != 0 {
+		t.Fatalf("%d events dropped", d)
 	}
 }
 
@@ -410,9 +432,10 @@ func TestHookEventRecord(t *testing.T) {
 }
 
 // TestDurableHookEventsStoreRetry: while the stream cannot take events
-// (here: it was deleted; in production: no JetStream leader) they wait in
-// the spool and are published again, in order, until it can; the
-// deliverers ride out the missing consumers the same way.
+// (here: it was deleted; in production: no JetStream leader) they are
+// published again, in order, until it can (a message's Ack waits for its
+// event meanwhile); the deliverers ride out the missing consumers the
+// same way.
 func TestDurableHookEventsStoreRetry(t *testing.T) {
 	st := startStores(t, t.TempDir())
 	log := &eventLog{}
@@ -427,11 +450,23 @@ func TestDurableHookEventsStoreRetry(t *testing.T) {
 	if err := st.node.JetStream().DeleteStream(ctx, DefaultHookStream); err != nil {
 		t.Fatal(err)
 	}
-	want := chat(t, e, "a1", 2)
+	// The conversations' events are retried on the shard's side: the
+	// chat goes on in the background until the stream is back.
+	done := make(chan int, 1)
+	go func() { done <- chat(t, e, "a1", 2) }()
+	if !waitFor(t, 30*time.Second, func() bool { return e.b.Stats().MessagesRelayed > 0 }) {
+		t.Fatal("no message stored in History")
+	}
 	if c := counter(e.b, "unigate_broker_hook_events_stored_total"); c != 0 {
 		t.Fatalf("%d events stored without a stream", c)
 	}
 	openHookEventsT(t, st.node.JetStream(), o) // the stream is back
+	var want int
+	select {
+	case want = <-done:
+	case <-time.After(60 * time.Second): // (chat failed: its t.Fatal ended the goroutine)
+		t.Fatal("the chat did not finish after the stream came back")
+	}
 	if !waitFor(t, 30*time.Second, func() bool { return log.unique() == want }) {
 		t.Fatalf("%d distinct events delivered, want %d", log.unique(), want)
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/unigate/unigate/backends"
 	"github.com/unigate/unigate/broker/histstore"
 	"github.com/unigate/unigate/protocol"
 )
@@ -412,7 +413,7 @@ func (s *shard) apiTransfer(c *conversation, toAgent, toSkill, note string) *pro
 		}
 		if clustered {
 			var perr *protocol.Error
-			if to, perr = s.clusterTake(c, toAgent, st, note); perr != nil {
+			if to, perr = s.clusterTake(c, toAgent, st, note, backends.EventUnspecified, ""); perr != nil {
 				return perr
 			}
 			if from != nil {
@@ -450,7 +451,7 @@ func (s *shard) apiTransfer(c *conversation, toAgent, toSkill, note string) *pro
 		return nil
 	}
 	if clustered {
-		if !s.clusterQueue(c, toSkill, protocol.StateTransferred, note) {
+		if !s.clusterQueue(c, toSkill, protocol.StateTransferred, note, backends.EventUnspecified, "") {
 			return errBeingAssigned
 		}
 	} else if from == nil && !b.disp.cancel(c.tenant, c.id) {

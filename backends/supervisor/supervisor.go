@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -39,7 +40,12 @@ type Config struct {
 	Path string `yaml:"path"`
 	// Args are passed to the plugin.
 	Args []string `yaml:"args"`
-	// Env is added to the gateway's environment for the plugin (KEY=value).
+	// Env is added to the plugin's environment ("KEY=value"; a later
+	// entry wins over an earlier one and over an inherited variable). The
+	// plugin inherits the gateway's environment except the variables
+	// named UNIGATE_* (the gateway's own settings, which may carry
+	// secrets: PluginEnviron); go-plugin adds its handshake cookie
+	// (backends.Handshake) and PLUGIN_* variables, which Env must not set.
 	Env []string `yaml:"env"`
 
 	// CallTimeout bounds each call [2s].
@@ -138,6 +144,9 @@ type supervisor struct {
 func newSupervisor(cfg Config, kind string) (*supervisor, error) {
 	if cfg.Path == "" {
 		return nil, fmt.Errorf("supervisor: %s: no plugin path", kind)
+	}
+	if err := checkEnv(cfg.Env); err != nil {
+		return nil, err
 	}
 	cfg.setDefaults(kind)
 	s := &supervisor{
@@ -247,12 +256,46 @@ func (s *supervisor) run() {
 	}
 }
 
+// hiddenEnvPrefix names the gateway's variables a plugin does not inherit.
+const hiddenEnvPrefix = "UNIGATE_"
+
+// PluginEnviron returns the environment of a plugin process: the variables
+// of host (as os.Environ returns them) except those named UNIGATE_*, then
+// extra. Without the filter a plugin would see every setting the gateway
+// took from its environment, the secrets among them; what a plugin needs
+// of them its configuration passes explicitly (extra).
+func PluginEnviron(host, extra []string) []string {
+	env := make([]string, 0, len(host)+len(extra))
+	for _, kv := range host {
+		if !strings.HasPrefix(kv, hiddenEnvPrefix) {
+			env = append(env, kv)
+		}
+	}
+	return append(env, extra...)
+}
+
+// checkEnv checks the entries of Config.Env: KEY=value, a name without
+// '=' or NUL, not one go-plugin sets itself.
+func checkEnv(env []string) error {
+	for _, kv := range env {
+		key, value, ok := strings.Cut(kv, "=")
+		switch {
+		case !ok || key == "" || strings.ContainsRune(key, 0) || strings.ContainsRune(value, 0):
+			return fmt.Errorf("supervisor: plugin environment entry %q: want KEY=value", kv)
+		case key == backends.Handshake.MagicCookieKey || strings.HasPrefix(key, "PLUGIN_"):
+			return fmt.Errorf("supervisor: plugin environment entry %q: set by the plugin handshake", key)
+		}
+	}
+	return nil
+}
+
 // start launches a fresh plugin process: go-plugin never restarts a
 // Client, so each start is a new plugin.NewClient.
 func (s *supervisor) start() (*instance, error) {
 	cmd := exec.Command(s.cfg.Path, s.cfg.Args...)
-	cmd.Env = append(cmd.Environ(), s.cfg.Env...)
+	cmd.Env = PluginEnviron(os.Environ(), s.cfg.Env)
 	client := plugin.NewClient(&plugin.ClientConfig{
+		SkipHostEnv:      true, // cmd.Env has what it inherits
 		HandshakeConfig:  backends.Handshake,
 		Plugins:          backends.PluginMap,
 		Cmd:              cmd,

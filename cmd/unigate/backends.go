@@ -38,10 +38,12 @@ func (s *backendSet) Close() {
 // options when everything is off.
 func buildBackends(cfg config.BackendsConfig, log *slog.Logger) (*backendSet, error) {
 	set := &backendSet{metrics: metrics.NewSet()}
-	sup := func(name, path string) supervisor.Config {
+	sup := func(name, path string, args, env []string) supervisor.Config {
 		return supervisor.Config{
 			Name:             name,
 			Path:             path,
+			Args:             args,
+			Env:              env,
 			CallTimeout:      cfg.CallTimeout,
 			MaxConcurrent:    cfg.MaxConcurrent,
 			FailureThreshold: cfg.FailureThreshold,
@@ -74,7 +76,7 @@ func buildBackends(cfg config.BackendsConfig, log *slog.Logger) (*backendSet, er
 		}
 		o.Bot = bot
 	case "plugin":
-		bot, err := supervisor.NewBot(sup("bot", cfg.BotPlugin))
+		bot, err := supervisor.NewBot(sup("bot", cfg.BotPlugin, cfg.BotPluginArgs, cfg.BotPluginEnv))
 		if err != nil {
 			return nil, fmt.Errorf("backends.bot_plugin: %w", err)
 		}
@@ -88,7 +90,7 @@ func buildBackends(cfg config.BackendsConfig, log *slog.Logger) (*backendSet, er
 		// Asked off the dispatcher's lock; the scorer, with the configured
 		// weights, decides when the plugin fails (the broker's fallback,
 		// with the agents' state at that moment: not the supervisor's).
-		router, err := supervisor.NewRouter(sup("router", cfg.RouterPlugin))
+		router, err := supervisor.NewRouter(sup("router", cfg.RouterPlugin, cfg.RouterPluginArgs, cfg.RouterPluginEnv))
 		if err != nil {
 			set.Close()
 			return nil, fmt.Errorf("backends.router_plugin: %w", err)
@@ -107,7 +109,7 @@ func buildBackends(cfg config.BackendsConfig, log *slog.Logger) (*backendSet, er
 		o.Regions = regions
 	}
 	if cfg.HookPlugin != "" {
-		hook, err := supervisor.NewHook(sup("hook", cfg.HookPlugin))
+		hook, err := supervisor.NewHook(sup("hook", cfg.HookPlugin, cfg.HookPluginArgs, cfg.HookPluginEnv))
 		if err != nil {
 			set.Close()
 			return nil, fmt.Errorf("backends.hook_plugin: %w", err)

@@ -98,10 +98,12 @@ func TestBotPluginFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs plugin processes; skipped with -short")
 	}
-	t.Setenv(testPluginEnv, "1") // inherited by the plugin process only matters there
 	g := startGateway(t, func(c *config.Config) {
 		c.Backends.Bot = "plugin"
 		c.Backends.BotPlugin = os.Args[0]
+		// A plugin does not inherit the gateway's UNIGATE_* variables:
+		// configured for it.
+		c.Backends.BotPluginEnv = []string{testPluginEnv + "=1"}
 		c.Backends.CallTimeout = 500 * time.Millisecond
 		c.Backends.FailureThreshold = 3
 		c.Backends.CoolDown = 2 * time.Second

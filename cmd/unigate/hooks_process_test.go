@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,7 +34,9 @@ import (
 //   - auth.log: one line per Authenticate call, "tenant username";
 //   - mode: "ok" (default) takes events, "fail" refuses them;
 //   - pid.N: one file per plugin process started, so that a test can end
-//     the processes a killed gateway left behind.
+//     the processes a killed gateway left behind;
+//   - args.N, env.N: the command-line arguments (after the program) and the
+//     environment of process N, one a line.
 const testHookEnv = "UGTEST_HOOK_DIR" // not UNIGATE_*: `unigate serve` refuses unknown variables of its own prefix
 
 // fileHook is that plugin.
@@ -53,7 +56,10 @@ var hookUsers = map[string]struct {
 }
 
 func serveTestHook(dir string) {
-	_ = os.WriteFile(filepath.Join(dir, "pid."+strconv.Itoa(os.Getpid())), nil, 0o600)
+	pid := strconv.Itoa(os.Getpid())
+	_ = os.WriteFile(filepath.Join(dir, "args."+pid), []byte(strings.Join(os.Args[1:], "\n")), 0o600)
+	_ = os.WriteFile(filepath.Join(dir, "env."+pid), []byte(strings.Join(os.Environ(), "\n")), 0o600)
+	_ = os.WriteFile(filepath.Join(dir, "pid."+pid), nil, 0o600)
 	sdk.ServeHook(&fileHook{dir: dir})
 }
 
@@ -365,17 +371,38 @@ func TestHookPluginThroughGateway(t *testing.T) {
 
 var adminRE = regexp.MustCompile(`admin listening.* addr=(\S+)`)
 
-// killPlugins ends the hook processes a killed gateway left behind.
+// killPlugins ends the hook processes a killed gateway left behind: those
+// of its pid files that are still plugins of dir. A plugin that exited
+// leaves a stale pid, which the system may have given to an unrelated
+// process since: only a process whose environment names dir
+// (UGTEST_HOOK_DIR) is signalled.
 func killPlugins(t *testing.T, dir string) {
+	t.Helper()
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
 		if pid, ok := strings.CutPrefix(e.Name(), "pid."); ok {
-			if n, err := strconv.Atoi(pid); err == nil {
+			if n, err := strconv.Atoi(pid); err == nil && isHookPlugin(n, dir) {
 				_ = syscall.Kill(n, syscall.SIGKILL)
 			}
 			_ = os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}
+}
+
+// isHookPlugin reports whether process pid is a hook plugin of dir (its
+// environment says so). False when it is gone or not ours to read.
+func isHookPlugin(pid int, dir string) bool {
+	env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return false
+	}
+	want := testHookEnv + "=" + dir
+	for kv := range strings.SplitSeq(string(env), "\x00") {
+		if kv == want {
+			return true
+		}
+	}
+	return false
 }
 
 // TestHookEventsSurviveKill9 runs `unigate serve` with the hook plugin
@@ -620,4 +647,200 @@ func nextOf(t *testing.T, a *jsonClient) map[string]any {
 			return env
 		}
 	}
+}
+
+// TestHookEventsAcrossKill9 runs `unigate serve` with the hook taking
+// events and SIGKILLs it three times while visitors are sending
+// (pipelined, not waiting for acks) and conversations change (one closed
+// right before a kill), at a different moment each time. After each
+// restart the clients reconnect and re-send, with the same
+// client_msg_id, what was not acked, as the real clients do. In the end
+// every message acked to its sender has its message_stored event at the
+// hook, and every state a client saw (queued, assigned, closed) its
+// conversation event, in order per conversation (repeats of an id
+// dropped).
+func TestHookEventsAcrossKill9(t *testing.T) {
+	bin := buildBinary(t)
+	data, hookDir := t.TempDir(), t.TempDir()
+	t.Cleanup(func() { killPlugins(t, hookDir) })
+	t.Setenv(testHookEnv, hookDir)
+	t.Setenv("UNIGATE_BACKENDS_HOOK_PLUGIN", os.Args[0])
+	t.Setenv("UNIGATE_BACKENDS_HOOK_MESSAGES", "true")
+	t.Setenv("UNIGATE_BACKENDS_CALL_TIMEOUT", "1s")
+	t.Setenv("UNIGATE_LIMITS_MESSAGE_RATE", "1000")
+	t.Setenv("UNIGATE_LIMITS_MESSAGE_BURST", "1000")
+	tokenOf := func(role, id string) string {
+		out, err := exec.Command(bin, "token", role, "-id", id, "-data-dir", data).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	n := startNode(t, bin, data)
+	agent := newChat(t, "a1", tokenOf("agent", "a1"))
+	online := func() {
+		agent.dial(n.addr)
+		agent.hello(false)
+		if err := agent.send(map[string]any{"presence": map[string]any{"status": "STATUS_ONLINE", "capacity": 10}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	online()
+	const visitors = 3
+	vs := make([]*chatClient, visitors)
+	for i := range vs {
+		v := newChat(t, fmt.Sprintf("v%d", i), tokenOf("visitor", fmt.Sprintf("v%d", i)))
+		v.dial(n.addr)
+		v.hello(false)
+		if err := v.send(map[string]any{"open": map[string]any{"text": fmt.Sprintf("hello %d", i)}}); err != nil {
+			t.Fatal(err)
+		}
+		v.waitUntil("assigned", func() bool { return v.conv != "" && slices.Contains(v.states, "STATE_ASSIGNED") }) // (under v.mu)
+		vs[i] = v
+	}
+	sent := make([][]string, visitors) // client message ids, in order
+	closed := false
+	for round := range 3 {
+		for k := range 6 {
+			for i, v := range vs {
+				if i == 0 && closed {
+					continue
+				}
+				cmid := fmt.Sprintf("%s-%d-%d", v.name, round, k)
+				sent[i] = append(sent[i], cmid)
+				v.mu.Lock()
+				conv := v.conv
+				v.mu.Unlock()
+				_ = v.send(map[string]any{"send": map[string]any{"conversationId": conv, "clientMsgId": cmid, "text": "text of " + cmid}})
+			}
+		}
+		if round == 1 {
+			vs[0].mu.Lock()
+			conv := vs[0].conv
+			vs[0].mu.Unlock()
+			_ = agent.send(map[string]any{"close": map[string]any{"conversationId": conv, "reason": "resolved"}})
+			closed = true
+		}
+		time.Sleep(time.Duration(round*10) * time.Millisecond) // a different moment each round
+		n.kill9()
+		killPlugins(t, hookDir)
+		n = startNode(t, bin, data)
+		online()
+		for i, v := range vs {
+			v.dial(n.addr)
+			v.hello(true)
+			if i == 0 && closed {
+				// The close may have died with the node: the agent asks
+				// again until the visitor sees it; the visitor's later
+				// sends would be refused, nothing to re-send.
+				v.mu.Lock()
+				seen, conv := slices.Contains(v.states, "STATE_CLOSED"), v.conv
+				v.mu.Unlock()
+				if !seen {
+					_ = agent.send(map[string]any{"close": map[string]any{"conversationId": conv, "reason": "resolved"}})
+				}
+				v.waitUntilWithin(30*time.Second, "the close", func() bool { return slices.Contains(v.states, "STATE_CLOSED") })
+				continue
+			}
+			// Re-send what was not acked, with its client message id.
+			v.mu.Lock()
+			var again []string
+			for _, cmid := range sent[i] {
+				if _, ok := v.acked[cmid]; !ok {
+					again = append(again, cmid)
+				}
+			}
+			conv := v.conv
+			v.mu.Unlock()
+			for _, cmid := range again {
+				_ = v.send(map[string]any{"send": map[string]any{"conversationId": conv, "clientMsgId": cmid, "text": "text of " + cmid}})
+			}
+			v.waitUntilWithin(30*time.Second, "acks of the re-sent messages", func() bool {
+				for _, cmid := range sent[i] {
+					if _, ok := v.acked[cmid]; !ok {
+						return false
+					}
+				}
+				return true
+			})
+		}
+	}
+	vs[0].waitUntil("the close", func() bool { return slices.Contains(vs[0].states, "STATE_CLOSED") })
+
+	// What each client was told, and what the hook must have.
+	type want struct {
+		conv   string
+		seqs   map[uint64]bool
+		states []string
+	}
+	var wants []want
+	for _, v := range vs {
+		v.mu.Lock()
+		w := want{conv: v.conv, seqs: map[uint64]bool{}, states: slices.Clone(v.states)}
+		for _, seq := range v.acked {
+			w.seqs[seq] = true
+		}
+		v.mu.Unlock()
+		wants = append(wants, w)
+	}
+	eventOf := map[string]string{"STATE_QUEUED": "conversation_opened", "STATE_ASSIGNED": "conversation_assigned", "STATE_CLOSED": "conversation_closed"}
+	missing := func(per map[string][]hookLine) string {
+		for _, w := range wants {
+			got := per[w.conv]
+			has := map[string]bool{}
+			for _, l := range got {
+				has[l.Type] = true
+				if l.Type == "message_stored" {
+					has["seq "+l.Msg] = true
+				}
+			}
+			for seq := range w.seqs {
+				if !has["seq "+strconv.FormatUint(seq, 10)] {
+					return fmt.Sprintf("%s: message %d acked, no message_stored", w.conv, seq)
+				}
+			}
+			for _, st := range w.states {
+				if ev, ok := eventOf[st]; ok && !has[ev] {
+					return fmt.Sprintf("%s: state %s seen, no %s", w.conv, st, ev)
+				}
+			}
+		}
+		return ""
+	}
+	var per map[string][]hookLine
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		per = byConversation(t, readHookLines(t, hookDir))
+		why := missing(per)
+		if why == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the kills: %s", why)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, w := range wants {
+		got := per[w.conv]
+		if got[0].Type != "conversation_opened" {
+			t.Fatalf("%s: %v: opened is not first", w.conv, typesOf(got))
+		}
+		last := 0
+		for i, l := range got {
+			switch l.Type {
+			case "message_stored":
+				seq, _ := strconv.Atoi(l.Msg)
+				if seq <= last {
+					t.Fatalf("%s: message %d after %d", w.conv, seq, last)
+				}
+				last = seq
+			case "conversation_closed":
+				if i != len(got)-1 {
+					t.Fatalf("%s: %v: closed is not last", w.conv, typesOf(got))
+				}
+			}
+		}
+	}
+	lines := readHookLines(t, hookDir)
+	t.Logf("%d deliveries of the hook events after 3 kills", len(lines))
 }

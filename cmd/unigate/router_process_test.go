@@ -63,10 +63,12 @@ func TestRouterPlugin(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs plugin processes; skipped with -short")
 	}
-	t.Setenv(testRouterPluginEnv, "1") // the plugin process inherits it
 	g := startGateway(t, func(c *config.Config) {
 		c.Backends.Router = "plugin"
 		c.Backends.RouterPlugin = os.Args[0]
+		// A plugin does not inherit the gateway's UNIGATE_* variables:
+		// configured for it.
+		c.Backends.RouterPluginEnv = []string{testRouterPluginEnv + "=1"}
 		c.Backends.CallTimeout = 500 * time.Millisecond
 		c.Backends.FailureThreshold = 3
 		c.Backends.CoolDown = 2 * time.Second

@@ -108,6 +108,14 @@ type BackendsConfig struct {
 	BotKnowledgeBase string `yaml:"bot_knowledge_base"`
 	// BotPlugin is the bot plugin executable (bot: plugin).
 	BotPlugin string `yaml:"bot_plugin"`
+	// BotPluginArgs are the bot plugin's command-line arguments.
+	BotPluginArgs []string `yaml:"bot_plugin_args"`
+	// BotPluginEnv adds "KEY=value" variables to the bot plugin's
+	// environment. A plugin inherits the gateway's environment except its
+	// UNIGATE_* variables (the gateway's settings, secrets among them);
+	// what it needs of them is passed here (docs/backends.md, "Arguments
+	// and environment").
+	BotPluginEnv []string `yaml:"bot_plugin_env"`
 	// BotThreshold is the confidence (0..1) at which the bot answers;
 	// below it the conversation goes to an agent with the bot's intent
 	// and summary.
@@ -119,6 +127,10 @@ type BackendsConfig struct {
 	Router string `yaml:"router"`
 	// RouterPlugin is the router plugin executable (router: plugin).
 	RouterPlugin string `yaml:"router_plugin"`
+	// RouterPluginArgs and RouterPluginEnv: as BotPluginArgs and
+	// BotPluginEnv, for the router plugin.
+	RouterPluginArgs []string `yaml:"router_plugin_args"`
+	RouterPluginEnv  []string `yaml:"router_plugin_env"`
 	// RouterSkill, RouterGeo and RouterSentiment weigh the scorer's
 	// components (load breaks ties, capacity is a hard limit).
 	RouterSkill     float64 `yaml:"router_skill"`
@@ -131,6 +143,10 @@ type BackendsConfig struct {
 	// HookPlugin is the hook plugin executable (events and password
 	// authentication); empty: no hook.
 	HookPlugin string `yaml:"hook_plugin"`
+	// HookPluginArgs and HookPluginEnv: as BotPluginArgs and
+	// BotPluginEnv, for the hook plugin.
+	HookPluginArgs []string `yaml:"hook_plugin_args"`
+	HookPluginEnv  []string `yaml:"hook_plugin_env"`
 	// HookFailOpen: while the hook is down, events are dropped (and
 	// counted) and a password hello continues as an anonymous visitor
 	// (when auth.allow_anonymous). False (fail-closed): events are

@@ -64,6 +64,15 @@ func Load(path string, environ []string) (Config, error) {
 	if len(c.Backends.Regions) == 0 {
 		c.Backends.Regions = nil
 	}
+	for _, l := range []*[]string{
+		&c.Backends.BotPluginArgs, &c.Backends.BotPluginEnv,
+		&c.Backends.RouterPluginArgs, &c.Backends.RouterPluginEnv,
+		&c.Backends.HookPluginArgs, &c.Backends.HookPluginEnv,
+	} {
+		if len(*l) == 0 {
+			*l = nil
+		}
+	}
 	return c, nil
 }
 

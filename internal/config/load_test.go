@@ -159,6 +159,32 @@ func TestAliasBomb(t *testing.T) {
 	}
 }
 
+// TestLoadPluginArgsEnv reads a plugin's arguments and environment from
+// the file: lists kept verbatim (spaces, commas, '=' in values), empty
+// lists as nil like the defaults; a malformed entry is refused with its
+// field named.
+func TestLoadPluginArgsEnv(t *testing.T) {
+	got := mustLoad(t, `backends:
+  bot: plugin
+  bot_plugin: /usr/lib/unigate/llm-bot
+  bot_plugin_args: ["--model", "qwen 7b, chat", "-v"]
+  bot_plugin_env:
+    - LLM_URL=http://127.0.0.1:8000/v1?a=b
+    - LLM_KEY_FILE=/run/secrets/llm
+  router_plugin_args: []
+  hook_plugin_env: []
+`)
+	bk := got.Backends
+	if !reflect.DeepEqual(bk.BotPluginArgs, []string{"--model", "qwen 7b, chat", "-v"}) ||
+		!reflect.DeepEqual(bk.BotPluginEnv, []string{"LLM_URL=http://127.0.0.1:8000/v1?a=b", "LLM_KEY_FILE=/run/secrets/llm"}) ||
+		bk.RouterPluginArgs != nil || bk.HookPluginEnv != nil {
+		t.Fatalf("loaded %+v", bk)
+	}
+	bad := mustLoad(t, "backends:\n  hook_plugin_env: [\"NO_VALUE\", \"OK=1\", \"OK=2\"]\n")
+	err := bad.Validate()
+	wantErr(t, err, ErrInvalid, "backends.hook_plugin_env[0]", "KEY=value", "backends.hook_plugin_env[2]", "second time")
+}
+
 func TestEnv(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -180,6 +206,10 @@ func TestEnv(t *testing.T) {
 		}},
 		{"first occurrence wins", []string{"UNIGATE_LISTEN=:1", "UNIGATE_LISTEN=:2"}, func(c *Config) { c.Listen = ":1" }},
 		{"value containing equals", []string{"UNIGATE_DATA_DIR=/a=b"}, func(c *Config) { c.DataDir = "/a=b" }},
+		{"plugin args and env", []string{"UNIGATE_BACKENDS_HOOK_PLUGIN_ARGS=--crm, https://crm.test", "UNIGATE_BACKENDS_HOOK_PLUGIN_ENV=CRM_TOKEN_FILE=/run/t,MODE=fast"}, func(c *Config) {
+			c.Backends.HookPluginArgs = []string{"--crm", "https://crm.test"}
+			c.Backends.HookPluginEnv = []string{"CRM_TOKEN_FILE=/run/t", "MODE=fast"}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

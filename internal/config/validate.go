@@ -283,6 +283,32 @@ func (c Config) Validate() error {
 	default:
 		bad("backends.router", "must be builtin, plugin or off, got %q", bk.Router)
 	}
+	for _, pl := range []struct {
+		name      string
+		args, env []string
+	}{
+		{"bot", bk.BotPluginArgs, bk.BotPluginEnv},
+		{"router", bk.RouterPluginArgs, bk.RouterPluginEnv},
+		{"hook", bk.HookPluginArgs, bk.HookPluginEnv},
+	} {
+		for i, a := range pl.args {
+			if strings.IndexByte(a, 0) >= 0 {
+				bad(fmt.Sprintf("backends.%s_plugin_args[%d]", pl.name, i), "must not contain a NUL byte")
+			}
+		}
+		seen := map[string]bool{}
+		for i, kv := range pl.env {
+			field := fmt.Sprintf("backends.%s_plugin_env[%d]", pl.name, i)
+			key, err := CheckPluginEnv(kv)
+			switch {
+			case err != nil:
+				bad(field, "%v", err)
+			case seen[key]:
+				bad(field, "sets %s a second time", key)
+			}
+			seen[key] = true
+		}
+	}
 	if bk.RouterSkill < 0 || bk.RouterGeo < 0 || bk.RouterSentiment < 0 {
 		bad("backends.router_skill", "router weights must not be negative")
 	}
@@ -330,4 +356,41 @@ func checkListenAddr(addr string) error {
 		return fmt.Errorf("port must be a number from 0 to 65535, got %q", port)
 	}
 	return nil
+}
+
+// pluginCookie is the variable go-plugin's handshake sets for a plugin
+// (backends.Handshake.MagicCookieKey; cmd/unigate's tests check they
+// agree).
+const pluginCookie = "UNIGATE_BACKEND_PLUGIN"
+
+// maxEnvKey bounds the name of a plugin's environment variable.
+const maxEnvKey = 256
+
+// CheckPluginEnv checks one entry of a plugin's environment
+// (backends.*_plugin_env) and returns its name: "KEY=value" with a
+// portable name (letters, digits and '_', not starting with a digit, at
+// most 256 bytes), no NUL byte, and not a variable go-plugin sets itself
+// (its handshake cookie UNIGATE_BACKEND_PLUGIN, PLUGIN_*), which the plugin
+// could not start without.
+func CheckPluginEnv(kv string) (string, error) {
+	key, value, ok := strings.Cut(kv, "=")
+	switch {
+	case !ok:
+		return "", fmt.Errorf("want KEY=value, got %q", kv)
+	case key == "" || len(key) > maxEnvKey:
+		return "", fmt.Errorf("the variable's name must be 1 to %d bytes, got %q", maxEnvKey, kv)
+	case key[0] >= '0' && key[0] <= '9':
+		return "", fmt.Errorf("the variable's name %q starts with a digit", key)
+	case strings.IndexByte(value, 0) >= 0:
+		return "", fmt.Errorf("the value of %s contains a NUL byte", key)
+	case key == pluginCookie || strings.HasPrefix(key, "PLUGIN_"):
+		return "", fmt.Errorf("%s is set by the plugin handshake itself", key)
+	}
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return "", fmt.Errorf("the variable's name %q may hold letters, digits and '_' only", key)
+		}
+	}
+	return key, nil
 }

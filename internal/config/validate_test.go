@@ -36,6 +36,12 @@ func TestValidateAccepts(t *testing.T) {
 			c.Limits.ProxyProtocol = true
 		}},
 		{"router plugin", func(c *Config) { c.Backends.Router, c.Backends.RouterPlugin = "plugin", "/usr/lib/unigate/router" }},
+		{"plugin args and env", func(c *Config) {
+			c.Backends.Bot, c.Backends.BotPlugin = "plugin", "/usr/lib/unigate/bot"
+			c.Backends.BotPluginArgs = []string{"--model", "qwen 7b", ""}
+			c.Backends.BotPluginEnv = []string{"LLM_URL=http://127.0.0.1:8000/v1", "EMPTY=", "_x1=a=b", "UNIGATE_PASSED=explicit"}
+			c.Backends.HookPluginEnv = []string{"LLM_URL=another plugin, another value"}
+		}},
 		{"crypto required for a tenant", func(c *Config) {
 			c.Crypto.Enabled, c.Crypto.IdentityKeys, c.Crypto.RequiredTenants = true, []string{"sm2.pem"}, []string{"bank"}
 			c.Crypto.Suites = []string{"GM"}
@@ -60,6 +66,18 @@ func TestValidateRejects(t *testing.T) {
 		{"listen", func(c *Config) { c.Listen = "" }},
 		{"backends.router_plugin", func(c *Config) { c.Backends.Router = "plugin" }},
 		{"backends.router", func(c *Config) { c.Backends.Router = "remote" }},
+		{"backends.bot_plugin_args[1]", func(c *Config) { c.Backends.BotPluginArgs = []string{"ok", "nul\x00"} }},
+		{"backends.bot_plugin_env[0]", func(c *Config) { c.Backends.BotPluginEnv = []string{"NOEQUALS"} }},
+		{"backends.bot_plugin_env[0]", func(c *Config) { c.Backends.BotPluginEnv = []string{"=value"} }},
+		{"backends.router_plugin_env[0]", func(c *Config) { c.Backends.RouterPluginEnv = []string{"1ST=x"} }},
+		{"backends.router_plugin_env[0]", func(c *Config) { c.Backends.RouterPluginEnv = []string{"A-B=x"} }},
+		{"backends.router_plugin_env[0]", func(c *Config) { c.Backends.RouterPluginEnv = []string{"A B=x"} }},
+		{"backends.hook_plugin_env[0]", func(c *Config) { c.Backends.HookPluginEnv = []string{"K=nul\x00"} }},
+		{"backends.hook_plugin_env[1]", func(c *Config) { c.Backends.HookPluginEnv = []string{"K=1", "K=2"} }},
+		{"backends.hook_plugin_env[0]", func(c *Config) { c.Backends.HookPluginEnv = []string{"UNIGATE_BACKEND_PLUGIN=x"} }},
+		{"backends.hook_plugin_env[0]", func(c *Config) { c.Backends.HookPluginEnv = []string{"PLUGIN_MIN_PORT=1"} }},
+		{"backends.hook_plugin_env[0]", func(c *Config) { c.Backends.HookPluginEnv = []string{strings.Repeat("K", 257) + "=x"} }},
+		{"backends.hook_plugin_args[0]", func(c *Config) { c.Backends.HookPluginArgs = []string{"\x00"} }},
 		{"backends.hook_event_queue", func(c *Config) { c.Backends.HookEventQueue = 0 }},
 		{"backends.hook_auth_cache_ttl", func(c *Config) { c.Backends.HookAuthCacheTTL = -time.Second }},
 		{"backends.hook_auth_cache_size", func(c *Config) { c.Backends.HookAuthCacheSize = 0 }},
