@@ -206,12 +206,14 @@ func (s *shard) replay(c *conversation, to []*client, after uint64) {
 		return
 	}
 	if s.b.o.History != nil && after < c.lastSeq && (c.hist.len() == 0 || after+1 < c.hist.firstSeq()) {
-		upTo := c.lastSeq
+		upTo := c.visibleSeq() // a held message is delivered live, once its hook events are stored
 		if c.hist.len() > 0 {
-			upTo = c.hist.firstSeq() - 1
+			upTo = min(upTo, c.hist.firstSeq()-1)
 		}
-		from := max(after, upTo-min(upTo, MaxHistoryReplay))
-		s.replayStream(c, to, from, upTo)
+		if upTo > after {
+			from := max(after, upTo-min(upTo, MaxHistoryReplay))
+			s.replayStream(c, to, from, upTo)
+		}
 	}
 	e := &s.out
 	e.Kind = protocol.KindDeliver
