@@ -212,7 +212,7 @@ func (s *shard) replay(c *conversation, to []*client, after uint64) {
 		}
 		if upTo > after {
 			from := max(after, upTo-min(upTo, MaxHistoryReplay))
-			s.replayStream(c, to, from, upTo)
+			s.replayStream(c, to, from, upTo, int(upTo-from))
 		}
 	}
 	e := &s.out

@@ -822,29 +822,12 @@ func messageOf(hm *histstore.Message) message {
 	}
 }
 
-// replayDurable sends the stored messages after `after` (up to c.lastSeq,
-// at most ReplayLimit) to cl from the durable history; it is used when the
-// in-memory ring does not reach back to the cursor.
+// replayDurable sends the stored messages after `after` (up to the last
+// visible seq, at most ReplayLimit) to cl from the durable history; it is
+// used when the in-memory ring does not reach back to the cursor.
 func (s *shard) replayDurable(c *conversation, cl *client, after uint64) {
-	ctx, cancel := s.ioCtx()
-	defer cancel()
-	e := &s.out
-	e.Kind = protocol.KindDeliver
-	e.ID = 0
-	to := []*client{cl}
-	_, err := s.b.o.History.Replay(ctx, c.tenant, c.id, after, s.b.o.ReplayLimit, func(hm *histstore.Message) bool {
-		if hm.Seq > c.visibleSeq() {
-			return false // in flight: delivered live when acked
-		}
-		m := messageOf(hm)
-		e.Deliver = deliverOf(c, &m)
-		s.b.fanout(to, nil, e)
-		return true
-	})
-	e.Deliver = protocol.Deliver{}
-	if err != nil {
-		s.b.log.Warn("broker: replay failed", "conversation", c.id, "err", err)
-		s.fail(cl, 0, protocol.CodeUnavailable, "history unavailable, resume again later")
+	if upTo := c.visibleSeq(); upTo > after {
+		s.replayStream(c, []*client{cl}, after, upTo, s.b.o.ReplayLimit)
 	}
 }
 
@@ -854,16 +837,18 @@ func (s *shard) replayDurable(c *conversation, cl *client, after uint64) {
 const MaxHistoryReplay = 1000
 
 // replayStream sends the stored messages after `after`, up to and
-// including upTo, from the durable history to the connections in to,
-// encoding each once per codec. A store failure is logged and told to
-// each of them (CodeUnavailable: resume to get them again).
-func (s *shard) replayStream(c *conversation, to []*client, after, upTo uint64) {
+// including upTo, at most limit of them, from the durable history to the
+// connections in to, encoding each once per codec. (Seqs retention
+// removed are skipped: limit counts messages, not seqs.) A store failure
+// is logged and told to each of them (CodeUnavailable: resume to get them
+// again).
+func (s *shard) replayStream(c *conversation, to []*client, after, upTo uint64, limit int) {
 	ctx, cancel := s.ioCtx()
 	defer cancel()
 	e := &s.out
 	e.Kind = protocol.KindDeliver
 	e.ID = 0
-	_, err := s.b.o.History.Replay(ctx, c.tenant, c.id, after, int(upTo-after), func(hm *histstore.Message) bool {
+	_, err := s.b.o.History.Replay(ctx, c.tenant, c.id, after, limit, func(hm *histstore.Message) bool {
 		if hm.Seq > upTo {
 			return false
 		}
