@@ -12,6 +12,7 @@ import (
 	"github.com/unigate/unigate/backends"
 	"github.com/unigate/unigate/backends/builtin"
 	"github.com/unigate/unigate/backends/builtin/faq"
+	"github.com/unigate/unigate/internal/token"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -370,4 +371,60 @@ func TestPasswordHello(t *testing.T) {
 	c := off.dial("nohook", protocol.SubprotocolJSON)
 	id = c.send(protocol.Envelope{Kind: protocol.KindHello, Hello: protocol.Hello{Username: "alice", Password: "secret"}})
 	c.waitError(id, protocol.CodeUnauthenticated)
+}
+
+// TestAPITransferHookEvents: a transfer through the integrator API is a
+// conversation_transferred event for the hook like a participant's, from
+// the agent who had it, to an agent and to a skill group.
+func TestAPITransferHookEvents(t *testing.T) {
+	for _, durable := range []bool{false, true} {
+		t.Run(map[bool]string{false: "memory", true: "durable"}[durable], func(t *testing.T) {
+			h := &recHook{}
+			o := Options{AllowAnonymous: true, Backends: &Backends{Hook: h}}
+			var e *testEnv
+			if durable {
+				st := startStores(t, t.TempDir())
+				e, _ = startDurable(t, o, st.hist, st.conv)
+			} else {
+				e = startEnv(t, o)
+			}
+			a1 := e.dial("agent-1", protocol.SubprotocolProto)
+			a1.hello(protocol.Hello{Token: e.token("a1", "agent")})
+			a1.online(2)
+			v := e.dial("visitor", protocol.SubprotocolJSON)
+			v.hello(protocol.Hello{})
+			id := v.open(protocol.Open{Text: "hello"}).ConversationID
+			v.waitState(id, protocol.StateAssigned)
+			a2 := e.dial("agent-2", protocol.SubprotocolProto)
+			a2.hello(protocol.Hello{Token: e.token("a2", "agent")})
+			a2.online(2)
+
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if _, err := e.b.Transfer(ctx, token.DefaultTenant, id, "a2", "", "by the CRM"); err != nil {
+				t.Fatal(err)
+			}
+			a2.waitState(id, protocol.StateTransferred)
+			if _, err := e.b.Transfer(ctx, token.DefaultTenant, id, "", "billing", "to billing"); err != nil {
+				t.Fatal(err)
+			}
+			transfers := func() []backends.Event {
+				h.mu.Lock()
+				defer h.mu.Unlock()
+				var out []backends.Event
+				for _, ev := range h.events {
+					if ev.Type == backends.EventConversationTransferred && ev.ConversationID == id {
+						out = append(out, ev)
+					}
+				}
+				return out
+			}
+			if !waitFor(t, 5*time.Second, func() bool { return len(transfers()) == 2 }) {
+				t.Fatalf("hook events %v: want two conversation_transferred", h.types())
+			}
+			if tr := transfers(); tr[0].ID == tr[1].ID || tr[0].FromAgentID != "a1" || tr[0].AgentID != "a2" || tr[1].FromAgentID != "a2" {
+				t.Fatalf("transfer events %+v: want a1 → a2, then from a2, two ids", tr)
+			}
+		})
+	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/unigate/unigate/backends"
 	"github.com/unigate/unigate/internal/token"
 	"github.com/unigate/unigate/protocol"
 )
@@ -556,9 +557,11 @@ func TestTransferToSkill(t *testing.T) {
 
 // TestDeparture: after ResumeTTL a departed visitor's conversation is
 // closed; an agent that left goes offline after its grace period and its
-// conversations are queued again after ResumeTTL.
+// conversations are queued again after ResumeTTL (a conversation_queued
+// event for the hook, reason agent_left, from that agent).
 func TestDeparture(t *testing.T) {
-	env := startEnv(t, Options{AllowAnonymous: true, ResumeTTL: 200 * time.Millisecond, OfflineGrace: 50 * time.Millisecond})
+	h := &recHook{}
+	env := startEnv(t, Options{AllowAnonymous: true, ResumeTTL: 200 * time.Millisecond, OfflineGrace: 50 * time.Millisecond, Backends: &Backends{Hook: h}})
 	v := env.dial("visitor", jsonProto)
 	v.hello(protocol.Hello{})
 	cid := v.open(protocol.Open{}).ConversationID
@@ -574,6 +577,19 @@ func TestDeparture(t *testing.T) {
 	v.waitFor("queued again", func(e *protocol.Envelope) bool {
 		return e.Kind == protocol.KindConversation && e.Conversation.State == protocol.StateQueued && e.Conversation.Reason == reasonAgentLeft
 	})
+	requeued := func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, ev := range h.events {
+			if ev.Type == backends.EventConversationQueued && ev.ConversationID == cid && ev.FromAgentID == "agent-1" && ev.Attributes["reason"] == reasonAgentLeft {
+				return true
+			}
+		}
+		return false
+	}
+	if !waitFor(t, waitTimeout, requeued) {
+		t.Fatalf("hook events %v: no conversation_queued (agent_left) from agent-1", h.types())
+	}
 	_ = v.ws.Close()
 	if !waitFor(t, waitTimeout, func() bool {
 		st := env.b.Stats()

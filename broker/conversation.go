@@ -700,15 +700,19 @@ func (s *shard) agentGone(r *ctrl) {
 	if c == nil || c.agent != r.u || c.state == protocol.StateClosed || r.u.connected() {
 		return
 	}
-	if s.b.o.Cluster != nil && !s.clusterQueue(c, c.skill, protocol.StateQueued, reasonAgentLeft, backends.EventUnspecified, "") {
+	// For the hook: queued again, from the agent who left.
+	if s.b.o.Cluster != nil && !s.clusterQueue(c, c.skill, protocol.StateQueued, reasonAgentLeft, backends.EventConversationQueued, r.u.id) {
 		return
 	}
 	c.agent = nil
 	c.position = 0
+	c.reason = reasonAgentLeft
 	s.setState(c, protocol.StateQueued)
 	if s.b.o.Cluster == nil {
+		s.noteConv(c, nil, backends.EventConversationQueued, r.u.id)
 		s.persist(c)
 	}
+	s.emitConv(c)
 	s.drop(c, r.u)
 	s.announce(c, protocol.StateQueued, reasonAgentLeft, nil, 0)
 	s.b.disp.requeue(c.tenant, c.id, s.idx, s.routeInfo(c), r.u.id)

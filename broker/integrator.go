@@ -401,19 +401,25 @@ func (s *shard) apiTransfer(c *conversation, toAgent, toSkill, note string) *pro
 	}
 	from := c.agent
 	clustered := b.o.Cluster != nil
+	// The hook hears of it as of a participant's transfer (an assignment
+	// when nobody had it), from the agent who had it.
+	fromID := ""
+	if from != nil {
+		fromID = from.id
+	}
 	if toAgent != "" {
 		if from != nil && from.id == toAgent {
 			return protocol.NewError(protocol.CodeBadTransition, "the conversation is already with this agent")
 		}
 		var to *user
 		var err error
-		st := protocol.StateTransferred
+		st, ev := protocol.StateTransferred, backends.EventConversationTransferred
 		if from == nil {
-			st = protocol.StateAssigned
+			st, ev = protocol.StateAssigned, backends.EventConversationAssigned
 		}
 		if clustered {
 			var perr *protocol.Error
-			if to, perr = s.clusterTake(c, toAgent, st, note, backends.EventUnspecified, ""); perr != nil {
+			if to, perr = s.clusterTake(c, toAgent, st, note, ev, fromID); perr != nil {
 				return perr
 			}
 			if from != nil {
@@ -440,8 +446,10 @@ func (s *shard) apiTransfer(c *conversation, toAgent, toSkill, note string) *pro
 		c.position = 0
 		s.setState(c, st)
 		if !clustered {
+			s.noteConv(c, nil, ev, fromID)
 			s.persist(c)
 		}
+		s.emitConv(c)
 		fresh := s.adopt(c, to)
 		s.announce(c, st, note, nil, 0)
 		s.replay(c, fresh, 0) // before drop: fresh is a view of c.attached
@@ -451,7 +459,7 @@ func (s *shard) apiTransfer(c *conversation, toAgent, toSkill, note string) *pro
 		return nil
 	}
 	if clustered {
-		if !s.clusterQueue(c, toSkill, protocol.StateTransferred, note, backends.EventUnspecified, "") {
+		if !s.clusterQueue(c, toSkill, protocol.StateTransferred, note, backends.EventConversationTransferred, fromID) {
 			return errBeingAssigned
 		}
 	} else if from == nil && !b.disp.cancel(c.tenant, c.id) {
@@ -463,13 +471,13 @@ func (s *shard) apiTransfer(c *conversation, toAgent, toSkill, note string) *pro
 	c.position = 0
 	s.setState(c, protocol.StateQueued)
 	if !clustered {
+		s.noteConv(c, nil, backends.EventConversationTransferred, fromID)
 		s.persist(c)
 	}
+	s.emitConv(c)
 	s.announce(c, protocol.StateTransferred, note, nil, 0)
-	fromID := ""
 	if from != nil {
 		s.drop(c, from)
-		fromID = from.id
 	}
 	b.disp.requeue(c.tenant, c.id, s.idx, s.routeInfo(c), fromID)
 	return nil
