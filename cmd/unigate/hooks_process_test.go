@@ -835,8 +835,16 @@ func TestHookEventsAcrossKill9(t *testing.T) {
 				}
 				last = seq
 			case "conversation_closed":
-				if i != len(got)-1 {
-					t.Fatalf("%s: %v: closed is not last", w.conv, typesOf(got))
+				// No state change after the close. Message events may
+				// follow it: a send the shard had taken before the
+				// close whose append (and so whose event) was still in
+				// flight when the close was processed is stored after
+				// it, and after a crash its event is stored again at
+				// the load, behind the close's (docs/backends.md).
+				for _, later := range got[i+1:] {
+					if later.Type != "message_stored" {
+						t.Fatalf("%s: %v: %s after the close", w.conv, typesOf(got), later.Type)
+					}
 				}
 			}
 		}
