@@ -20,14 +20,17 @@
 # 127.0.0.2-127.0.0.9 (later flags override these).
 # Environment: SERVER_GOMAXPROCS (default 2); SERVER_LISTEN (default
 # 127.0.0.1:0); KEEP=1 keeps the work directory (gateway log in
-# unigate.log). UNIGATE_* variables reach the gateway. The echo
-# scenario runs against echo servers, not the gateway:
-# bench/baselines/run.sh; the REST API under wrk: bench/wrk/rest.sh;
-# 100,000 connections: bench/host100k.sh.
+# unigate.log); SERVER_CPUS and CLIENT_CPUS (taskset CPU lists, e.g. 0 and
+# 1) pin the gateway and the load generator (with its workers) to separate
+# CPUs, so the clients' CPU and kernel work stays off the gateway's cores,
+# as if they ran on other machines (use SERVER_GOMAXPROCS=1 with one CPU).
+# UNIGATE_* variables reach the gateway. The echo scenario runs against
+# echo servers, not the gateway: bench/baselines/run.sh; the REST API under
+# wrk: bench/wrk/rest.sh; 100,000 connections: bench/host100k.sh.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
-	sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 fi
 scenario=$1
@@ -60,7 +63,10 @@ if [ "$scenario" = admission ]; then
 	admin=127.0.0.1:0
 	extra_env=(UNIGATE_MAX_CONNECTIONS="${MAX_CONNECTIONS:-5000}" UNIGATE_ADMIN_PPROF=true)
 fi
-env ${extra_env[@]+"${extra_env[@]}"} GOMAXPROCS="${SERVER_GOMAXPROCS:-2}" "$work/unigate" -config "$root/bench/testdata/unigate-bench.yaml" \
+server_pin=() client_pin=()
+[ -n "${SERVER_CPUS:-}" ] && server_pin=(taskset -c "$SERVER_CPUS")
+[ -n "${CLIENT_CPUS:-}" ] && client_pin=(taskset -c "$CLIENT_CPUS")
+env ${extra_env[@]+"${extra_env[@]}"} GOMAXPROCS="${SERVER_GOMAXPROCS:-2}" ${server_pin[@]+"${server_pin[@]}"} "$work/unigate" -config "$root/bench/testdata/unigate-bench.yaml" \
 	-listen "${SERVER_LISTEN:-127.0.0.1:0}" -admin-listen "$admin" -data-dir "$work/data" -log-level info 2>"$work/unigate.log" &
 pid=$!
 addr=
@@ -71,7 +77,7 @@ for _ in $(seq 200); do
 	sleep 0.1
 done
 [ -n "$addr" ] || { echo "run.sh: the gateway did not log its address" >&2; exit 1; }
-echo "run.sh: gateway pid $pid on $addr ($(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown))" >&2
+echo "run.sh: gateway pid $pid on $addr ($(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown))${SERVER_CPUS:+, gateway on CPUs $SERVER_CPUS}${CLIENT_CPUS:+, clients on CPUs $CLIENT_CPUS}" >&2
 
 case $scenario in
 wrk)
@@ -87,9 +93,9 @@ wrk)
 		fi
 	done
 	if [ $seen = 1 ]; then
-		wrk "${pre[@]}" "http://$addr" -- "${post[@]}"
+		${client_pin[@]+"${client_pin[@]}"} wrk "${pre[@]}" "http://$addr" -- "${post[@]}"
 	else
-		wrk "${pre[@]}" "http://$addr"
+		${client_pin[@]+"${client_pin[@]}"} wrk "${pre[@]}" "http://$addr"
 	fi
 	;;
 admission)
@@ -100,16 +106,16 @@ admission)
 		sleep 0.1
 	done
 	[ -n "$adminaddr" ] || { echo "run.sh: the gateway did not log its admin address" >&2; exit 1; }
-	"$work/unigate-bench" admission -url "ws://$addr/ws" -server-pid "$pid" \
+	${client_pin[@]+"${client_pin[@]}"} "$work/unigate-bench" admission -url "ws://$addr/ws" -server-pid "$pid" \
 		-token-cmd "$work/unigate token agent -data-dir $work/data" \
 		-metrics "http://$adminaddr/metrics" -pprof "http://$adminaddr/debug/pprof/profile" \
 		-src-storm 127.0.0.2-127.0.0.9 "$@"
 	;;
 chat | sweep | storm)
-	"$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" \
+	${client_pin[@]+"${client_pin[@]}"} "$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" \
 		-token-cmd "$work/unigate token agent -data-dir $work/data" "$@"
 	;;
 *)
-	"$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" "$@"
+	${client_pin[@]+"${client_pin[@]}"} "$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" "$@"
 	;;
 esac
