@@ -42,6 +42,13 @@ type RingOptions struct {
 	// (atrest.MasterKeys.Current), or the ticket key file's. Nodes share a
 	// ring only when their wrappers have the same ID.
 	Wrapper atrest.KeyWrapper
+	// Previous are the wrappers Wrapper replaced (the older master keys of
+	// a rotated master key file, newest first). When the bucket has no
+	// ring for Wrapper yet, the ring of the first of them that has a
+	// readable one is carried over: its keys, rewrapped by Wrapper, start
+	// the new ring, so the tickets they sealed still resume. Their own
+	// entries are left as they are.
+	Previous []atrest.KeyWrapper
 	// Rotation is how long a key seals before the next one replaces it.
 	Rotation time.Duration
 	// Lifetime is the longest lifetime of a ticket
@@ -335,6 +342,11 @@ func (r *Ring) apply(data []byte, rev uint64) error {
 // a first one whose key seals at once. Losing the compare-and-set to
 // another node is not an error: its ring is applied. r.mu is held.
 func (r *Ring) check(ctx context.Context, force bool) error {
+	if r.absent && r.entry == nil && len(r.o.Previous) > 0 {
+		if err := r.carryOver(ctx); err != nil {
+			return err
+		}
+	}
 	now := r.o.Now()
 	var old []ringKey
 	active := now
@@ -399,6 +411,63 @@ func (r *Ring) check(ctx context.Context, force bool) error {
 	} else {
 		r.log.Info("ticket keys: rotated", "ring", r.name, "key", next.Keys[0].ID, "seals_from", active.UTC(),
 			"keys", len(next.Keys), "dropped", dropped)
+	}
+	return nil
+}
+
+// carryOver creates the ring of r.o.Wrapper from the ring of the first
+// previous wrapper that has a readable one: the same keys and activation
+// times, rewrapped, those no live ticket needs dropped. With none (or when
+// another node created the ring first, which is then applied) the caller
+// goes on as before. r.mu is held; the bucket has no entry for r.name.
+func (r *Ring) carryOver(ctx context.Context) error {
+	aead := r.ring.AEAD()
+	for _, prev := range r.o.Previous {
+		if prev == nil || prev.ID() == r.o.Wrapper.ID() {
+			continue
+		}
+		from := entryName(prev.ID(), aead.Name())
+		e, err := r.kv.Get(ctx, from)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("ticketstore: reading %s: %w", from, err)
+		}
+		old, keys, err := parseEntry(e.Value(), prev, aead)
+		if err != nil {
+			r.log.Warn("ticket keys: the ring of a previous master key is unreadable; not carried over",
+				"ring", from, "err", err)
+			continue
+		}
+		next := ringEntry{V: ringVersion, Alg: aead.Name(), Wrapper: r.o.Wrapper.ID()}
+		for i, k := range r.keep(old.Keys, r.o.Now()) {
+			id, _ := parseKeyID(k.ID)
+			wrapped, err := r.o.Wrapper.Wrap(keys[i].Secret, keyAAD(id, aead.Name(), k.Active))
+			if err != nil {
+				wipeKeys(keys)
+				return fmt.Errorf("ticketstore: wrapping a ticket key with %s: %w", r.o.Wrapper.ID(), err)
+			}
+			next.Keys = append(next.Keys, ringKey{ID: k.ID, Active: k.Active, Wrapped: wrapped})
+		}
+		wipeKeys(keys)
+		data, err := json.Marshal(next)
+		if err != nil {
+			return err
+		}
+		rev, err := r.kv.Create(ctx, r.name, data)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return r.load(ctx) // another node carried it over (or started one) first
+		}
+		if err != nil {
+			return fmt.Errorf("ticketstore: writing %s: %w", r.name, err)
+		}
+		if err := r.apply(data, rev); err != nil {
+			return err
+		}
+		r.log.Info("ticket keys: ring carried over from a previous master key", "ring", r.name, "from", from,
+			"keys", len(next.Keys))
+		return nil
 	}
 	return nil
 }

@@ -426,3 +426,98 @@ func TestParseEntryRefusals(t *testing.T) {
 	}
 	var _ atrest.KeyWrapper = w
 }
+
+// TestRingCarriedOverToNewMaster: a node restarted with a rotated master
+// key file (a new current key, the old one kept as previous) finds no ring
+// for the new key and carries the old one over: the same keys, so the
+// tickets they sealed resume, now wrapped by the new key; the old entry is
+// left as it was. A second node with the same file takes the carried
+// ring; a node whose previous key has no ring, or an unreadable one,
+// starts a new ring as before.
+func TestRingCarriedOverToNewMaster(t *testing.T) {
+	n := startNATS(t, t.TempDir())
+	_, js := connect(t, n)
+	c := newClock()
+	oldKey, newKey := newWrapper(t), newWrapper(t)
+	a := openTestRing(t, js, oldKey, crypto.SM4GCM, ringOpts(c))
+	c.add(testRotation)
+	a.checkNow()
+	want := a.Keyring().KeyIDs()
+	if len(want) != 2 {
+		t.Fatalf("ring %08x", want)
+	}
+	oldEntry, oldRev := readEntry(t, js, a.Name())
+	_ = a.Close()
+
+	o := ringOpts(c)
+	o.Previous = []atrest.KeyWrapper{newWrapper(t), oldKey} // the first has no ring: skipped
+	b := openTestRing(t, js, newKey, crypto.SM4GCM, o)
+	if b.Name() == a.Name() {
+		t.Fatalf("same entry %s for two master keys", b.Name())
+	}
+	if got := b.Keyring().KeyIDs(); !slices.Equal(got, want) {
+		t.Fatalf("carried ring %08x, want %08x", got, want)
+	}
+	if !strings.Contains(b.logs.String(), "carried over") {
+		t.Fatalf("no log line for the carry-over: %s", b.logs)
+	}
+	e, _ := readEntry(t, js, b.Name())
+	if e.Wrapper != newKey.ID() || !slices.Equal(entryIDs(e), want) {
+		t.Fatalf("entry %s: wrapper %s keys %08x", b.Name(), e.Wrapper, entryIDs(e))
+	}
+	if _, _, err := parseEntry(mustJSON(t, e), oldKey, crypto.SM4GCM); err == nil {
+		t.Fatal("the carried entry opens with the old master key")
+	}
+	if again, rev := readEntry(t, js, a.Name()); rev != oldRev || !slices.Equal(entryIDs(again), entryIDs(oldEntry)) {
+		t.Fatalf("the old entry changed: revision %d → %d", oldRev, rev)
+	}
+
+	// A second node of the rotated cluster takes the ring, writes nothing.
+	b2 := openTestRing(t, js, newKey, crypto.SM4GCM, o)
+	if got := b2.Keyring().KeyIDs(); !slices.Equal(got, want) {
+		t.Fatalf("second node %08x, want %08x", got, want)
+	}
+	if got := b2.counter("unigate_ticketstore_ring_rotations_total"); got != 0 {
+		t.Fatalf("second node wrote %d rings", got)
+	}
+	// Rotation goes on from the carried keys.
+	c.add(testRotation)
+	b.checkNow()
+	if got := b.Keyring().KeyIDs(); len(got) != 3 || !slices.Equal(got[1:], want) {
+		t.Fatalf("after a rotation %08x, carried %08x", got, want)
+	}
+
+	// No readable previous ring: a new one, as without Previous.
+	o2 := ringOpts(c)
+	o2.Previous = []atrest.KeyWrapper{newWrapper(t)}
+	fresh := openTestRing(t, js, newWrapper(t), crypto.SM4GCM, o2)
+	if got := fresh.Keyring().KeyIDs(); len(got) != 1 || slices.Contains(want, got[0]) {
+		t.Fatalf("fresh ring %08x", got)
+	}
+	kv, err := js.KeyValue(ctxT(t), DefaultKeysBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	third := newWrapper(t)
+	if _, err := kv.Put(ctxT(t), entryName(third.ID(), crypto.SM4GCM.Name()), []byte(`{"v":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	o3 := ringOpts(c)
+	o3.Previous = []atrest.KeyWrapper{third}
+	bad := openTestRing(t, js, newWrapper(t), crypto.SM4GCM, o3)
+	if got := bad.Keyring().KeyIDs(); len(got) != 1 || slices.Contains(want, got[0]) {
+		t.Fatalf("ring after an unreadable previous one %08x", got)
+	}
+	if !strings.Contains(bad.logs.String(), "not carried over") {
+		t.Fatalf("no warning for the unreadable previous ring: %s", bad.logs)
+	}
+}
+
+func mustJSON(t testing.TB, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

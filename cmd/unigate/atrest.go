@@ -106,6 +106,27 @@ func (ar *atRest) currentMaster() atrest.KeyWrapper {
 	return ar.masters.Current()
 }
 
+// previousMasters are the older master keys of the master key file (a
+// rotated file keeps them until every data key is rewrapped), newest
+// first; nil without a master key file.
+func (ar *atRest) previousMasters() []atrest.KeyWrapper {
+	ar.mu.Lock()
+	defer ar.mu.Unlock()
+	return olderKeys(ar.masters)
+}
+
+// olderKeys are the keys of m after the current one, newest first.
+func olderKeys(m *atrest.MasterKeys) []atrest.KeyWrapper {
+	if m == nil {
+		return nil
+	}
+	var out []atrest.KeyWrapper
+	for _, id := range m.IDs()[1:] {
+		out = append(out, m.Get(id))
+	}
+	return out
+}
+
 // fatal reports errors that no retry of openStores can fix.
 func (ar *atRest) fatal(err error) bool {
 	return errors.Is(err, atrest.ErrWrongMasterKey) || errors.Is(err, atrest.ErrMalformed)

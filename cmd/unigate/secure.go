@@ -119,6 +119,7 @@ func openTickets(cfg config.Config, js jetstream.JetStream, ar *atRest, sec *bro
 		return nil, nil
 	}
 	wrapper, source := ar.currentMaster(), "the at-rest master key"
+	previous := ar.previousMasters() // their rings are carried over
 	if wrapper == nil {
 		path := cfg.TicketKeyPath()
 		m, created, err := atrest.LoadOrCreateKeyFile(path, ticketKeyHeader)
@@ -128,7 +129,7 @@ func openTickets(cfg config.Config, js jetstream.JetStream, ar *atRest, sec *bro
 		if created {
 			log.Info("created a new ticket key file; give every node of a cluster the same file", "file", path, "key", m.Current().ID())
 		}
-		wrapper, source = m.Current(), path
+		wrapper, source, previous = m.Current(), path, olderKeys(m)
 	}
 	t := &tickets{set: metrics.NewSet()}
 	lifetime := cfg.Crypto.TicketTTL
@@ -148,6 +149,7 @@ func openTickets(cfg config.Config, js jetstream.JetStream, ar *atRest, sec *bro
 			t.ring, err = ticketstore.OpenRing(ctx, js, sec.Server.Tickets, ticketstore.RingOptions{
 				Replicas: cfg.NATS.Replicas,
 				Wrapper:  wrapper,
+				Previous: previous,
 				Rotation: cfg.Crypto.TicketRotationPeriod(),
 				Lifetime: lifetime,
 				Logger:   log.With("component", "tickets"),

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/unigate/unigate/crypto"
+	"github.com/unigate/unigate/crypto/atrest"
 	"github.com/unigate/unigate/internal/config"
 	"github.com/unigate/unigate/protocol"
 	"github.com/unigate/unigate/protocol/client"
@@ -125,5 +126,59 @@ func TestTicketsWrappedByMasterKey(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(cfg.DataDir, "ticket.key")); !os.IsNotExist(err) {
 		t.Fatalf("a ticket key file was created next to the master key: %v", err)
+	}
+}
+
+// TestTicketsSurviveMasterKeyRotation: the master key file is rotated
+// while the gateway is down ("unigate keys rotate-master" adds a new
+// current key and keeps the old one); the restarted gateway names its
+// ring after the new key but carries the old ring's keys over, so the
+// client's ticket still resumes without a signature.
+func TestTicketsSurviveMasterKeyRotation(t *testing.T) {
+	cfg, sm2 := ticketGatewayConfig(t)
+	cfg.Crypto.AtRest.Enabled = true
+	g1, stop1 := startTicketGateway(t, cfg)
+	addr, oldMaster := g1.srv.Addr(), g1.atRest.currentMaster().ID()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, client.Options{URL: "ws://" + addr + "/ws", Tenant: "default",
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, DrainSpread: 50 * time.Millisecond,
+		Secure: &crypto.ClientConfig{Suites: []*crypto.Suite{crypto.GM}, ServerKeys: []crypto.Verifier{sm2.Public()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if s := c.Secure(); s.Suite != "GM" || s.Resumed {
+		t.Fatalf("first connection %+v, want a full GM handshake", s)
+	}
+
+	stop1()
+	m, err := atrest.RotateMasterKeyFile(cfg.MasterKeyPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Current().ID() == oldMaster {
+		t.Fatal("the rotation kept the master key")
+	}
+	cfg.Listen = addr
+	g2, _ := startTicketGateway(t, cfg)
+	if name := g2.tickets.ring.Name(); !strings.Contains(name, m.Current().ID()) {
+		t.Fatalf("ring %s is not wrapped by the new master key %s", name, m.Current().ID())
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for c.Stats().Reconnects == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the client did not reconnect: %v", c.Err())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s := c.Secure(); !s.Resumed {
+		t.Fatalf("after the master key rotation %+v, want a resumed channel", s)
+	}
+	if got := brokerCounter(g2, `unigate_broker_secure_handshakes_total{suite="GM",mode="full"}`); got != 0 {
+		t.Fatalf("full (signed) handshakes after the rotation: %d", got)
+	}
+	if _, err := c.Open(ctx, protocol.Open{Text: "after the rotation"}); err != nil {
+		t.Fatalf("chat over the resumed channel: %v", err)
 	}
 }
