@@ -20,17 +20,21 @@
 # 127.0.0.2-127.0.0.9 (later flags override these).
 # Environment: SERVER_GOMAXPROCS (default 2); SERVER_LISTEN (default
 # 127.0.0.1:0); KEEP=1 keeps the work directory (gateway log in
-# unigate.log); SERVER_CPUS and CLIENT_CPUS (taskset CPU lists, e.g. 0 and
-# 1) pin the gateway and the load generator (with its workers) to separate
-# CPUs, so the clients' CPU and kernel work stays off the gateway's cores,
-# as if they ran on other machines (use SERVER_GOMAXPROCS=1 with one CPU).
-# UNIGATE_* variables reach the gateway. The echo scenario runs against
-# echo servers, not the gateway: bench/baselines/run.sh; the REST API under
-# wrk: bench/wrk/rest.sh; 100,000 connections: bench/host100k.sh.
+# unigate.log); ADMIN=1 starts the admin listener with pprof for any
+# scenario and prints its address ("run.sh: admin http://...") to stderr;
+# GATEWAY_BIN runs that unigate binary instead of building one (A/B runs);
+# SERVER_CPUS and CLIENT_CPUS (taskset CPU lists, e.g. 0 and 1) pin the
+# gateway and the load generator (with its workers) to separate CPUs, so
+# the clients' CPU and kernel work stays off the gateway's cores, as if
+# they ran on other machines (use SERVER_GOMAXPROCS=1 with one CPU).
+# UNIGATE_*, GOGC, GOMEMLIMIT and GODEBUG (the gateway only) reach the
+# gateway. The echo scenario runs against echo servers, not the gateway:
+# bench/baselines/run.sh; the REST API under wrk: bench/wrk/rest.sh;
+# 100,000 connections: bench/host100k.sh.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
-	sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
 	exit 2
 fi
 scenario=$1
@@ -54,19 +58,31 @@ cleanup() {
 	fi
 }
 trap cleanup EXIT INT TERM
+# GODEBUG (e.g. gctrace=1) is for the gateway, not for go build or the
+# load generator.
+server_godebug=${GODEBUG-}
+unset GODEBUG
 
-(cd "$root" && go build -o "$work/unigate" ./cmd/unigate && go build -o "$work/unigate-bench" ./cmd/unigate-bench)
+(cd "$root" && go build -o "$work/unigate-bench" ./cmd/unigate-bench)
+if [ -n "${GATEWAY_BIN:-}" ]; then
+	cp "$GATEWAY_BIN" "$work/unigate"
+else
+	(cd "$root" && go build -o "$work/unigate" ./cmd/unigate)
+fi
 
 admin=""
 extra_env=()
 if [ "$scenario" = admission ]; then
 	admin=127.0.0.1:0
 	extra_env=(UNIGATE_MAX_CONNECTIONS="${MAX_CONNECTIONS:-5000}" UNIGATE_ADMIN_PPROF=true)
+elif [ "${ADMIN:-0}" = 1 ]; then
+	admin=127.0.0.1:0
+	extra_env=(UNIGATE_ADMIN_PPROF=true)
 fi
 server_pin=() client_pin=()
 [ -n "${SERVER_CPUS:-}" ] && server_pin=(taskset -c "$SERVER_CPUS")
 [ -n "${CLIENT_CPUS:-}" ] && client_pin=(taskset -c "$CLIENT_CPUS")
-env ${extra_env[@]+"${extra_env[@]}"} GOMAXPROCS="${SERVER_GOMAXPROCS:-2}" ${server_pin[@]+"${server_pin[@]}"} "$work/unigate" -config "$root/bench/testdata/unigate-bench.yaml" \
+env ${extra_env[@]+"${extra_env[@]}"} ${server_godebug:+GODEBUG="$server_godebug"} GOMAXPROCS="${SERVER_GOMAXPROCS:-2}" ${server_pin[@]+"${server_pin[@]}"} "$work/unigate" -config "$root/bench/testdata/unigate-bench.yaml" \
 	-listen "${SERVER_LISTEN:-127.0.0.1:0}" -admin-listen "$admin" -data-dir "$work/data" -log-level info 2>"$work/unigate.log" &
 pid=$!
 addr=
@@ -77,7 +93,15 @@ for _ in $(seq 200); do
 	sleep 0.1
 done
 [ -n "$addr" ] || { echo "run.sh: the gateway did not log its address" >&2; exit 1; }
-echo "run.sh: gateway pid $pid on $addr ($(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown))${SERVER_CPUS:+, gateway on CPUs $SERVER_CPUS}${CLIENT_CPUS:+, clients on CPUs $CLIENT_CPUS}" >&2
+echo "run.sh: gateway pid $pid on $addr (${GATEWAY_BIN:-$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)}; load $(cut -d' ' -f1-3 /proc/loadavg))${SERVER_CPUS:+, gateway on CPUs $SERVER_CPUS}${CLIENT_CPUS:+, clients on CPUs $CLIENT_CPUS}" >&2
+if [ "${ADMIN:-0}" = 1 ] && [ "$scenario" != admission ]; then
+	for _ in $(seq 100); do
+		adminaddr=$(sed -n 's/.*msg="admin listening".* addr=\([^ ]*\).*/\1/p' "$work/unigate.log" | head -n1)
+		[ -n "$adminaddr" ] && break
+		sleep 0.1
+	done
+	echo "run.sh: admin http://${adminaddr:-?}" >&2
+fi
 
 case $scenario in
 wrk)

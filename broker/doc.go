@@ -140,9 +140,12 @@
 // shard queues it on its conversation (at most MaxPendingPerConversation,
 // beyond that CodeOverloaded) and keeps exactly one AppendAsync in flight
 // per conversation (histstore needs the previous stream sequence). The
-// append's done callback runs on a NATS goroutine and only posts a
-// ctrlAppended to the owning shard's mailbox (one per in-flight append, so
-// bounded by the conversations); the shard then takes the seq
+// append's done callback runs on a NATS goroutine and only fills the
+// conversation's one appendResult and posts a ctrlAppended to the owning
+// shard's mailbox (one per in-flight append, so bounded by the
+// conversations; the closure and the result are the conversation's, made
+// once, and appended copies the result before it starts the next append,
+// which reuses them); the shard then takes the seq
 // (lastSeq+1), stores the message in the ring (now a cache of the durable
 // history, and the dedupe table), sends the Ack and the Delivers. So
 // whatever a client has been acked or delivered is durable. An append

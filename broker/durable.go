@@ -373,11 +373,18 @@ func (s *shard) pump(c *conversation) {
 				continue
 			}
 		}
-		mbox := &s.mbox
-		done := func(ss uint64, dup bool, err error) {
-			// NATS goroutine: only post, never touch c.
-			mbox.post(ctrl{kind: ctrlAppended, res: &appendResult{c: c, streamSeq: ss, dup: dup, err: err}})
+		if c.appendDone == nil {
+			// One closure and one result per conversation, not per append:
+			// one append is in flight at a time, and appended copies the
+			// result before it starts the next.
+			mbox := &s.mbox
+			c.appendDone = func(ss uint64, dup bool, err error) {
+				// NATS goroutine: only c.appendRes and the post, nothing else of c.
+				c.appendRes = appendResult{c: c, streamSeq: ss, dup: dup, err: err}
+				mbox.post(ctrl{kind: ctrlAppended, res: &c.appendRes})
+			}
 		}
+		done := c.appendDone
 		p.seq = c.lastSeq + 1
 		hm := histMessage(c, p)
 		var err error
@@ -545,7 +552,9 @@ const (
 )
 
 // appended handles the outcome of the in-flight append of c (shard).
-func (s *shard) appended(r *appendResult) {
+func (s *shard) appended(res *appendResult) {
+	// A copy: the next append, started below, reuses *res.
+	r := *res
 	c := r.c
 	if s.convs[c.id] != c || !c.inflight || len(c.queue) == 0 {
 		return // forgotten meanwhile

@@ -347,6 +347,22 @@ func headerToken(s string) string {
 	return "~" + b32.EncodeToString([]byte(s))
 }
 
+// appendSubjectToken is subjectToken appended to b.
+func appendSubjectToken(b []byte, s string) []byte {
+	if plain(s, false) {
+		return append(b, s...)
+	}
+	return b32.AppendEncode(append(b, '-'), []byte(s))
+}
+
+// appendHeaderToken is headerToken appended to b.
+func appendHeaderToken(b []byte, s string) []byte {
+	if plain(s, true) {
+		return append(b, s...)
+	}
+	return b32.AppendEncode(append(b, '~'), []byte(s))
+}
+
 func plain(s string, header bool) bool {
 	if s == "" {
 		return false

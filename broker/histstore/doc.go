@@ -92,6 +92,22 @@
 // that was acked is in every later Range, in order, once — until
 // retention discards it.
 //
+// # Cost of an append
+//
+// AppendAsync allocates nothing of its own per message: the pending entry
+// is a map value holding the caller's strings; the subject, the reply
+// subject and the header values are built in a pooled scratch buffer that
+// PublishMsg copies before it returns; the ack of a stored message
+// (nats-server writes it from a fixed template: {"stream":"<name>","seq":N}
+// and the duplicate variant) is read without encoding/json, anything else
+// (errors, a domain, batches) by encoding/json (FuzzParsePlainAck checks
+// that both read the same). What remains per append is nats.go's (the
+// header block, the received ack's nats.Msg) and the server's: the
+// expected-last-subject-sequence check loads the conversation's last
+// message, and an R1 stream writes every message to its block file before
+// the PubAck (flush in place; AsyncFlush would ack before write(2) and is
+// not used).
+//
 // # Retention
 //
 // Limits are JetStream's (DiscardOld): at MaxAge, MaxBytes (whole stream)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -144,26 +145,60 @@ type Store struct {
 	sealText   bool   // seal new texts with sealer
 	atomic     bool   // AppendBatchAsync sends atomic batches
 
-	inbox string // "<inbox>." ; replies go to inbox + token
-	sub   *nats.Subscription
+	inbox  string // "<inbox>." ; replies go to inbox + token
+	sub    *nats.Subscription
+	ackPfx string // `{"stream":"<name>","seq":`: a plain PubAck starts so
 
 	mu      sync.Mutex
-	pending map[uint64]*pending
+	pending map[uint64]pending
 	nextID  uint64
 	closed  bool
 	stop    chan struct{}
 	wg      sync.WaitGroup
 }
 
+// pending is an append awaiting its ack. It keeps the message's key
+// strings (the caller's, not copies) and rebuilds the subject and the
+// message id only on the rare paths that need them (resolveConflict).
 type pending struct {
-	subj     string
-	msgID    string
-	expect   uint64
-	deadline time.Time
-	done     func(uint64, bool, error)
+	tenant, conv     string
+	sender, clientID string
+	expect           uint64
+	deadline         time.Time
+	done             func(uint64, bool, error)
+}
+
+func (p *pending) subject(s *Store) string { return s.Subject(p.tenant, p.conv) }
+
+func (p *pending) msgID() string {
+	return msgID(&Message{Tenant: p.tenant, Conversation: p.conv, SenderID: p.sender, ClientMsgID: p.clientID})
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// pubScratch is what one publish of AppendAsync needs besides the body:
+// the nats.Msg, its header map (built once) and the bytes behind the
+// subject, the reply subject and the header values. PublishMsg copies all
+// of them into the connection's buffer before it returns (nats.go
+// Conn.publish), so the strings over buf (bytesString) are dead by the
+// time the scratch goes back to the pool: nothing per append is allocated
+// here.
+type pubScratch struct {
+	msg    nats.Msg
+	hdr    nats.Header
+	expect [1]string
+	id     [1]string
+	buf    []byte
+}
+
+var scratchPool = sync.Pool{New: func() any {
+	sc := &pubScratch{hdr: make(nats.Header, 2), buf: make([]byte, 0, 256)}
+	return sc
+}}
+
+// bytesString is b as a string without a copy. The caller guarantees that
+// b is not modified while the string is in use.
+func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // Open creates the stream or updates its configuration (limits may be
 // changed on a live stream; name, subjects and storage may not) and
@@ -256,7 +291,8 @@ func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Store, error
 		// An older server ignores the setting: it must say it has it.
 		atomic:  wantBatches && st.CachedInfo().Config.AllowAtomicPublish,
 		inbox:   nats.NewInbox() + ".",
-		pending: make(map[uint64]*pending),
+		ackPfx:  fmt.Sprintf("{%q:%q,%q:", "stream", o.Stream, "seq"),
+		pending: make(map[uint64]pending),
 		stop:    make(chan struct{}),
 	}
 	s.sub, err = s.nc.Subscribe(s.inbox+"*", s.handleAck)
@@ -299,6 +335,14 @@ func (s *Store) Subject(tenant, conv string) string {
 	return s.prefix + subjectToken(tenant) + "." + subjectToken(conv)
 }
 
+// appendSubject is Subject appended to b.
+func (s *Store) appendSubject(b []byte, tenant, conv string) []byte {
+	b = append(b, s.prefix...)
+	b = appendSubjectToken(b, tenant)
+	b = append(b, '.')
+	return appendSubjectToken(b, conv)
+}
+
 func checkKey(tenant, conv string) error {
 	if len(tenant) > MaxTenantBytes {
 		return fmt.Errorf("%w: tenant of %d bytes", ErrInvalid, len(tenant))
@@ -332,6 +376,17 @@ func msgID(m *Message) string {
 		return ""
 	}
 	return headerToken(m.Tenant) + "/" + headerToken(m.Conversation) + "/" + headerToken(m.SenderID) + "/" + headerToken(m.ClientMsgID)
+}
+
+// appendMsgID is msgID appended to b (m has a ClientMsgID).
+func appendMsgID(b []byte, m *Message) []byte {
+	b = appendHeaderToken(b, m.Tenant)
+	b = append(b, '/')
+	b = appendHeaderToken(b, m.Conversation)
+	b = append(b, '/')
+	b = appendHeaderToken(b, m.SenderID)
+	b = append(b, '/')
+	return appendHeaderToken(b, m.ClientMsgID)
 }
 
 // Append stores m durably: it returns after the JetStream PubAck, i.e.
@@ -395,13 +450,6 @@ func (s *Store) AppendAsync(m *Message, expectLastStreamSeq uint64, done func(st
 		putBuf(bp, body)
 		return fmt.Errorf("histstore: seal: %w", err)
 	}
-	p := &pending{
-		subj:     s.Subject(m.Tenant, m.Conversation),
-		msgID:    msgID(m),
-		expect:   expectLastStreamSeq,
-		deadline: time.Now().Add(s.ackTimeout),
-		done:     done,
-	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -415,23 +463,50 @@ func (s *Store) AppendAsync(m *Message, expectLastStreamSeq uint64, done func(st
 	}
 	s.nextID++
 	id := s.nextID
-	s.pending[id] = p
+	s.pending[id] = pending{
+		tenant:   m.Tenant,
+		conv:     m.Conversation,
+		sender:   m.SenderID,
+		clientID: m.ClientMsgID,
+		expect:   expectLastStreamSeq,
+		deadline: time.Now().Add(s.ackTimeout),
+		done:     done,
+	}
 	s.mu.Unlock()
 
-	hdr := nats.Header{
-		jetstream.ExpectedLastSubjSeqHeader: {strconv.FormatUint(expectLastStreamSeq, 10)},
+	// Subject, reply subject and header values in one scratch buffer.
+	// Appending never rewrites bytes a string already covers (a grown
+	// buffer leaves the earlier strings on the old array, unchanged).
+	sc := scratchPool.Get().(*pubScratch)
+	b := sc.buf[:0]
+	b = s.appendSubject(b, m.Tenant, m.Conversation)
+	subj := bytesString(b)
+	n := len(b)
+	b = strconv.AppendUint(append(b, s.inbox...), id, 10)
+	reply := bytesString(b[n:])
+	n = len(b)
+	b = strconv.AppendUint(b, expectLastStreamSeq, 10)
+	sc.expect[0] = bytesString(b[n:])
+	sc.hdr[jetstream.ExpectedLastSubjSeqHeader] = sc.expect[:]
+	if m.ClientMsgID != "" {
+		n = len(b)
+		b = appendMsgID(b, m)
+		sc.id[0] = bytesString(b[n:])
+		sc.hdr[jetstream.MsgIDHeader] = sc.id[:]
+	} else {
+		delete(sc.hdr, jetstream.MsgIDHeader)
 	}
-	if p.msgID != "" {
-		hdr[jetstream.MsgIDHeader] = []string{p.msgID}
-	}
-	err = s.nc.PublishMsg(&nats.Msg{
-		Subject: p.subj,
-		Reply:   s.inbox + strconv.FormatUint(id, 10),
-		Header:  hdr,
-		Data:    body,
-	})
-	// PublishMsg copied the body into the connection's buffer.
+	sc.msg = nats.Msg{Subject: subj, Reply: reply, Header: sc.hdr, Data: body}
+	err = s.nc.PublishMsg(&sc.msg)
+	// PublishMsg copied the body, the subjects and the headers into the
+	// connection's buffer.
 	putBuf(bp, body)
+	sc.msg = nats.Msg{}
+	sc.expect[0], sc.id[0] = "", ""
+	if cap(b) <= 4<<10 {
+		sc.buf = b[:0]
+		scratchPool.Put(sc)
+	}
 	return s.publishFailed(id, err)
 }
 
@@ -488,13 +563,16 @@ func (s *Store) AppendBatchAsync(ms []*Message, expectLastStreamSeq uint64, done
 		}
 	}
 	last := ms[len(ms)-1]
-	p := &pending{
-		subj:     s.Subject(last.Tenant, last.Conversation),
-		msgID:    msgID(last),
+	p := pending{
+		tenant:   last.Tenant,
+		conv:     last.Conversation,
+		sender:   last.SenderID,
+		clientID: last.ClientMsgID,
 		expect:   expectLastStreamSeq,
 		deadline: time.Now().Add(s.ackTimeout),
 		done:     done,
 	}
+	subj := p.subject(s)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -527,7 +605,7 @@ func (s *Store) AppendBatchAsync(ms []*Message, expectLastStreamSeq uint64, done
 		if data, err = s.encode((*bp)[:0], m); err != nil {
 			break
 		}
-		msg := &nats.Msg{Subject: p.subj, Header: hdr, Data: data}
+		msg := &nats.Msg{Subject: subj, Header: hdr, Data: data}
 		if m == last {
 			// Only the commit is answered: the PubAck of the batch.
 			hdr["Nats-Batch-Commit"] = []string{"1"}
@@ -593,13 +671,42 @@ func (s *Store) handleAck(msg *nats.Msg) {
 		return
 	}
 	s.mu.Lock()
-	p := s.pending[id]
+	p, ok := s.pending[id]
 	delete(s.pending, id)
 	s.mu.Unlock()
-	if p == nil {
+	if !ok {
 		return // timed out or closed: done already called
 	}
-	p.done(s.outcome(p, msg))
+	p.done(s.outcome(&p, msg))
+}
+
+// parsePlainAck reads the PubAck of a stored message as nats-server
+// writes it for this stream (stream.go: the stream's pubAck template, the
+// sequence, then "}" or `,"duplicate": true}`). ok=false: anything else
+// (an error, a domain, batch fields, other spacing), for encoding/json.
+func parsePlainAck(data []byte, prefix string) (seq uint64, dup, ok bool) {
+	if len(data) <= len(prefix) || string(data[:len(prefix)]) != prefix {
+		return 0, false, false
+	}
+	rest := data[len(prefix):]
+	i := 0
+	for i < len(rest) && rest[i] >= '0' && rest[i] <= '9' {
+		if i == 19 || (rest[0] == '0' && i > 0) {
+			return 0, false, false // 20 digits may overflow; a leading zero is not JSON
+		}
+		seq = seq*10 + uint64(rest[i]-'0')
+		i++
+	}
+	if i == 0 || seq == 0 {
+		return 0, false, false
+	}
+	switch string(rest[i:]) {
+	case "}":
+		return seq, false, true
+	case `,"duplicate": true}`, `,"duplicate":true}`:
+		return seq, true, true
+	}
+	return 0, false, false
 }
 
 func (s *Store) outcome(p *pending, msg *nats.Msg) (uint64, bool, error) {
@@ -607,6 +714,9 @@ func (s *Store) outcome(p *pending, msg *nats.Msg) (uint64, bool, error) {
 		if st := msg.Header.Get("Status"); st != "" {
 			return 0, false, fmt.Errorf("%w: status %s %s", ErrUnavailable, st, msg.Header.Get("Description"))
 		}
+	}
+	if seq, dup, ok := parsePlainAck(msg.Data, s.ackPfx); ok {
+		return seq, dup, nil
 	}
 	var a pubAck
 	if err := json.Unmarshal(msg.Data, &a); err != nil {
@@ -644,14 +754,14 @@ func (s *Store) outcome(p *pending, msg *nats.Msg) (uint64, bool, error) {
 func (s *Store) resolveConflict(p *pending) (uint64, bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.ackTimeout)
 	defer cancel()
-	last, err := s.stream.GetLastMsgForSubject(ctx, p.subj)
+	last, err := s.stream.GetLastMsgForSubject(ctx, p.subject(s))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, false, &ConflictError{Expected: p.expect}
 	}
 	if err != nil {
 		return 0, false, fmt.Errorf("%w (and the lookup failed: %v)", &ConflictError{Expected: p.expect}, err)
 	}
-	if p.msgID != "" && last.Header.Get(jetstream.MsgIDHeader) == p.msgID {
+	if p.clientID != "" && last.Header.Get(jetstream.MsgIDHeader) == p.msgID() {
 		return last.Sequence, true, nil
 	}
 	return 0, false, &ConflictError{Expected: p.expect, Last: last.Sequence}
@@ -663,7 +773,7 @@ func (s *Store) sweep() {
 	tick := min(max(s.ackTimeout/4, 10*time.Millisecond), time.Second)
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	var expired []*pending
+	var expired []pending
 	for {
 		select {
 		case <-s.stop:
@@ -679,7 +789,7 @@ func (s *Store) sweep() {
 			s.mu.Unlock()
 			for i, p := range expired {
 				p.done(0, false, ErrTimeout)
-				expired[i] = nil
+				expired[i] = pending{}
 			}
 			expired = expired[:0]
 		}
