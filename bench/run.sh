@@ -24,10 +24,14 @@
 # scenario runs against echo servers, not the gateway:
 # bench/baselines/run.sh; the REST API under wrk: bench/wrk/rest.sh;
 # 100,000 connections: bench/host100k.sh.
+# SUITE=GM|GM-PQ|INTL-PQ runs the gateway with the secure channel on (an
+# SM2 and an Ed25519 identity key from `unigate keygen` in the work
+# directory) and gives unigate-bench -suite SUITE and -server-key with the
+# public keys: every benchmark connection is encrypted.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
-	sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 fi
 scenario=$1
@@ -59,6 +63,15 @@ extra_env=()
 if [ "$scenario" = admission ]; then
 	admin=127.0.0.1:0
 	extra_env=(UNIGATE_MAX_CONNECTIONS="${MAX_CONNECTIONS:-5000}" UNIGATE_ADMIN_PPROF=true)
+fi
+bench_secure=()
+if [ -n "${SUITE:-}" ]; then
+	"$work/unigate" keygen -alg sm2 -out "$work/id-sm2.key" >"$work/id-sm2.out"
+	"$work/unigate" keygen -alg ed25519 -out "$work/id-ed25519.key" >"$work/id-ed25519.out"
+	extra_env+=(UNIGATE_CRYPTO_ENABLED=true UNIGATE_CRYPTO_IDENTITY_KEYS="$work/id-sm2.key,$work/id-ed25519.key"
+		UNIGATE_CRYPTO_SUITES=GM-PQ,GM,INTL-PQ)
+	# keygen's output carries the PEM public key: what a client pins.
+	bench_secure=(-suite "$SUITE" -server-key "$work/id-sm2.out,$work/id-ed25519.out")
 fi
 env ${extra_env[@]+"${extra_env[@]}"} GOMAXPROCS="${SERVER_GOMAXPROCS:-2}" "$work/unigate" -config "$root/bench/testdata/unigate-bench.yaml" \
 	-listen "${SERVER_LISTEN:-127.0.0.1:0}" -admin-listen "$admin" -data-dir "$work/data" -log-level info 2>"$work/unigate.log" &
@@ -100,16 +113,16 @@ admission)
 		sleep 0.1
 	done
 	[ -n "$adminaddr" ] || { echo "run.sh: the gateway did not log its admin address" >&2; exit 1; }
-	"$work/unigate-bench" admission -url "ws://$addr/ws" -server-pid "$pid" \
+	"$work/unigate-bench" admission -url "ws://$addr/ws" -server-pid "$pid" ${bench_secure[@]+"${bench_secure[@]}"} \
 		-token-cmd "$work/unigate token agent -data-dir $work/data" \
 		-metrics "http://$adminaddr/metrics" -pprof "http://$adminaddr/debug/pprof/profile" \
 		-src-storm 127.0.0.2-127.0.0.9 "$@"
 	;;
 chat | sweep | storm)
-	"$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" \
+	"$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" ${bench_secure[@]+"${bench_secure[@]}"} \
 		-token-cmd "$work/unigate token agent -data-dir $work/data" "$@"
 	;;
 *)
-	"$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" "$@"
+	"$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" ${bench_secure[@]+"${bench_secure[@]}"} "$@"
 	;;
 esac
