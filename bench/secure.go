@@ -292,4 +292,3 @@ var (
 	jsonSecurePrefix = []byte(`{"secure":{"data":"`)
 	jsonSecureSuffix = []byte(`"}}`)
 )
-

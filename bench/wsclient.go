@@ -62,7 +62,7 @@ type dialer struct {
 	codec   protocol.Codec
 	msgType int
 	timeout time.Duration
-	ws      []*websocket.Dialer // one per source address
+	ws      []*websocket.Dialer  // one per source address
 	secure  *crypto.ClientConfig // nil: plaintext
 	tickets ticketStore          // resumption tickets per connection index
 
