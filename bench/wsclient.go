@@ -89,6 +89,15 @@ func newDialer(c *Common, readBuf int, pool websocket.BufferPool) (*dialer, erro
 		return nil, err
 	}
 	d := &dialer{url: c.URL, codec: protocol.ForSubprotocol(c.Subprotocol), timeout: c.Timeout, secure: sec}
+	writeBuf := readBuf
+	if sec != nil {
+		// gorilla fragments a message longer than its write buffer, and
+		// the INTL-PQ and GM-PQ ClientHellos (ML-KEM key shares) are
+		// longer than 1 KiB: the gateway would then keep its reassembly
+		// buffer (up to 4 KiB) for the connection's life. Clients such as
+		// browsers send the hello in one frame.
+		writeBuf = max(writeBuf, 4096)
+	}
 	d.msgType = websocket.TextMessage
 	if d.codec.Binary() {
 		d.msgType = websocket.BinaryMessage
@@ -100,7 +109,7 @@ func newDialer(c *Common, readBuf int, pool websocket.BufferPool) (*dialer, erro
 			HandshakeTimeout: c.Timeout,
 			Subprotocols:     []string{c.Subprotocol},
 			ReadBufferSize:   readBuf,
-			WriteBufferSize:  readBuf,
+			WriteBufferSize:  writeBuf,
 			WriteBufferPool:  pool,
 		}
 	}
