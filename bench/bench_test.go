@@ -271,12 +271,16 @@ func TestConfigErrors(t *testing.T) {
 type gateway struct {
 	bin, dataDir, url string
 	cmd               *exec.Cmd
+	admin             string // admin listener address, when turned on (under mu)
 
 	mu     sync.Mutex
 	log    []string // the last gatewayLogLines lines of its stderr
 	exited error    // set when it exits; nil while it runs
 	done   chan struct{}
 }
+
+// adminRE finds the admin listener's address in the gateway's log.
+var adminRE = regexp.MustCompile(`msg="admin listening".* addr=(\S+)`)
 
 // gatewayLogLines is how much of a gateway's log a failed test prints.
 const gatewayLogLines = 200
@@ -310,12 +314,20 @@ func (g *gateway) report(t *testing.T) {
 // environment, parsing the port from its log.
 func startGateway(t *testing.T, env ...string) *gateway {
 	t.Helper()
+	return startGatewayArgs(t, nil, env...)
+}
+
+// startGatewayArgs is startGateway with more command-line arguments
+// (later flags override the defaults: "-admin-listen", "127.0.0.1:0"
+// turns the admin listener on, whose address lands in admin).
+func startGatewayArgs(t *testing.T, args []string, env ...string) *gateway {
+	t.Helper()
 	dir := t.TempDir()
 	g := &gateway{bin: gatewayBinary(t), dataDir: filepath.Join(dir, "data"), done: make(chan struct{})}
 	// The benchmark configuration turns the admission limits off: every
 	// client comes from 127.0.0.1, faster than a single visitor would.
-	g.cmd = exec.Command(g.bin, "-config", "testdata/unigate-bench.yaml",
-		"-listen", "127.0.0.1:0", "-admin-listen", "", "-data-dir", g.dataDir, "-log-level", "info")
+	g.cmd = exec.Command(g.bin, append([]string{"-config", "testdata/unigate-bench.yaml",
+		"-listen", "127.0.0.1:0", "-admin-listen", "", "-data-dir", g.dataDir, "-log-level", "info"}, args...)...)
 	g.cmd.Env = append(append(os.Environ(), "GOMAXPROCS=2"), env...)
 	// A test binary killed by -timeout runs no cleanup: take the gateway
 	// with it.
@@ -334,6 +346,11 @@ func startGateway(t *testing.T, env ...string) *gateway {
 		defer close(logged)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			if m := adminRE.FindStringSubmatch(sc.Text()); m != nil {
+				g.mu.Lock()
+				g.admin = m[1]
+				g.mu.Unlock()
+			}
 			if m := re.FindStringSubmatch(sc.Text()); m != nil {
 				select {
 				case addr <- m[1]:

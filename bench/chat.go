@@ -402,8 +402,8 @@ func integrity(r *ChatReport) []string {
 // WriteSummary writes a readable summary of the report.
 func (r *ChatReport) WriteSummary(w io.Writer) {
 	c := r.Config
-	fmt.Fprintf(w, "unigate-bench chat: %d conversations, %d agents × %d, %.0f msg/s open loop, %v (+%v warmup), %d-byte texts, reply %.2f, %d workers, %s\n",
-		c.Conversations, c.Agents, c.AgentCapacity, c.Rate, c.Duration, c.Warmup, c.Size, c.Reply, c.Procs, c.URL)
+	fmt.Fprintf(w, "unigate-bench chat: %d conversations, %d agents × %d, %.0f msg/s open loop, %v (+%v warmup), %d-byte texts, reply %.2f, %d workers, %s, %s\n",
+		c.Conversations, c.Agents, c.AgentCapacity, c.Rate, c.Duration, c.Warmup, c.Size, c.Reply, c.Procs, c.channelLabel(), c.URL)
 	writeMachine(w, r.Machine)
 	if r.V2A.Sent == 0 && r.Setup.Agents == 0 {
 		fmt.Fprintln(w, "no message was sent: the run stopped during the setup (see the error)")

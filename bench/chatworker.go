@@ -313,10 +313,14 @@ func (w *chatWorker) measured(sched, now time.Duration) (bool, bool) {
 	return sched >= tl.wStart, now >= tl.wStart && now < tl.wEnd
 }
 
-func newChatWorker(job *chatJob) *chatWorker {
+func newChatWorker(job *chatJob) (*chatWorker, error) {
+	d, err := newDialer(&job.Common, 4096, nil)
+	if err != nil {
+		return nil, err
+	}
 	w := &chatWorker{
 		job:          job,
-		dial:         newDialer(&job.Common, 4096, nil),
+		dial:         d,
 		base:         time.Now(),
 		interval:     float64(job.TotalConvs) / job.Rate * 1e9,
 		byID:         make(map[string]*chatConv),
@@ -349,7 +353,7 @@ func newChatWorker(job *chatJob) *chatWorker {
 		c.v2a, c.a2v = newFlow(c.n), newFlow(c.n)
 		w.convs = append(w.convs, c)
 	}
-	return w
+	return w, nil
 }
 
 // sched is the due time of message k of c, relative to t0.
@@ -394,7 +398,10 @@ func runChatWorker(ctx context.Context, job *chatJob, cmds <-chan wire, link *wo
 	if err := job.Common.setDefaults(); err != nil {
 		return err
 	}
-	w := newChatWorker(job)
+	w, err := newChatWorker(job)
+	if err != nil {
+		return err
+	}
 	defer everySecond(func() {
 		p := w.progress()
 		p.Interval = w.ivl.takeSparse()

@@ -22,6 +22,14 @@ type Common struct {
 	// Subprotocol is offered in the upgrade: protocol.SubprotocolProto
 	// (default, binary frames) or protocol.SubprotocolJSON (text frames).
 	Subprotocol string `json:"subprotocol"`
+	// Suite, when set (GM, GM-PQ or INTL-PQ), runs the secure channel
+	// (docs/crypto.md) on every connection, offering this suite only;
+	// empty: plaintext.
+	Suite string `json:"suite,omitempty"`
+	// ServerKeys are the files of the gateway's identity keys to pin
+	// (required with Suite): PEM public keys, `unigate keygen` identity
+	// key files, or hex public keys; see loadPins.
+	ServerKeys []string `json:"server_keys,omitempty"`
 	// Procs is the number of worker processes the connections are spread
 	// over. Default 1.
 	Procs int `json:"procs"`
@@ -66,7 +74,8 @@ func (c *Common) setDefaults() error {
 	if protocol.ForSubprotocol(c.Subprotocol) == nil {
 		return fmt.Errorf("%w: unknown subprotocol %q", ErrConfig, c.Subprotocol)
 	}
-	return nil
+	_, err := c.secureConfig()
+	return err
 }
 
 // setTransportDefaults is setDefaults without the check that Subprotocol

@@ -59,6 +59,25 @@
 // the shared CPUs as it can. OpenConversations opens conversations for the
 // REST API scripts of bench/wrk.
 //
+// # Encrypted connections
+//
+// With Common.Suite (GM, GM-PQ or INTL-PQ) and the gateway's identity
+// keys pinned (Common.ServerKeys), every connection of idle, chat, sweep,
+// storm and fanout runs the secure channel of docs/crypto.md: the client
+// handshake right after the upgrade, before the hello (its time is part
+// of the connect latency), then every envelope both ways is secure{record}
+// with one record per frame, sealed and opened by crypto.Conn
+// (per-direction sequence numbers, rekeying at the server's rekey_after).
+// The client's side allocates nothing per message, as in plaintext
+// (BenchmarkSecureFrame); a JSON record is read without the codec
+// (secureDataJSON), whose decode of secure data allocates. The server's
+// NewSessionTicket is kept per connection index, so a storm's reconnect
+// resumes (PSK, no server signature); other scenarios connect each index
+// once, with a full handshake. A failed handshake counts as a failure
+// secure_<code> (secure_5: the server's key is not the pinned one). The
+// idle scenario drains frames after the welcome without opening them.
+// The admission scenario's storm clients (admitworker) stay plaintext.
+//
 // # Processes
 //
 // One process holds at most ~19,900 sockets on the machines this was written

@@ -380,8 +380,8 @@ func (r *FanoutReport) violations(sch fanoutSchedule) []string {
 // WriteSummary writes a readable summary of the report.
 func (r *FanoutReport) WriteSummary(w io.Writer) {
 	c := r.Config
-	fmt.Fprintf(w, "unigate-bench fanout: %d visitors waiting in tenant %s, the head leaves %.0f times/s open loop, %v (+%v warmup), %d workers, %s\n",
-		c.Visitors, c.Tenant, c.Rate, c.Duration, c.Warmup, c.Procs, c.URL)
+	fmt.Fprintf(w, "unigate-bench fanout: %d visitors waiting in tenant %s, the head leaves %.0f times/s open loop, %v (+%v warmup), %d workers, %s, %s\n",
+		c.Visitors, c.Tenant, c.Rate, c.Duration, c.Warmup, c.Procs, c.channelLabel(), c.URL)
 	writeMachine(w, r.Machine)
 	if r.Visitors == 0 {
 		fmt.Fprintln(w, "no result: the run stopped during the setup (see the error)")
@@ -420,7 +420,7 @@ func (r *FanoutReport) WriteSummary(w io.Writer) {
 }
 
 func (r *FanoutReport) title() string {
-	return fmt.Sprintf("unigate-bench fanout: %d waiting visitors, %s", r.Config.Visitors, r.Started.UTC().Format(time.RFC3339))
+	return fmt.Sprintf("unigate-bench fanout: %d waiting visitors (%s), %s", r.Config.Visitors, r.Config.channelLabel(), r.Started.UTC().Format(time.RFC3339))
 }
 
 func (r *FanoutReport) charts() []chart {

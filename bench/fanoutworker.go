@@ -242,8 +242,12 @@ func runFanoutWorker(ctx context.Context, job *fanoutJob, cmds <-chan wire, link
 	if err := job.Common.setDefaults(); err != nil {
 		return err
 	}
+	d, err := newDialer(&job.Common, 1024, &writePool{})
+	if err != nil {
+		return err
+	}
 	w := &fanoutWorker{
-		job: job, dial: newDialer(&job.Common, 1024, &writePool{}), base: time.Now(),
+		job: job, dial: d, base: time.Now(),
 		last:    make([]atomic.Int64, job.Triggers),
 		latency: newLatencyHist(), sendLag: newLatencyHist(), ivl: newLatencyHist(),
 		errs: newReasonCounter(), setupErrs: newReasonCounter(), drops: newReasonCounter(), events: newReasonCounter(),

@@ -343,7 +343,7 @@ func (r *IdleReport) charts() []chart {
 }
 
 func (r *IdleReport) title() string {
-	return fmt.Sprintf("unigate-bench idle: %d connections, %s", r.Config.Conns, r.Started.UTC().Format(time.RFC3339))
+	return fmt.Sprintf("unigate-bench idle: %d connections (%s), %s", r.Config.Conns, r.Config.channelLabel(), r.Started.UTC().Format(time.RFC3339))
 }
 
 // charts of the chat report: latency over time, percentile curves, rates
@@ -375,5 +375,5 @@ func (r *ChatReport) charts() []chart {
 }
 
 func (r *ChatReport) title() string {
-	return fmt.Sprintf("unigate-bench chat: %.0f msg/s offered, %d conversations, %s", r.Config.Rate, r.Config.Conversations, r.Started.UTC().Format(time.RFC3339))
+	return fmt.Sprintf("unigate-bench chat: %.0f msg/s offered, %d conversations (%s), %s", r.Config.Rate, r.Config.Conversations, r.Config.channelLabel(), r.Started.UTC().Format(time.RFC3339))
 }

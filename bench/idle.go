@@ -87,9 +87,13 @@ func runIdleWorker(ctx context.Context, job *idleJob, cmds <-chan wire, link *wo
 	if err := job.Common.setDefaults(); err != nil {
 		return err
 	}
+	d, err := newDialer(&job.Common, 1024, &writePool{})
+	if err != nil {
+		return err
+	}
 	w := &idleWorker{
 		job:      job,
-		dial:     newDialer(&job.Common, 1024, &writePool{}),
+		dial:     d,
 		link:     link,
 		failures: newReasonCounter(),
 		drops:    newReasonCounter(),

@@ -38,7 +38,10 @@ func OpenConversations(ctx context.Context, c OpenConfig) ([]string, error) {
 	if c.Conversations <= 0 {
 		c.Conversations = 1
 	}
-	d := newDialer(&c.Common, 4096, nil)
+	d, err := newDialer(&c.Common, 4096, nil)
+	if err != nil {
+		return nil, err
+	}
 	ids := make([]string, c.Conversations)
 	errs := make([]error, c.Conversations)
 	sem := make(chan struct{}, 8)

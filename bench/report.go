@@ -197,8 +197,8 @@ func writeMetrics(w io.Writer, title string, m map[string]float64) {
 
 // WriteSummary writes a readable summary of the report.
 func (r *IdleReport) WriteSummary(w io.Writer) {
-	fmt.Fprintf(w, "unigate-bench idle: %d connections at %.0f/s over %d workers, %s\n",
-		r.Config.Conns, r.Config.Rate, r.Config.Procs, r.Config.URL)
+	fmt.Fprintf(w, "unigate-bench idle: %d connections at %.0f/s over %d workers, %s, %s\n",
+		r.Config.Conns, r.Config.Rate, r.Config.Procs, r.Config.channelLabel(), r.Config.URL)
 	writeMachine(w, r.Machine)
 	fmt.Fprintf(w, "baseline: server RSS %s, kernel TCP mem %s, server conns %s\n",
 		fmtBytes(float64(r.Baseline.ServerRSSBytes)), fmtBytes(float64(r.Baseline.SockStat.MemBytes)), fmtServerConns(r.Baseline.ServerConns))

@@ -31,6 +31,10 @@
 # gateway. The echo scenario runs against echo servers, not the gateway:
 # bench/baselines/run.sh; the REST API under wrk: bench/wrk/rest.sh;
 # 100,000 connections: bench/host100k.sh.
+# SUITE=GM|GM-PQ|INTL-PQ runs the gateway with the secure channel on (an
+# SM2 and an Ed25519 identity key from `unigate keygen` in the work
+# directory) and gives unigate-bench -suite SUITE and -server-key with the
+# public keys: every benchmark connection is encrypted.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
@@ -78,6 +82,15 @@ if [ "$scenario" = admission ]; then
 elif [ "${ADMIN:-0}" = 1 ]; then
 	admin=127.0.0.1:0
 	extra_env=(UNIGATE_ADMIN_PPROF=true)
+fi
+bench_secure=()
+if [ -n "${SUITE:-}" ]; then
+	"$work/unigate" keygen -alg sm2 -out "$work/id-sm2.key" >"$work/id-sm2.out"
+	"$work/unigate" keygen -alg ed25519 -out "$work/id-ed25519.key" >"$work/id-ed25519.out"
+	extra_env+=(UNIGATE_CRYPTO_ENABLED=true UNIGATE_CRYPTO_IDENTITY_KEYS="$work/id-sm2.key,$work/id-ed25519.key"
+		UNIGATE_CRYPTO_SUITES=GM-PQ,GM,INTL-PQ)
+	# keygen's output carries the PEM public key: what a client pins.
+	bench_secure=(-suite "$SUITE" -server-key "$work/id-sm2.out,$work/id-ed25519.out")
 fi
 server_pin=() client_pin=()
 [ -n "${SERVER_CPUS:-}" ] && server_pin=(taskset -c "$SERVER_CPUS")
@@ -130,16 +143,16 @@ admission)
 		sleep 0.1
 	done
 	[ -n "$adminaddr" ] || { echo "run.sh: the gateway did not log its admin address" >&2; exit 1; }
-	${client_pin[@]+"${client_pin[@]}"} "$work/unigate-bench" admission -url "ws://$addr/ws" -server-pid "$pid" \
+	${client_pin[@]+"${client_pin[@]}"} "$work/unigate-bench" admission -url "ws://$addr/ws" -server-pid "$pid" ${bench_secure[@]+"${bench_secure[@]}"} \
 		-token-cmd "$work/unigate token agent -data-dir $work/data" \
 		-metrics "http://$adminaddr/metrics" -pprof "http://$adminaddr/debug/pprof/profile" \
 		-src-storm 127.0.0.2-127.0.0.9 "$@"
 	;;
 chat | sweep | storm)
-	${client_pin[@]+"${client_pin[@]}"} "$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" \
+	${client_pin[@]+"${client_pin[@]}"} "$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" ${bench_secure[@]+"${bench_secure[@]}"} \
 		-token-cmd "$work/unigate token agent -data-dir $work/data" "$@"
 	;;
 *)
-	${client_pin[@]+"${client_pin[@]}"} "$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" "$@"
+	${client_pin[@]+"${client_pin[@]}"} "$work/unigate-bench" "$scenario" -url "ws://$addr/ws" -server-pid "$pid" ${bench_secure[@]+"${bench_secure[@]}"} "$@"
 	;;
 esac

@@ -426,8 +426,8 @@ func (r *StormReport) violations() []string {
 // WriteSummary writes a readable summary of the report.
 func (r *StormReport) WriteSummary(w io.Writer) {
 	c := r.Config
-	fmt.Fprintf(w, "unigate-bench storm: %d clients, %d agents × %d, %d messages each way before the drop, %d missed, %d workers, %s\n",
-		c.Clients, c.Agents, c.AgentCapacity, c.Messages, c.Missed, c.Procs, c.URL)
+	fmt.Fprintf(w, "unigate-bench storm: %d clients, %d agents × %d, %d messages each way before the drop, %d missed, %d workers, %s, %s\n",
+		c.Clients, c.Agents, c.AgentCapacity, c.Messages, c.Missed, c.Procs, c.channelLabel(), c.URL)
 	writeMachine(w, r.Machine)
 	fmt.Fprintf(w, "resumed %d of %d (not resumed %d, failed %d); all welcomed in %.3fs (%.0f resumes/s), all replayed in %.3fs\n",
 		r.Resumed, r.Clients, r.NotResumed, r.Failed, r.RecoverWelcome, r.ResumeRate, r.RecoverReplay)
@@ -455,7 +455,7 @@ func (r *StormReport) WriteSummary(w io.Writer) {
 }
 
 func (r *StormReport) title() string {
-	return fmt.Sprintf("unigate-bench storm: %d clients, %s", r.Config.Clients, r.Started.UTC().Format(time.RFC3339))
+	return fmt.Sprintf("unigate-bench storm: %d clients (%s), %s", r.Config.Clients, r.Config.channelLabel(), r.Started.UTC().Format(time.RFC3339))
 }
 
 func (r *StormReport) charts() []chart {
@@ -538,8 +538,12 @@ func runStormWorker(ctx context.Context, job *stormJob, cmds <-chan wire, link *
 	if err := job.Common.setDefaults(); err != nil {
 		return err
 	}
+	d, err := newDialer(&job.Common, 4096, nil)
+	if err != nil {
+		return err
+	}
 	w := &stormWorker{
-		job: job, dial: newDialer(&job.Common, 4096, nil), base: time.Now(),
+		job: job, dial: d, base: time.Now(),
 		byID: make(map[string]*stormConv), pendingAgent: make(map[string]*stormAgent),
 		welcomeHist: newLatencyHist(), replayHist: newLatencyHist(),
 		refusals: newReasonCounter(), errs: newReasonCounter(), setupErrs: newReasonCounter(),

@@ -209,8 +209,8 @@ func RunSweep(ctx context.Context, c SweepConfig) (*SweepReport, error) {
 // WriteSummary writes a readable summary of the report.
 func (r *SweepReport) WriteSummary(w io.Writer) {
 	c := r.Config.Chat
-	fmt.Fprintf(w, "unigate-bench sweep: chat with %d conversations, %d agents × %d, %v per step (+%v warmup), p99 bound %v, saturation below %.0f%% delivered, %s\n",
-		c.Conversations, c.Agents, c.AgentCapacity, c.Duration, c.Warmup, r.Config.P99Bound, 100*r.Config.Saturation, c.URL)
+	fmt.Fprintf(w, "unigate-bench sweep: chat with %d conversations, %d agents × %d, %v per step (+%v warmup), p99 bound %v, saturation below %.0f%% delivered, %s, %s\n",
+		c.Conversations, c.Agents, c.AgentCapacity, c.Duration, c.Warmup, r.Config.P99Bound, 100*r.Config.Saturation, c.channelLabel(), c.URL)
 	writeMachine(w, r.Machine)
 	fmt.Fprintf(w, "%10s %10s %10s %8s %9s %9s %9s %9s %7s %6s %s\n",
 		"rate/s", "offered/s", "deliv/s", "deliv%", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors", "cpu", "")

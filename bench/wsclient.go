@@ -18,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 	"golang.org/x/sys/unix"
 
+	"github.com/unigate/unigate/crypto"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -61,7 +62,9 @@ type dialer struct {
 	codec   protocol.Codec
 	msgType int
 	timeout time.Duration
-	ws      []*websocket.Dialer // one per source address
+	ws      []*websocket.Dialer  // one per source address
+	secure  *crypto.ClientConfig // nil: plaintext
+	tickets ticketStore          // resumption tickets per connection index
 
 	// pings counts the server's pings on every connection of this dialer;
 	// pongErrors the pongs that could not be written.
@@ -80,8 +83,21 @@ type writePool struct{ p sync.Pool }
 func (w *writePool) Get() any  { return w.p.Get() }
 func (w *writePool) Put(v any) { w.p.Put(v) }
 
-func newDialer(c *Common, readBuf int, pool websocket.BufferPool) *dialer {
-	d := &dialer{url: c.URL, codec: protocol.ForSubprotocol(c.Subprotocol), timeout: c.Timeout}
+func newDialer(c *Common, readBuf int, pool websocket.BufferPool) (*dialer, error) {
+	sec, err := c.secureConfig()
+	if err != nil {
+		return nil, err
+	}
+	d := &dialer{url: c.URL, codec: protocol.ForSubprotocol(c.Subprotocol), timeout: c.Timeout, secure: sec}
+	writeBuf := readBuf
+	if sec != nil {
+		// gorilla fragments a message longer than its write buffer, and
+		// the INTL-PQ and GM-PQ ClientHellos (ML-KEM key shares) are
+		// longer than 1 KiB: the gateway would then keep its reassembly
+		// buffer (up to 4 KiB) for the connection's life. Clients such as
+		// browsers send the hello in one frame.
+		writeBuf = max(writeBuf, 4096)
+	}
 	d.msgType = websocket.TextMessage
 	if d.codec.Binary() {
 		d.msgType = websocket.BinaryMessage
@@ -93,7 +109,7 @@ func newDialer(c *Common, readBuf int, pool websocket.BufferPool) *dialer {
 			HandshakeTimeout: c.Timeout,
 			Subprotocols:     []string{c.Subprotocol},
 			ReadBufferSize:   readBuf,
-			WriteBufferSize:  readBuf,
+			WriteBufferSize:  writeBuf,
 			WriteBufferPool:  pool,
 		}
 	}
@@ -103,7 +119,7 @@ func newDialer(c *Common, readBuf int, pool websocket.BufferPool) *dialer {
 	for _, a := range c.Src {
 		d.ws = append(d.ws, mk(a))
 	}
-	return d
+	return d, nil
 }
 
 // netDialer returns a TCP dialer bound to src (any address when src is
@@ -128,7 +144,8 @@ func netDialer(timeout time.Duration, src netip.Addr) *net.Dialer {
 }
 
 // dial opens connection number i (which picks the source address),
-// upgrades it and checks the subprotocol.
+// upgrades it, checks the subprotocol and, on an encrypted run, completes
+// the secure channel's handshake.
 func (d *dialer) dial(ctx context.Context, i int) (*wsConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
@@ -152,7 +169,15 @@ func (d *dialer) dial(ctx context.Context, i int) (*wsConn, error) {
 		d.pongErrors.Add(1)
 		return err
 	})
-	return &wsConn{c: c, codec: d.codec, msgType: d.msgType}, nil
+	w := &wsConn{c: c, codec: d.codec, msgType: d.msgType}
+	if d.secure != nil {
+		deadline, _ := ctx.Deadline()
+		if err := w.handshake(d, i, deadline); err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+	}
+	return w, nil
 }
 
 // httpError is an upgrade refused with an HTTP status.
@@ -172,6 +197,16 @@ type wsConn struct {
 
 	wmu  sync.Mutex
 	wbuf []byte
+
+	// The secure channel (nil sec: plaintext). Seal and the write buffers
+	// below are used under wmu; Open, hs and the read buffers by the reader.
+	sec        *crypto.Conn
+	hs         *crypto.ClientHandshake // until the ticket (or the first record) arrives
+	tickets    *ticketStore
+	idx        int
+	sbuf, obuf []byte            // sealed record, outer envelope
+	wenv       protocol.Envelope // outer envelope written
+	dbuf, pbuf []byte            // record decoded from JSON, opened plaintext
 }
 
 // send encodes env and writes it as one message.
@@ -183,12 +218,22 @@ func (w *wsConn) send(env *protocol.Envelope) error {
 	if err != nil {
 		return err
 	}
-	return w.c.WriteMessage(w.msgType, w.wbuf)
+	if w.sec == nil {
+		return w.c.WriteMessage(w.msgType, w.wbuf)
+	}
+	frame, err := w.seal()
+	if err != nil {
+		return err
+	}
+	return w.c.WriteMessage(w.msgType, frame)
 }
 
 // read returns the next envelope. It is valid until the next read: with
 // the proto codec its strings alias the read buffer. A decode error is
 // returned as a *protocol.Error; the connection stays usable.
+//
+// On an encrypted connection a frame that does not open (or a plaintext
+// envelope) is a *secureError: the connection is dead.
 func (w *wsConn) read() (*protocol.Envelope, error) {
 	_, r, err := w.c.NextReader()
 	if err != nil {
@@ -198,7 +243,17 @@ func (w *wsConn) read() (*protocol.Envelope, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := w.codec.Decode(w.rbuf, &w.renv); err != nil {
+	data := w.rbuf
+	if w.sec != nil {
+		var ok bool
+		if data, ok, err = w.open(); err != nil {
+			return nil, err
+		}
+		if !ok { // the server's NewSessionTicket
+			return w.read()
+		}
+	}
+	if err := w.codec.Decode(data, &w.renv); err != nil {
 		return nil, err
 	}
 	return &w.renv, nil
@@ -286,9 +341,12 @@ func reasonOf(err error) string {
 	var ce *websocket.CloseError
 	var pe *protocol.Error
 	var ne net.Error
+	var cre *crypto.Error
 	switch {
 	case err == nil:
 		return "none"
+	case errors.As(err, &cre):
+		return "secure_" + strconv.Itoa(int(cre.Code))
 	case errors.As(err, &se):
 		return "error_" + strconv.Itoa(int(se.code)) + "_" + se.code.String()
 	case errors.As(err, &he):

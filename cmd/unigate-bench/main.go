@@ -122,6 +122,15 @@ func common(fs *flag.FlagSet, c *bench.Common, src, sub *string, out *outputs, q
 		return err
 	})
 	fs.StringVar(&c.MetricsURL, "metrics", "", "gateway Prometheus `url`, e.g. http://127.0.0.1:9090/metrics")
+	fs.StringVar(&c.Suite, "suite", "", "encrypt every connection with the secure channel, `suite` GM, GM-PQ or INTL-PQ (default: plaintext); needs -server-key")
+	fs.Func("server-key", "`file`s (comma-separated) of the gateway's identity keys to pin: the PEM public key `unigate keygen` prints, its -out key file, or the hex public key", func(s string) error {
+		for f := range strings.SplitSeq(s, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				c.ServerKeys = append(c.ServerKeys, f)
+			}
+		}
+		return nil
+	})
 	fs.StringVar(&out.json, "json", "", "write the report as JSON to `file` (- for stdout)")
 	fs.StringVar(&out.html, "html", "", "write the report as a self-contained HTML page with plots to `file`")
 	fs.BoolVar(quiet, "quiet", false, "no progress lines on stderr")
