@@ -283,5 +283,5 @@ func (s *Server) overRate(c *Conn, r *connRates, now int64, n int, msg bool) boo
 func (s *Server) closeRate(c *Conn) {
 	c.Close(ws.StatusPolicyViolation, "rate limit")
 	c.state = stateClosing
-	c.frag = nil
+	c.frag, c.fragBuf = nil, nil
 }

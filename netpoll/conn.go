@@ -79,7 +79,8 @@ type Conn struct {
 	// Event-loop-only state.
 	state    connState
 	fragOp   ws.OpCode // opcode of the message being reassembled, 0 if none
-	frag     []byte    // reassembly buffer of a fragmented message
+	frag     []byte    // reassembly buffer of a fragmented message (from fragPool)
+	fragBuf  *[]byte   // its pool holder; nil between fragmented messages
 	utf8     utf8Stream
 	regIndex int // position in the registry shard
 	// handlerOpened: Handler.OnOpen was called, so OnClose is owed.
@@ -298,7 +299,7 @@ func (c *Conn) markGone() {
 	for _, f := range batch {
 		f.Release()
 	}
-	c.frag = nil
+	c.frag, c.fragBuf = nil, nil
 }
 
 // loopFlusher batches the connections of one event loop that have frames to

@@ -526,6 +526,9 @@ func (s *Server) frame(c *Conn, h ws.Header, p []byte) {
 				s.failUTF8(c)
 				return
 			}
+			if c.fragBuf == nil {
+				getFrag(c)
+			}
 			c.frag = append(c.frag[:0], p...)
 			return
 		}
@@ -550,13 +553,36 @@ func (s *Server) frame(c *Conn, h ws.Header, p []byte) {
 		op := c.fragOp
 		c.fragOp = 0
 		s.deliver(c, op, c.frag)
-		// Keep a small reassembly buffer; drop a large one.
-		if cap(c.frag) > 4<<10 {
-			c.frag = nil
-		} else {
-			c.frag = c.frag[:0]
-		}
+		// The reassembly buffer goes back to a pool shared by the
+		// connections: kept per connection, it cost every client that
+		// once fragmented a message (an INTL-PQ ClientHello from a client
+		// with a 1 KiB write buffer) up to 4 KiB for the connection's life.
+		putFrag(c)
 	}
+}
+
+// fragPool holds reassembly buffers: a fragmented message is rare
+// (browsers send whole frames), so a connection takes one at a message's
+// first fragment and gives it back after the delivery (or drops it when
+// the connection fails or closes meanwhile). Buffers over maxPooledFrag
+// are not kept.
+var fragPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+const maxPooledFrag = 16 << 10
+
+// getFrag gives c a reassembly buffer from the pool.
+func getFrag(c *Conn) {
+	c.fragBuf = fragPool.Get().(*[]byte)
+	c.frag = (*c.fragBuf)[:0]
+}
+
+// putFrag gives c's reassembly buffer back.
+func putFrag(c *Conn) {
+	if bp := c.fragBuf; bp != nil && cap(c.frag) <= maxPooledFrag {
+		*bp = c.frag[:0]
+		fragPool.Put(bp)
+	}
+	c.fragBuf, c.frag = nil, nil
 }
 
 func (s *Server) deliver(c *Conn, op ws.OpCode, p []byte) {
@@ -600,7 +626,7 @@ func (s *Server) fail(c *Conn, code ws.StatusCode, reason string) {
 	}
 	c.Close(code, reason)
 	c.state = stateClosing
-	c.frag = nil
+	c.frag, c.fragBuf = nil, nil
 }
 
 // fullResponse answers a connection over the open-file bound, before

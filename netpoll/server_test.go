@@ -1,6 +1,7 @@
 package netpoll
 
 import (
+	"bytes"
 	"context"
 	"sync"
 	"testing"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gorilla/websocket"
+	"github.com/panjf2000/gnet/v2"
 )
 
 // echo is a Handler that sends every message back and records events.
@@ -112,5 +114,49 @@ func TestReusePortEveryLoop(t *testing.T) {
 	// hash: all 32 on one of 2 loops has a chance of 2⁻³¹.
 	if len(loops) != 2 {
 		t.Fatalf("connections per event loop: %v; want both loops used", loops)
+	}
+}
+
+// TestFragmentBufferReturned: a client that fragments its messages
+// (gorilla splits a message longer than its write buffer) gets them
+// reassembled and echoed whole, and between messages its connection holds
+// no reassembly buffer: it goes back to the pool after each delivery
+// (it used to stay with the connection, up to 4 KiB per such client).
+func TestFragmentBufferReturned(t *testing.T) {
+	s := startServer(t, &echo{})
+	d := websocket.Dialer{Subprotocols: []string{"unigate.v1.proto"}, WriteBufferSize: 512}
+	ws, _, err := d.Dial("ws://"+s.Addr()+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	waitFor(t, 5*time.Second, "the connection", func() bool { return s.Connections() == 1 })
+	var conn *Conn
+	s.reg.each(func(c *Conn) { conn = c })
+	for i, n := range []int{3000, 1500, 20 << 10, 2000} {
+		msg := bytes.Repeat([]byte{byte('a' + i)}, n)
+		if err := ws.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+			t.Fatal(err)
+		}
+		_, got, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, msg) {
+			t.Fatalf("message %d: echoed %d bytes, want the %d sent", i, len(got), n)
+		}
+		held := make(chan int, 1)
+		if err := conn.loop.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+			held <- cap(conn.frag)
+			if conn.fragBuf != nil {
+				held <- -1
+			}
+			return nil
+		})); err != nil {
+			t.Fatal(err)
+		}
+		if c := <-held; c != 0 || len(held) > 0 {
+			t.Fatalf("after message %d (%d bytes) the connection holds a reassembly buffer of %d bytes", i, n, c)
+		}
 	}
 }
