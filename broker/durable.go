@@ -877,7 +877,8 @@ const shortReadPause = 10 * time.Millisecond
 // passed until it reaches upTo, the limit, or ctx's deadline
 // (errShortRead): a message is never skipped, so a replay followed by
 // live deliveries has no gap. Seqs retention removed are skipped (only
-// the oldest are removed; a conversation retention emptied ends it).
+// the oldest are removed; a read that reaches a seq past upTo, or a
+// conversation retention emptied, ends it).
 func (s *shard) readStream(ctx context.Context, c *conversation, after, upTo uint64, limit int, fn func(*histstore.Message)) (uint64, error) {
 	last, n := after, 0
 	for {
@@ -885,8 +886,10 @@ func (s *shard) readStream(ctx context.Context, c *conversation, after, upTo uin
 		if limit > 0 {
 			rem = limit - n
 		}
+		beyond := false // the read reached a seq past upTo: nothing more to get
 		info, err := s.b.o.History.Replay(ctx, c.tenant, c.id, last, rem, func(hm *histstore.Message) bool {
 			if hm.Seq > upTo {
+				beyond = true
 				return false
 			}
 			fn(hm)
@@ -897,7 +900,7 @@ func (s *shard) readStream(ctx context.Context, c *conversation, after, upTo uin
 		if err != nil {
 			return last, err
 		}
-		if last >= upTo || (limit > 0 && n >= limit) || info.Last == 0 {
+		if last >= upTo || beyond || (limit > 0 && n >= limit) || info.Last == 0 {
 			return last, nil
 		}
 		s.b.m.shortReads.Inc()
