@@ -790,13 +790,15 @@ func (s *shard) resync(c *conversation) error {
 		// it did deliver are never delivered twice, the rest come with
 		// the next resync. A message that is one of this node's forwarded
 		// sends is acked to its sender instead (learn).
-		// A replica behind the one that answered Last is read again
-		// (readStream) rather than ending the resync short: a resync
-		// that fails leaves the next append to conflict again.
-		_, err = s.readStream(ctx, c, c.lastSeq, last.Seq, 0, func(hm *histstore.Message) {
-			if hm.Seq > c.lastSeq {
-				s.learn(c, messageOf(hm), 0)
+		_, err = h.Replay(ctx, c.tenant, c.id, c.lastSeq, 0, func(hm *histstore.Message) bool {
+			if hm.Seq > last.Seq {
+				return false
 			}
+			if hm.Seq <= c.lastSeq {
+				return true
+			}
+			s.learn(c, messageOf(hm), 0)
+			return true
 		})
 		if err != nil {
 			return err
