@@ -414,11 +414,12 @@ func (s *shard) attach(r *ctrl) {
 	if c == nil || cl.closed.Load() || !c.participant(cl.user.Load()) || slices.Contains(c.attached, cl) {
 		return
 	}
+	var resyncErr error
 	if s.b.o.Cluster != nil && !c.inflight && c.state != protocol.StateClosed {
 		// Another node may have stored messages whose notices this one
 		// missed: catch up before the replay.
-		if err := s.resync(c); err != nil {
-			s.b.log.Warn("broker: resync on attach failed", "conversation", c.id, "err", err)
+		if resyncErr = s.resync(c); resyncErr != nil {
+			s.b.log.Warn("broker: resync on attach failed", "conversation", c.id, "err", resyncErr)
 		}
 	}
 	c.attached = slices.DeleteFunc(c.attached, func(x *client) bool { return x.closed.Load() })
@@ -437,6 +438,12 @@ func (s *shard) attach(r *ctrl) {
 	}
 	after := r.seq
 	if after > c.lastSeq {
+		if resyncErr != nil {
+			// This node may not have caught up yet (a replica behind):
+			// the cursor may be right.
+			s.fail(cl, r.id, protocol.CodeUnavailable, "history unavailable, resume again later")
+			return
+		}
 		s.fail(cl, r.id, protocol.CodeSeqFromFuture, "cursor is ahead of the conversation")
 		return
 	}

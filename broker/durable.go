@@ -857,20 +857,70 @@ func (s *shard) replayStream(c *conversation, to []*client, after, upTo uint64, 
 	e := &s.out
 	e.Kind = protocol.KindDeliver
 	e.ID = 0
-	_, err := s.b.o.History.Replay(ctx, c.tenant, c.id, after, limit, func(hm *histstore.Message) bool {
-		if hm.Seq > upTo {
-			return false
-		}
+	_, err := s.readStream(ctx, c, after, upTo, limit, func(hm *histstore.Message) {
 		m := messageOf(hm)
 		e.Deliver = deliverOf(c, &m)
 		s.b.fanout(to, nil, e)
-		return true
 	})
 	e.Deliver = protocol.Deliver{}
 	if err != nil {
 		s.b.log.Warn("broker: history replay failed", "conversation", c.id, "err", err)
 		for _, cl := range to {
 			s.fail(cl, 0, protocol.CodeUnavailable, "history unavailable, resume again later")
+		}
+	}
+}
+
+// errShortRead: the stream's replicas did not show the messages up to the
+// seq asked for before the read's deadline.
+var errShortRead = errors.New("broker: history read ended before the last visible seq")
+
+// shortReadPause is the pause between two attempts of readStream.
+const shortReadPause = 10 * time.Millisecond
+
+// readStream passes to fn the stored messages of c after `after`, up to
+// and including upTo, at most limit of them (0: no limit), in order, and
+// returns the last seq it passed. History reads are direct gets, which
+// any replica of the stream answers: one that has not applied the newest
+// messages yet ends the read early without an error (in a cluster after a
+// node died, or under load: the stream's Last, answered by another
+// replica, named them). Such a read is continued from the last message
+// passed until it reaches upTo, the limit, or ctx's deadline
+// (errShortRead): a message is never skipped, so a replay followed by
+// live deliveries has no gap. Seqs retention removed are skipped (only
+// the oldest are removed; a read that reaches a seq past upTo, or a
+// conversation retention emptied, ends it).
+func (s *shard) readStream(ctx context.Context, c *conversation, after, upTo uint64, limit int, fn func(*histstore.Message)) (uint64, error) {
+	last, n := after, 0
+	for {
+		rem := 0
+		if limit > 0 {
+			rem = limit - n
+		}
+		beyond := false // the read reached a seq past upTo: nothing more to get
+		info, err := s.b.o.History.Replay(ctx, c.tenant, c.id, last, rem, func(hm *histstore.Message) bool {
+			if hm.Seq > upTo {
+				beyond = true
+				return false
+			}
+			fn(hm)
+			last = hm.Seq
+			n++
+			return true
+		})
+		if err != nil {
+			return last, err
+		}
+		if last >= upTo || beyond || (limit > 0 && n >= limit) || info.Last == 0 {
+			return last, nil
+		}
+		s.b.m.shortReads.Inc()
+		t := time.NewTimer(shortReadPause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return last, fmt.Errorf("%w: %s at seq %d of %d", errShortRead, c.id, last, upTo)
+		case <-t.C:
 		}
 	}
 }
@@ -944,14 +994,18 @@ func (s *shard) load(id string) *conversation {
 		c.lastSeq, c.streamSeq = last.Seq, ss
 		// Warm the ring (replays and the dedupe table) with the newest page.
 		from := c.lastSeq - min(c.lastSeq, uint64(min(b.o.ReplayLimit, b.o.HistoryPerConversation)))
-		_, err := b.o.History.Replay(ctx, c.tenant, c.id, from, 0, func(hm *histstore.Message) bool {
-			if hm.Seq > c.lastSeq {
-				return false
-			}
-			m := messageOf(hm)
-			c.hist.push(m, c.dedupe)
-			return true
+		got, err := s.readStream(ctx, c, from, c.lastSeq, 0, func(hm *histstore.Message) {
+			c.hist.push(messageOf(hm), c.dedupe)
 		})
+		if errors.Is(err, errShortRead) {
+			// The replicas never showed the newest messages in time: c
+			// ends at the last one read (its seqs stay contiguous, a
+			// replay never skips one), and expects no stream sequence,
+			// so that its next append conflicts and resyncs; a notice
+			// or attach resyncs too.
+			b.log.Warn("broker: conversation loaded short of its last message", "conversation", id, "err", err)
+			c.lastSeq, c.streamSeq, err = got, 0, nil
+		}
 		if err != nil {
 			b.log.Warn("broker: conversation load failed", "conversation", id, "err", err)
 			return nil

@@ -32,6 +32,7 @@ type brokerMetrics struct {
 	// Cluster mode.
 	clusterNotices    *metrics.Counter                   // messages received from other nodes
 	clusterGaps       *metrics.Counter                   // notices after a gap (resync)
+	shortReads        *metrics.Counter                   // history reads continued: a replica behind the stream's last (readStream)
 	clusterConflicts  *metrics.Counter                   // record updates lost to another node
 	appendConflicts   *metrics.Counter                   // appends that met another writer (resynced)
 	forwarded         *metrics.Counter                   // sends forwarded to another node's writer
@@ -55,6 +56,7 @@ func newMetrics(b *Broker) *brokerMetrics {
 
 		clusterNotices:    s.NewCounter("unigate_broker_cluster_notices_total"),
 		clusterGaps:       s.NewCounter("unigate_broker_cluster_gaps_total"),
+		shortReads:        s.NewCounter("unigate_broker_history_short_reads_total"),
 		clusterConflicts:  s.NewCounter("unigate_broker_cluster_conflicts_total"),
 		appendConflicts:   s.NewCounter("unigate_broker_cluster_append_conflicts_total"),
 		forwarded:         s.NewCounter("unigate_broker_cluster_forwarded_total"),
