@@ -28,6 +28,9 @@ type History interface {
 	// Last returns the conversation's last stored message and its stream
 	// sequence.
 	Last(ctx context.Context, tenant, conv string) (m *histstore.Message, streamSeq uint64, ok bool, err error)
+	// Get returns the conversation's message at stream sequence streamSeq
+	// (ok=false: none, or another conversation's).
+	Get(ctx context.Context, tenant, conv string, streamSeq uint64) (m *histstore.Message, ok bool, err error)
 }
 
 var _ History = (*histstore.Store)(nil)
@@ -631,9 +634,19 @@ func (s *shard) appended(res *appendResult) {
 		s.unknownOutcome(c, serials)
 	case r.err == nil && r.dup:
 		// Stored long before (a retry after a restart, within the
-		// duplicate window): the original Ack if the message is still in
-		// memory.
-		seq := c.dedupe[dedupeKey{p.u.id, p.cmid}]
+		// duplicate window): the original Ack. Its seq is in memory while
+		// the message is in the ring; older, it is read from the stream at
+		// the sequence the PubAck names.
+		seq, ok := c.dedupe[dedupeKey{p.u.id, p.cmid}]
+		if !ok {
+			seq = s.storedSeq(c, p, r.streamSeq)
+		}
+		if seq == 0 {
+			// Not found (retention removed it, or the read failed): the
+			// message was stored, but its seq is unknown here.
+			s.unknownOutcome(c, serialsOf(c, 1))
+			break
+		}
 		s.ackStored(c, p, seq)
 		s.popSend(c)
 	case errors.Is(r.err, histstore.ErrBatch):
@@ -869,6 +882,22 @@ func (s *shard) replayStream(c *conversation, to []*client, after, upTo uint64, 
 			s.fail(cl, 0, protocol.CodeUnavailable, "history unavailable, resume again later")
 		}
 	}
+}
+
+// storedSeq reads the conversation seq of p's original, stored at stream
+// sequence ss (0: not found or unreadable; logged).
+func (s *shard) storedSeq(c *conversation, p *pendingSend, ss uint64) uint64 {
+	ctx, cancel := s.ioCtx()
+	defer cancel()
+	m, ok, err := s.b.o.History.Get(ctx, c.tenant, c.id, ss)
+	switch {
+	case err != nil:
+		s.b.log.Warn("broker: reading a duplicate's original failed", "conversation", c.id, "stream_seq", ss, "err", err)
+		return 0
+	case !ok || m.SenderID != p.u.id || m.ClientMsgID != p.cmid:
+		return 0
+	}
+	return m.Seq
 }
 
 // errShortRead: the stream's replicas did not show the messages up to the

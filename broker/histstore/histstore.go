@@ -824,3 +824,28 @@ func (s *Store) Last(ctx context.Context, tenant, conv string) (m *Message, stre
 	}
 	return m, raw.Sequence, true, nil
 }
+
+// Get returns the message of a conversation stored at stream sequence
+// streamSeq (the sequence a duplicate's PubAck names), ok=false when
+// there is none (discarded by retention) or it belongs to another
+// conversation.
+func (s *Store) Get(ctx context.Context, tenant, conv string, streamSeq uint64) (m *Message, ok bool, err error) {
+	if err := checkKey(tenant, conv); err != nil {
+		return nil, false, err
+	}
+	raw, err := s.stream.GetMsg(ctx, streamSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("histstore: get: %w", err)
+	}
+	if raw.Subject != s.Subject(tenant, conv) {
+		return nil, false, nil
+	}
+	m = &Message{Tenant: tenant, Conversation: conv}
+	if err := decode(raw.Data, m, s.sealer, true); err != nil {
+		return nil, false, fmt.Errorf("stream sequence %d: %w", raw.Sequence, err)
+	}
+	return m, true, nil
+}
