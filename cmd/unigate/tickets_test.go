@@ -56,6 +56,35 @@ func startTicketGateway(t *testing.T, cfg config.Config) (*gateway, func()) {
 	return g, stop
 }
 
+// dialGM connects a Go client on the GM channel, pinned to sm2, and checks
+// that its first handshake was a full one; it is closed when the test ends.
+func dialGM(ctx context.Context, t *testing.T, addr string, sm2 crypto.Signer) *client.Client {
+	t.Helper()
+	c, err := client.Dial(ctx, client.Options{URL: "ws://" + addr + "/ws", Tenant: "default",
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, DrainSpread: 50 * time.Millisecond,
+		Secure: &crypto.ClientConfig{Suites: []*crypto.Suite{crypto.GM}, ServerKeys: []crypto.Verifier{sm2.Public()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if s := c.Secure(); s.Suite != "GM" || s.Resumed {
+		t.Fatalf("first connection %+v, want a full GM handshake", s)
+	}
+	return c
+}
+
+// waitReconnect waits until c has reconnected once.
+func waitReconnect(t *testing.T, c *client.Client) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for c.Stats().Reconnects == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the client did not reconnect: %v", c.Err())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func brokerCounter(g *gateway, name string) uint64 {
 	return g.broker.Metrics().GetOrCreateCounter(name).Get()
 }
@@ -71,16 +100,7 @@ func TestTicketsSurviveGatewayRestart(t *testing.T) {
 	addr := g1.srv.Addr()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, client.Options{URL: "ws://" + addr + "/ws", Tenant: "default",
-		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, DrainSpread: 50 * time.Millisecond,
-		Secure: &crypto.ClientConfig{Suites: []*crypto.Suite{crypto.GM}, ServerKeys: []crypto.Verifier{sm2.Public()}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if s := c.Secure(); s.Suite != "GM" || s.Resumed {
-		t.Fatalf("first connection %+v, want a full GM handshake", s)
-	}
+	c := dialGM(ctx, t, addr, sm2)
 	fi, err := os.Stat(filepath.Join(cfg.DataDir, "ticket.key"))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("ticket key file: %v %v", fi, err)
@@ -89,13 +109,7 @@ func TestTicketsSurviveGatewayRestart(t *testing.T) {
 	stop1()
 	cfg.Listen = addr
 	g2, _ := startTicketGateway(t, cfg)
-	deadline := time.Now().Add(20 * time.Second)
-	for c.Stats().Reconnects == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the client did not reconnect: %v", c.Err())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitReconnect(t, c)
 	if s := c.Secure(); !s.Resumed {
 		t.Fatalf("after the restart %+v, want a resumed channel", s)
 	}
@@ -141,16 +155,7 @@ func TestTicketsSurviveMasterKeyRotation(t *testing.T) {
 	addr, oldMaster := g1.srv.Addr(), g1.atRest.currentMaster().ID()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, client.Options{URL: "ws://" + addr + "/ws", Tenant: "default",
-		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, DrainSpread: 50 * time.Millisecond,
-		Secure: &crypto.ClientConfig{Suites: []*crypto.Suite{crypto.GM}, ServerKeys: []crypto.Verifier{sm2.Public()}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if s := c.Secure(); s.Suite != "GM" || s.Resumed {
-		t.Fatalf("first connection %+v, want a full GM handshake", s)
-	}
+	c := dialGM(ctx, t, addr, sm2)
 
 	stop1()
 	m, err := atrest.RotateMasterKeyFile(cfg.MasterKeyPath())
@@ -165,13 +170,7 @@ func TestTicketsSurviveMasterKeyRotation(t *testing.T) {
 	if name := g2.tickets.ring.Name(); !strings.Contains(name, m.Current().ID()) {
 		t.Fatalf("ring %s is not wrapped by the new master key %s", name, m.Current().ID())
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for c.Stats().Reconnects == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the client did not reconnect: %v", c.Err())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitReconnect(t, c)
 	if s := c.Secure(); !s.Resumed {
 		t.Fatalf("after the master key rotation %+v, want a resumed channel", s)
 	}
