@@ -47,10 +47,17 @@ const (
 	forwardTimeout = 2*ioTimeout - time.Second
 	// forwardTick: how often a conversation with forwards in flight checks
 	// them; an answered message that has not reached this node a tick
-	// later is read from History, and acked anyway after maxLate ticks.
+	// later is read from History. After maxLate ticks its sender gets
+	// CodeUnconfirmed: an Ack at a seq this node has not delivered up to
+	// would move the client's cursor past the messages before it (see
+	// ackInOrder).
 	forwardTick = 250 * time.Millisecond
 	maxLate     = 20
 )
+
+// msgLate answers a forward the writer stored that this node could not
+// read within maxLate ticks.
+const msgLate = "stored by another node, but this node cannot read the history up to it yet: re-send it with the same client_msg_id for its ack"
 
 // convWriter is the cluster write state of a conversation (owned by its
 // shard).
@@ -60,10 +67,6 @@ type convWriter struct {
 	peerAt time.Time // when its last notice came
 	ownAt  time.Time // when this node last appended a send of its own clients
 	timer  *time.Timer
-	// early: messages this node acked before it learned them (the
-	// writer said stored; forwardTick), by seq: the connection that has
-	// the Ack is left out when the message is delivered.
-	early map[uint64]*client
 }
 
 // remoteSend is a send another node forwarded to this one: where to
@@ -240,9 +243,12 @@ func (s *shard) forwardTick(c *conversation) {
 		case p.fwd == 0:
 		case p.fwdAns != nil && p.late >= maxLate:
 			// Stored, says the writer, but this node cannot read it (a
-			// replica far behind): ack it now, the message follows (to
-			// everybody but the connection acked: learn).
-			s.ackAhead(c, p, p.fwdAns.Seq)
+			// replica far behind). No Ack before the messages ahead of
+			// it are delivered here (ackInOrder): the sender re-sends,
+			// and the message reaches everybody, its sender included,
+			// when this node learns it.
+			s.failSend(c, p, protocol.CodeUnconfirmed, msgLate)
+			s.b.m.lateForwards.Inc()
 			s.removeSend(c, i)
 			continue
 		case p.fwdAns != nil && now.After(p.fwdBy):
@@ -367,9 +373,6 @@ func (s *shard) forwardAnswered(a *fwdAnswer) {
 		code, msg := unconfirmed(p, a.Code, a.Msg)
 		s.failSend(c, p, code, msg)
 		s.removeSend(c, i)
-	case a.Dup:
-		s.ackAhead(c, p, a.Seq)
-		s.removeSend(c, i)
 	case a.Seq <= c.lastSeq:
 		// Learned already without being recognised (its notice was taken
 		// for a re-send of the same client message id): only the Ack is
@@ -377,26 +380,23 @@ func (s *shard) forwardAnswered(a *fwdAnswer) {
 		s.ackStored(c, p, a.Seq)
 		s.removeSend(c, i)
 	default:
-		// Stored; wait for the messages before it to arrive (their
-		// notices are usually queued right behind this answer).
+		// Stored (or stored before: Dup); wait for the messages before
+		// it to arrive (their notices are usually queued right behind
+		// this answer): see ackInOrder.
 		p.fwdAns, p.fwdBy = a, time.Now().Add(forwardTick)
 		s.learnAnswered(c)
 	}
 	s.pump(c)
 }
 
-// ackAhead acks p as stored at seq, which this node may not have learned
-// yet: when it does, the connection that has the Ack is left out of the
-// Deliver (learn).
-func (s *shard) ackAhead(c *conversation, p *pendingSend, seq uint64) {
-	s.ackStored(c, p, seq)
-	if p.cl != nil && seq > c.lastSeq {
-		if c.cw.early == nil {
-			c.cw.early = make(map[uint64]*client)
-		}
-		c.cw.early[seq] = p.cl
-	}
-}
+// ackInOrder: a connection never gets the Ack of seq N before the
+// Deliver of every seq below N that this node holds for it. Clients keep
+// one cursor per conversation, the highest seq of a Deliver or an Ack
+// (docs/protocol.md, "Resume"), and drop a Deliver at or below it as a
+// replay: an Ack ahead of a Deliver would lose that Deliver for good. So
+// an answered forward whose seq is ahead of this node waits until the
+// node has learned everything before it (learnAnswered), or fails with
+// CodeUnconfirmed after maxLate ticks.
 
 // takeBack makes the i-th queued send, forwarded to a writer that did not
 // say whether it stored it, an append of this node again: unchanged, so
@@ -426,6 +426,11 @@ func (s *shard) learnAnswered(c *conversation) {
 			p := &c.queue[i]
 			switch {
 			case p.fwd == 0 || p.fwdAns == nil:
+				continue
+			case p.fwdAns.Seq == c.lastSeq+1 && p.fwdAns.Dup:
+				// Stored before, by an earlier attempt of the same
+				// client message id: the stored copy (a notice, a
+				// resync) is the message, not this attempt's text.
 				continue
 			case p.fwdAns.Seq == c.lastSeq+1:
 				s.learn(c, message{seq: p.fwdAns.Seq, senderID: p.u.id, senderRole: p.u.role, cmid: p.cmid, text: p.text, ts: p.fwdAns.TS}, p.fwdAns.Stream)
@@ -506,15 +511,10 @@ func (s *shard) learn(c *conversation, m message, streamSeq uint64) {
 		}
 		return
 	}
-	var acked *client // has the Ack already (forwardTick)
-	if cl, ok := c.cw.early[mm.seq]; ok {
-		acked = cl
-		delete(c.cw.early, mm.seq)
-	}
 	e := &s.out
 	e.Kind = protocol.KindDeliver
 	e.ID = 0
 	e.Deliver = deliverOf(c, mm)
-	s.b.fanout(c.attached, acked, e)
+	s.b.fanout(c.attached, nil, e)
 	e.Deliver = protocol.Deliver{}
 }
