@@ -683,9 +683,12 @@ func (s *shard) appended(res *appendResult) {
 			code, msg := unconfirmed(p, protocol.CodeUnavailable, "history out of sync, retry later")
 			s.failSend(c, p, code, msg)
 			s.removeSend(c, i)
-		} else if err == nil && s.b.o.Cluster != nil {
+		} else if s.b.o.Cluster != nil {
 			// Another node is writing: hand it this conversation's sends
-			// rather than racing it (cluster_write.go).
+			// rather than racing it (cluster_write.go), even when the
+			// resync was cut short (a replica behind, under load): the
+			// writer needs nothing from this node to store them, and
+			// racing it from behind conflicts again.
 			s.startForwarding(c)
 		}
 	case errors.Is(r.err, histstore.ErrUnavailable):
