@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/unigate/unigate/broker/histstore"
+	"github.com/unigate/unigate/netpoll"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -865,8 +866,11 @@ const MaxHistoryReplay = 1000
 // including upTo, at most limit of them, from the durable history to the
 // connections in to, encoding each once per codec. (Seqs retention
 // removed are skipped: limit counts messages, not seqs.) A store failure
-// is logged and told to each of them (CodeUnavailable: resume to get them
-// again).
+// is logged and told to each of them (CodeUnavailable), and their
+// connections are closed with 1013: a connection left open would get the
+// next live messages, whose seqs move the client's cursor past the ones
+// the replay did not bring, and the client would never ask for them
+// again. Closed, it resumes from its cursor a few seconds later.
 func (s *shard) replayStream(c *conversation, to []*client, after, upTo uint64, limit int) {
 	ctx, cancel := s.ioCtx()
 	defer cancel()
@@ -881,8 +885,10 @@ func (s *shard) replayStream(c *conversation, to []*client, after, upTo uint64, 
 	e.Deliver = protocol.Deliver{}
 	if err != nil {
 		s.b.log.Warn("broker: history replay failed", "conversation", c.id, "err", err)
+		s.b.m.replayFailures.Inc()
 		for _, cl := range to {
 			s.fail(cl, 0, protocol.CodeUnavailable, "history unavailable, resume again later")
+			cl.peer.Close(netpoll.StatusTryAgainLater, "history unavailable; retry in 2 s")
 		}
 	}
 }

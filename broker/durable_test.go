@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -411,4 +412,64 @@ func TestCacheDefaults(t *testing.T) {
 		t.Fatalf("in memory %d/%d, durable %d/%d", mem.HistoryPerConversation, mem.HistoryBytesPerConversation,
 			dur.HistoryPerConversation, dur.HistoryBytesPerConversation)
 	}
+}
+
+// replayFailHistory fails Replay while fail is set, as a store that is
+// down or a replica that cannot be read does.
+type replayFailHistory struct {
+	History
+	fail atomic.Bool
+}
+
+func (h *replayFailHistory) Replay(ctx context.Context, tenant, conv string, after uint64, limit int, fn func(*histstore.Message) bool) (histstore.RangeInfo, error) {
+	if h.fail.Load() {
+		return histstore.RangeInfo{}, errors.New("test: history unavailable")
+	}
+	return h.History.Replay(ctx, tenant, conv, after, limit, fn)
+}
+
+// TestDurableReplayFailureCloses: a resume whose replay from the stream
+// fails (the cursor is older than the in-memory ring) gets 5001 and its
+// connection closed with 1013, before any live message: left open, the
+// next live message would move the client's cursor past the messages the
+// replay did not bring, and they would be lost to it. The next resume
+// from the same cursor gets every one, once, in order, then live ones.
+func TestDurableReplayFailureCloses(t *testing.T) {
+	st := startStores(t, t.TempDir())
+	fh := &replayFailHistory{History: st.hist}
+	env, _ := startDurable(t, Options{HistoryPerConversation: 4}, fh, st.conv)
+	v := env.dial("visitor", jsonProto)
+	visTok := env.token("vis-1", token.RoleVisitor)
+	w := v.hello(protocol.Hello{Token: visTok})
+	cid := v.open(protocol.Open{}).ConversationID
+	a := env.dial("agent", pbProto)
+	a.hello(protocol.Hello{Token: env.token("agent-1", token.RoleAgent)})
+	a.online(1)
+	v.waitState(cid, protocol.StateAssigned)
+	first := v.say(cid, "v1", "one")
+	_ = v.ws.Close()
+	<-v.done
+	for i := range 10 {
+		a.say(cid, fmt.Sprint("a", i), "while the visitor is away")
+	}
+
+	fh.fail.Store(true)
+	v2 := env.dial("visitor-again", jsonProto)
+	v2.hello(protocol.Hello{Token: visTok, ResumeToken: w.ResumeToken, Cursors: []protocol.Cursor{{ConversationID: cid, LastSeq: first.Seq}}})
+	v2.waitFor("5001", func(e *protocol.Envelope) bool {
+		return e.Kind == protocol.KindError && e.Error.Code == protocol.CodeUnavailable
+	})
+	v2.waitClosed(int(netpoll.StatusTryAgainLater))
+	if got := v2.delivers(cid); len(got) != 0 {
+		t.Fatalf("delivered %v after a failed replay", got)
+	}
+	fh.fail.Store(false)
+	live := a.say(cid, "a-live", "the visitor is back")
+
+	v3 := env.dial("visitor-third", jsonProto)
+	v3.hello(protocol.Hello{Token: visTok, ResumeToken: w.ResumeToken, Cursors: []protocol.Cursor{{ConversationID: cid, LastSeq: first.Seq}}})
+	v3.waitDeliver(cid, live.Seq)
+	last := a.say(cid, "a-after", "and live again")
+	v3.waitDeliver(cid, last.Seq)
+	checkConsecutive(t, "visitor", v3.delivers(cid), first.Seq+1, last.Seq)
 }

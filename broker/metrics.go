@@ -36,6 +36,7 @@ type brokerMetrics struct {
 	clusterConflicts  *metrics.Counter                   // record updates lost to another node
 	appendConflicts   *metrics.Counter                   // appends that met another writer (resynced)
 	forwarded         *metrics.Counter                   // sends forwarded to another node's writer
+	replayFailures    *metrics.Counter                   // replays from the stream that failed (connections closed with 1013)
 	lateForwards      *metrics.Counter                   // forwards stored by the writer that this node could not read in time (5003)
 	clusterSlotsOwed  *metrics.Counter                   // agent slots not given back at once (pruned later)
 	clusterStaleSlots *metrics.Counter                   // stale agent slots dropped by the heartbeat's prunes
@@ -62,6 +63,7 @@ func newMetrics(b *Broker) *brokerMetrics {
 		appendConflicts:   s.NewCounter("unigate_broker_cluster_append_conflicts_total"),
 		forwarded:         s.NewCounter("unigate_broker_cluster_forwarded_total"),
 		lateForwards:      s.NewCounter("unigate_broker_cluster_late_forwards_total"),
+		replayFailures:    s.NewCounter("unigate_broker_history_replay_failures_total"),
 		clusterSlotsOwed:  s.NewCounter("unigate_broker_cluster_slots_owed_total"),
 		clusterStaleSlots: s.NewCounter("unigate_broker_cluster_stale_slots_total"),
 		batches:           s.NewCounter("unigate_broker_history_batches_total"),
