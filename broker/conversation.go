@@ -69,13 +69,17 @@ type conversation struct {
 	leftMilli int64
 
 	// Durable mode (Options.History set).
-	streamSeq    uint64                    // stream sequence of the last stored message
-	inflight     bool                      // queue[0] is being appended
-	appendDone   func(uint64, bool, error) // the done of every append of c (pump)
-	appendRes    appendResult              // its outcome: written by appendDone, read by appended
-	queue        []pendingSend             // messages waiting for their append, bounded
-	sends        uint64                    // serials of the queued sends (pendingSend.serial)
-	rev          uint64                    // revision of the metadata record
+	streamSeq  uint64                    // stream sequence of the last stored message
+	inflight   bool                      // queue[0] is being appended
+	appendDone func(uint64, bool, error) // the done of every append of c (pump)
+	appendRes  appendResult              // its outcome: written by appendDone, read by appended
+	queue      []pendingSend             // messages waiting for their append, bounded
+	sends      uint64                    // serials of the queued sends (pendingSend.serial)
+	rev        uint64                    // revision of the metadata record
+	// rec: the record write in flight off the shard (single node,
+	// persist); recDirty: c changed meanwhile, written again after it.
+	rec          *recWrite
+	recDirty     bool
 	createdMilli int64
 	closedMilli  int64
 

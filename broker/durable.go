@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -220,22 +221,112 @@ func (c *conversation) meta() *ConvMeta {
 // ConvStore). A failure is logged: the in-memory state stays
 // authoritative while the conversation is live, and the next change
 // retries with a fresh revision.
+//
+// On a single node without strict hook events the write runs off the
+// shard goroutine (a KV update is a JetStream round trip: a mass close
+// of thousands of conversations used to hold every append and ack of
+// the shard behind it, docs/benchmarks.md "The end of the run: a close
+// storm"). One write per conversation is in flight; changes made
+// meanwhile are written, the latest state, when it completes (recDirty),
+// with the revision it returned. Nothing else reads c.rev on a single
+// node (the cluster's commits and strict hook events keep the
+// synchronous write), and the shard waits for its writes before it
+// stops (settleRecords). At most maxRecordWrites per shard are in
+// flight; beyond, the write is synchronous (back-pressure).
 func (s *shard) persist(c *conversation) {
 	cs := s.b.o.Conversations
 	if cs == nil {
 		return
 	}
-	ctx, cancel := s.ioCtx()
-	defer cancel()
-	rev, err := cs.Update(ctx, c.meta(), c.rev)
-	if err != nil {
-		s.b.log.Error("broker: conversation metadata not saved", "conversation", c.id, "err", err)
-		if _, r, gerr := cs.Get(ctx, c.id); gerr == nil {
-			c.rev = r // next update replaces it
-		}
+	if c.rec != nil {
+		c.recDirty = true
 		return
 	}
-	c.rev = rev
+	if s.b.o.Cluster == nil && !s.b.strictHooks() && len(s.recs) < maxRecordWrites && !s.b.closing.Load() {
+		s.persistAsync(c, cs)
+		return
+	}
+	ctx, cancel := s.ioCtx()
+	if s.b.closing.Load() {
+		// settleRecords: the broker's context is cancelled already.
+		cancel()
+		ctx, cancel = context.WithTimeout(context.Background(), ioTimeout)
+	}
+	defer cancel()
+	c.rev = s.writeRecord(ctx, cs, c.meta(), c.rev)
+}
+
+// maxRecordWrites bounds the record writes in flight per shard.
+const maxRecordWrites = 256
+
+// recWrite is a record write in flight: rev is the revision it leaves,
+// set before done is closed.
+type recWrite struct {
+	done chan struct{}
+	rev  uint64
+}
+
+// writeRecord writes m over revision rev and returns the record's new
+// revision (on a failure, logged, the current one if it can be read, so
+// that the next write replaces it).
+func (s *shard) writeRecord(ctx context.Context, cs ConvStore, m *ConvMeta, rev uint64) uint64 {
+	nrev, err := cs.Update(ctx, m, rev)
+	if err == nil {
+		return nrev
+	}
+	s.b.log.Error("broker: conversation metadata not saved", "conversation", m.ID, "err", err)
+	if _, r, gerr := cs.Get(ctx, m.ID); gerr == nil {
+		return r
+	}
+	return rev
+}
+
+func (s *shard) persistAsync(c *conversation, cs ConvStore) {
+	m, rev := c.meta(), c.rev
+	m.Hooks = slices.Clone(m.Hooks)
+	w := &recWrite{done: make(chan struct{})}
+	c.rec = w
+	if s.recs == nil {
+		s.recs = make(map[*conversation]struct{})
+	}
+	s.recs[c] = struct{}{}
+	mbox := &s.mbox
+	go func() {
+		// Not the broker's context: Close cancels it before the shard
+		// settles its writes.
+		ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+		w.rev = s.writeRecord(ctx, cs, m, rev)
+		cancel()
+		close(w.done)
+		mbox.post(ctrl{kind: ctrlCall, call: func(s *shard) { s.recordWritten(c, w) }})
+	}()
+}
+
+// recordWritten takes in the outcome of c's record write w, and writes
+// again if c changed meanwhile.
+func (s *shard) recordWritten(c *conversation, w *recWrite) {
+	if c.rec != w {
+		return // settled already
+	}
+	c.rec = nil
+	delete(s.recs, c)
+	c.rev = w.rev
+	if c.recDirty {
+		c.recDirty = false
+		s.persist(c)
+	}
+}
+
+// settleRecords waits for the record writes in flight and makes the
+// changes made meanwhile (the shard is stopping).
+func (s *shard) settleRecords() {
+	for len(s.recs) > 0 {
+		for c := range s.recs {
+			w := c.rec
+			<-w.done
+			s.recordWritten(c, w) // synchronous now: the broker is closing
+		}
+	}
 }
 
 // pendingSend is a chat message waiting for (or in) its append.

@@ -473,3 +473,103 @@ func TestDurableReplayFailureCloses(t *testing.T) {
 	v3.waitDeliver(cid, last.Seq)
 	checkConsecutive(t, "visitor", v3.delivers(cid), first.Seq+1, last.Seq)
 }
+
+// gatedConvStore holds every Update while gated, counting those held.
+type gatedConvStore struct {
+	ConvStore
+	mu   sync.Mutex
+	gate chan struct{} // nil: open
+	held atomic.Int32
+}
+
+func (g *gatedConvStore) close() {
+	g.mu.Lock()
+	g.gate = make(chan struct{})
+	g.mu.Unlock()
+}
+
+func (g *gatedConvStore) open() {
+	g.mu.Lock()
+	if g.gate != nil {
+		close(g.gate)
+		g.gate = nil
+	}
+	g.mu.Unlock()
+}
+
+func (g *gatedConvStore) Update(ctx context.Context, m *ConvMeta, rev uint64) (uint64, error) {
+	g.mu.Lock()
+	gate := g.gate
+	g.mu.Unlock()
+	if gate != nil {
+		g.held.Add(1)
+		defer g.held.Add(-1)
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	return g.ConvStore.Update(ctx, m, rev)
+}
+
+// TestDurableRecordWriteOffShard: a conversation record write (here a
+// close) that the store takes long to answer does not hold the other
+// conversations of its shard: a message in another conversation of the
+// same shard is acked while the write is still held. Changes made while
+// a write is in flight are written after it (the latest state, over the
+// revision it left), and a broker closing with writes in flight waits
+// for them: the records say what the clients were told.
+func TestDurableRecordWriteOffShard(t *testing.T) {
+	st := startStores(t, t.TempDir())
+	gs := &gatedConvStore{ConvStore: st.conv}
+	env, stop := startDurable(t, Options{Shards: 1}, st.hist, gs)
+	a := env.dial("agent", jsonProto)
+	a.hello(protocol.Hello{Token: env.token("agent-1", token.RoleAgent)})
+	a.online(2)
+	var vs []*tclient
+	var cids []string
+	for i := range 2 {
+		v := env.dial(fmt.Sprint("visitor-", i), jsonProto)
+		v.hello(protocol.Hello{Token: env.token(fmt.Sprint("vis-", i), token.RoleVisitor)})
+		cid := v.open(protocol.Open{}).ConversationID
+		v.waitState(cid, protocol.StateAssigned)
+		vs, cids = append(vs, v), append(cids, cid)
+	}
+
+	gs.close()
+	vs[0].send(protocol.Envelope{Kind: protocol.KindClose, Close: protocol.Close{ConversationID: cids[0]}})
+	vs[0].waitState(cids[0], protocol.StateClosed)
+	if !waitFor(t, waitTimeout, func() bool { return gs.held.Load() == 1 }) {
+		t.Fatal("the close's record write never reached the store")
+	}
+	ack := vs[1].say(cids[1], "m1", "the shard is not waiting for the store")
+	if gs.held.Load() != 1 {
+		t.Fatal("the ack came only after the record write returned: the shard waited for it")
+	}
+	a.waitDeliver(cids[1], ack.Seq)
+
+	// Assigned and closed while its first write (assigned) is held: the
+	// second state is written after it, over the revision it left.
+	v := env.dial("visitor-2", jsonProto)
+	v.hello(protocol.Hello{Token: env.token("vis-2", token.RoleVisitor)})
+	cid := v.open(protocol.Open{}).ConversationID
+	v.waitState(cid, protocol.StateAssigned)
+	v.send(protocol.Envelope{Kind: protocol.KindClose, Close: protocol.Close{ConversationID: cid}})
+	v.waitState(cid, protocol.StateClosed)
+	cids = append(cids, cid)
+	// And one closed while the broker stops.
+	vs[1].send(protocol.Envelope{Kind: protocol.KindClose, Close: protocol.Close{ConversationID: cids[1]}})
+	vs[1].waitState(cids[1], protocol.StateClosed)
+	gs.open()
+	stop()
+	for _, cid := range cids {
+		m, _, err := st.conv.Get(context.Background(), cid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.State != protocol.StateClosed {
+			t.Fatalf("record of %s says %s after the broker closed, want closed", cid, m.State)
+		}
+	}
+}

@@ -112,6 +112,8 @@ type shard struct {
 	// rechecks are conversations followed a moment ago (cluster mode).
 	rechecks []recheck
 	out      protocol.Envelope // scratch envelope for replies and deliveries
+	// recs: conversations whose record write is in flight (persist).
+	recs map[*conversation]struct{}
 }
 
 func newShard(b *Broker, idx int) *shard {
@@ -144,6 +146,7 @@ func (s *shard) run() {
 			s.drainMailbox()
 			s.notice(m)
 		case <-s.b.done:
+			s.settleRecords()
 			s.stop()
 			return
 		}
