@@ -26,6 +26,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/unigate/unigate/broker"
@@ -97,26 +98,25 @@ type keyHash struct {
 	key Key
 }
 
-type handler struct {
+// Handler serves /api/v1.
+type Handler struct {
 	b       *broker.Broker
-	keys    []keyHash
+	keys    atomic.Pointer[[]keyHash] // replaced whole by SetKeys
 	timeout time.Duration
 	log     *slog.Logger
 	mux     *http.ServeMux
 }
 
 // New returns the handler of /api/v1. Other paths get a JSON 404.
-func New(b *broker.Broker, o Options) http.Handler {
+func New(b *broker.Broker, o Options) *Handler {
 	if o.Timeout <= 0 {
 		o.Timeout = 10 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &handler{b: b, timeout: o.Timeout, log: o.Logger, mux: http.NewServeMux()}
-	for _, k := range o.Keys {
-		h.keys = append(h.keys, keyHash{sum: sha256.Sum256([]byte(k.Secret)), key: k})
-	}
+	h := &Handler{b: b, timeout: o.Timeout, log: o.Logger, mux: http.NewServeMux()}
+	h.SetKeys(o.Keys)
 	route := func(method, path string, write bool, fn func(http.ResponseWriter, *http.Request, Key)) {
 		h.mux.HandleFunc(method+" "+Prefix+path, h.auth(write, fn))
 	}
@@ -148,14 +148,26 @@ func New(b *broker.Broker, o Options) http.Handler {
 	return h
 }
 
-func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
+}
+
+// SetKeys replaces the accepted API keys (a configuration reload: a key
+// rotated in its key_file, a key added or withdrawn). Requests already
+// authenticated finish with the key they had; every later one is checked
+// against keys. Safe for concurrent use.
+func (h *Handler) SetKeys(keys []Key) {
+	hs := make([]keyHash, 0, len(keys))
+	for _, k := range keys {
+		hs = append(hs, keyHash{sum: sha256.Sum256([]byte(k.Secret)), key: k})
+	}
+	h.keys.Store(&hs)
 }
 
 // authenticate returns the key of the request's bearer token. Every
 // configured key is compared (in constant time, over SHA-256 digests so
 // lengths do not leak) whatever matches.
-func (h *handler) authenticate(r *http.Request) (Key, bool) {
+func (h *Handler) authenticate(r *http.Request) (Key, bool) {
 	authz := r.Header.Get("Authorization")
 	scheme, token, ok := strings.Cut(authz, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
@@ -164,15 +176,16 @@ func (h *handler) authenticate(r *http.Request) (Key, bool) {
 	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
 	var found Key
 	match := 0
-	for i := range h.keys {
-		if subtle.ConstantTimeCompare(sum[:], h.keys[i].sum[:]) == 1 {
-			found, match = h.keys[i].key, 1
+	keys := *h.keys.Load()
+	for i := range keys {
+		if subtle.ConstantTimeCompare(sum[:], keys[i].sum[:]) == 1 {
+			found, match = keys[i].key, 1
 		}
 	}
 	return found, match == 1
 }
 
-func (h *handler) auth(write bool, fn func(http.ResponseWriter, *http.Request, Key)) http.HandlerFunc {
+func (h *Handler) auth(write bool, fn func(http.ResponseWriter, *http.Request, Key)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		k, ok := h.authenticate(r)
 		if !ok {
@@ -192,7 +205,7 @@ func (h *handler) auth(write bool, fn func(http.ResponseWriter, *http.Request, K
 	}
 }
 
-func (h *handler) ctx(r *http.Request) (context.Context, context.CancelFunc) {
+func (h *Handler) ctx(r *http.Request) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(r.Context(), h.timeout)
 }
 
@@ -253,7 +266,7 @@ var states = map[string]protocol.State{
 
 // Handlers.
 
-func (h *handler) list(w http.ResponseWriter, r *http.Request, k Key) {
+func (h *Handler) list(w http.ResponseWriter, r *http.Request, k Key) {
 	q := r.URL.Query()
 	var f broker.ConversationFilter
 	if s := q.Get("state"); s != "" {
@@ -301,7 +314,7 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request, k Key) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-func (h *handler) get(w http.ResponseWriter, r *http.Request, k Key) {
+func (h *Handler) get(w http.ResponseWriter, r *http.Request, k Key) {
 	ctx, cancel := h.ctx(r)
 	defer cancel()
 	c, err := h.b.Conversation(ctx, k.Tenant, r.PathValue("id"))
@@ -312,7 +325,7 @@ func (h *handler) get(w http.ResponseWriter, r *http.Request, k Key) {
 	writeJSON(w, http.StatusOK, convJSON(c))
 }
 
-func (h *handler) history(w http.ResponseWriter, r *http.Request, k Key) {
+func (h *Handler) history(w http.ResponseWriter, r *http.Request, k Key) {
 	q := r.URL.Query()
 	var after uint64
 	if s := q.Get("after"); s != "" {
@@ -356,7 +369,7 @@ func (h *handler) history(w http.ResponseWriter, r *http.Request, k Key) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-func (h *handler) post(w http.ResponseWriter, r *http.Request, k Key) {
+func (h *Handler) post(w http.ResponseWriter, r *http.Request, k Key) {
 	var req struct {
 		Text        string `json:"text"`
 		Sender      string `json:"sender"`
@@ -396,7 +409,7 @@ func (h *handler) post(w http.ResponseWriter, r *http.Request, k Key) {
 	}{id, res.Seq, req.ClientMsgID, res.TimestampMilli, res.Duplicate})
 }
 
-func (h *handler) transfer(w http.ResponseWriter, r *http.Request, k Key) {
+func (h *Handler) transfer(w http.ResponseWriter, r *http.Request, k Key) {
 	var req struct {
 		ToAgentID string `json:"to_agent_id"`
 		ToSkill   string `json:"to_skill"`
@@ -415,7 +428,7 @@ func (h *handler) transfer(w http.ResponseWriter, r *http.Request, k Key) {
 	writeJSON(w, http.StatusOK, convJSON(c))
 }
 
-func (h *handler) close(w http.ResponseWriter, r *http.Request, k Key) {
+func (h *Handler) close(w http.ResponseWriter, r *http.Request, k Key) {
 	var req struct {
 		Reason string `json:"reason"`
 	}
@@ -432,7 +445,7 @@ func (h *handler) close(w http.ResponseWriter, r *http.Request, k Key) {
 	writeJSON(w, http.StatusOK, convJSON(c))
 }
 
-func (h *handler) agents(w http.ResponseWriter, _ *http.Request, k Key) {
+func (h *Handler) agents(w http.ResponseWriter, _ *http.Request, k Key) {
 	list := h.b.Agents(k.Tenant)
 	resp := struct {
 		Agents []agentJSON `json:"agents"`
@@ -520,7 +533,7 @@ func statusOf(c protocol.Code) int {
 	return http.StatusInternalServerError
 }
 
-func (h *handler) fail(w http.ResponseWriter, err error) {
+func (h *Handler) fail(w http.ResponseWriter, err error) {
 	var pe *protocol.Error
 	if !errors.As(err, &pe) {
 		h.log.Error("api: unexpected error", "err", err)

@@ -68,6 +68,13 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	log := cfg.Logger(stderr)
 	slog.SetDefault(log)
+	// Taken from now on: a signal that came while the gateway starts (its
+	// port is open before start returns) would otherwise have its default
+	// action, and a SIGHUP (log rotation, a reload) would kill it. One
+	// that comes before the gateway serves is handled once it does.
+	sig := make(chan os.Signal, 4)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sig)
 	g, err := newGateway(cfg, log)
 	if err != nil {
 		return err
@@ -78,21 +85,20 @@ func serve(args []string, stderr io.Writer) error {
 	log.Info("unigate serving", "listen", g.srv.Addr(), "admin", cfg.Admin.Listen, "version", version,
 		"websocket", "ws://"+g.srv.Addr()+"/ws")
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	var s os.Signal
 	for s = <-sig; s == syscall.SIGHUP; s = <-sig {
-		// Reload the limits; everything else needs a restart.
+		// Reload the limits, origin checks and API keys; everything else
+		// needs a restart.
 		next, _, err := loadConfig("serve", args, stderr, nil)
 		if err != nil {
 			log.Error("reload: configuration not applied", "err", err)
 			continue
 		}
 		if err := g.reload(next); err != nil {
-			log.Error("reload: limits not applied", "err", err)
+			log.Error("reload: configuration not applied", "err", err)
 			continue
 		}
-		log.Info("reloaded limits and origins", "max_connections", g.limiter.MaxConnections())
+		log.Info("reloaded limits, origins and API keys", "max_connections", g.limiter.MaxConnections(), "api_keys", len(next.API.Keys))
 	}
 	signal.Ignore(syscall.SIGHUP) // no reload while draining
 	log.Info("draining", "signal", s.String(), "timeout", cfg.Shutdown.DrainTimeout)
@@ -127,6 +133,7 @@ type gateway struct {
 	limiter    *limiter.Limiter
 	limiterSet *metrics.Set
 	origins    *atomic.Pointer[originPolicy] // swapped by reload
+	api        *api.Handler                  // its keys are replaced by reload
 	backends   *backendSet
 }
 
@@ -194,9 +201,14 @@ func (g *gateway) reload(cfg config.Config) error {
 	if err != nil {
 		return err
 	}
+	apiKeys, err := api.LoadKeys(cfg.API.Keys) // key files are read again
+	if err != nil {
+		return err
+	}
 	if err := g.limiter.Update(s); err != nil {
 		return err
 	}
+	g.api.SetKeys(apiKeys)
 	g.srv.SetConnRates(connRates(cfg.Limits))
 	g.broker.SetUpdateRates(offIfZero(cfg.Limits.TypingRate), cfg.Limits.TypingBurst,
 		offIfZero(cfg.Limits.PresenceRate), cfg.Limits.PresenceBurst)
@@ -330,6 +342,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		stopBroker()
 		return nil, err
 	}
+	apiHandler := api.New(b, api.Options{Keys: apiKeys, Logger: log.With("component", "api")})
 	srv, err := netpoll.New(b,
 		netpoll.WithAddr(cfg.Listen),
 		netpoll.WithReusePort(cfg.ReusePort),
@@ -352,13 +365,13 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway, error) {
 		netpoll.WithLogger(log.With("component", "netpoll")),
 		// The widget, console and demo pages (/widget/, /console/, /demo);
 		// the integrator REST API (/api/v1) on every other path.
-		netpoll.WithHTTPHandler(web.NewHandler(webOptions(cfg, sec), api.New(b, api.Options{Keys: apiKeys, Logger: log.With("component", "api")}))),
+		netpoll.WithHTTPHandler(web.NewHandler(webOptions(cfg, sec), apiHandler)),
 	)
 	if err != nil {
 		stopBroker()
 		return nil, err
 	}
-	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, sess: sess, atRest: ar, tickets: tks, limiter: lim, limiterSet: limSet, origins: origins, backends: bks}, nil
+	return &gateway{cfg: cfg, log: log, signer: signer, broker: b, srv: srv, node: node, hist: hist, sess: sess, atRest: ar, tickets: tks, limiter: lim, limiterSet: limSet, origins: origins, api: apiHandler, backends: bks}, nil
 }
 
 func (g *gateway) start() error {

@@ -311,7 +311,7 @@ type APIKey struct {
 	// a key written here is in the configuration file.
 	Key string `yaml:"key"`
 	// KeyFile names a file holding the key (surrounding white space is
-	// ignored); it is read at start-up.
+	// ignored); it is read at start-up and again on SIGHUP (rotation).
 	KeyFile string `yaml:"key_file"`
 	// Tenant is the only tenant the key gives access to.
 	Tenant string `yaml:"tenant"`
