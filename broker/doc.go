@@ -191,8 +191,10 @@
 // concerned: a deliberate exception to "shards never wait" (see
 // docs/broker.md).
 //
-// Sessions (Options.Sessions, the fastcache session store) are written at
-// each welcome and when a session loses its last connection. A resume
+// Sessions (Options.Sessions, the fastcache session store) are written
+// when a session loses its last connection (every connection does, those
+// a stop closes included, before the snapshot is saved), not at the
+// welcome: a session in memory is never read from the cache. A resume
 // token signs the session id and the identity (user id, role, tenant), so
 // a session missing from the cache is rebuilt from the token within
 // ResumeTTL of the process start (a crash lost it), and refused later. A

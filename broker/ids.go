@@ -21,7 +21,11 @@ func randomBytes(n int) []byte {
 func newID(prefix string) string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
-	return prefix + idEncoding.EncodeToString(b[:])
+	// Built on the stack: the string is the only allocation.
+	var s [8 + 26]byte
+	n := copy(s[:8], prefix)
+	idEncoding.Encode(s[n:], b[:])
+	return string(s[:n+idEncoding.EncodedLen(len(b))])
 }
 
 // Id prefixes, so an id says what it names in logs.

@@ -1,8 +1,10 @@
 package netpoll
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -312,6 +314,28 @@ type loopFlusher struct {
 	spare     []*Conn
 	scheduled bool
 	iov       [][]byte // loop-only scratch
+	up        upgradeScratch
+}
+
+// upgradeScratch is the loop-only state of an upgrade (Server.upgrade runs
+// on the connection's event loop): the request reader and the response
+// buffer, reused, and rw, the interface over both built once, so a
+// handshake allocates none of them.
+type upgradeScratch struct {
+	in  bytes.Reader
+	out bytes.Buffer
+	rw  io.ReadWriter
+}
+
+func (u *upgradeScratch) reset(head []byte) {
+	if u.rw == nil {
+		u.rw = struct {
+			io.Reader
+			io.Writer
+		}{&u.in, &u.out}
+	}
+	u.in.Reset(head)
+	u.out.Reset()
 }
 
 func (l *loopFlusher) add(c *Conn) {

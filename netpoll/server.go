@@ -644,12 +644,10 @@ func (s *Server) upgrade(c *Conn, head []byte, req *request) gnet.Action {
 		s.writeHTTP(c, 403, "text/plain; charset=utf-8", "origin not allowed\n", false)
 		return gnet.Close
 	}
-	var out bytes.Buffer
-	rw := struct {
-		io.Reader
-		io.Writer
-	}{bytes.NewReader(head), &out}
-	hs, err := s.upgrader.Upgrade(rw)
+	up := &c.loop.up
+	up.reset(head)
+	out := &up.out // gnet's Write copies it
+	hs, err := s.upgrader.Upgrade(up.rw)
 	if err != nil {
 		// gobwas wrote a rejection (400, 405, 426 with the supported version).
 		s.countStatus(out.Bytes())

@@ -175,7 +175,10 @@ func (s *Signer) Sign(c Claims) (string, error) {
 func (s *Signer) seal(domain, payload []byte) string {
 	sc := s.pool.Get().(*scratch)
 	defer s.pool.Put(sc)
-	buf := make([]byte, 0, b64.EncodedLen(len(payload))+1+macSegmentLen)
+	// The token is built in the pooled scratch (append moves it to the
+	// heap in the unlikely case it is longer): the string is the only
+	// allocation.
+	buf := sc.tok[:0]
 	buf = b64.AppendEncode(buf, payload)
 	sc.mac.Reset()
 	sc.mac.Write(domain)
