@@ -5,6 +5,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/unigate/unigate/netpoll"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -219,6 +220,9 @@ func (s *shard) control(c *ctrl) {
 
 // handle processes one request from the inbox and recycles it.
 func (s *shard) handle(it *item) {
+	if it.tr.Read != 0 {
+		it.tr.Picked = netpoll.Nanotime()
+	}
 	switch it.env.Kind {
 	case protocol.KindHello:
 		if !s.hello(it) {

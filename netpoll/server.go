@@ -63,6 +63,7 @@ type serverMetrics struct {
 	messageRate, byteRate, proxyRefused *metrics.Counter
 	messagesIn, bytesIn                 *metrics.Counter
 	sealErrors, compactions             *metrics.Counter
+	relay                               relayMetrics
 }
 
 // New builds a server that hands WebSocket events to h. Call Start to listen.
@@ -130,6 +131,7 @@ func New(h Handler, opts ...Option) (*Server, error) {
 	m.bytesIn = m.set.NewCounter(`unigate_netpoll_ws_bytes_received_total`)
 	m.sealErrors = m.set.NewCounter(`unigate_netpoll_seal_errors_total`)
 	m.compactions = m.set.NewCounter(`unigate_netpoll_sealer_compactions_total`)
+	m.relay = newRelayMetrics(m.set)
 	m.set.NewGauge(`unigate_netpoll_connections`, func() float64 { return float64(s.reg.count()) })
 	return s, nil
 }
@@ -375,6 +377,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	if c == nil {
 		return gnet.Close
 	}
+	c.readAt = Nanotime()
 	c.lastRead.Store(s.clock.Load())
 	switch c.state {
 	case stateHTTP:
