@@ -332,6 +332,8 @@ type loopFlusher struct {
 	spare     []*Conn
 	scheduled bool
 	iov       [][]byte // loop-only scratch
+	// Loop-only: the current stretch of back-to-back callbacks (yield.go).
+	busyFrom, lastExit int64
 }
 
 func (l *loopFlusher) add(c *Conn) {
