@@ -371,10 +371,10 @@ func (b *Broker) receiveAt(cl *client, payload []byte, readAt int64) {
 	if !b.withinRate(it) {
 		return
 	}
-	var target *shard
+	var target chan *item
 	switch it.env.Kind {
 	case protocol.KindHello, protocol.KindOpen, protocol.KindPresence:
-		target = cl.home
+		target = cl.home.setup
 		if it.env.Kind == protocol.KindHello && !cl.ready.Load() {
 			if hr, ok := cl.peer.(handshakeReceiver); ok {
 				hr.HandshakeReceived()
@@ -390,7 +390,7 @@ func (b *Broker) receiveAt(cl *client, payload []byte, readAt int64) {
 			cl.direct = true
 		}
 		if cl.direct {
-			target = b.shardFor(conv)
+			target = b.shardFor(conv).inbox
 			break
 		}
 		if cl.viaHome.Load() >= maxViaHome {
@@ -399,13 +399,13 @@ func (b *Broker) receiveAt(cl *client, payload []byte, readAt int64) {
 		}
 		cl.viaHome.Add(1)
 		it.viaHome = true
-		target = cl.home
+		target = cl.home.setup // behind the hello
 	default:
 		b.malformed(it, protocol.CodeUnknownKind, "a client may not send this kind")
 		return
 	}
 	select {
-	case target.inbox <- it:
+	case target <- it:
 	default:
 		if it.viaHome {
 			cl.viaHome.Add(-1)
