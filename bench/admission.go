@@ -188,6 +188,10 @@ type AdmissionPhase struct {
 	ServerSysCores  float64 `json:"server_sys_cores"`
 	ChatCores       float64 `json:"chat_client_cpu_cores"`
 	StormCores      float64 `json:"storm_client_cpu_cores"`
+	// RelayStages is the gateway's own timing of the relayed messages
+	// (both directions) written in this phase, by stage
+	// (unigate_relay_stage_seconds, from -metrics).
+	RelayStages []RelayStage `json:"relay_stages,omitempty"`
 }
 
 // AdmissionStorm is what the storm's clients saw.
@@ -473,6 +477,7 @@ func RunAdmission(ctx context.Context, c AdmissionConfig) (*AdmissionReport, err
 		return rep, err
 	}
 	s3, _ := smp.take(ctx, 0)
+	m3 := smp.metrics
 	c3 := cpu()
 
 	var col chatCollector
@@ -575,6 +580,11 @@ func RunAdmission(ctx context.Context, c AdmissionConfig) (*AdmissionReport, err
 	phaseCPU(&rep.Calm, c0, c1)
 	phaseCPU(&rep.During, c1, c2)
 	phaseCPU(&rep.After, c2, c3)
+	if m0 != nil && m1 != nil && m2 != nil && m3 != nil {
+		rep.Calm.RelayStages = relayStages(m0, m1)
+		rep.During.RelayStages = relayStages(m1, m2)
+		rep.After.RelayStages = relayStages(m2, m3)
+	}
 	if st.Attempts > 0 && c.Chat.ServerPID > 0 {
 		extra := rep.During.ServerCores - rep.Calm.ServerCores
 		st.ServerCPUPerAttempt = extra * c2.at.Sub(c1.at).Seconds() / float64(st.Attempts) * 1e6
@@ -678,6 +688,7 @@ func (r *AdmissionReport) WriteSummary(w io.Writer) {
 		writeLatency(w, "  agent→visitor", p.A2V)
 		writeLatency(w, "  visitor→agent from the write", p.V2AFromWrite)
 		writeLatency(w, "  send lag (visitor late)", p.SendLag)
+		writeRelayStages(w, "  ", p.RelayStages)
 	}
 	fmt.Fprintf(w, "live p99 during the storm / calm: %.2f× (p50 %.2f×)\n", r.P99Ratio, r.P50Ratio)
 	l := r.Live

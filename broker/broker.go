@@ -274,7 +274,7 @@ func (b *Broker) OnOpen(c *netpoll.Conn) {
 // OnMessage implements netpoll.Handler.
 func (b *Broker) OnMessage(c *netpoll.Conn, _ ws.OpCode, payload []byte) {
 	if cl, _ := c.Data().(*client); cl != nil {
-		b.receive(cl, payload)
+		b.receiveAt(cl, payload, c.ReadAt())
 	}
 }
 
@@ -293,6 +293,9 @@ type item struct {
 	buf     []byte
 	env     protocol.Envelope
 	ident   *token.Claims // a hello's identity from the authentication hook
+	// tr times a Send's relay (netpoll.Trace): Read on the event loop,
+	// Picked by the shard that takes it from its inbox.
+	tr netpoll.Trace
 }
 
 var itemPool = sync.Pool{New: func() any { return new(item) }}
@@ -308,6 +311,7 @@ func putItem(it *item) {
 	it.cl = nil
 	it.viaHome = false
 	it.ident = nil
+	it.tr = netpoll.Trace{}
 	if cap(it.buf) > maxPooledBuf {
 		it.buf = nil
 	}
@@ -331,10 +335,18 @@ func convIDOf(e *protocol.Envelope) string {
 	return ""
 }
 
-// receive is the event-loop half of OnMessage: copy, decode, route. It
-// never blocks. It must be called by one goroutine at a time per client.
+// receive is receiveAt with the message read now (tests, benchmarks).
 func (b *Broker) receive(cl *client, payload []byte) {
+	b.receiveAt(cl, payload, netpoll.Nanotime())
+}
+
+// receiveAt is the event-loop half of OnMessage: copy, decode, route. It
+// never blocks. It must be called by one goroutine at a time per client.
+// readAt (netpoll.Nanotime) is when the loop read the message: the start
+// of its relay trace.
+func (b *Broker) receiveAt(cl *client, payload []byte, readAt int64) {
 	it := getItem(cl)
+	it.tr.Read = readAt
 	if len(payload) > int(b.o.MaxMessageBytes) {
 		b.malformed(it, protocol.CodeTooLarge, "message too large")
 		return
@@ -359,10 +371,10 @@ func (b *Broker) receive(cl *client, payload []byte) {
 	if !b.withinRate(it) {
 		return
 	}
-	var target *shard
+	var target chan *item
 	switch it.env.Kind {
 	case protocol.KindHello, protocol.KindOpen, protocol.KindPresence:
-		target = cl.home
+		target = cl.home.setup
 		if it.env.Kind == protocol.KindHello && !cl.ready.Load() {
 			if hr, ok := cl.peer.(handshakeReceiver); ok {
 				hr.HandshakeReceived()
@@ -378,7 +390,7 @@ func (b *Broker) receive(cl *client, payload []byte) {
 			cl.direct = true
 		}
 		if cl.direct {
-			target = b.shardFor(conv)
+			target = b.shardFor(conv).inbox
 			break
 		}
 		if cl.viaHome.Load() >= maxViaHome {
@@ -387,13 +399,13 @@ func (b *Broker) receive(cl *client, payload []byte) {
 		}
 		cl.viaHome.Add(1)
 		it.viaHome = true
-		target = cl.home
+		target = cl.home.setup // behind the hello
 	default:
 		b.malformed(it, protocol.CodeUnknownKind, "a client may not send this kind")
 		return
 	}
 	select {
-	case target.inbox <- it:
+	case target <- it:
 	default:
 		if it.viaHome {
 			cl.viaHome.Add(-1)
@@ -500,6 +512,16 @@ func (b *Broker) encode(ci uint8, env *protocol.Envelope) *netpoll.Frame {
 // fanout sends env to every live client in conns except skip, encoding it
 // once per codec in use among them.
 func (b *Broker) fanout(conns []*client, skip *client, env *protocol.Envelope) {
+	b.fanoutTraced(conns, skip, env, netpoll.Trace{})
+}
+
+// fanoutTraced is fanout with the relay trace tr (a delivered chat
+// message) on its frames; Queued is stamped here. A zero tr.Read traces
+// nothing.
+func (b *Broker) fanoutTraced(conns []*client, skip *client, env *protocol.Envelope, tr netpoll.Trace) {
+	if tr.Read != 0 {
+		tr.Queued = netpoll.Nanotime()
+	}
 	var frames [numCodecs]*netpoll.Frame
 	var failed [numCodecs]bool
 	for _, cl := range conns {
@@ -515,6 +537,7 @@ func (b *Broker) fanout(conns []*client, skip *client, env *protocol.Envelope) {
 				failed[cl.ci] = true
 				continue
 			}
+			f.Trace = tr
 			frames[cl.ci] = f
 		}
 		f.Retain()

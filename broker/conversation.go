@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/unigate/unigate/backends"
+	"github.com/unigate/unigate/netpoll"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -520,7 +521,7 @@ func (s *shard) send(c *conversation, it *item) {
 	}
 	if s.b.o.History != nil {
 		cmid, text := cloneTwo(req.ClientMsgID, req.Text)
-		if !s.queueSend(c, pendingSend{cl: cl, id: it.env.ID, u: u, cmid: cmid, text: text, ts: s.b.now().UnixMilli()}) {
+		if !s.queueSend(c, pendingSend{cl: cl, id: it.env.ID, u: u, cmid: cmid, text: text, ts: s.b.now().UnixMilli(), tr: it.tr}) {
 			s.fail(cl, it.env.ID, protocol.CodeOverloaded, "too many messages in flight, retry later")
 		}
 		return
@@ -533,7 +534,12 @@ func (s *shard) send(c *conversation, it *item) {
 	e.Kind = protocol.KindDeliver
 	e.ID = 0
 	e.Deliver = deliverOf(c, m)
-	s.b.fanout(c.attached, cl, e)
+	tr := it.tr
+	if tr.Read != 0 {
+		tr.Stored = netpoll.Nanotime()
+		tr.Handled = tr.Stored
+	}
+	s.b.fanoutTraced(c.attached, cl, e, tr)
 	s.b.m.relayed.Inc()
 	s.stored(c, m)
 }

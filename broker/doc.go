@@ -21,13 +21,17 @@
 //     block. OnMessage copies the payload into a pooled buffer (the only
 //     copy), decodes it there with the connection's codec (Proto strings
 //     alias the copy) and hands the resulting work item to a shard with a
-//     non-blocking channel send. When the shard's inbox is full the request
+//     non-blocking channel send: to its inbox (conversation requests of a
+//     connection routed directly) or its setup queue (hello, open,
+//     presence, and requests sent before the welcome); the shard serves
+//     the inbox first, at most 32 in a row while setup work waits, so chat
+//     does not wait behind a storm of hellos. When the queue is full the request
 //     is answered on the loop with Error CodeOverloaded (temporary) and
 //     dropped; decode errors are answered with the codec's code, and the
 //     10th malformed message closes the connection with 1008.
 //
-//   - Shards: Options.Shards goroutines, each with a bounded inbox
-//     (Options.QueueSize) for client requests and an unbounded-by-type but
+//   - Shards: Options.Shards goroutines, each with two bounded queues
+//     (Options.QueueSize each: inbox and setup) for client requests and an unbounded-by-type but
 //     bounded-by-state control mailbox (below). Every conversation is owned
 //     by exactly one shard, hash(conversation id) mod Shards, and only that
 //     goroutine reads or writes it: its state, sequence numbers (from 1,
@@ -40,7 +44,7 @@
 //     shard after the welcome. The event loop switches a connection to
 //     direct routing only when the hello is done and nothing it routed via
 //     the home shard is still in flight, and a shard drains its mailbox
-//     before each inbox item, so a client that pipelines hello+send keeps
+//     before each queued item, so a client that pipelines hello+send keeps
 //     its order.
 //
 //   - The janitor: one goroutine that ticks (every quarter of the shorter
@@ -70,7 +74,7 @@
 // under a leaf mutex plus a one-slot wake-up channel. Posting never blocks
 // and never waits for the receiver, so no two goroutines ever block on each
 // other's bounded channels: the only blocking channel operation in the
-// package is a shard waiting on its own inbox and mailbox. The mailbox has
+// package is a shard waiting on its own queues and mailbox. The mailbox has
 // no fixed capacity, but what it holds is bounded by existing state: at
 // most one pending create per open conversation, one assignment and a few
 // position updates per queued conversation, one attach per (live
@@ -122,6 +126,14 @@
 // on assignment and transfer (with the full history). Attaching first
 // sends a Conversation event with the current state, then the replay, so a
 // client sees every stored message once, in order.
+//
+// The Deliver of a client's Send carries a netpoll.Trace: the time its
+// event loop read it (Conn.ReadAt, in the item), the shard took it from
+// its inbox, it was stored (durable: the append's completion, stamped on
+// the NATS goroutine in the conversation's appendResult) and taken up
+// again by the shard, and handed to Send; the recipient's event loop adds
+// the write and observes unigate_relay_stage_seconds. The stamps ride in
+// the item, the pendingSend and the Frame: nothing is allocated for them.
 //
 // # Lifetimes
 //

@@ -360,6 +360,8 @@ type pendingSend struct {
 	// solo: refused in an atomic batch once, appended alone.
 	batch int
 	solo  bool
+	// tr times the relay of the message (netpoll.Trace; zero: untimed).
+	tr netpoll.Trace
 
 	// serial names this send among c's (its index in the queue moves).
 	// unknowns counts its appends and forwards whose outcome was unknown
@@ -418,6 +420,7 @@ type appendResult struct {
 	streamSeq uint64
 	dup       bool
 	err       error
+	at        int64 // netpoll.Nanotime when the append completed
 }
 
 // queueSend queues a message for its durable append.
@@ -475,7 +478,7 @@ func (s *shard) pump(c *conversation) {
 			mbox := &s.mbox
 			c.appendDone = func(ss uint64, dup bool, err error) {
 				// NATS goroutine: only c.appendRes and the post, nothing else of c.
-				c.appendRes = appendResult{c: c, streamSeq: ss, dup: dup, err: err}
+				c.appendRes = appendResult{c: c, streamSeq: ss, dup: dup, err: err, at: netpoll.Nanotime()}
 				mbox.post(ctrl{kind: ctrlAppended, res: &c.appendRes})
 			}
 		}
@@ -651,6 +654,7 @@ func (s *shard) appended(res *appendResult) {
 	// A copy: the next append, started below, reuses *res.
 	r := *res
 	c := r.c
+	handled := netpoll.Nanotime()
 	if s.convs[c.id] != c || !c.inflight || len(c.queue) == 0 {
 		return // forgotten meanwhile
 	}
@@ -694,6 +698,9 @@ func (s *shard) appended(res *appendResult) {
 					s.popSend(c)
 					continue
 				}
+			}
+			if p.tr.Read != 0 {
+				p.tr.Stored, p.tr.Handled = r.at, handled
 			}
 			s.complete(c, p, mm, ss)
 			if cl := s.b.o.Cluster; cl != nil {
@@ -867,7 +874,7 @@ func (s *shard) complete(c *conversation, p *pendingSend, mm *message, ss uint64
 	if p.quiet {
 		s.b.fanout(othersThan(c.attached, p.u), nil, e)
 	} else {
-		s.b.fanout(c.attached, p.cl, e)
+		s.b.fanoutTraced(c.attached, p.cl, e, p.tr)
 	}
 	e.Deliver = protocol.Deliver{}
 }

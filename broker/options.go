@@ -32,8 +32,10 @@ type Options struct {
 	// Shards is the number of conversation workers. Default 4×GOMAXPROCS.
 	Shards int
 
-	// QueueSize bounds the inbox of client requests of each shard. A request
-	// arriving at a full inbox is answered with CodeOverloaded. Default 4096.
+	// QueueSize bounds each of the two queues of client requests of each
+	// shard (the inbox of conversation requests, the setup queue of
+	// hello, open, presence). A request arriving at a full queue is
+	// answered with CodeOverloaded. Default 4096.
 	QueueSize int
 
 	// DefaultAgentCapacity is how many conversations an agent takes at

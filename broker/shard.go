@@ -5,6 +5,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/unigate/unigate/netpoll"
 	"github.com/unigate/unigate/protocol"
 )
 
@@ -98,10 +99,20 @@ func (m *mailbox) recycle(q []ctrl) {
 // shard is one conversation worker: a goroutine that owns the
 // conversations hashed to it.
 type shard struct {
-	b     *Broker
-	idx   int
+	b   *Broker
+	idx int
+	// inbox takes the conversation requests of connections past their
+	// hello (sends, typing, receipts ...); setup the session-scoped ones
+	// (hello, open, presence) and the requests a connection sent before
+	// its welcome, in order behind its hello. The shard serves inbox
+	// first (see run): a relayed message does not wait behind a storm of
+	// hellos.
 	inbox chan *item
-	mbox  mailbox
+	setup chan *item
+	// chatRun counts the inbox items served in a row while setup had
+	// work (shard goroutine only).
+	chatRun int
+	mbox    mailbox
 	// notices receives other nodes' messages of the conversations this
 	// shard follows (cluster mode; nil otherwise: never ready).
 	notices chan *nats.Msg
@@ -121,6 +132,7 @@ func newShard(b *Broker, idx int) *shard {
 		b:     b,
 		idx:   idx,
 		inbox: make(chan *item, b.o.QueueSize),
+		setup: make(chan *item, b.o.QueueSize),
 		mbox:  mailbox{signal: make(chan struct{}, 1)},
 		convs: make(map[string]*conversation),
 	}
@@ -130,14 +142,36 @@ func newShard(b *Broker, idx int) *shard {
 	return s
 }
 
+// maxChatRun bounds the inbox items a shard serves in a row ahead of
+// waiting session set-up, so hellos are never starved by chat.
+const maxChatRun = 32
+
 // run is the shard goroutine. The mailbox is drained before every inbox
-// item, so a request forwarded through the mailbox is handled before any
-// later request of the same connection that came straight to the inbox.
+// or setup item, so a request forwarded through the mailbox is handled
+// before any later request of the same connection that came straight to
+// the inbox. Chat comes first: an inbox item is taken before any setup
+// item, up to maxChatRun in a row while setup has work.
 func (s *shard) run() {
 	defer s.b.wg.Done()
 	for {
+		if s.chatRun < maxChatRun {
+			select {
+			case it := <-s.inbox:
+				if len(s.setup) > 0 {
+					s.chatRun++
+				}
+				s.drainMailbox()
+				s.handle(it)
+				continue
+			default:
+			}
+		}
+		s.chatRun = 0
 		select {
 		case it := <-s.inbox:
+			s.drainMailbox()
+			s.handle(it)
+		case it := <-s.setup:
 			s.drainMailbox()
 			s.handle(it)
 		case <-s.mbox.signal:
@@ -153,23 +187,28 @@ func (s *shard) run() {
 	}
 }
 
-// stop answers what is left in the inbox with CodeShuttingDown.
+// stop answers what is left in the inbox and setup with CodeShuttingDown.
 func (s *shard) stop() {
 	for {
+		var it *item
 		select {
-		case it := <-s.inbox:
+		case it = <-s.inbox:
+		case it = <-s.setup:
+		default:
+		}
+		if it != nil {
 			if it.viaHome {
 				it.cl.viaHome.Add(-1)
 			}
 			s.b.answer(it, protocol.CodeShuttingDown, "server is shutting down")
-		default:
-			for _, c := range s.mbox.take() {
-				if c.it != nil {
-					s.b.answer(c.it, protocol.CodeShuttingDown, "server is shutting down")
-				}
-			}
-			return
+			continue
 		}
+		for _, c := range s.mbox.take() {
+			if c.it != nil {
+				s.b.answer(c.it, protocol.CodeShuttingDown, "server is shutting down")
+			}
+		}
+		return
 	}
 }
 
@@ -222,6 +261,9 @@ func (s *shard) control(c *ctrl) {
 
 // handle processes one request from the inbox and recycles it.
 func (s *shard) handle(it *item) {
+	if it.tr.Read != 0 {
+		it.tr.Picked = netpoll.Nanotime()
+	}
 	switch it.env.Kind {
 	case protocol.KindHello:
 		if !s.hello(it) {

@@ -84,7 +84,8 @@ type Conn struct {
 	frag     []byte    // reassembly buffer of a fragmented message (from fragPool)
 	fragBuf  *[]byte   // its pool holder; nil between fragmented messages
 	utf8     utf8Stream
-	regIndex int // position in the registry shard
+	regIndex int   // position in the registry shard
+	readAt   int64 // Nanotime at the start of the current OnTraffic pass
 	// handlerOpened: Handler.OnOpen was called, so OnClose is owed.
 	handlerOpened bool
 
@@ -150,6 +151,11 @@ func (c *Conn) MarkEstablished() { c.established.Store(true) }
 // upgrade, which still bounds a client that sends handshakes the handler
 // refuses without closing. Call it from the handler; it is cheap.
 func (c *Conn) HandshakeReceived() { c.handshaking.Store(true) }
+
+// ReadAt returns the time (Nanotime) at which the event loop began the
+// read pass that delivered the message being handled: the start of the
+// relay stages (Trace.Read). Call it from Handler.OnMessage.
+func (c *Conn) ReadAt() int64 { return c.readAt }
 
 // SetData stores a handler-owned value on the connection.
 func (c *Conn) SetData(v any) { c.data.Store(&v) }
@@ -255,13 +261,27 @@ func (c *Conn) flush(iov [][]byte) [][]byte {
 
 	if !gone {
 		iov = iov[:0]
+		traced := false
 		for _, f := range batch {
 			iov = append(iov, f.Bytes())
+			traced = traced || f.Trace.traced()
+		}
+		var flushAt int64
+		if traced {
+			flushAt = Nanotime()
 		}
 		if len(iov) > 0 {
 			// Writev copies whatever the socket does not take at once into
 			// gnet's outbound buffer, so the frames can be released now.
 			_, _ = c.gc.Writev(iov)
+		}
+		if traced {
+			wrote := Nanotime()
+			for _, f := range batch {
+				if f.Trace.traced() {
+					c.srv.metrics.relay.observe(&f.Trace, flushAt, wrote)
+				}
+			}
 		}
 		if closing {
 			c.state = stateClosing
@@ -315,6 +335,8 @@ type loopFlusher struct {
 	scheduled bool
 	iov       [][]byte // loop-only scratch
 	up        upgradeScratch
+	// Loop-only: the current stretch of back-to-back callbacks (yield.go).
+	busyFrom, lastExit int64
 }
 
 // upgradeScratch is the loop-only state of an upgrade (Server.upgrade runs

@@ -39,6 +39,18 @@
 // (WithMaxOutboundBytes); a connection over the bound is a slow consumer and
 // is closed with 1013.
 //
+// A Frame may carry a Trace (monotonic stamps, Nanotime, of the relayed
+// message it delivers: read on the sender's loop, taken by a worker,
+// stored, handed to Send). The recipient's loop observes every stage in
+// unigate_relay_stage_seconds{stage} (RelayStages) after its writev;
+// Conn.ReadAt gives OnMessage the start of its loop's read pass.
+//
+// A loop that has run callbacks back to back for 500 µs (a connection
+// storm: every event a handshake or a refusal) yields its P and writes
+// every queued frame before it goes on (unigate_netpoll_loop_yields_total),
+// so the handler's workers and the deliveries of established connections
+// do not wait for the end of a batch of up to 1024 events.
+//
 // # Sealed connections
 //
 // Conn.SetSealer installs a per-connection Sealer (Unigate's secure

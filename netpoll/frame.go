@@ -33,6 +33,9 @@ type Frame struct {
 	off    int // start of the wire bytes after Seal
 	refs   atomic.Int32
 	static bool
+	// Trace, when its Read is set, times the relay of the message the
+	// frame delivers (see Trace). Set it before the first Send.
+	Trace Trace
 }
 
 var framePool = sync.Pool{New: func() any { return &Frame{B: make([]byte, HeaderRoom, 512)} }}
@@ -42,6 +45,7 @@ func AcquireFrame() *Frame {
 	f := framePool.Get().(*Frame)
 	f.B = f.B[:HeaderRoom]
 	f.off = 0
+	f.Trace = Trace{}
 	f.refs.Store(1)
 	return f
 }

@@ -84,6 +84,9 @@ func (c *Conn) SetSealer(s Sealer, preamble *Frame) error {
 // under c.mu with a sealer installed. It consumes f.
 func (c *Conn) seal(f *Frame) (*Frame, error) {
 	sf, err := c.sealer.SealFrame(f)
+	if err == nil && sf != f {
+		sf.Trace = f.Trace
+	}
 	f.Release()
 	if err != nil {
 		return nil, err

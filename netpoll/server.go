@@ -63,6 +63,8 @@ type serverMetrics struct {
 	messageRate, byteRate, proxyRefused *metrics.Counter
 	messagesIn, bytesIn                 *metrics.Counter
 	sealErrors, compactions             *metrics.Counter
+	relay                               relayMetrics
+	loopYields                          *metrics.Counter
 }
 
 // New builds a server that hands WebSocket events to h. Call Start to listen.
@@ -130,6 +132,8 @@ func New(h Handler, opts ...Option) (*Server, error) {
 	m.bytesIn = m.set.NewCounter(`unigate_netpoll_ws_bytes_received_total`)
 	m.sealErrors = m.set.NewCounter(`unigate_netpoll_seal_errors_total`)
 	m.compactions = m.set.NewCounter(`unigate_netpoll_sealer_compactions_total`)
+	m.relay = newRelayMetrics(m.set)
+	m.loopYields = m.set.NewCounter(`unigate_netpoll_loop_yields_total`)
 	m.set.NewGauge(`unigate_netpoll_connections`, func() float64 { return float64(s.reg.count()) })
 	return s, nil
 }
@@ -311,6 +315,14 @@ func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 
 // OnOpen implements gnet.EventHandler.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	l := s.loopFor(gc.EventLoop())
+	l.enter(s, Nanotime())
+	out, act := s.open(gc, l)
+	l.exit()
+	return out, act
+}
+
+func (s *Server) open(gc gnet.Conn, l *loopFlusher) ([]byte, gnet.Action) {
 	if s.draining.Load() {
 		return nil, gnet.Close
 	}
@@ -319,7 +331,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		return fullResponse, gnet.Close // gnet copies what it cannot write at once
 	}
 	now := s.clock.Load()
-	c := &Conn{srv: s, gc: gc, id: s.nextID.Add(1), loop: s.loopFor(gc.EventLoop())}
+	c := &Conn{srv: s, gc: gc, id: s.nextID.Add(1), loop: l}
 	if a, ok := gc.RemoteAddr().(*net.TCPAddr); ok {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok {
 			c.peer = ip.Unmap()
@@ -375,6 +387,15 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	if c == nil {
 		return gnet.Close
 	}
+	c.readAt = Nanotime()
+	c.loop.enter(s, c.readAt)
+	act := s.traffic(c)
+	c.loop.exit()
+	return act
+}
+
+func (s *Server) traffic(c *Conn) gnet.Action {
+	gc := c.gc
 	c.lastRead.Store(s.clock.Load())
 	switch c.state {
 	case stateHTTP:
