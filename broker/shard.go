@@ -142,8 +142,8 @@ func newShard(b *Broker, idx int) *shard {
 	return s
 }
 
-// maxChatRun bounds the inbox items a shard serves in a row ahead of
-// waiting session set-up, so hellos are never starved by chat.
+// maxChatRun bounds the inbox items and notices a shard serves in a row
+// ahead of waiting session set-up, so hellos are never starved by chat.
 const maxChatRun = 32
 
 // run is the shard goroutine. The mailbox is drained before every inbox
@@ -154,14 +154,22 @@ const maxChatRun = 32
 func (s *shard) run() {
 	defer s.b.wg.Done()
 	for {
-		if s.chatRun < maxChatRun {
+		// Only while setup has work: otherwise every channel is served
+		// in the fair select below (a loop that preferred the inbox
+		// whenever it had an item would starve other nodes' notices,
+		// and the broker's stop, under a steady chat load). Other
+		// nodes' messages are chat too.
+		if len(s.setup) > 0 && s.chatRun < maxChatRun {
 			select {
 			case it := <-s.inbox:
-				if len(s.setup) > 0 {
-					s.chatRun++
-				}
+				s.chatRun++
 				s.drainMailbox()
 				s.handle(it)
+				continue
+			case m := <-s.notices:
+				s.chatRun++
+				s.drainMailbox()
+				s.notice(m)
 				continue
 			default:
 			}
