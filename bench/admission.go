@@ -480,6 +480,9 @@ func RunAdmission(ctx context.Context, c AdmissionConfig) (*AdmissionReport, err
 	m3 := smp.metrics
 	c3 := cpu()
 
+	if err := co.teardownWhenDrained(ctx, pool.procs[:nChat], ch.Drain+time.Minute); err != nil {
+		return rep, err
+	}
 	var col chatCollector
 	var v2aS, a2vS, svcS, lagS []*dueSamples
 	got := 0

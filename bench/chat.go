@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -287,6 +288,10 @@ func RunChat(ctx context.Context, c ChatConfig) (*ChatReport, error) {
 		rep.Notes = append(rep.Notes, ws.Note)
 	}
 
+	if err := co.teardownWhenDrained(ctx, pool.procs, c.Drain+time.Minute); err != nil {
+		return rep, err
+	}
+
 	var col chatCollector
 	results := 0
 	err = co.pump(ctx, c.Drain+time.Minute, func(ev workerEvent) bool {
@@ -310,6 +315,27 @@ func RunChat(ctx context.Context, c ChatConfig) (*ChatReport, error) {
 		return rep, fmt.Errorf("%w: %s", ErrIntegrity, strings.Join(rep.Integrity, "; "))
 	}
 	return rep, nil
+}
+
+// teardownWhenDrained waits until each chat worker in procs has drained
+// (its schedule sent and answered) and then tells them all to tear down:
+// no worker closes its conversations while another's last messages are
+// still in flight (chatworker.go).
+func (co *coordinator) teardownWhenDrained(ctx context.Context, procs []*workerProc, timeout time.Duration) error {
+	drained := 0
+	if err := co.pump(ctx, timeout, func(ev workerEvent) bool {
+		if ev.w.Ev == evDrained {
+			drained++
+		}
+		return drained == len(procs)
+	}); err != nil {
+		return fmt.Errorf("waiting for the drain: %w", err)
+	}
+	var errs []error
+	for _, p := range procs {
+		errs = append(errs, p.send(wire{Cmd: cmdTeardown}))
+	}
+	return errors.Join(errs...)
 }
 
 // chatCollector merges the chat workers' results into a ChatReport.

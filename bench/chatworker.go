@@ -435,6 +435,19 @@ func runChatWorker(ctx context.Context, job *chatJob, cmds <-chan wire, link *wo
 	w.tl.Store(&timeline{t0: start, wStart: start + job.Warmup, wEnd: start + job.Warmup + job.Duration})
 	drain := w.run(ctx)
 	res := w.result(setupTime, drain)
+	// Tear down only when every worker has drained: a worker that closed
+	// its conversations while another's last messages were in flight
+	// used to put its close storm (thousands of closes and disconnects
+	// on the same gateway) into the other's measured tail.
+	w.phase.Store("drained")
+	link.emit(wire{Ev: evDrained})
+	select {
+	case <-ctx.Done():
+	case c, ok := <-cmds:
+		if ok && c.Cmd != cmdTeardown {
+			return fmt.Errorf("want %q, got %q", cmdTeardown, c.Cmd)
+		}
+	}
 	w.phase.Store("close")
 	w.teardown()
 	res.Setup.Closed = w.closedConvs.Load()

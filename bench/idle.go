@@ -384,13 +384,22 @@ type coordinator struct {
 // pump handles events until done returns true for one, the timeout
 // passes or ctx ends. A worker's fatal error or early exit fails the run.
 // With a nil done (see wait) no event is consumed: every event other than
-// progress is held for the next pump, which sees held events first.
+// progress is held for the next pump, which sees held events first. A
+// chat worker's evDrained that done does not take is held too: the
+// admission scenario's chat workers may drain while it waits for its
+// storm workers (teardownWhenDrained takes them).
 func (co *coordinator) pump(ctx context.Context, timeout time.Duration, done func(workerEvent) bool) error {
-	for done != nil && len(co.held) > 0 {
-		ev := co.held[0]
-		co.held = co.held[1:]
-		if done(ev) {
-			return nil
+	if done != nil && len(co.held) > 0 {
+		held := co.held
+		co.held = nil
+		for i, ev := range held {
+			if done(ev) {
+				co.held = append(co.held, held[i+1:]...)
+				return nil
+			}
+			if ev.w.Ev == evDrained {
+				co.held = append(co.held, ev)
+			}
 		}
 	}
 	t := time.NewTimer(timeout)
@@ -422,6 +431,9 @@ func (co *coordinator) pump(ctx context.Context, timeout time.Duration, done fun
 			case done != nil:
 				if done(ev) {
 					return nil
+				}
+				if ev.w.Ev == evDrained {
+					co.held = append(co.held, ev)
 				}
 			case ev.w.Ev != evProgress:
 				co.held = append(co.held, ev)

@@ -63,13 +63,17 @@ const (
 	cmdChat   = "chat"
 	cmdTarget = "target"
 	cmdStart  = "start"
-	cmdClose  = "close"
-	cmdEcho   = "echo"
+	// cmdTeardown: chat workers close their conversations only once every
+	// worker has drained (evDrained).
+	cmdTeardown = "teardown"
+	cmdClose    = "close"
+	cmdEcho     = "echo"
 
 	evProgress = "progress"
 	evReached  = "reached"
 	evReady    = "ready"
 	evResult   = "result"
+	evDrained  = "drained" // chat: schedule sent and answered, waiting for cmdTeardown
 	evFatal    = "fatal"
 	evClosed   = "closed"
 	evStep     = "step" // echo: one step done
