@@ -118,18 +118,35 @@ func endToEndStormSweep(t *testing.T, only string) {
 // TestEndToEndFanout queues 300 visitors over two workers in a tenant with
 // no agent and lets the head leave 125 times: every update the broker's
 // position rule predicts must arrive once, in order, and the counts must
-// add up.
+// add up. Under the default rule and under a gateway configured to tell
+// every visitor every move (broker.position_step 1): a rule the gateway
+// did not apply would show as gaps or unexpected places.
 func TestEndToEndFanout(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the gateway; skipped with -short")
 	}
-	g := startGateway(t)
+	for _, tc := range []struct {
+		name  string
+		rule  positionRule
+		env   []string
+		least float64 // recipients per trigger, at least
+	}{
+		{"default", positionRule{Exact: 100, Step: 10}, nil, 100},
+		{"every", positionRule{Exact: 5, Step: 1}, []string{"UNIGATE_BROKER_POSITION_EXACT=5", "UNIGATE_BROKER_POSITION_STEP=1"}, 175},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testEndToEndFanout(t, tc.rule, tc.env, tc.least) })
+	}
+}
+
+func testEndToEndFanout(t *testing.T, rule positionRule, env []string, least float64) {
+	g := startGateway(t, env...)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const visitors, rate = 300, 50
 	cfg := FanoutConfig{
 		Common:   Common{URL: g.url, Procs: 2, ServerPID: g.cmd.Process.Pid, Worker: testWorker(), WorkerEnv: []string{workerEnv}},
 		Visitors: visitors, Rate: rate, Duration: 2 * time.Second, Warmup: 500 * time.Millisecond, ConnectRate: 2000,
+		PositionExact: rule.Exact, PositionStep: rule.Step,
 	}
 	rep, err := RunFanout(ctx, cfg)
 	if rep != nil && (testing.Verbose() || err != nil) {
@@ -144,10 +161,10 @@ func TestEndToEndFanout(t *testing.T) {
 	if rep.Visitors != visitors || rep.Triggers != triggers || rep.TriggersSent != triggers || rep.TriggersConfirmed != triggers {
 		t.Errorf("visitors %d, triggers %d, sent %d, confirmed %d; want %d and %d", rep.Visitors, rep.Triggers, rep.TriggersSent, rep.TriggersConfirmed, visitors, triggers)
 	}
-	// Queue of 300 losing its head 125 times: Σ updatesAfter(300 … 176).
+	// Queue of 300 losing its head 125 times: Σ rule.updatesAfter(300 … 176).
 	var want int64
 	for n := visitors; n > visitors-triggers; n-- {
-		want += int64(updatesAfter(n))
+		want += int64(rule.updatesAfter(n))
 	}
 	if rep.Expected != want || rep.Delivered+rep.LeaverMissed != want || rep.Gaps != 0 {
 		t.Errorf("expected %d (want %d), delivered %d + missed by leavers %d, gaps %d", rep.Expected, want, rep.Delivered, rep.LeaverMissed, rep.Gaps)
@@ -163,7 +180,7 @@ func TestEndToEndFanout(t *testing.T) {
 	if l := rep.Latency; l.P50 <= 0 || l.P50 > l.P99 || l.P99 > l.Max || rep.Complete.Max < l.P50 {
 		t.Errorf("latency %+v, complete %+v", l, rep.Complete)
 	}
-	if rep.OfferedRate <= 0 || rep.DeliveredRate <= 0 || rep.RecipientsPerTrigger < 100 {
+	if rep.OfferedRate <= 0 || rep.DeliveredRate <= 0 || rep.RecipientsPerTrigger < least {
 		t.Errorf("offered %.0f/s, delivered %.0f/s, %.1f recipients per trigger", rep.OfferedRate, rep.DeliveredRate, rep.RecipientsPerTrigger)
 	}
 	if rep.Closed != visitors-triggers || len(rep.Errors.Counts) != 0 || len(rep.Drops.Counts) != 0 || len(rep.Events.Counts) != 0 {

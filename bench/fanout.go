@@ -26,7 +26,8 @@ type FanoutConfig struct {
 	Visitors int `json:"visitors"`
 	// Rate is the triggers per second: visitors leaving the head of the
 	// queue, open loop. Default 10. Each trigger makes the broker send
-	// about min(L, 100) + (L − 100)/10 position updates for a queue of L.
+	// about min(L, 100) + (L − 100)/10 position updates for a queue of L
+	// under the default rule, L − 1 with PositionStep 1.
 	Rate float64 `json:"rate"`
 	// Duration is the measured part of the schedule, after Warmup.
 	// Default 10s.
@@ -46,6 +47,14 @@ type FanoutConfig struct {
 	// Drain is how long to wait after the last trigger for its updates.
 	// Default 10s.
 	Drain time.Duration `json:"drain_ns"`
+	// PositionExact and PositionStep are the gateway's rule for position
+	// updates (broker.position_exact, broker.position_step): every change
+	// of the first PositionExact places, beyond only multiples of
+	// PositionStep. They must match the gateway's configuration: the
+	// scenario predicts every update from them. Defaults 100 and 10 (the
+	// gateway's defaults).
+	PositionExact int `json:"position_exact"`
+	PositionStep  int `json:"position_step"`
 }
 
 func (c *FanoutConfig) setDefaults() error {
@@ -84,6 +93,12 @@ func (c *FanoutConfig) setDefaults() error {
 	if c.Drain <= 0 {
 		c.Drain = 10 * time.Second
 	}
+	if c.PositionExact <= 0 {
+		c.PositionExact = 100
+	}
+	if c.PositionStep <= 0 {
+		c.PositionStep = 10
+	}
 	if c.Procs > c.Visitors {
 		return fmt.Errorf("%w: -procs %d exceeds -visitors %d", ErrConfig, c.Procs, c.Visitors)
 	}
@@ -101,9 +116,10 @@ func (c *FanoutConfig) schedule() fanoutSchedule {
 	return fanoutSchedule{Rate: c.Rate, Triggers: int(math.Ceil(span*c.Rate - 1e-9)), Warmup: c.Warmup, Duration: c.Duration}
 }
 
-// updatesAfter is the number of position updates the broker sends when a
-// queue of n visitors loses its head: the n−1 left all move up by one.
-func updatesAfter(n int) int { return positionsSent(1, n-1) }
+// rule is the gateway's position update rule as configured.
+func (c *FanoutConfig) rule() positionRule {
+	return positionRule{Exact: c.PositionExact, Step: c.PositionStep}
+}
 
 // FanoutReport is the result of RunFanout.
 type FanoutReport struct {
@@ -186,7 +202,7 @@ func RunFanout(ctx context.Context, c FanoutConfig) (*FanoutReport, error) {
 			Common: c.Common, fanoutSchedule: sch, Index: i,
 			Visitors: share(c.Visitors, c.Procs, i), TotalVisitors: c.Visitors, Tenant: c.Tenant,
 			ConnectRate: c.ConnectRate / float64(c.Procs), SetupTimeout: c.SetupTimeout, Drain: c.Drain,
-			Deadline: deadline.UnixNano(),
+			Deadline: deadline.UnixNano(), Rule: c.rule(),
 		}
 		job.Progress = nil
 		if err := p.send(wire{Cmd: cmdFanout, Fanout: job}); err != nil {
@@ -299,7 +315,7 @@ func RunFanout(ctx context.Context, c FanoutConfig) (*FanoutReport, error) {
 			continue
 		}
 		rep.MeasuredTriggers++
-		offered += int64(updatesAfter(c.Visitors - s + 1))
+		offered += int64(c.rule().updatesAfter(c.Visitors - s + 1))
 		if last[s-1] < 0 {
 			rep.TriggersWithout++
 			continue
@@ -366,7 +382,7 @@ func (r *FanoutReport) violations(sch fanoutSchedule) []string {
 	}
 	var want int64
 	for s := 1; s <= sch.Triggers; s++ {
-		want += int64(updatesAfter(r.Config.Visitors - s + 1))
+		want += int64(r.Config.rule().updatesAfter(r.Config.Visitors - s + 1))
 	}
 	if r.Expected != want {
 		out = append(out, fmt.Sprintf("the visitors expected %d updates, the schedule causes %d", r.Expected, want))

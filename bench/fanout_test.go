@@ -6,27 +6,41 @@ import (
 	"time"
 )
 
+var testRules = []positionRule{{Exact: 100, Step: 10}, {Exact: 7, Step: 3}, {Exact: 1, Step: 1}, {Exact: 1000, Step: 1000}}
+
 func TestPositionsSent(t *testing.T) {
-	for lo := -2; lo < 260; lo += 3 {
-		for hi := lo - 2; hi < 400; hi += 7 {
-			want := 0
-			for q := lo; q <= hi; q++ {
-				if positionSent(q) {
-					want++
+	for _, r := range testRules {
+		for lo := -2; lo < 260; lo += 3 {
+			for hi := lo - 2; hi < 400; hi += 7 {
+				want, first := 0, 0
+				for q := lo; q <= hi; q++ {
+					if r.sent(q) {
+						want++
+						if first == 0 {
+							first = q
+						}
+					}
 				}
-			}
-			if got := positionsSent(lo, hi); got != want {
-				t.Fatalf("positionsSent(%d, %d) = %d, want %d", lo, hi, got, want)
+				if got := r.count(lo, hi); got != want {
+					t.Fatalf("%+v: count(%d, %d) = %d, want %d", r, lo, hi, got, want)
+				}
+				if got := r.first(lo, hi); got != first {
+					t.Fatalf("%+v: first(%d, %d) = %d, want %d", r, lo, hi, got, first)
+				}
 			}
 		}
 	}
 	// A queue of 10,000 losing its head: the first 100 places, then every
-	// 10th of the 9,899 behind.
-	if got := updatesAfter(10000); got != 100+989 {
+	// 10th of the 9,899 behind; with step 1 everybody behind.
+	def := positionRule{Exact: 100, Step: 10}
+	if got := def.updatesAfter(10000); got != 100+989 {
 		t.Errorf("updatesAfter(10000) = %d, want 1089", got)
 	}
-	if updatesAfter(1) != 0 || updatesAfter(2) != 1 {
-		t.Errorf("updatesAfter(1), (2) = %d, %d", updatesAfter(1), updatesAfter(2))
+	if def.updatesAfter(1) != 0 || def.updatesAfter(2) != 1 {
+		t.Errorf("updatesAfter(1), (2) = %d, %d", def.updatesAfter(1), def.updatesAfter(2))
+	}
+	if got := (positionRule{Exact: 1, Step: 1}).updatesAfter(10000); got != 9999 {
+		t.Errorf("every place: updatesAfter(10000) = %d, want 9999", got)
 	}
 }
 
@@ -34,8 +48,15 @@ func TestPositionsSent(t *testing.T) {
 // view) adds up to what the schedule makes the broker send (the
 // coordinator's view), for any queue and number of triggers.
 func TestFanoutAccounting(t *testing.T) {
-	for _, tc := range []struct{ visitors, triggers int }{{2, 1}, {50, 49}, {300, 125}, {1000, 10}, {5000, 3000}, {10000, 9999}} {
-		w := &fanoutWorker{job: &fanoutJob{fanoutSchedule: fanoutSchedule{Triggers: tc.triggers}}}
+	for _, tc := range []struct {
+		visitors, triggers int
+		rule               positionRule
+	}{
+		{2, 1, testRules[0]}, {50, 49, testRules[0]}, {300, 125, testRules[0]}, {1000, 10, testRules[0]},
+		{5000, 3000, testRules[0]}, {10000, 9999, testRules[0]},
+		{300, 125, testRules[1]}, {1000, 10, testRules[2]}, {5000, 3000, testRules[3]},
+	} {
+		w := &fanoutWorker{job: &fanoutJob{fanoutSchedule: fanoutSchedule{Triggers: tc.triggers}, Rule: tc.rule}}
 		for p := 1; p <= tc.visitors; p++ {
 			w.visitors = append(w.visitors, &fanVisitor{p0: p})
 		}
@@ -46,12 +67,12 @@ func TestFanoutAccounting(t *testing.T) {
 			if v.leaver != (v.p0 <= tc.triggers) {
 				t.Fatalf("%+v: visitor %d leaver %v", tc, v.p0, v.leaver)
 			}
-			if !v.leaver && v.final != 0 && (!positionSent(v.final) || v.final < v.p0-tc.triggers || v.final >= v.p0) {
+			if !v.leaver && v.final != 0 && (!tc.rule.sent(v.final) || v.final < v.p0-tc.triggers || v.final >= v.p0) {
 				t.Fatalf("%+v: visitor %d final position %d", tc, v.p0, v.final)
 			}
 		}
 		for s := 1; s <= tc.triggers; s++ {
-			perTrigger += int64(updatesAfter(tc.visitors - s + 1))
+			perTrigger += int64(tc.rule.updatesAfter(tc.visitors - s + 1))
 		}
 		if perVisitor != perTrigger {
 			t.Errorf("%+v: visitors expect %d updates, the triggers cause %d", tc, perVisitor, perTrigger)

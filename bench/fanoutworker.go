@@ -13,36 +13,56 @@ import (
 	"github.com/unigate/unigate/protocol"
 )
 
-// The broker's rule for queue position updates (broker/dispatcher.go,
-// positionExact and positionStep): a waiting visitor hears of every new
-// position up to 100, and beyond only of multiples of 10. The fan-out
-// scenario predicts every update from it; a broker that sends others is
-// reported as unexpected positions.
-const (
-	positionExact = 100
-	positionStep  = 10
-)
+// positionRule is the broker's rule for queue position updates
+// (broker.position_exact and broker.position_step, broker/dispatcher.go):
+// a waiting visitor hears of every new position up to Exact, and beyond
+// only of multiples of Step (defaults 100 and 10). The fan-out scenario
+// predicts every update from it; a broker that sends others is reported
+// as unexpected positions, one that sends fewer as gaps.
+type positionRule struct {
+	Exact int `json:"exact"`
+	Step  int `json:"step"`
+}
 
-// positionSent reports whether the broker sends position q to a visitor
-// whose position changed to q.
-func positionSent(q int) bool { return q >= 1 && (q <= positionExact || q%positionStep == 0) }
+// sent reports whether the broker sends position q to a visitor whose
+// position changed to q.
+func (r positionRule) sent(q int) bool { return q >= 1 && (q <= r.Exact || q%r.Step == 0) }
 
-// positionsSent counts the positions in [lo, hi] that positionSent
-// accepts.
-func positionsSent(lo, hi int) int {
+// count counts the positions in [lo, hi] that sent accepts.
+func (r positionRule) count(lo, hi int) int {
 	lo = max(lo, 1)
 	if hi < lo {
 		return 0
 	}
 	n := 0
-	if lo <= positionExact {
-		n += min(hi, positionExact) - lo + 1
-		lo = positionExact + 1
+	if lo <= r.Exact {
+		n += min(hi, r.Exact) - lo + 1
+		lo = r.Exact + 1
 	}
 	if hi >= lo {
-		n += hi/positionStep - (lo-1)/positionStep
+		n += hi/r.Step - (lo-1)/r.Step
 	}
 	return n
+}
+
+// updatesAfter is the number of position updates the broker sends when a
+// queue of n visitors loses its head: the n−1 left all move up by one.
+func (r positionRule) updatesAfter(n int) int { return r.count(1, n-1) }
+
+// first is the first position at or after lo that sent accepts, or 0 if
+// there is none below hi+1.
+func (r positionRule) first(lo, hi int) int {
+	lo = max(lo, 1)
+	if hi < lo {
+		return 0
+	}
+	if lo <= r.Exact {
+		return lo
+	}
+	if q := (lo + r.Step - 1) / r.Step * r.Step; q <= hi {
+		return q
+	}
+	return 0
 }
 
 // fanoutSchedule is the open-loop schedule of the triggers: trigger s
@@ -79,6 +99,7 @@ type fanoutJob struct {
 	SetupTimeout  time.Duration `json:"setup_timeout"`
 	Drain         time.Duration `json:"drain"`
 	Deadline      int64         `json:"deadline"` // Unix nanoseconds
+	Rule          positionRule  `json:"rule"`
 }
 
 // fanoutProgress is a worker's cumulative counters.
@@ -115,7 +136,7 @@ type FanoutCounts struct {
 	TriggersConfirmed int64 `json:"triggers_confirmed"`
 	TriggersRefused   int64 `json:"triggers_refused"`
 	// Expected is the position updates the schedule makes the broker
-	// send (positionSent over every shift of every visitor); Delivered the
+	// send (the rule over every shift of every visitor); Delivered the
 	// ones received; DeliveredMeasured those caused by a measured trigger
 	// (the latency histogram holds exactly these); DeliveredInWindow those
 	// received inside the measured window (the throughput).
@@ -391,7 +412,7 @@ func (w *fanoutWorker) startVisitor(ctx context.Context, v *fanVisitor, deadline
 // prepare computes what each visitor expects, from its position and the
 // schedule: a visitor that joined at p0 leaves at trigger p0 if that is
 // scheduled; until then (or until the last trigger) it moves up by one
-// per trigger and hears of the positions positionSent accepts.
+// per trigger and hears of the positions the rule sends.
 func (w *fanoutWorker) prepare() {
 	T := w.job.Triggers
 	for _, v := range w.visitors {
@@ -400,22 +421,16 @@ func (w *fanoutWorker) prepare() {
 			v.leaver = true
 			continue
 		}
-		lo := v.p0 - T
-		switch {
-		case lo <= positionExact:
-			v.final = lo
-		case (lo+positionStep-1)/positionStep*positionStep <= v.p0-1:
-			v.final = (lo + positionStep - 1) / positionStep * positionStep
-		}
+		v.final = w.job.Rule.first(v.p0-T, v.p0-1)
 	}
 }
 
 // expected is the number of updates v should get.
 func (w *fanoutWorker) expected(v *fanVisitor) int {
 	if v.leaver {
-		return positionsSent(1, v.p0-1)
+		return w.job.Rule.count(1, v.p0-1)
 	}
-	return positionsSent(v.p0-w.job.Triggers, v.p0-1)
+	return w.job.Rule.count(v.p0-w.job.Triggers, v.p0-1)
 }
 
 // run sends this worker's triggers on schedule and waits for the drain:
@@ -596,7 +611,7 @@ func (w *fanoutWorker) queueEvent(v *fanVisitor, q int, convID string) {
 	}
 	v.last = q
 	s := v.p0 - q // the shifts so far: the s-th trigger made this update possible
-	if !positionSent(q) || s > w.job.Triggers {
+	if !w.job.Rule.sent(q) || s > w.job.Triggers {
 		w.unexpected.Add(1)
 		w.events.add("position_unexpected", fmt.Errorf("position %d (joined at %d, %d triggers)", q, v.p0, w.job.Triggers))
 		return

@@ -23,13 +23,15 @@ var (
 	errUnknownAgent = errors.New("broker: unknown agent")
 )
 
-// Queue position updates: every change is sent for the first
-// positionExact places; further back only multiples of positionStep are,
-// so a long queue moving by one does not send a message to everyone in it.
-const (
-	positionExact = 100
-	positionStep  = 10
-)
+// posRule is which queue position updates are sent: every change for the
+// first exact places; further back only positions that are multiples of
+// step, so a long queue moving by one does not send a message to everyone
+// in it (Options.PositionExact, Options.PositionStep; step 1 sends every
+// change).
+type posRule struct{ exact, step uint32 }
+
+// sends reports whether a position that changed to pos is sent.
+func (r posRule) sends(pos uint32) bool { return pos <= r.exact || pos%r.step == 0 }
 
 // The queue's wait estimate (Queue.eta_seconds): a waiting conversation at
 // position n waits about n × H / C, where H is the tenant's recent handling
@@ -38,7 +40,7 @@ const (
 // being handled now, that is the rate at which slots free up while all are
 // taken. Unknown (0) until a conversation was closed or while nobody
 // handles one. An estimate that moved by at least etaResend (and by a
-// fifth) is sent again to the first positionExact places even when their
+// fifth) is sent again to the first posRule.exact places even when their
 // position did not change.
 const (
 	etaWeight = 0.2
@@ -268,20 +270,19 @@ func (p *tenantPool) anyAvailable() bool {
 }
 
 // positions calls notify for every waiting conversation whose position
-// (1 = next) changed since it was last notified, within the rule of
-// positionExact and positionStep, or whose wait estimate moved (etaResend);
-// the first position is always sent.
-func (p *tenantPool) positions(notify func(w *waiting, pos, eta uint32)) {
+// (1 = next) changed since it was last notified, within rule, or whose
+// wait estimate moved (etaResend); the first position is always sent.
+func (p *tenantPool) positions(rule posRule, notify func(w *waiting, pos, eta uint32)) {
 	for i, w := range p.queue {
 		pos := uint32(i + 1)
 		if pos == w.notified {
-			if pos <= positionExact && etaMoved(w.eta, p.eta(pos)) {
+			if pos <= rule.exact && etaMoved(w.eta, p.eta(pos)) {
 				w.eta = p.eta(pos)
 				notify(w, pos, w.eta)
 			}
 			continue
 		}
-		if w.notified == 0 || pos <= positionExact || pos%positionStep == 0 {
+		if w.notified == 0 || rule.sends(pos) {
 			w.notified, w.eta = pos, p.eta(pos)
 			notify(w, pos, w.eta)
 		}
@@ -308,8 +309,9 @@ type dispatcher struct {
 	agents   map[string]*agentSlot  // by agent id
 	queued   int
 	maxQueue int
-	clock    uint64 // assignment clock (agentSlot.lastAssign)
-	seq      uint64 // enqueue counter (waiting.seq)
+	rule     posRule // which position updates are sent
+	clock    uint64  // assignment clock (agentSlot.lastAssign)
+	seq      uint64  // enqueue counter (waiting.seq)
 	post     func(shard int, c ctrl)
 	now      func() int64 // monotonic nanoseconds, for handling times
 
@@ -349,6 +351,7 @@ func newDispatcher(maxQueue int, post func(shard int, c ctrl)) *dispatcher {
 		pools:    make(map[string]*tenantPool),
 		agents:   make(map[string]*agentSlot),
 		maxQueue: maxQueue,
+		rule:     posRule{exact: DefaultPositionExact, step: DefaultPositionStep},
 		post:     post,
 		where:    make(map[string]string),
 		now:      monotonic(),
@@ -389,7 +392,7 @@ func (d *dispatcher) settle(p *tenantPool) {
 		d.post(w.shard, ctrl{kind: ctrlAssign, conv: w.conv, u: a.u, note: why})
 	})
 	d.queued -= n
-	p.positions(func(w *waiting, pos, eta uint32) {
+	p.positions(d.rule, func(w *waiting, pos, eta uint32) {
 		d.post(w.shard, ctrl{kind: ctrlPosition, conv: w.conv, seq: uint64(pos), eta: eta})
 	})
 	d.queueLen.Store(int64(d.queued))

@@ -195,35 +195,49 @@ func TestTenantPoolDrain(t *testing.T) {
 }
 
 func TestTenantPoolPositions(t *testing.T) {
-	var p tenantPool
-	for i := range 250 {
-		p.insert(&waiting{conv: string(rune('a' + i%26)), seq: uint64(i + 1)})
-	}
-	sent := map[uint64]uint32{}
-	p.positions(func(w *waiting, pos, _ uint32) { sent[w.seq] = pos })
-	if len(sent) != 250 {
-		t.Fatalf("first round: %d positions sent, want all 250", len(sent))
-	}
-	// The head leaves: the first 100 move (99 of them within the exact
-	// range), further back only multiples of 10 are sent.
-	p.queue = p.queue[1:]
-	clear(sent)
-	p.positions(func(w *waiting, pos, _ uint32) { sent[w.seq] = pos })
-	for seq, pos := range sent {
-		if pos != uint32(seq-1) {
-			t.Fatalf("seq %d got position %d, want %d", seq, pos, seq-1)
-		}
-		if pos > positionExact && pos%positionStep != 0 {
-			t.Fatalf("position %d sent beyond the exact range", pos)
-		}
-	}
-	if want := positionExact + (249-positionExact)/positionStep; len(sent) != want {
-		t.Fatalf("%d updates, want %d", len(sent), want)
-	}
-	clear(sent)
-	p.positions(func(w *waiting, pos, _ uint32) { sent[w.seq] = pos })
-	if len(sent) != 0 {
-		t.Fatalf("no change, yet %d updates", len(sent))
+	for _, rule := range []posRule{
+		{exact: DefaultPositionExact, step: DefaultPositionStep},
+		{exact: 20, step: 7},
+		{exact: 1, step: 1}, // every change
+	} {
+		t.Run(fmt.Sprintf("exact%d-step%d", rule.exact, rule.step), func(t *testing.T) {
+			var p tenantPool
+			for i := range 250 {
+				p.insert(&waiting{conv: string(rune('a' + i%26)), seq: uint64(i + 1)})
+			}
+			sent := map[uint64]uint32{}
+			p.positions(rule, func(w *waiting, pos, _ uint32) { sent[w.seq] = pos })
+			if len(sent) != 250 {
+				t.Fatalf("first round: %d positions sent, want all 250", len(sent))
+			}
+			// The head leaves: the first rule.exact places move, further
+			// back only multiples of rule.step are sent.
+			p.queue = p.queue[1:]
+			clear(sent)
+			p.positions(rule, func(w *waiting, pos, _ uint32) { sent[w.seq] = pos })
+			want := 0
+			for pos := uint32(1); pos <= 249; pos++ {
+				if pos <= rule.exact || pos%rule.step == 0 {
+					want++
+				}
+			}
+			for seq, pos := range sent {
+				if pos != uint32(seq-1) {
+					t.Fatalf("seq %d got position %d, want %d", seq, pos, seq-1)
+				}
+				if pos > rule.exact && pos%rule.step != 0 {
+					t.Fatalf("position %d sent beyond the exact range", pos)
+				}
+			}
+			if len(sent) != want {
+				t.Fatalf("%d updates, want %d", len(sent), want)
+			}
+			clear(sent)
+			p.positions(rule, func(w *waiting, pos, _ uint32) { sent[w.seq] = pos })
+			if len(sent) != 0 {
+				t.Fatalf("no change, yet %d updates", len(sent))
+			}
+		})
 	}
 }
 

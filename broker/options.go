@@ -50,6 +50,16 @@ type Options struct {
 	// transfer or a departed agent are never refused. Default 10000.
 	MaxQueue int
 
+	// PositionExact and PositionStep decide which queue position updates
+	// are sent when a queue moves: every change of the first
+	// PositionExact places, and further back only positions that are
+	// multiples of PositionStep (a visitor at place 537 hears 530 later,
+	// not 536 … 531). PositionStep 1 sends every change to every waiting
+	// visitor: a departure from a queue of L then costs L−1 messages.
+	// Defaults 100 and 10.
+	PositionExact int
+	PositionStep  int
+
 	// MaxOpenPerVisitor bounds the conversations a visitor has open at
 	// once; one more Open gets CodeAlreadyOpen. Default 1.
 	MaxOpenPerVisitor int
@@ -179,6 +189,8 @@ const (
 	DefaultAgentCapacity          = 5
 	DefaultMaxAgentCapacity       = 100
 	DefaultMaxQueue               = 10000
+	DefaultPositionExact          = 100
+	DefaultPositionStep           = 10
 	DefaultMaxOpenPerVisitor      = 1
 	DefaultResumeTTL              = 10 * time.Minute
 	DefaultResumeTokenTTL         = 24 * time.Hour
@@ -234,6 +246,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.MaxQueue <= 0 {
 		o.MaxQueue = DefaultMaxQueue
+	}
+	if o.PositionExact <= 0 {
+		o.PositionExact = DefaultPositionExact
+	}
+	if o.PositionStep <= 0 {
+		o.PositionStep = DefaultPositionStep
 	}
 	if o.MaxOpenPerVisitor <= 0 {
 		o.MaxOpenPerVisitor = DefaultMaxOpenPerVisitor

@@ -477,7 +477,10 @@ open a conversation each and wait in its queue (positions 1..N). Then, on an
 open-loop schedule of -rate triggers per second, the visitor at the head
 leaves (closes its conversation), and the broker sends every visitor behind
 whose position changed a queue update: all of the first 100 places, every
-10th place beyond. Reports the updates delivered per second and the latency
+10th place beyond (the gateway's broker.position_exact and
+broker.position_step; give the same values as -position-exact and
+-position-step, e.g. step 1 when the gateway tells every visitor every
+move). Reports the updates delivered per second and the latency
 from each trigger's due time to each update (HDR), and to the last update
 of each trigger. Every visitor checks that it gets exactly the positions
 the triggers explain, once, in order.
@@ -494,6 +497,8 @@ the triggers explain, once, in order.
 	fs.Float64Var(&c.ConnectRate, "connect-rate", 1000, "setup connections per second")
 	fs.DurationVar(&c.SetupTimeout, "setup-timeout", 0, "bound on connecting and queueing everybody (default 60s + twice the connect time)")
 	fs.DurationVar(&c.Drain, "drain", 10*time.Second, "wait after the last trigger for its updates")
+	fs.IntVar(&c.PositionExact, "position-exact", 100, "the gateway's broker.position_exact: every change of the first N places is sent")
+	fs.IntVar(&c.PositionStep, "position-step", 10, "the gateway's broker.position_step: beyond -position-exact only multiples of N are sent (1: every change)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

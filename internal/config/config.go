@@ -517,6 +517,16 @@ type BrokerConfig struct {
 	// QueueSize bounds the pending operations of one shard; when it is
 	// full, new requests get a retryable "busy" error.
 	QueueSize int `yaml:"queue_size"`
+	// MaxQueue bounds the conversations waiting for an agent over all
+	// tenants; one more open is refused with 4001 (queue full).
+	MaxQueue int `yaml:"max_queue"`
+	// PositionExact and PositionStep decide which queue position updates
+	// are sent as a queue moves: every change of the first PositionExact
+	// places, beyond them only places that are multiples of PositionStep.
+	// PositionStep 1 tells every waiting visitor every move (a departure
+	// from a queue of L sends L−1 updates).
+	PositionExact int `yaml:"position_exact"`
+	PositionStep  int `yaml:"position_step"`
 }
 
 // NATSConfig selects the NATS server. By default an embedded server with
@@ -650,6 +660,9 @@ func Default() Config {
 		Broker: BrokerConfig{
 			DefaultAgentCapacity: 5,
 			QueueSize:            4096,
+			MaxQueue:             10000,
+			PositionExact:        100,
+			PositionStep:         10,
 		},
 		NATS: NATSConfig{
 			Replicas: 1,

@@ -147,6 +147,15 @@ func (c Config) Validate() error {
 	if c.Broker.QueueSize < 1 {
 		bad("broker.queue_size", "must be at least 1, got %d", c.Broker.QueueSize)
 	}
+	if c.Broker.MaxQueue < 1 {
+		bad("broker.max_queue", "must be at least 1, got %d", c.Broker.MaxQueue)
+	}
+	if c.Broker.PositionExact < 1 {
+		bad("broker.position_exact", "must be at least 1, got %d", c.Broker.PositionExact)
+	}
+	if c.Broker.PositionStep < 1 {
+		bad("broker.position_step", "must be at least 1, got %d", c.Broker.PositionStep)
+	}
 
 	l := c.Limits
 	for _, f := range []struct {

@@ -140,6 +140,9 @@ func TestValidateRejects(t *testing.T) {
 		{"broker.shards", func(c *Config) { c.Broker.Shards = -4 }},
 		{"broker.default_agent_capacity", func(c *Config) { c.Broker.DefaultAgentCapacity = 0 }},
 		{"broker.queue_size", func(c *Config) { c.Broker.QueueSize = 0 }},
+		{"broker.max_queue", func(c *Config) { c.Broker.MaxQueue = 0 }},
+		{"broker.position_exact", func(c *Config) { c.Broker.PositionExact = 0 }},
+		{"broker.position_step", func(c *Config) { c.Broker.PositionStep = -1 }},
 		{"shutdown.drain_timeout", func(c *Config) { c.Shutdown.DrainTimeout = -1 }},
 	}
 	for _, tt := range tests {
