@@ -1,7 +1,9 @@
 package bench
 
 import (
+	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -116,5 +118,31 @@ func TestFanoutConfigErrors(t *testing.T) {
 		if err := c.setDefaults(); !errors.Is(err, ErrConfig) {
 			t.Errorf("config %d: err %v, want ErrConfig", i, err)
 		}
+	}
+}
+
+// TestFanoutDrainAfterSchedule: a worker none of whose visitors leave
+// (they all joined behind the leavers, on other workers) still waits for
+// the whole schedule before its drain starts; its drain used to start at
+// once, so with a drain shorter than the schedule it reported every later
+// trigger's updates as gaps.
+func TestFanoutDrainAfterSchedule(t *testing.T) {
+	sch := fanoutSchedule{Rate: 20, Triggers: 6}
+	w := &fanoutWorker{
+		job:     &fanoutJob{fanoutSchedule: sch, Drain: 30 * time.Millisecond, Rule: testRules[0]},
+		base:    time.Now(),
+		errs:    newReasonCounter(),
+		last:    make([]atomic.Int64, sch.Triggers),
+		sendLag: newLatencyHist(),
+	}
+	for p := 10; p < 14; p++ {
+		w.visitors = append(w.visitors, &fanVisitor{p0: p})
+	}
+	w.prepare()
+	t0 := w.now()
+	w.tl.Store(&fanTimeline{t0: t0, wStart: t0, wEnd: t0 + time.Second})
+	w.run(context.Background())
+	if end, now := t0+sch.due(sch.Triggers), w.now(); now < end+w.job.Drain {
+		t.Fatalf("the drain ended %v after the start, before the schedule's last trigger (%v) plus the drain (%v)", now-t0, end-t0, w.job.Drain)
 	}
 }

@@ -486,6 +486,18 @@ func (w *fanoutWorker) run(ctx context.Context) time.Duration {
 			w.sendLag.record(sent - due)
 		}
 	}
+	// The drain starts when the whole schedule has run, not when this
+	// worker's own triggers have: a worker whose visitors all joined
+	// behind the leavers (or whose last leaver left early) still hears of
+	// every later trigger.
+	if d := tl.t0 + w.job.due(w.job.Triggers) - w.now(); d > 0 {
+		timer.Reset(d)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return 0
+		}
+	}
 	w.phase.Store("drain")
 	start := time.Now()
 	t := time.NewTicker(20 * time.Millisecond)
