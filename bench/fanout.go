@@ -22,7 +22,8 @@ type FanoutConfig struct {
 	Common
 	// Visitors is the number of visitors waiting, one conversation each,
 	// spread over the workers. Default 1000. The broker's waiting queue
-	// holds 10,000 conversations in total (all tenants).
+	// holds 10,000 conversations in total (all tenants) unless the
+	// gateway's broker.max_queue says otherwise.
 	Visitors int `json:"visitors"`
 	// Rate is the triggers per second: visitors leaving the head of the
 	// queue, open loop. Default 10. Each trigger makes the broker send

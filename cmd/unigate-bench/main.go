@@ -489,7 +489,7 @@ the triggers explain, once, in order.
 		fs.PrintDefaults()
 	}
 	common(fs, &c.Common, &src, &sub, &out, &quiet)
-	fs.IntVar(&c.Visitors, "visitors", 1000, "visitors waiting in the queue, one conversation each (the broker's queue holds 10,000 in all)")
+	fs.IntVar(&c.Visitors, "visitors", 1000, "visitors waiting in the queue, one conversation each (the gateway's queue holds broker.max_queue, default 10,000, in all)")
 	fs.Float64Var(&c.Rate, "rate", 10, "triggers per second: visitors leaving the head of the queue (open loop)")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "measured duration")
 	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "unmeasured start of the schedule (0: none)")
