@@ -12,6 +12,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/unigate/unigate/limiter"
 )
@@ -94,9 +95,10 @@ type Conn struct {
 	lastPingAt  atomic.Int64
 	httpSince   atomic.Int64 // start of the current HTTP request deadline
 	upgraded    atomic.Bool
-	upgradedAt  int64       // written before upgraded is set
-	handshaking atomic.Bool // the handler has the client's handshake message
-	established atomic.Bool // the handler's own handshake completed
+	upgradedAt  int64        // written before upgraded is set
+	handshaking atomic.Bool  // the handler has the client's handshake message
+	established atomic.Bool  // the handler's own handshake completed
+	lingerSince atomic.Int64 // half-closed after the close frame at (linger); 0: not
 
 	// Outbound queue, guarded by mu.
 	mu        sync.Mutex
@@ -285,7 +287,7 @@ func (c *Conn) flush(iov [][]byte) [][]byte {
 		}
 		if closing {
 			c.state = stateClosing
-			_ = c.gc.Close()
+			c.linger()
 		} else if c.gc.OutboundBuffered() > c.srv.opts.maxOutbound {
 			c.srv.metrics.slowConsumers.Inc()
 			c.Close(StatusTryAgainLater, "slow consumer")
@@ -301,6 +303,37 @@ func (c *Conn) flush(iov [][]byte) [][]byte {
 	}
 	c.mu.Unlock()
 	return iov
+}
+
+// lingerTimeout is how long, in seconds of the server's clock (so 1–2 s),
+// a half-closed connection waits for its client to close (linger).
+const lingerTimeout = 2
+
+// linger ends a WebSocket connection whose close frame was just written:
+// it half-closes the socket (the client reads the close frame, then end of
+// stream) and keeps reading and discarding what the client still sends
+// until the client closes its side (gnet's OnClose) or lingerTimeout
+// passes (OnTick). Closing at once would make the kernel answer input
+// that arrives after the close, or was not read yet (the rest of a
+// message over the limit, frames the client sent before it saw the
+// close frame), with a reset, which can destroy the close frame before
+// the client reads it: the client would see 1006 instead of the code.
+// On the connection's loop.
+func (c *Conn) linger() {
+	if c.lingerSince.Load() != 0 {
+		return
+	}
+	// Bytes gnet still holds would be cut off by the half-close; an HTTP
+	// connection's answer says Connection: close and needs no close frame.
+	if !c.upgraded.Load() || c.gc.OutboundBuffered() > 0 {
+		_ = c.gc.Close()
+		return
+	}
+	if err := unix.Shutdown(c.gc.Fd(), unix.SHUT_WR); err != nil {
+		_ = c.gc.Close()
+		return
+	}
+	c.lingerSince.Store(max(c.srv.clock.Load(), 1))
 }
 
 // closeQueued reports whether a close frame is queued or the connection is gone.

@@ -22,7 +22,13 @@
 // invalid UTF-8 in a text message (checked incrementally across fragments)
 // with 1007; a message over the limit with 1009, as soon as its header says
 // so. Pings are answered with pongs carrying the same payload; a close frame
-// is echoed and the TCP connection closed.
+// is echoed. After the server's close frame (its own or the echo) the
+// connection lingers: the socket is half-closed, so the client reads the
+// close frame and then end of stream, and whatever the client still sends
+// is read and discarded until it closes its side, or for 1–2 s
+// (unigate_netpoll_timeouts_total{kind="close"}). Closing at once with
+// unread input would make the kernel send a reset that can destroy the
+// close frame before the client reads it.
 //
 // # Ownership and concurrency
 //

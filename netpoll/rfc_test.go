@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -347,4 +348,64 @@ func abbrev(s string) string {
 		return fmt.Sprintf("%s...(%d bytes)", s[:40], len(s))
 	}
 	return s
+}
+
+// TestCloseWithInputInFlight: when the server fails a connection while the
+// client's bytes are still arriving (the rest of a message over the limit,
+// frames sent before the client saw the close), the client still reads the
+// close frame and then end of stream, not a reset. The server half-closes
+// and discards input until the client closes (linger); closing at once
+// made the kernel answer the unread input with a reset, which could reach
+// the client before the close frame (the flake of "message over limit in
+// one frame").
+func TestCloseWithInputInFlight(t *testing.T) {
+	s := startServer(t, &echo{})
+	t.Run("rest of a message over the limit", func(t *testing.T) {
+		r := rawDial(t, s.Addr())
+		// Declares 1 MiB, over the 64 KiB limit: refused at the header,
+		// with 512 KiB of its payload already on the way.
+		big := append([]byte{0x82, 0xFF, 0, 0, 0, 0, 0, 0x10, 0, 0, 1, 2, 3, 4}, make([]byte, 512<<10)...)
+		r.write(big)
+		r.expectClose(ws.StatusMessageTooBig)
+	})
+	t.Run("frames after a violation", func(t *testing.T) {
+		r := rawDial(t, s.Addr())
+		in := clientFrame(true, 0, 3, true, nil) // reserved opcode: 1002
+		for range 2000 {
+			in = append(in, clientFrame(true, 0, ws.OpBinary, true, make([]byte, 100))...)
+		}
+		r.write(in)
+		r.expectClose(ws.StatusProtocolError)
+	})
+	t.Run("a client that never closes", func(t *testing.T) {
+		before := s.Connections()
+		r := rawDial(t, s.Addr())
+		waitFor(t, 5*time.Second, "the connection", func() bool { return s.Connections() == before+1 })
+		r.write(clientFrame(true, 0, 3, true, nil))
+		r.expectClose(ws.StatusProtocolError)
+		// The client keeps its side open: the server closes it after
+		// lingerTimeout on its own.
+		waitFor(t, 10*time.Second, "the server to give up lingering", func() bool { return s.Connections() == before })
+		if got := metricValue(t, s, `unigate_netpoll_timeouts_total{kind="close"}`); got < 1 {
+			t.Fatalf("close timeouts %v, want at least 1", got)
+		}
+	})
+}
+
+// metricValue reads one series of the server's metrics.
+func metricValue(t *testing.T, s *Server, series string) float64 {
+	t.Helper()
+	var b bytes.Buffer
+	s.Metrics().WritePrometheus(&b)
+	for line := range strings.Lines(b.String()) {
+		if name, v, ok := strings.Cut(strings.TrimSpace(line), " "); ok && name == series {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", series, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no series %s", series)
+	return 0
 }

@@ -59,6 +59,7 @@ type serverMetrics struct {
 	http2xx, http4xx, http5xx           *metrics.Counter
 	protocolErrors, tooBig, invalidUTF8 *metrics.Counter
 	handshakeTimeouts, idleTimeouts     *metrics.Counter
+	lingerTimeouts                      *metrics.Counter
 	slowConsumers, refusedFull          *metrics.Counter
 	messageRate, byteRate, proxyRefused *metrics.Counter
 	messagesIn, bytesIn                 *metrics.Counter
@@ -123,6 +124,7 @@ func New(h Handler, opts ...Option) (*Server, error) {
 	m.slowConsumers = m.set.NewCounter(`unigate_netpoll_ws_closed_total{code="1013"}`)
 	m.handshakeTimeouts = m.set.NewCounter(`unigate_netpoll_timeouts_total{kind="handshake"}`)
 	m.idleTimeouts = m.set.NewCounter(`unigate_netpoll_timeouts_total{kind="idle"}`)
+	m.lingerTimeouts = m.set.NewCounter(`unigate_netpoll_timeouts_total{kind="close"}`)
 	m.refusedFull = m.set.NewCounter(`unigate_netpoll_refused_total{reason="full"}`)
 	m.proxyRefused = m.set.NewCounter(`unigate_netpoll_refused_total{reason="proxy_header"}`)
 	m.messageRate = m.set.NewCounter(`unigate_limiter_refused_total{reason="` + limiter.ReasonMessageRate + `"}`)
@@ -423,6 +425,13 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	idle := int64(s.opts.idleTimeout / time.Second)
 	ping := int64(s.opts.pingInterval / time.Second)
 	s.reg.each(func(c *Conn) {
+		if since := c.lingerSince.Load(); since != 0 {
+			if now-since >= lingerTimeout {
+				s.metrics.lingerTimeouts.Inc()
+				_ = c.gc.Close()
+			}
+			return
+		}
 		if c.upgraded.Load() {
 			last := c.lastRead.Load()
 			switch {

@@ -242,7 +242,7 @@ limits:
 	phase.Store(calm)
 	var sent, received atomic.Int64
 	stop := make(chan struct{})
-	var traffic sync.WaitGroup
+	var traffic, senders sync.WaitGroup
 	for i, p := range pairs {
 		traffic.Go(func() {
 			_ = p.a.SetReadDeadline(time.Time{})
@@ -259,7 +259,7 @@ limits:
 				}
 			}
 		})
-		traffic.Go(func() {
+		senders.Go(func() {
 			tick := time.NewTicker(100 * time.Millisecond)
 			defer tick.Stop()
 			for k := 0; ; k++ {
@@ -338,6 +338,10 @@ limits:
 		p.stdin.Close()
 	}
 	close(stop)
+	// Every sender has stopped before the count of sent messages is
+	// compared and the connections are closed: one between its tick and
+	// its write used to write to a closed connection.
+	senders.Wait()
 
 	wantUp := capConns - 2*convs
 	refused := 0
