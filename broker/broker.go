@@ -134,7 +134,7 @@ func newBroker(o Options) (*Broker, error) {
 		b.shards[i] = newShard(b, i)
 	}
 	b.disp = newDispatcher(o.MaxQueue, func(i int, c ctrl) { b.shards[i].mbox.post(c) })
-	b.disp.rule = posRule{exact: uint32(min(o.PositionExact, math.MaxUint32)), step: uint32(min(o.PositionStep, math.MaxUint32))}
+	b.disp.rule = posRule{exact: uint32(min(uint64(o.PositionExact), math.MaxUint32)), step: uint32(min(uint64(o.PositionStep), math.MaxUint32))}
 	b.disp.shardOf = func(conv string) int { return b.shardFor(conv).idx }
 	b.disp.mirror = o.Cluster != nil
 	if o.Cluster != nil {
